@@ -1,0 +1,54 @@
+# DynamicLoRA developer entry points. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= $(HOME)/.cache/dynamiclora/venv
+PY := $(VENV)/bin/python
+export PATH := $(VENV)/bin:$(PATH)
+
+.DEFAULT_GOAL := help
+
+##@ General
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m\n"} \
+	  /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+.PHONY: install
+install: ## Install every dependency into $(VENV) (cold ~10 min, warm seconds)
+	bash hack/install.sh
+
+##@ Development
+.PHONY: manifests
+manifests: ## Generate CRD YAML from the pydantic models into crds/ and the chart
+	$(PY) -m dynamiclora.cli manifests --out crds --chart charts/dynamiclora/crds
+
+.PHONY: lint
+lint: ## ruff + mypy
+	$(PY) -m ruff check operator tests e2e bench
+	$(PY) -m mypy
+
+.PHONY: test
+test: lint ## Lint, type-check and run every test (unit, integration, e2e)
+	$(PY) -m pytest -ra
+
+.PHONY: test-unit
+test-unit: ## Unit tests only (no network, no servers)
+	$(PY) -m pytest -ra tests/unit
+
+##@ Local cluster
+.PHONY: k8s-binaries
+k8s-binaries: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok (cold ~see docs/cluster.md)
+	bash hack/k8s-binaries.sh
+
+.PHONY: cluster-up
+cluster-up: k8s-binaries ## Start a local control plane + executor in the background; prints export KUBECONFIG=...
+	$(PY) -m dynamiclora.cli cluster up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and every process it started
+	$(PY) -m dynamiclora.cli cluster down
+
+##@ Benchmarks
+.PHONY: bench-hot-swap
+bench-hot-swap: ## Hot-swap latency vs bare load+completion on a real vLLM CPU server (~5 min)
+	nice $(PY) bench/hot_swap.py --swaps 50 --out bench/results/hot_swap.json

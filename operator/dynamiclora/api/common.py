@@ -1,0 +1,200 @@
+"""Types shared by the three custom resources.
+
+The pydantic models in ``dynamiclora.api`` are the single source of truth for the API: the CRD YAML
+is generated from them (``make manifests``), the CLI validates files with them, and the operator parses
+objects with them. Rules that the API server must enforce are written twice on purpose: as a pydantic
+validator (for the CLI and the operator) and as a CEL expression in ``x-kubernetes-validations`` (for
+``kubectl apply``); ``tests/unit/api`` and ``tests/integration/cluster`` check that both reject the same
+objects.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+# A Kubernetes resource quantity ("500m", "2Gi", 1). Quantities may be written as numbers in YAML.
+Quantity = Annotated[
+    int | str,
+    Field(description="A Kubernetes quantity such as 500m, 2Gi or 1."),
+]
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+
+
+def cel(rule: str, message: str, *, reason: str | None = None, field_path: str | None = None) -> dict[str, Any]:
+    """One ``x-kubernetes-validations`` entry."""
+    entry: dict[str, Any] = {"rule": rule, "message": message}
+    if reason:
+        entry["reason"] = reason
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """Base of every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as Kubernetes stores it (camelCase, no unset optional fields)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class TierLevel(StrEnum):
+    """The five tiers, fastest first."""
+
+    CONTEXT = "context"
+    AGENT = "agent"
+    SWARM = "swarm"
+    DOMAIN = "domain"
+    FOUNDATION = "foundation"
+
+    @property
+    def rank_order(self) -> int:
+        """0 for the fastest tier (context), 4 for the slowest (foundation)."""
+        return list(TierLevel).index(self)
+
+    @property
+    def per_agent(self) -> bool:
+        """Whether one tier of this level exists per agent (owned by the Swarm)."""
+        return self in (TierLevel.CONTEXT, TierLevel.AGENT)
+
+
+# CEL map from level name to its order, for rules comparing two levels.
+LEVEL_ORDER_CEL = "{'context': 0, 'agent': 1, 'swarm': 2, 'domain': 3, 'foundation': 4}"
+
+
+class ConsensusRule(StrEnum):
+    """How shared tiers combine the updates of many agents."""
+
+    RESONANCE = "resonance"
+    MEAN = "mean"
+    TIES = "ties"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    """A standard Kubernetes condition (``metav1.Condition``)."""
+
+    type: str = Field(description="Condition type, e.g. Ready, Progressing, Degraded.", max_length=316)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        default="",
+        description="CamelCase machine-readable reason of the last transition.",
+        max_length=1024,
+    )
+    message: str = Field(default="", description="Human-readable details.", max_length=32768)
+    last_transition_time: str | None = Field(
+        default=None, description="When the status last changed (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the condition was computed from."
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the same namespace."""
+
+    name: str = Field(description="Secret name.", pattern=DNS_SUBDOMAIN, max_length=253)
+    key: str = Field(description="Key inside the Secret.", min_length=1, max_length=253)
+
+
+class SecretRef(ApiModel):
+    """A whole Secret in the same namespace."""
+
+    name: str = Field(description="Secret name.", pattern=DNS_SUBDOMAIN, max_length=253)
+
+
+class Resources(ApiModel):
+    """Compute resources of a container, as in ``corev1.ResourceRequirements``."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Minimum resources, e.g. {cpu: 2, memory: 8Gi, nvidia.com/gpu: 1}."
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Maximum resources; GPUs must be set here or in requests."
+    )
+
+
+class S3Storage(ApiModel):
+    """An S3 (or S3-compatible) bucket."""
+
+    bucket: str = Field(description="Bucket name.", min_length=3, max_length=63)
+    prefix: str = Field(default="dynamiclora", description="Key prefix under which everything is stored.")
+    endpoint: str | None = Field(
+        default=None,
+        description="Endpoint URL for S3-compatible stores (MinIO, Ceph); AWS when unset.",
+        pattern=r"^https?://",
+    )
+    region: str = Field(default="us-east-1", description="Region name.")
+    credentials_secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; workload identity when unset.",
+    )
+
+
+class PvcStorage(ApiModel):
+    """A PersistentVolumeClaim mounted by the operator, trainers and inference pods."""
+
+    claim_name: str = Field(description="PVC name (must support ReadWriteMany when pods span nodes).",
+                            pattern=DNS_SUBDOMAIN, max_length=253)
+    path: str = Field(default="dynamiclora", description="Folder inside the volume.")
+
+
+class Storage(ApiModel):
+    """Where checkpoints (and, by default, interaction records) live: exactly one of s3 or pvc."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.s3) != has(self.pvc)", "exactly one of storage.s3 or storage.pvc must be set")
+            ]
+        }
+    )
+
+    s3: S3Storage | None = Field(default=None, description="Store in an S3 bucket.")
+    pvc: PvcStorage | None = Field(default=None, description="Store on a PersistentVolumeClaim.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Storage:
+        if (self.s3 is None) == (self.pvc is None):
+            raise ValueError("exactly one of storage.s3 or storage.pvc must be set")
+        return self
+
+    def uri(self, mount_root: str = "/var/lib/dynamiclora/pvc") -> str:
+        """The checkpoint-store URI of this storage (``s3://bucket/prefix`` or ``file://``)."""
+        if self.s3 is not None:
+            return f"s3://{self.s3.bucket}/{self.s3.prefix.strip('/')}"
+        assert self.pvc is not None
+        return f"file://{mount_root}/{self.pvc.claim_name}/{self.pvc.path.strip('/')}"
+
+
+class ObjectMeta(ApiModel):
+    """The parts of ``metav1.ObjectMeta`` the operator reads; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, max_length=253)
+    namespace: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+

@@ -1,0 +1,236 @@
+"""The ``Swarm`` custom resource: a team of agents served from one base model."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from dynamiclora.api.common import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    ApiModel,
+    Condition,
+    ConsensusRule,
+    ObjectMeta,
+    PvcStorage,
+    Resources,
+    SecretKeyRef,
+    Storage,
+    cel,
+)
+from dynamiclora.api.tier import DEFAULT_TARGET_MODULES, Plasticity, Retention, TrainingTemplate
+
+DEFAULT_VLLM_IMAGE = "vllm/vllm-openai-cpu:v0.32.0"
+# vLLM 0.32 accepts only these values for --max-lora-rank.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class BaseModelSpec(ApiModel):
+    """The base model and where its weights are: exactly one of path, pvc or s3Uri."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.path), has(self.pvc), has(self.s3Uri)].filter(x, x).size() == 1",
+                    "exactly one of baseModel.path, baseModel.pvc or baseModel.s3Uri must be set",
+                )
+            ]
+        }
+    )
+
+    name: str = Field(
+        min_length=1, max_length=253, description="Served model name clients use (vLLM --served-model-name)."
+    )
+    path: str | None = Field(
+        default=None, pattern=r"^/", description="Weights baked into the inference image at this absolute path."
+    )
+    pvc: PvcStorage | None = Field(default=None, description="Weights on a PersistentVolumeClaim.")
+    s3_uri: str | None = Field(
+        default=None, pattern=r"^s3://[^/]+/.+", description="Weights in S3 (downloaded by an init container)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BaseModelSpec:
+        if sum(x is not None for x in (self.path, self.pvc, self.s3_uri)) != 1:
+            raise ValueError("exactly one of baseModel.path, baseModel.pvc or baseModel.s3Uri must be set")
+        return self
+
+
+class Agent(ApiModel):
+    """One agent of the swarm; the operator creates its context and agent tiers."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=40, description="Agent name (DNS label).")
+    domain: str | None = Field(default=None, max_length=253, description="Profession/domain, informative.")
+    description: str | None = Field(default=None, max_length=1024, description="Free text.")
+    trust_weight: float = Field(
+        default=1.0, ge=0, le=10, description="User-set weight of this agent in consensus of shared tiers."
+    )
+
+
+class TierTemplate(ApiModel):
+    """Shape of the per-agent tiers (context, agent) the Swarm creates."""
+
+    rank: int = Field(default=16, ge=1, le=512, description="LoRA rank.")
+    alpha: float = Field(default=32.0, gt=0, le=4096, description="LoRA alpha.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1, description="Targeted linear modules."
+    )
+    plasticity: Plasticity = Field(default_factory=Plasticity, description="Learning, decay and phases.")
+    training: TrainingTemplate = Field(default_factory=TrainingTemplate, description="Training Job template.")
+    retention: Retention = Field(default_factory=Retention, description="Checkpoint retention.")
+
+
+class SharedTiers(ApiModel):
+    """References to shared LoRATiers (declared in Git) in the same namespace."""
+
+    swarm: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="LoRATier of level swarm.")
+    domain: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="LoRATier of level domain.")
+    foundation: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="LoRATier of level foundation.")
+
+
+class Inference(ApiModel):
+    """The vLLM multi-LoRA StatefulSet."""
+
+    replicas: int = Field(default=1, ge=0, le=64, description="Number of vLLM pods.")
+    image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1, description="vLLM server image.")
+    port: int = Field(default=8000, ge=1024, le=65535, description="HTTP port of the OpenAI-compatible API.")
+    max_loras: int = Field(default=4, ge=1, le=256, description="Adapters active in one batch (--max-loras).")
+    max_cpu_loras: int | None = Field(
+        default=None, ge=1, le=4096, description="Adapters cached in host memory (--max-cpu-loras)."
+    )
+    max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        default=64, description="Largest adapter rank the server accepts (--max-lora-rank)."
+    )
+    max_model_len: int | None = Field(default=None, ge=16, description="Context length (--max-model-len).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="Weights dtype.")
+    resources: Resources = Field(default_factory=Resources, description="Resources of each vLLM container.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the API key clients and the operator must present."
+    )
+    extra_args: list[str] = Field(default_factory=list, description="Additional vLLM server arguments.")
+    fold_shared_tiers: bool = Field(
+        default=False,
+        description="Fold the foundation and domain tiers into the served base weights instead of the adapter.",
+    )
+
+
+class Experience(ApiModel):
+    """Where agents' interaction records (JSONL) land."""
+
+    prefix: str = Field(
+        default="interactions",
+        min_length=1,
+        description="Folder/key prefix in the swarm's storage; records of agent A are under <prefix>/<A>/.",
+    )
+    bad_records: Literal["reject", "skip"] = Field(
+        default="skip", description="What training does with malformed records."
+    )
+
+
+class Consensus(ApiModel):
+    """How the swarm tier combines its agents' updates."""
+
+    rule: ConsensusRule = Field(default=ConsensusRule.RESONANCE, description="resonance, mean or ties.")
+    min_agents: int = Field(default=2, ge=1, description="Agents that must contribute before a consensus update.")
+    outlier_threshold: float = Field(
+        default=0.0,
+        ge=-1,
+        le=1,
+        description="Agents whose update aligns with the consensus below this cosine are excluded.",
+    )
+    trust_weighting: bool = Field(default=True, description="Weight agents by their trust score.")
+
+
+class SwarmSpec(ApiModel):
+    """Desired state of a swarm."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.baseModel.name == oldSelf.baseModel.name", "spec.baseModel.name is immutable",
+                    field_path=".baseModel.name"),
+            ]
+        }
+    )
+
+    base_model: BaseModelSpec = Field(description="Base model served by every pod.")
+    agents: list[Agent] = Field(
+        min_length=1,
+        max_length=2000,
+        description="The agents of the swarm (names unique).",
+        # A list-map makes the API server itself reject repeated names.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    agent_tier: TierTemplate = Field(default_factory=lambda: TierTemplate(rank=16), description="Agent tiers.")
+    context_tier: TierTemplate = Field(default_factory=lambda: TierTemplate(rank=8), description="Context tiers.")
+    shared_tiers: SharedTiers = Field(default_factory=SharedTiers, description="Shared tiers referenced by name.")
+    inference: Inference = Field(default_factory=Inference, description="vLLM serving.")
+    experience: Experience = Field(default_factory=Experience, description="Interaction records.")
+    storage: Storage = Field(description="Checkpoint and experience storage.")
+    consensus: Consensus = Field(default_factory=Consensus, description="Consensus for the swarm tier.")
+
+    @model_validator(mode="after")
+    def _unique_agents(self) -> SwarmSpec:
+        names = [a.name for a in self.agents]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"spec.agents names must be unique (repeated: {', '.join(dupes)})")
+        return self
+
+
+class SwarmPhase(StrEnum):
+    PENDING = "Pending"
+    PROGRESSING = "Progressing"
+    READY = "Ready"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class AgentStatus(ApiModel):
+    """What is served for one agent."""
+
+    name: str
+    served_adapter: str | None = Field(default=None, description="vLLM model name of the agent's adapter.")
+    served_version: str | None = Field(default=None, description="Composite version, e.g. c3-a2-s1.")
+    adapter_uri: str | None = Field(default=None, description="Checkpoint URI of the composed adapter.")
+    adapter_sha256: str | None = None
+    composition_error: float | None = Field(default=None, ge=0, description="Relative error of the composition.")
+
+
+class PodStatus(ApiModel):
+    """Adapters loaded in one vLLM pod."""
+
+    name: str
+    pod_ip: str | None = None
+    ready: bool = False
+    loaded_adapters: list[str] = Field(default_factory=list)
+
+
+class SwarmStatus(ApiModel):
+    """Observed state of a swarm."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    phase: SwarmPhase = Field(default=SwarmPhase.PENDING)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    replicas: int | None = Field(default=None, ge=0)
+    ready_replicas: int | None = Field(default=None, ge=0)
+    agent_count: int | None = Field(default=None, ge=0)
+    served_agents: int | None = Field(default=None, ge=0, description="Agents served on every ready pod.")
+    agents: list[AgentStatus] = Field(default_factory=list)
+    pods: list[PodStatus] = Field(default_factory=list)
+
+
+class Swarm(ApiModel):
+    """A ``Swarm`` object."""
+
+    api_version: Literal["dynamiclora.io/v1alpha1"] = "dynamiclora.io/v1alpha1"
+    kind: Literal["Swarm"] = "Swarm"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: SwarmSpec
+    status: SwarmStatus | None = None

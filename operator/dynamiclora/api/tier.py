@@ -1,0 +1,277 @@
+"""The ``LoRATier`` custom resource: one tier of one agent's memory stack, or a shared tier."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import ConfigDict, Field, model_validator
+
+from dynamiclora.api.common import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    DURATION,
+    ApiModel,
+    Condition,
+    ObjectMeta,
+    Resources,
+    Storage,
+    TierLevel,
+    cel,
+)
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/dynamiclora/trainer:0.1.0"
+DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class Plasticity(ApiModel):
+    """How fast a tier learns and forgets, and when its components become protected.
+
+    Each rank-1 component of the tier's delta has a reinforcement score (how often recent updates
+    align with it). Above ``screenThreshold`` it becomes SCREENED (protected, slow decay); below
+    ``freeThreshold`` it becomes FREE again (decays toward zero). Two thresholds give hysteresis so a
+    component whose score hovers around one value does not flicker.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.screenThreshold > self.freeThreshold",
+                    "plasticity.screenThreshold must be greater than plasticity.freeThreshold (hysteresis)",
+                    field_path=".screenThreshold",
+                ),
+                cel(
+                    "self.screenedDecay <= self.freeDecay",
+                    "plasticity.screenedDecay must not exceed plasticity.freeDecay",
+                    field_path=".screenedDecay",
+                ),
+            ]
+        }
+    )
+
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Base learning rate of training Jobs.")
+    screen_threshold: float = Field(
+        default=0.6, ge=0, le=1, description="Reinforcement score above which a component becomes SCREENED."
+    )
+    free_threshold: float = Field(
+        default=0.3, ge=0, le=1, description="Reinforcement score below which a SCREENED component becomes FREE."
+    )
+    free_decay: float = Field(
+        default=0.1, ge=0, le=1, description="Fraction of a FREE component's magnitude lost per update."
+    )
+    screened_decay: float = Field(
+        default=0.005, ge=0, le=1, description="Fraction of a SCREENED component's magnitude lost per update."
+    )
+    reference_interactions_per_hour: float = Field(
+        default=60.0,
+        gt=0,
+        description="Interaction rate at which the tier runs at its base learning rate; the effective "
+        "time scale follows the observed rate relative to this one.",
+    )
+    energy_budget: float | None = Field(
+        default=None,
+        gt=0,
+        description="Homeostasis: maximum squared Frobenius norm of the tier; past it FREE components are "
+        "shed first. Unlimited when unset.",
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Plasticity:
+        if self.screen_threshold <= self.free_threshold:
+            raise ValueError(
+                "plasticity.screenThreshold must be greater than plasticity.freeThreshold (hysteresis)"
+            )
+        if self.screened_decay > self.free_decay:
+            raise ValueError("plasticity.screenedDecay must not exceed plasticity.freeDecay")
+        return self
+
+
+class TrainingTemplate(ApiModel):
+    """How training Jobs of this tier are run."""
+
+    image: str = Field(default=DEFAULT_TRAINER_IMAGE, min_length=1, description="Trainer container image.")
+    resources: Resources = Field(
+        default_factory=lambda: Resources(requests={"cpu": "1", "memory": "4Gi"}, limits={"nvidia.com/gpu": 1}),
+        description="Resources of the training container; request nvidia.com/gpu for GPU nodes.",
+    )
+    min_samples: int = Field(
+        default=32, ge=1, le=10_000_000, description="New interaction records needed before a training Job starts."
+    )
+    schedule: str | None = Field(
+        default=None,
+        description="Optional minimum interval between trainings (e.g. 10m, 1h); unset trains as soon as "
+        "minSamples new records exist.",
+        pattern=DURATION,
+    )
+    max_steps: int = Field(default=100, ge=1, le=1_000_000, description="Optimizer steps per training Job.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Records per optimizer step.")
+    checkpoint_every: int = Field(default=20, ge=1, description="Steps between resumable checkpoints.")
+    backoff_limit: int = Field(default=3, ge=0, le=20, description="Retries of a failed training Job.")
+    active_deadline_seconds: int = Field(default=3600, ge=60, description="Time limit of one training Job.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of training pods.")
+    service_account_name: str | None = Field(
+        default=None, pattern=DNS_SUBDOMAIN, description="ServiceAccount of training pods (e.g. for workload identity)."
+    )
+
+
+class Retention(ApiModel):
+    """Which checkpoint versions are kept. The current, served and pinned versions are always kept."""
+
+    keep_versions: int = Field(default=10, ge=1, le=10_000, description="Newest versions kept.")
+    keep_for: str | None = Field(
+        default=None, pattern=DURATION, description="Also keep every version younger than this (e.g. 168h)."
+    )
+
+
+class LoRATierSpec(ApiModel):
+    """Desired state of one tier."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "(self.level in ['context', 'agent']) == has(self.agent)",
+                    "spec.agent is required for context and agent tiers and forbidden for shared tiers",
+                ),
+                cel(
+                    "!has(self.parentTier) || self.parentTier != ''",
+                    "spec.parentTier must not be empty when set",
+                ),
+                cel(
+                    "has(self.agent) == has(oldSelf.agent) && (!has(self.agent) || self.agent == oldSelf.agent)",
+                    "spec.agent is immutable",
+                    field_path=".agent",
+                ),
+                cel(
+                    "has(self.swarmRef) == has(oldSelf.swarmRef) && "
+                    "(!has(self.swarmRef) || self.swarmRef == oldSelf.swarmRef)",
+                    "spec.swarmRef is immutable",
+                    field_path=".swarmRef",
+                ),
+            ]
+        }
+    )
+
+    level: TierLevel = Field(
+        description="Which tier of the hierarchy this is (immutable).",
+        json_schema_extra={"x-kubernetes-validations": [cel("self == oldSelf", "spec.level is immutable")]},
+    )
+    swarm_ref: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="The Swarm this tier belongs to (immutable); unset for tiers shared across swarms.",
+    )
+    agent: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Owner agent of a context or agent tier (immutable); unset for shared tiers.",
+    )
+    parent_tier: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="The slower LoRATier that stable components of this tier migrate into.",
+    )
+    base_model: str | None = Field(
+        default=None,
+        description="Served name of the base model this tier adapts; filled from the Swarm when unset.",
+    )
+    rank: int = Field(default=16, ge=1, le=512, description="LoRA rank r.")
+    alpha: float = Field(default=32.0, gt=0, le=4096, description="LoRA alpha; the delta is scaled by alpha/r.")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout used when training.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        min_length=1,
+        max_length=64,
+        description="Names of the linear modules the adapter targets (e.g. q_proj, v_proj).",
+    )
+    plasticity: Plasticity = Field(default_factory=Plasticity, description="Learning, decay and phase thresholds.")
+    training: TrainingTemplate = Field(default_factory=TrainingTemplate, description="Training Job template.")
+    retention: Retention = Field(default_factory=Retention, description="Checkpoint retention.")
+    storage: Storage | None = Field(
+        default=None, description="Checkpoint storage; inherited from the Swarm when unset."
+    )
+    pinned_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Serve exactly this version (rollback/roll-forward); unset follows the latest accepted one.",
+    )
+    suspend: bool = Field(default=False, description="Stop training and migration for this tier.")
+
+    @model_validator(mode="after")
+    def _owner(self) -> LoRATierSpec:
+        per_agent = TierLevel(self.level).per_agent
+        if per_agent and self.agent is None:
+            raise ValueError("spec.agent is required for context and agent tiers and forbidden for shared tiers")
+        if not per_agent and self.agent is not None:
+            raise ValueError("spec.agent is required for context and agent tiers and forbidden for shared tiers")
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError("spec.targetModules must not repeat a module")
+        return self
+
+
+class TierPhase(StrEnum):
+    PENDING = "Pending"
+    TRAINING = "Training"
+    CONSOLIDATING = "Consolidating"
+    READY = "Ready"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class VersionRecord(ApiModel):
+    """One entry of a tier's recent history."""
+
+    version: int = Field(ge=1)
+    uri: str = Field(description="Checkpoint URI of the version.")
+    sha256: str = Field(default="", description="sha256 of the version's manifest.")
+    created: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    source: Literal["training", "migration", "consensus", "rollback", "import"] = Field(
+        default="training", description="What produced the version."
+    )
+    loss: float | None = Field(default=None, description="Final training loss, when trained.")
+    accepted: bool | None = Field(default=None, description="Whether the quality gate accepted it.")
+
+
+class LoRATierStatus(ApiModel):
+    """Observed state of one tier."""
+
+    observed_generation: int | None = Field(default=None, ge=0, description="Generation last reconciled.")
+    phase: TierPhase = Field(default=TierPhase.PENDING, description="Summary of the tier's state.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Training, Degraded ... with reasons.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    current_version: int | None = Field(default=None, ge=0, description="Newest published version.")
+    served_version: int | None = Field(default=None, ge=0, description="Version composed into served adapters.")
+    checkpoint_uri: str | None = Field(default=None, description="URI of the current version.")
+    checkpoint_sha256: str | None = Field(default=None, description="sha256 of the current version's manifest.")
+    effective_time_scale_seconds: float | None = Field(
+        default=None, ge=0, description="Emergent time scale of the tier from its interaction density."
+    )
+    interaction_rate_per_hour: float | None = Field(default=None, ge=0, description="Observed interaction rate.")
+    screened_fraction: float | None = Field(
+        default=None, ge=0, le=1, description="Energy fraction in SCREENED components."
+    )
+    drift_norm: float | None = Field(default=None, ge=0, description="Frobenius norm of the last update.")
+    energy: float | None = Field(default=None, ge=0, description="Squared Frobenius norm of the tier's delta.")
+    records_consumed: int | None = Field(default=None, ge=0, description="Interaction records trained on so far.")
+    last_training_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    active_job: str | None = Field(default=None, description="Name of the running training/consolidation Job.")
+    history: list[VersionRecord] = Field(
+        default_factory=list, max_length=50, description="Most recent versions, newest last."
+    )
+
+
+class LoRATier(ApiModel):
+    """A ``LoRATier`` object."""
+
+    api_version: Literal["dynamiclora.io/v1alpha1"] = "dynamiclora.io/v1alpha1"
+    kind: Literal["LoRATier"] = "LoRATier"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: LoRATierSpec
+    status: LoRATierStatus | None = None
