@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 # Modules contributing subcommands, each with a ``register(subparsers)`` function.
 COMMAND_MODULES: tuple[str, ...] = (
     "dynamiclora.api.cli",
+    "dynamiclora.controllers.cli",
     "dynamiclora.localcluster.cli",
     "dynamiclora.training.cli",
 )

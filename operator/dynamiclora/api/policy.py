@@ -179,6 +179,10 @@ class MigrationPolicyStatus(ApiModel):
     period_start: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     migrations_this_period: int = Field(default=0, ge=0)
     bypasses_this_period: int = Field(default=0, ge=0)
+    active_jobs: list[str] = Field(default_factory=list, description="Consolidation Jobs in flight.")
+    evaluated: dict[str, int] = Field(
+        default_factory=dict, description="Source tier (or shared target) -> newest input version already evaluated."
+    )
     decisions: list[MigrationDecision] = Field(default_factory=list, max_length=100, description="Newest last.")
 
 

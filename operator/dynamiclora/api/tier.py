@@ -260,6 +260,12 @@ class LoRATierStatus(ApiModel):
     drift_norm: float | None = Field(default=None, ge=0, description="Frobenius norm of the last update.")
     energy: float | None = Field(default=None, ge=0, description="Squared Frobenius norm of the tier's delta.")
     records_consumed: int | None = Field(default=None, ge=0, description="Interaction records trained on so far.")
+    records_seen: int | None = Field(default=None, ge=0, description="Interaction records found for the tier.")
+    rate_sample_total: int | None = Field(default=None, ge=0, description="Record count at the last rate sample.")
+    rate_sample_time: str | None = Field(
+        default=None, description="Time of the last rate sample.", json_schema_extra={"format": "date-time"}
+    )
+    failed_attempts: int | None = Field(default=None, ge=0, description="Consecutive failed training Jobs.")
     last_training_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     active_job: str | None = Field(default=None, description="Name of the running training/consolidation Job.")
     history: list[VersionRecord] = Field(

@@ -1,0 +1,186 @@
+"""Swarm -> headless Service and StatefulSet of vLLM multi-LoRA pods (pure functions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynamiclora.api.swarm import Swarm
+from dynamiclora.builders.names import EXECUTOR_LABEL, LABEL_SWARM, base_labels, inference_name
+from dynamiclora.kube import Obj, owner_reference
+from dynamiclora.settings import OperatorSettings
+
+MODEL_MOUNT = "/models/base"
+
+
+def selector_labels(swarm: str) -> dict[str, str]:
+    """Labels selecting a swarm's inference pods (immutable in a StatefulSet, so kept minimal)."""
+    return {LABEL_SWARM: swarm, "dynamiclora.io/component": "inference"}
+
+
+def _pod_labels(swarm: str, settings: OperatorSettings) -> dict[str, str]:
+    labels = {**base_labels("inference"), **selector_labels(swarm)}
+    if settings.local_executor:
+        labels[EXECUTOR_LABEL] = "local"
+    return labels
+
+
+def model_path(sw: Swarm, settings: OperatorSettings) -> str:
+    """Where the base model's weights are inside an inference pod."""
+    bm = sw.spec.base_model
+    if bm.path:
+        return bm.path
+    if bm.pvc:
+        return f"{settings.pvc_mount_root}/{bm.pvc.claim_name}/{bm.pvc.path.strip('/')}"
+    return MODEL_MOUNT  # s3Uri: fetched into an emptyDir by the init container
+
+
+def vllm_args(sw: Swarm, settings: OperatorSettings) -> list[str]:
+    """Command-line arguments of the vLLM OpenAI server for this swarm."""
+    inf = sw.spec.inference
+    args = [
+        "--model", model_path(sw, settings),
+        "--served-model-name", sw.spec.base_model.name,
+        "--host", "0.0.0.0",
+        "--port", str(inf.port),
+        "--enable-lora",
+        "--max-loras", str(inf.max_loras),
+        "--max-lora-rank", str(inf.max_lora_rank),
+        "--dtype", inf.dtype,
+    ]  # fmt: skip
+    if inf.max_cpu_loras:
+        args += ["--max-cpu-loras", str(inf.max_cpu_loras)]
+    if inf.max_model_len:
+        args += ["--max-model-len", str(inf.max_model_len)]
+    return args + list(inf.extra_args)
+
+
+def _volumes(sw: Swarm, settings: OperatorSettings) -> tuple[list[Obj], list[Obj]]:
+    """Volumes and mounts: the storage PVC (adapters are loaded from it) and the model source."""
+    volumes: list[Obj] = []
+    mounts: list[Obj] = []
+    claims: set[str] = set()
+    if sw.spec.storage.pvc:
+        claims.add(sw.spec.storage.pvc.claim_name)
+    if sw.spec.base_model.pvc:
+        claims.add(sw.spec.base_model.pvc.claim_name)
+    for claim in sorted(claims):
+        volumes.append({"name": f"pvc-{claim}"[:63], "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": f"pvc-{claim}"[:63], "mountPath": f"{settings.pvc_mount_root}/{claim}"})
+    if sw.spec.base_model.s3_uri:
+        volumes.append({"name": "model", "emptyDir": {}})
+        mounts.append({"name": "model", "mountPath": MODEL_MOUNT})
+    return volumes, mounts
+
+
+def _env(sw: Swarm) -> list[Obj]:
+    env: list[Obj] = [
+        # Adapters are loaded and swapped at run time through /v1/load_lora_adapter.
+        {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    ref = sw.spec.inference.api_key_secret_ref
+    if ref:
+        env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def _init_containers(sw: Swarm) -> list[Obj]:
+    uri = sw.spec.base_model.s3_uri
+    if not uri:
+        return []
+    env: list[Obj] = []
+    s3 = sw.spec.storage.s3
+    if s3 and s3.credentials_secret_ref:
+        env.append({"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {
+            "name": s3.credentials_secret_ref.name, "key": "AWS_ACCESS_KEY_ID"}}})
+        env.append({"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
+            "name": s3.credentials_secret_ref.name, "key": "AWS_SECRET_ACCESS_KEY"}}})
+    if s3 and s3.endpoint:
+        env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
+    return [{
+        "name": "fetch-model",
+        "image": "amazon/aws-cli:2.22.0",
+        "args": ["s3", "cp", "--recursive", uri, MODEL_MOUNT],
+        "env": env,
+        "volumeMounts": [{"name": "model", "mountPath": MODEL_MOUNT}],
+    }]  # fmt: skip
+
+
+def build_service(body: Obj, sw: Swarm) -> Obj:
+    """Headless Service giving each vLLM pod a stable DNS name."""
+    name = inference_name(body["metadata"]["name"])
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": {**base_labels("inference"), LABEL_SWARM: body["metadata"]["name"]},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": False,
+            "selector": selector_labels(body["metadata"]["name"]),
+            "ports": [{"name": "http", "port": sw.spec.inference.port, "targetPort": "http"}],
+        },
+    }
+
+
+def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
+    """StatefulSet of vLLM pods with LoRA enabled and runtime adapter updates allowed."""
+    swarm = body["metadata"]["name"]
+    name = inference_name(swarm)
+    inf = sw.spec.inference
+    volumes, mounts = _volumes(sw, settings)
+    resources: dict[str, Any] = {}
+    if inf.resources.requests:
+        resources["requests"] = {k: str(v) for k, v in inf.resources.requests.items()}
+    if inf.resources.limits:
+        resources["limits"] = {k: str(v) for k, v in inf.resources.limits.items()}
+    container: Obj = {
+        "name": "vllm",
+        "image": inf.image,
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": vllm_args(sw, settings),
+        "env": _env(sw),
+        "ports": [{"name": "http", "containerPort": inf.port}],
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": inf.port},
+            "periodSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": inf.port},
+            "periodSeconds": 5,
+            "failureThreshold": 120,  # model loading and CPU graph warm-up take minutes
+        },
+        "volumeMounts": mounts,
+        "resources": resources,
+    }
+    pod_spec: Obj = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": 30,
+    }
+    if init := _init_containers(sw):
+        pod_spec["initContainers"] = init
+    if any("nvidia.com/gpu" in r for r in (inf.resources.requests, inf.resources.limits)):
+        pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": name,
+            "namespace": body["metadata"]["namespace"],
+            "labels": {**base_labels("inference"), LABEL_SWARM: swarm},
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "serviceName": name,
+            "replicas": inf.replicas,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": selector_labels(swarm)},
+            "template": {"metadata": {"labels": _pod_labels(swarm, settings)}, "spec": pod_spec},
+        },
+    }

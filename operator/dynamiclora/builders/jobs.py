@@ -1,0 +1,227 @@
+"""LoRATier / MigrationPolicy -> training and consolidation Jobs (pure functions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dynamiclora.api.common import Storage
+from dynamiclora.api.tier import LoRATierSpec, TrainingTemplate
+from dynamiclora.builders.names import (
+    ANNOTATION_JOB_KIND,
+    ANNOTATION_TRAIN_RECORDS,
+    EXECUTOR_LABEL,
+    LABEL_POLICY,
+    LABEL_TIER,
+    base_labels,
+)
+from dynamiclora.kube import Obj, owner_reference
+from dynamiclora.settings import OperatorSettings
+
+
+def store_uri(storage: Storage, settings: OperatorSettings) -> str:
+    """Checkpoint-store URI as seen from pods (and the operator: it mounts PVCs at the same root)."""
+    return storage.uri(settings.pvc_mount_root)
+
+
+def tier_ref(store: str, namespace: str, tier: str, version: int | None = None) -> str:
+    """``STORE/NAMESPACE/TIER[/vNNNNNN]`` as the Job entrypoints take it."""
+    ref = f"{store.rstrip('/')}/{namespace}/{tier}"
+    return f"{ref}/v{version:06d}" if version else ref
+
+
+def experience_location(storage: Storage, prefix: str, agent: str, settings: OperatorSettings) -> str:
+    """Folder (PVC) or S3 prefix holding one agent's interaction records."""
+    uri = store_uri(storage, settings)
+    base = uri.removeprefix("file://")
+    return f"{base}/{prefix.strip('/')}/{agent}"
+
+
+def _storage_env_and_volumes(storage: Storage, settings: OperatorSettings) -> tuple[list[Obj], list[Obj], list[Obj]]:
+    env: list[Obj] = []
+    volumes: list[Obj] = []
+    mounts: list[Obj] = []
+    if storage.s3:
+        s3 = storage.s3
+        env.append({"name": "AWS_DEFAULT_REGION", "value": s3.region})
+        if s3.endpoint:
+            env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
+        if s3.credentials_secret_ref:
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                env.append({"name": key, "valueFrom": {"secretKeyRef": {
+                    "name": s3.credentials_secret_ref.name, "key": key}}})  # fmt: skip
+    if storage.pvc:
+        claim = storage.pvc.claim_name
+        volumes.append({"name": "store", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": "store", "mountPath": f"{settings.pvc_mount_root}/{claim}"})
+    return env, volumes, mounts
+
+
+def _job(
+    *,
+    name: str,
+    namespace: str,
+    owner: Obj,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+    template: TrainingTemplate,
+    args: list[str],
+    storage: Storage,
+    settings: OperatorSettings,
+    extra_volumes: list[Obj] | None = None,
+    extra_mounts: list[Obj] | None = None,
+) -> Obj:
+    env, volumes, mounts = _storage_env_and_volumes(storage, settings)
+    env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
+    pod_labels = dict(labels)
+    if settings.local_executor:
+        pod_labels[EXECUTOR_LABEL] = "local"
+    resources: dict[str, Any] = {}
+    if template.resources.requests:
+        resources["requests"] = {k: str(v) for k, v in template.resources.requests.items()}
+    if template.resources.limits:
+        resources["limits"] = {k: str(v) for k, v in template.resources.limits.items()}
+    pod_spec: Obj = {
+        "restartPolicy": "Never",
+        "containers": [{
+            "name": "main",
+            "image": template.image,
+            "command": ["dynamiclora"],
+            "args": args,
+            "env": env,
+            "resources": resources,
+            "volumeMounts": mounts + (extra_mounts or []),
+        }],
+        "volumes": volumes + (extra_volumes or []),
+    }  # fmt: skip
+    if template.node_selector:
+        pod_spec["nodeSelector"] = dict(template.node_selector)
+    if template.service_account_name:
+        pod_spec["serviceAccountName"] = template.service_account_name
+    if any("nvidia.com/gpu" in r for r in (template.resources.requests, template.resources.limits)):
+        pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "backoffLimit": template.backoff_limit,
+            "activeDeadlineSeconds": template.active_deadline_seconds,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        },
+    }
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    """Everything a training Job needs besides the tier's own spec (resolved by the reconciler)."""
+
+    model_path: str
+    storage: Storage
+    experience_prefix: str
+    bad_records: str
+    new_records: int
+    total_records: int
+    init_version: int | None
+    frozen: list[tuple[str, int]] = field(default_factory=list)  # (tier name, version), slower tiers
+    seed: int = 0
+
+
+def build_training_job(
+    body: Obj, spec: LoRATierSpec, inputs: TrainingInputs, job_name: str, settings: OperatorSettings
+) -> Obj:
+    """The Job that trains the next version of a tier on its agent's newest records."""
+    ns = body["metadata"]["namespace"]
+    tier = body["metadata"]["name"]
+    store = store_uri(inputs.storage, settings)
+    t = spec.training
+    args = [
+        "train",
+        "--base-model", inputs.model_path,
+        "--data", experience_location(inputs.storage, inputs.experience_prefix, spec.agent or "", settings),
+        "--output-store", store,
+        "--namespace", ns,
+        "--tier", tier,
+        "--rank", str(spec.rank),
+        "--alpha", str(spec.alpha),
+        "--dropout", str(spec.dropout),
+        "--target-modules", *spec.target_modules,
+        "--lr", str(spec.plasticity.learning_rate),
+        "--steps", str(t.max_steps),
+        "--batch-size", str(t.batch_size),
+        "--checkpoint-every", str(t.checkpoint_every),
+        "--max-records", str(max(inputs.new_records, 1)),
+        "--bad-lines", inputs.bad_records,
+        "--seed", str(inputs.seed),
+        "--threads", str(settings.trainer_threads),
+    ]  # fmt: skip
+    if spec.agent:
+        args += ["--agent", spec.agent]
+    if inputs.init_version:
+        args += ["--init-from", tier_ref(store, ns, tier, inputs.init_version)]
+    for frozen_tier, version in inputs.frozen:
+        args += ["--frozen", tier_ref(store, ns, frozen_tier, version)]
+    extra_volumes: list[Obj] = [{"name": "work", "emptyDir": {}}]
+    extra_mounts: list[Obj] = [{"name": "work", "mountPath": "/work"}]
+    args += ["--work-dir", f"/work/{job_name}"]
+    return _job(
+        name=job_name,
+        namespace=ns,
+        owner=body,
+        labels={**base_labels("trainer"), LABEL_TIER: tier},
+        annotations={ANNOTATION_JOB_KIND: "training", ANNOTATION_TRAIN_RECORDS: str(inputs.total_records)},
+        template=t,
+        args=args,
+        storage=inputs.storage,
+        settings=settings,
+        extra_volumes=extra_volumes,
+        extra_mounts=extra_mounts,
+    )
+
+
+@dataclass(frozen=True)
+class ConsolidationInputs:
+    """A consolidation decided by a MigrationPolicy evaluation."""
+
+    mode: str  # "migrate" or "consensus"
+    target_tier: str
+    storage: Storage
+    source_tier: str | None = None
+    agent_tiers: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)  # detector / bandwidth options
+
+
+def build_consolidation_job(
+    policy: Obj, inputs: ConsolidationInputs, job_name: str, template: TrainingTemplate, settings: OperatorSettings
+) -> Obj:
+    """The Job that migrates stable components upward (or combines agents by consensus)."""
+    ns = policy["metadata"]["namespace"]
+    store = store_uri(inputs.storage, settings)
+    args = ["consolidate", "--mode", inputs.mode, "--dest", tier_ref(store, ns, inputs.target_tier)]
+    if inputs.source_tier:
+        args += ["--source", tier_ref(store, ns, inputs.source_tier)]
+    for t in inputs.agent_tiers:
+        args += ["--agent-tier", tier_ref(store, ns, t)]
+    if inputs.weights:
+        args += ["--weights", *(f"{w:g}" for w in inputs.weights)]
+    args += list(inputs.args)
+    return _job(
+        name=job_name,
+        namespace=ns,
+        owner=policy,
+        labels={**base_labels("consolidator"), LABEL_POLICY: policy["metadata"]["name"],
+                LABEL_TIER: inputs.target_tier},
+        annotations={ANNOTATION_JOB_KIND: "consolidation"},
+        template=template,
+        args=args,
+        storage=inputs.storage,
+        settings=settings,
+    )  # fmt: skip

@@ -1,0 +1,68 @@
+"""Swarm -> the per-agent LoRATier objects it implies (context and agent tiers, owned by the Swarm)."""
+
+from __future__ import annotations
+
+from dynamiclora import API_VERSION
+from dynamiclora.api.common import TierLevel
+from dynamiclora.api.swarm import Swarm, TierTemplate
+from dynamiclora.builders.names import (
+    LABEL_AGENT,
+    LABEL_LEVEL,
+    LABEL_SWARM,
+    agent_tier_name,
+    base_labels,
+)
+from dynamiclora.kube import Obj, owner_reference
+
+
+def _tier(body: Obj, sw: Swarm, agent: str, level: TierLevel, tpl: TierTemplate, parent: str | None) -> Obj:
+    swarm = body["metadata"]["name"]
+    spec: Obj = {
+        "level": level.value,
+        "swarmRef": swarm,
+        "agent": agent,
+        "baseModel": sw.spec.base_model.name,
+        "rank": tpl.rank,
+        "alpha": tpl.alpha,
+        "targetModules": list(tpl.target_modules),
+        "plasticity": tpl.plasticity.wire(),
+        "training": tpl.training.wire(),
+        "retention": tpl.retention.wire(),
+    }
+    if parent:
+        spec["parentTier"] = parent
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "LoRATier",
+        "metadata": {
+            "name": agent_tier_name(swarm, agent, level),
+            "namespace": body["metadata"]["namespace"],
+            "labels": {
+                **base_labels("tier"),
+                LABEL_SWARM: swarm,
+                LABEL_AGENT: agent,
+                LABEL_LEVEL: level.value,
+            },
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": spec,
+    }
+
+
+def build_agent_tiers(body: Obj, sw: Swarm) -> list[Obj]:
+    """For every agent: its context tier (parent: agent tier) and agent tier (parent: swarm tier)."""
+    swarm = body["metadata"]["name"]
+    out: list[Obj] = []
+    for agent in sw.spec.agents:
+        agent_tier = agent_tier_name(swarm, agent.name, TierLevel.AGENT)
+        out.append(_tier(body, sw, agent.name, TierLevel.CONTEXT, sw.spec.context_tier, agent_tier))
+        out.append(_tier(body, sw, agent.name, TierLevel.AGENT, sw.spec.agent_tier, sw.spec.shared_tiers.swarm))
+    return out
+
+
+def stack_tier_names(swarm: str, sw: Swarm, agent: str) -> list[str]:
+    """The tiers composed into one agent's served adapter, fastest first."""
+    names = [agent_tier_name(swarm, agent, TierLevel.CONTEXT), agent_tier_name(swarm, agent, TierLevel.AGENT)]
+    shared = sw.spec.shared_tiers
+    names += [n for n in (shared.swarm, shared.domain, shared.foundation) if n]
+    return names

@@ -1,0 +1,81 @@
+"""``dynamiclora run``: start the operator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+    from prometheus_client import start_http_server
+
+    from dynamiclora.controllers import handlers
+    from dynamiclora.kube import ApiKube
+    from dynamiclora.serving.metrics import REGISTRY
+    from dynamiclora.settings import OperatorSettings
+
+    try:
+        settings = OperatorSettings.from_env(
+            namespace=args.namespace,
+            pvc_mount_root=args.pvc_root,
+            local_executor=True if args.local_executor else None,
+            resync_seconds=args.resync_seconds,
+            metrics_port=args.metrics_port,
+            trainer_threads=args.trainer_threads,
+        )
+    except ValueError as err:
+        print(f"dynamiclora run: {err}")
+        return 2
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kube = ApiKube(args.kubeconfig)
+    handlers.register(settings)
+
+    @kopf.on.startup()
+    def _configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dynamiclora.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="dynamiclora.io", key="last-handled-configuration"
+        )
+        settings.posting.level = logging.WARNING  # our own events carry the story; kopf's are noise
+        settings.watching.server_timeout = 120
+        settings.batching.worker_limit = 64
+        memo["runtime"] = handlers.Runtime(kube=kube, settings=operator_settings)
+
+    operator_settings = settings
+    start_http_server(settings.metrics_port, addr=args.metrics_host, registry=REGISTRY)
+    logging.getLogger("dynamiclora").info("metrics on http://%s:%d/metrics", args.metrics_host, settings.metrics_port)
+    namespaces = [settings.namespace] if settings.namespace else []
+    asyncio.run(
+        kopf.operator(
+            standalone=True,
+            namespaces=namespaces,
+            clusterwide=not namespaces,
+            liveness_endpoint=args.liveness,
+            memo=kopf.Memo(),
+        )
+    )
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``run``."""
+    p = sub.add_parser("run", help="run the operator (kopf) against the current kubeconfig or in-cluster")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument("--namespace", help="watch only this namespace (default: all)")
+    p.add_argument("--pvc-root", help="where storage PVCs are mounted: claim C at ROOT/C "
+                   "(default /var/lib/dynamiclora/pvc)")  # fmt: skip
+    p.add_argument("--local-executor", action="store_true",
+                   help="label Jobs and vLLM pods for the local executor (local clusters only)")  # fmt: skip
+    p.add_argument("--resync-seconds", type=float, help="period of the reconcile timers (default 10)")
+    p.add_argument("--trainer-threads", type=int, help="CPU threads per trainer process (default 1)")
+    p.add_argument("--metrics-port", type=int, help="port of /metrics (default 8080)")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics (default 0.0.0.0)")
+    p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
+                   help="kopf liveness endpoint URL (default http://0.0.0.0:8081/healthz)")  # fmt: skip
+    p.set_defaults(func=_run)

@@ -1,0 +1,56 @@
+"""Standard ``conditions[]`` handling and "write status only when it changed"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dynamiclora.kube import Kube, Obj, now_rfc3339
+
+
+def set_condition(
+    conditions: list[Obj], type_: str, status: bool | str, reason: str, message: str, generation: int | None
+) -> list[Obj]:
+    """Return ``conditions`` with ``type_`` set; lastTransitionTime moves only when the status flips."""
+    status_s = status if isinstance(status, str) else ("True" if status else "False")
+    out = [dict(c) for c in conditions if c.get("type") != type_]
+    old = next((c for c in conditions if c.get("type") == type_), None)
+    changed = old is None or old.get("status") != status_s
+    cond: Obj = {
+        "type": type_,
+        "status": status_s,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": now_rfc3339() if changed or not old else old.get("lastTransitionTime", now_rfc3339()),
+    }
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    out.append(cond)
+    return sorted(out, key=lambda c: str(c["type"]))
+
+
+def get_condition(status: Obj | None, type_: str) -> Obj | None:
+    """The condition of ``type_`` in a status, if any."""
+    return next((c for c in (status or {}).get("conditions", []) if c.get("type") == type_), None)
+
+
+def _strip_times(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_times(v) for k, v in value.items() if k != "lastTransitionTime"}
+    if isinstance(value, list):
+        return [_strip_times(v) for v in value]
+    return value
+
+
+def status_changed(old: Obj | None, new: Obj) -> bool:
+    """Whether ``new`` differs from ``old`` in anything but condition timestamps."""
+    old = old or {}
+    return any(_strip_times(old.get(k)) != _strip_times(v) for k, v in new.items())
+
+
+def write_status(kube: Kube, body: Obj, new: Obj) -> bool:
+    """Merge-patch the status when it changed; returns whether a write happened."""
+    if not status_changed(body.get("status"), new):
+        return False
+    meta = body["metadata"]
+    kube.patch_status(body["kind"], meta["namespace"], meta["name"], new)
+    return True

@@ -1,0 +1,208 @@
+"""kopf handlers: a thin layer forwarding explicit arguments to the reconcile functions.
+
+Each kind has one async entry point used by its create/update/resume handlers and by its timer, so the
+same idempotent pass runs whether something changed or time passed (a restarted vLLM pod, a finished
+Job and new interaction records are all noticed by the timer). Errors become kopf errors with an event
+and a condition the user reads in ``kubectl describe``:
+
+* :class:`InvalidSpec` -> ``kopf.PermanentError`` (no retry until the object changes);
+* :class:`WaitFor` -> ``kopf.TemporaryError`` with the dependency's delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from dynamiclora import GROUP, VERSION
+from dynamiclora.controllers.common import InvalidSpec, WaitFor, generation
+from dynamiclora.controllers.conditions import set_condition, write_status
+from dynamiclora.controllers.policy import reconcile_policy
+from dynamiclora.controllers.serving import ServingUnavailable, sync_serving
+from dynamiclora.controllers.swarm import reconcile_swarm, swarm_status
+from dynamiclora.controllers.tier import Event, reconcile_tier
+from dynamiclora.kube import Kube, Obj
+from dynamiclora.metrics import AGENT_SERVED_PODS, POD_LOADED_ADAPTERS, RECONCILE_SECONDS, RECONCILES
+from dynamiclora.settings import OperatorSettings
+
+log = logging.getLogger("dynamiclora.operator")
+
+
+@dataclass
+class Runtime:
+    """Dependencies injected at start-up (kept in kopf's memo)."""
+
+    kube: Kube
+    settings: OperatorSettings
+
+
+def _runtime(memo: Any) -> Runtime:
+    rt = memo.get("runtime") if isinstance(memo, dict) else getattr(memo, "runtime", None)
+    if rt is None:
+        raise kopf.TemporaryError("operator runtime not configured yet", delay=1)
+    return rt  # type: ignore[no-any-return]
+
+
+def _plain(body: Any) -> Obj:
+    """kopf's Body as a plain dict (reconcilers take JSON-like objects)."""
+    return {k: (dict(v) if hasattr(v, "items") else v) for k, v in dict(body).items()}
+
+
+async def _invalid(rt: Runtime, body: Obj, kind: str, err: InvalidSpec) -> None:
+    """Report an invalid spec once per generation, then stop retrying."""
+    status = dict(body.get("status") or {})
+    gen = generation(body)
+    status["conditions"] = set_condition(status.get("conditions", []), "Ready", False, "InvalidSpec", str(err), gen)
+    status["phase"] = "Failed"
+    status["observedGeneration"] = gen
+    changed = await asyncio.to_thread(write_status, rt.kube, body, status)
+    if changed:
+        await asyncio.to_thread(rt.kube.event, body, "Warning", "InvalidSpec", str(err))
+    RECONCILES.labels(kind, "invalid").inc()
+    raise kopf.PermanentError(f"invalid {kind}: {err}")
+
+
+async def _emit(rt: Runtime, body: Obj, events: list[Event]) -> None:
+    for e in events:
+        await asyncio.to_thread(rt.kube.event, body, e.type, e.reason, e.message)
+
+
+async def _api_key(rt: Runtime, ns: str, spec: Obj) -> str | None:
+    ref = spec.get("inference", {}).get("apiKeySecretRef")
+    if not ref:
+        return None
+    secret = await asyncio.to_thread(rt.kube.get, "Secret", ns, ref["name"])
+    data = (secret or {}).get("data", {})
+    if ref["key"] not in data:
+        raise WaitFor(f"Secret {ref['name']} with key {ref['key']} (the vLLM API key) not found", 15)
+    return base64.b64decode(data[ref["key"]]).decode()
+
+
+async def handle_swarm(rt: Runtime, body: Obj) -> None:
+    """Reconcile a Swarm's children, then keep every ready pod serving each agent's current stack."""
+    start = time.monotonic()
+    try:
+        obs = await asyncio.to_thread(reconcile_swarm, rt.kube, rt.settings, body)
+    except InvalidSpec as err:
+        await _invalid(rt, body, "Swarm", err)
+        return
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    gen = generation(body)
+    conditions: list[Obj] = list((body.get("status") or {}).get("conditions", []))
+    agents: list[Obj] = []
+    pods: list[Obj] = [{"name": p["metadata"]["name"], "podIP": p.get("status", {}).get("podIP"), "ready": False}
+                       for p in obs.pods]  # fmt: skip
+    events: list[Event] = []
+    try:
+        api_key = await _api_key(rt, ns, body["spec"])
+        outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key)
+        agents = outcome.agents
+        ready_names = {p["name"] for p in outcome.pods}
+        pods = outcome.pods + [p for p in pods if p["name"] not in ready_names]
+        if outcome.failures:
+            msg = "; ".join(f"{k}: {v}" for k, v in sorted(outcome.failures.items()))[:1000]
+            conditions = set_condition(conditions, "Degraded", True, "AdapterLoadFailed", msg, gen)
+            events.append(Event("Warning", "AdapterLoadFailed", msg))
+        else:
+            conditions = set_condition(conditions, "Degraded", False, "Healthy", "", gen)
+        if outcome.swapped:
+            events.append(Event("Normal", "AdaptersServed", "loaded " + ", ".join(outcome.swapped)[:900]))
+        await _mark_served(rt, ns, agents, outcome, obs)
+    except ServingUnavailable as err:
+        conditions = set_condition(conditions, "Degraded", True, "ServingUnavailable", str(err), gen)
+    except WaitFor as err:
+        conditions = set_condition(conditions, "Degraded", True, "Waiting", str(err), gen)
+    all_served = bool(obs.ready_pods) and all(a.get("servedOnPods") == len(obs.ready_pods) for a in agents)
+    n_agents = len(obs.swarm.spec.agents)
+    ready = len(obs.ready_pods) >= obs.swarm.spec.inference.replicas and all_served and len(agents) == n_agents
+    reason = "AllAgentsServed" if ready else ("PodsNotReady" if len(obs.ready_pods) < obs.replicas else "NotAllServed")
+    msg = f"{len(obs.ready_pods)}/{obs.replicas} pods ready, {sum(1 for a in agents if a.get('servedOnPods'))}/" \
+          f"{n_agents} agents served"  # fmt: skip
+    conditions = set_condition(conditions, "Ready", ready, reason, msg, gen)
+    for a in agents:
+        AGENT_SERVED_PODS.labels(ns, name, a["name"]).set(a.get("servedOnPods", 0))
+    for p in pods:
+        POD_LOADED_ADAPTERS.labels(ns, name, p["name"]).set(len(p.get("loadedAdapters", [])))
+    status = swarm_status(body, obs, agents, pods, conditions)
+    await asyncio.to_thread(write_status, rt.kube, body, status)
+    await _emit(rt, body, events)
+    RECONCILES.labels("Swarm", "ok").inc()
+    RECONCILE_SECONDS.labels("Swarm").observe(time.monotonic() - start)
+
+
+async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, obs: Any) -> None:
+    """Record on each tier the version now served on every ready pod (servedVersion is ours to write)."""
+    from dynamiclora.controllers.serving import desired_stacks
+
+    stacks = await asyncio.to_thread(desired_stacks, rt.kube, rt.settings, obs.body, obs.swarm)
+    served = {a["name"] for a in agents if a.get("servedOnPods") == len(obs.ready_pods) and obs.ready_pods}
+    versions: dict[str, int] = {}
+    for s in stacks:
+        if s.agent in served:
+            for e in s.entries:
+                versions[e.tier] = max(versions.get(e.tier, 0), e.version)
+    for tier, version in versions.items():
+        body = await asyncio.to_thread(rt.kube.get, "LoRATier", ns, tier)
+        if body and (body.get("status") or {}).get("servedVersion") != version:
+            await asyncio.to_thread(rt.kube.patch_status, "LoRATier", ns, tier, {"servedVersion": version})
+
+
+async def handle_tier(rt: Runtime, body: Obj) -> None:
+    """Reconcile one LoRATier (store observation, training Jobs, status)."""
+    start = time.monotonic()
+    try:
+        outcome = await asyncio.to_thread(reconcile_tier, rt.kube, rt.settings, body)
+    except InvalidSpec as err:
+        await _invalid(rt, body, "LoRATier", err)
+        return
+    except WaitFor as err:
+        RECONCILES.labels("LoRATier", "waiting").inc()
+        raise kopf.TemporaryError(str(err), delay=err.delay) from err
+    outcome.status.pop("servedVersion", None)  # written by the Swarm reconciler once pods serve it
+    await asyncio.to_thread(write_status, rt.kube, body, outcome.status)
+    await _emit(rt, body, outcome.events)
+    RECONCILES.labels("LoRATier", "ok").inc()
+    RECONCILE_SECONDS.labels("LoRATier").observe(time.monotonic() - start)
+
+
+async def handle_policy(rt: Runtime, body: Obj) -> None:
+    """Reconcile one MigrationPolicy (finished Jobs, due consolidations, decisions)."""
+    start = time.monotonic()
+    try:
+        outcome = await asyncio.to_thread(reconcile_policy, rt.kube, rt.settings, body)
+    except InvalidSpec as err:
+        await _invalid(rt, body, "MigrationPolicy", err)
+        return
+    await asyncio.to_thread(write_status, rt.kube, body, outcome.status)
+    await _emit(rt, body, outcome.events)
+    RECONCILES.labels("MigrationPolicy", "ok").inc()
+    RECONCILE_SECONDS.labels("MigrationPolicy").observe(time.monotonic() - start)
+
+
+def register(settings: OperatorSettings) -> None:
+    """Register the handlers on kopf's default registry (called once by ``dynamiclora run``)."""
+    interval = settings.resync_seconds
+
+    for plural, handle in (("swarms", handle_swarm), ("loratiers", handle_tier), ("migrationpolicies", handle_policy)):
+        _register_kind(plural, handle, interval)
+
+
+def _register_kind(plural: str, handle: Any, interval: float) -> None:
+    async def on_change(body: Any, memo: Any, **_: Any) -> None:
+        await handle(_runtime(memo), _plain(body))
+
+    async def on_timer(body: Any, memo: Any, **_: Any) -> None:
+        await handle(_runtime(memo), _plain(body))
+
+    on_change.__name__ = on_change.__qualname__ = f"{plural}_changed"
+    on_timer.__name__ = on_timer.__qualname__ = f"{plural}_resync"
+    kopf.on.resume(GROUP, VERSION, plural)(on_change)
+    kopf.on.create(GROUP, VERSION, plural)(on_change)
+    kopf.on.update(GROUP, VERSION, plural, field="spec")(on_change)
+    kopf.timer(GROUP, VERSION, plural, interval=interval, initial_delay=interval / 2)(on_timer)

@@ -1,0 +1,205 @@
+"""Compose each agent's tier stack into one adapter and keep every ready vLLM pod serving it.
+
+The composed adapter of an agent is keyed by the exact (tier, version) list it was built from and is
+written once, atomically, to ``<storage>/served/<namespace>/<swarm>/<agent>/<key>/``; the vLLM pods read
+it from the same volume. Re-running the reconcile with unchanged tiers composes nothing and costs one
+``/v1/models`` call per pod, and a restarted pod (which forgot its runtime adapters) gets them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynamiclora.api.swarm import Swarm
+from dynamiclora.builders.jobs import store_uri
+from dynamiclora.builders.names import served_adapter_name
+from dynamiclora.builders.tiers import stack_tier_names
+from dynamiclora.controllers.swarm import ReadyPod
+from dynamiclora.kube import Kube, Obj
+from dynamiclora.settings import OperatorSettings
+
+LEVEL_LETTER = {"context": "c", "agent": "a", "swarm": "s", "domain": "d", "foundation": "f"}
+
+
+class ServingUnavailable(Exception):
+    """The swarm cannot be served yet or as configured (reported as a condition)."""
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    tier: str
+    level: str
+    version: int
+    store: str  # checkpoint-store URI of the tier
+    namespace: str  # namespace of the tier in the store (its Kubernetes namespace)
+
+
+@dataclass
+class AgentStack:
+    """The tier versions composed into one agent's served adapter."""
+
+    agent: str
+    entries: list[StackEntry] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        text = "|".join(f"{e.store}/{e.tier}@{e.version}" for e in self.entries)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def label(self) -> str:
+        """Human-readable composite version, e.g. ``c3.a2.s1``."""
+        return ".".join(f"{LEVEL_LETTER.get(e.level, e.level)}{e.version}" for e in self.entries)
+
+
+def served_version_of(tier: Obj) -> int | None:
+    """The version of a tier that should be served: the pinned one, else the newest accepted one."""
+    spec, status = tier.get("spec", {}), tier.get("status") or {}
+    pinned = spec.get("pinnedVersion")
+    if pinned:
+        return int(pinned)
+    current = status.get("currentVersion")
+    return int(current) if current else None
+
+
+def desired_stacks(kube: Kube, settings: OperatorSettings, body: Obj, sw: Swarm) -> list[AgentStack]:
+    """Each agent's stack from the LoRATiers' current state (tiers without a version are skipped)."""
+    ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
+    default_store = store_uri(sw.spec.storage, settings)
+    tiers: dict[str, Obj | None] = {}
+    stacks = []
+    for agent in sw.spec.agents:
+        stack = AgentStack(agent.name)
+        for tier_name in stack_tier_names(swarm, sw, agent.name):
+            if tier_name not in tiers:
+                tiers[tier_name] = kube.get("LoRATier", ns, tier_name)
+            tier = tiers[tier_name]
+            if tier is None:
+                continue
+            version = served_version_of(tier)
+            if version is None:
+                continue
+            storage = tier["spec"].get("storage")
+            store = default_store
+            if storage:
+                from dynamiclora.api.common import Storage
+
+                store = store_uri(Storage.model_validate(storage), settings)
+            stack.entries.append(StackEntry(tier_name, tier["spec"]["level"], version, store, ns))
+        stacks.append(stack)
+    return stacks
+
+
+def served_root(sw: Swarm, settings: OperatorSettings) -> Path:
+    """Folder of composed adapters, on the storage PVC that the operator and the vLLM pods mount."""
+    if sw.spec.storage.pvc is None:
+        raise ServingUnavailable(
+            "serving composed adapters needs spec.storage.pvc (a volume the vLLM pods mount); "
+            "S3-only storage cannot hand adapters to vLLM yet"
+        )
+    return Path(store_uri(sw.spec.storage, settings).removeprefix("file://")) / "served"
+
+
+def compose_stack(stack: AgentStack, dest: Path, max_lora_rank: int, base_model: str) -> dict[str, object]:
+    """Compose ``stack`` into a PEFT adapter at ``dest`` (atomic: temp dir, then rename).
+
+    Returns:
+        The composition report (exact or truncated, error).
+    """
+    from dynamiclora.memory import compose, load_adapter, save_adapter
+    from dynamiclora.storage.uri import open_store
+
+    if (dest / "composition.json").exists():
+        return dict(json.loads((dest / "composition.json").read_text()))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        deltas = []
+        for i, e in enumerate(stack.entries):
+            local = work / f"in{i}"
+            open_store(e.store).download(e.namespace, e.tier, e.version, local)
+            delta, _meta = load_adapter(local)
+            deltas.append(delta)
+        composed, report = compose(deltas, max_lora_rank)
+        out = work / "adapter"
+        save_adapter(composed, out, base_model_name_or_path=base_model)
+        summary = {
+            **report.to_dict(),
+            "key": stack.key,
+            "label": stack.label,
+            "tiers": [{"tier": e.tier, "level": e.level, "version": e.version} for e in stack.entries],
+        }
+        (out / "composition.json").write_text(json.dumps(summary, indent=2))
+        os.replace(out, dest)  # readers see either nothing or the complete adapter
+        return summary
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class ServingOutcome:
+    agents: list[Obj] = field(default_factory=list)
+    pods: list[Obj] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    swapped: list[str] = field(default_factory=list)
+
+
+async def sync_serving(
+    kube: Kube, settings: OperatorSettings, body: Obj, sw: Swarm, ready_pods: list[ReadyPod], api_key: str | None
+) -> ServingOutcome:
+    """Compose every agent's adapter and reconcile every ready pod's loaded set against them."""
+    import asyncio
+
+    from dynamiclora.serving.adapters import AdapterSpec, PodTarget
+    from dynamiclora.serving.client import ClientConfig
+    from dynamiclora.serving.hotswap import HotSwapper
+
+    ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
+    out = ServingOutcome()
+    stacks = [s for s in desired_stacks(kube, settings, body, sw) if s.entries]
+    desired: dict[str, AdapterSpec] = {}
+    root = served_root(sw, settings) if stacks else None
+    for stack in stacks:
+        assert root is not None
+        dest = root / ns / swarm / stack.agent / stack.key
+        report = await asyncio.to_thread(
+            compose_stack, stack, dest, sw.spec.inference.max_lora_rank, sw.spec.base_model.name
+        )
+        name = served_adapter_name(swarm, stack.agent)
+        desired[name] = AdapterSpec.from_dir(name, dest, stack.label)
+        out.agents.append({
+            "name": stack.agent,
+            "servedAdapter": name,
+            "servedVersion": stack.label,
+            "adapterUri": str(dest),
+            "compositionError": float(str(report.get("relativeError", 0.0))),
+        })  # fmt: skip
+    served_on: dict[str, int] = {}
+    cfg = ClientConfig(api_key=api_key, timeout_s=settings.vllm_timeout_seconds)
+    async with HotSwapper(cfg) as swapper:
+        for pod in ready_pods:
+            target = PodTarget(
+                base_url=f"http://{pod.ip}:{sw.spec.inference.port}",
+                max_lora_rank=sw.spec.inference.max_lora_rank,
+                base_model=sw.spec.base_model.name,
+                base_model_aliases=(sw.spec.base_model.name,),
+                max_cpu_loras=sw.spec.inference.max_cpu_loras,
+                name=pod.name,
+            )
+            result = await swapper.reconcile(target, desired, managed_prefix=f"{swarm}-")
+            out.swapped += [f"{pod.name}:{n}" for n in result.swapped + result.loaded]
+            for n, err in result.failed.items():
+                out.failures[f"{pod.name}/{n}"] = err
+            ok = [n for n in desired if n not in result.failed]
+            for n in ok:
+                served_on[n] = served_on.get(n, 0) + 1
+            out.pods.append({"name": pod.name, "podIP": pod.ip, "ready": True, "loadedAdapters": sorted(ok)})
+    for agent in out.agents:
+        agent["servedOnPods"] = served_on.get(agent["servedAdapter"], 0)
+    return out

@@ -1,0 +1,312 @@
+"""LoRATier reconciliation: observe the checkpoint store, run training Jobs, report status.
+
+The store is the source of truth for versions (a Job publishes atomically; the operator only reads),
+Kubernetes Jobs are the source of truth for work in flight. Job names are derived from the version they
+will produce, so an operator restarted at any point finds the Job it started instead of starting another.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynamiclora.api.common import Storage, TierLevel
+from dynamiclora.api.swarm import Swarm
+from dynamiclora.api.tier import LoRATier
+from dynamiclora.builders.inference import model_path
+from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experience_location, store_uri
+from dynamiclora.builders.names import ANNOTATION_TRAIN_RECORDS, training_job_name
+from dynamiclora.builders.tiers import stack_tier_names
+from dynamiclora.controllers.common import WaitFor, generation, parse
+from dynamiclora.controllers.conditions import set_condition
+from dynamiclora.kube import Kube, Obj, now_rfc3339
+from dynamiclora.metrics import JOB_SECONDS, JOBS, TIER_LAST_TRAINED, TIER_PENDING_RECORDS, TIER_VERSION
+from dynamiclora.settings import OperatorSettings
+
+HISTORY_LIMIT = 20
+MAX_TRAINING_ATTEMPTS = 3
+
+
+@dataclass
+class Event:
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class TierOutcome:
+    """New status and the events to record."""
+
+    status: Obj
+    events: list[Event] = field(default_factory=list)
+
+
+def count_records(location: str) -> int:
+    """Non-empty lines of every ``*.jsonl`` under a folder (the operator mounts the storage PVC)."""
+    root = Path(location)
+    if not root.is_dir():
+        return 0
+    total = 0
+    for f in sorted(root.rglob("*.jsonl")):
+        with f.open("rb") as fh:
+            total += sum(1 for line in fh if line.strip())
+    return total
+
+
+def _parse_time(s: str | None) -> dt.datetime | None:
+    if not s:
+        return None
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def _duration_s(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total, num = 0.0, ""
+    i = 0
+    while i < len(text):
+        if text[i].isdigit() or text[i] == ".":
+            num += text[i]
+            i += 1
+            continue
+        unit = "ms" if text[i : i + 2] == "ms" else text[i]
+        total += float(num) * units[unit]
+        num = ""
+        i += len(unit)
+    return total
+
+
+def _resolve(kube: Kube, tier: LoRATier, ns: str) -> tuple[Storage, Swarm | None]:
+    swarm_body = kube.get("Swarm", ns, tier.spec.swarm_ref) if tier.spec.swarm_ref else None
+    swarm = parse(Swarm, swarm_body) if swarm_body else None
+    storage = tier.spec.storage or (swarm.spec.storage if swarm else None)
+    if storage is None:
+        raise WaitFor(
+            f"tier has no spec.storage and its Swarm {tier.spec.swarm_ref or '(none)'} does not exist yet", 15
+        )
+    return storage, swarm
+
+
+def _job_state(job: Obj) -> str:
+    for c in job.get("status", {}).get("conditions", []) or []:
+        if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
+            return str(c["type"])
+    return "Running"
+
+
+def _history(store: object, ns: str, name: str, old: list[Obj]) -> list[Obj]:
+    """Status history: previous entries plus every version published since."""
+    known = {int(h["version"]) for h in old}
+    out = list(old)
+    for v in store.list_versions(ns, name):  # type: ignore[attr-defined]
+        if v in known:
+            continue
+        ref = store.get(ns, name, v)  # type: ignore[attr-defined]
+        meta = ref.manifest.metadata
+        entry: Obj = {
+            "version": v,
+            "uri": ref.uri,
+            "sha256": ref.digest,
+            "created": ref.manifest.created,
+            "source": {"training": "training", "migration": "migration", "migration-source": "migration",
+                       "consensus": "consensus", "consensus-agent": "consensus"}.get(
+                str(meta.get("kind")), "import"
+            ),
+        }
+        if meta.get("finalLoss") is not None:
+            entry["loss"] = float(meta["finalLoss"])
+        out.append(entry)
+    return sorted(out, key=lambda h: int(h["version"]))[-HISTORY_LIMIT:]
+
+
+def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOutcome:
+    """One pass over a tier; returns the status to write and the events to emit."""
+    from dynamiclora.storage.uri import open_store
+
+    tier = parse(LoRATier, body)
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    level = TierLevel(tier.spec.level)
+    old: Obj = dict(body.get("status") or {})
+    st: Obj = {k: v for k, v in old.items() if k not in ("conditions",)}
+    conditions: list[Obj] = list(old.get("conditions", []))
+    gen = generation(body)
+    events: list[Event] = []
+
+    storage, swarm = _resolve(kube, tier, ns)
+    store = open_store(store_uri(storage, settings))
+    latest = store.latest(ns, name)
+    if latest is not None:
+        if latest.version != old.get("currentVersion"):
+            events.append(Event("Normal", "NewVersion", f"version {latest.version} published at {latest.uri}"))
+            TIER_LAST_TRAINED.labels(ns, name, level.value).set(dt.datetime.now(dt.UTC).timestamp())
+        st.update(currentVersion=latest.version, checkpointUri=latest.uri, checkpointSha256=latest.digest)
+        st["history"] = _history(store, ns, name, list(old.get("history", [])))
+        _apply_stats(st, store, ns, name, latest.version)
+        TIER_VERSION.labels(ns, name, level.value).set(latest.version)
+
+    # Work in flight.
+    active = old.get("activeJob")
+    if active:
+        job = kube.get("Job", ns, active)
+        state = _job_state(job) if job else "Gone"
+        if state == "Complete":
+            assert job is not None
+            st["recordsConsumed"] = int(job["metadata"].get("annotations", {}).get(ANNOTATION_TRAIN_RECORDS, 0))
+            st["lastTrainingTime"] = now_rfc3339()
+            st["failedAttempts"] = 0
+            st.pop("activeJob", None)
+            JOBS.labels("training", "succeeded").inc()
+            started = _parse_time(job.get("status", {}).get("startTime"))
+            if started:
+                JOB_SECONDS.labels("training").observe((dt.datetime.now(dt.UTC) - started).total_seconds())
+            conditions = set_condition(conditions, "Training", False, "Succeeded", f"Job {active} succeeded", gen)
+            conditions = set_condition(conditions, "Degraded", False, "Healthy", "", gen)
+            events.append(Event("Normal", "TrainingSucceeded", f"Job {active} succeeded"))
+        elif state in ("Failed", "Gone"):
+            attempts = int(old.get("failedAttempts", 0)) + 1
+            st["failedAttempts"] = attempts
+            st.pop("activeJob", None)
+            JOBS.labels("training", "failed").inc()
+            msg = f"Job {active} {'failed' if state == 'Failed' else 'disappeared'} (attempt {attempts})"
+            conditions = set_condition(conditions, "Training", False, "JobFailed", msg, gen)
+            if attempts >= MAX_TRAINING_ATTEMPTS:
+                conditions = set_condition(conditions, "Degraded", True, "TrainingFailing", msg, gen)
+            events.append(Event("Warning", "TrainingFailed", msg))
+
+    if tier.spec.suspend:
+        st["phase"] = "Suspended"
+    elif level == TierLevel.CONTEXT and tier.spec.agent and swarm is not None and not st.get("activeJob"):
+        conditions = _maybe_train(kube, settings, body, tier, swarm, storage, st, old, conditions, events)
+
+    st["observedGeneration"] = gen
+    st["conditions"] = set_condition(
+        conditions,
+        "Ready",
+        st.get("currentVersion") is not None,
+        "VersionAvailable" if st.get("currentVersion") else "NoVersionYet",
+        f"version {st.get('currentVersion')} available" if st.get("currentVersion") else "no version published yet",
+        gen,
+    )
+    if "phase" not in st or st["phase"] != "Suspended" or not tier.spec.suspend:
+        degraded = any(c["type"] == "Degraded" and c["status"] == "True" for c in st["conditions"])
+        st["phase"] = (
+            "Suspended" if tier.spec.suspend
+            else "Training" if st.get("activeJob")
+            else "Failed" if degraded
+            else "Ready" if st.get("currentVersion")
+            else "Pending"
+        )  # fmt: skip
+    return TierOutcome(st, events)
+
+
+def _apply_stats(st: Obj, store: object, ns: str, name: str, version: int) -> None:
+    try:
+        stats = json.loads(store.read_file(ns, name, version, "stats.json"))  # type: ignore[attr-defined]
+    except Exception:
+        return
+    if "energy" in stats:
+        st["energy"] = float(stats["energy"])
+    if "screenedFraction" in stats:
+        st["screenedFraction"] = min(max(float(stats["screenedFraction"]), 0.0), 1.0)
+    if "norm" in stats:
+        st["driftNorm"] = float(stats["norm"])
+
+
+def _maybe_train(
+    kube: Kube,
+    settings: OperatorSettings,
+    body: Obj,
+    tier: LoRATier,
+    swarm: Swarm,
+    storage: Storage,
+    st: Obj,
+    old: Obj,
+    conditions: list[Obj],
+    events: list[Event],
+) -> list[Obj]:
+    """Start a training Job when enough new records exist (and the schedule allows).
+
+    Returns:
+        The conditions updated with the Training condition.
+    """
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    agent = tier.spec.agent or ""
+    location = experience_location(storage, swarm.spec.experience.prefix, agent, settings)
+    total = count_records(location)
+    consumed = int(st.get("recordsConsumed", 0))
+    pending = max(total - consumed, 0)
+    TIER_PENDING_RECORDS.labels(ns, name, tier.spec.level).set(pending)
+    _update_rate(st, old, total, tier.spec.plasticity.learning_rate)
+    if int(st.get("failedAttempts", 0)) >= MAX_TRAINING_ATTEMPTS:
+        return conditions
+    if pending < tier.spec.training.min_samples:
+        return set_condition(
+            conditions, "Training", False, "WaitingForRecords",
+            f"{pending}/{tier.spec.training.min_samples} new interaction records", generation(body),
+        )  # fmt: skip
+    last = _parse_time(st.get("lastTrainingTime"))
+    schedule = tier.spec.training.schedule
+    if schedule and last and (dt.datetime.now(dt.UTC) - last).total_seconds() < _duration_s(schedule):
+        return conditions
+    current = st.get("currentVersion")
+    next_version = int(current or 0) + 1
+    attempts = int(st.get("failedAttempts", 0))
+    job_name = training_job_name(name, next_version) + (f"-r{attempts}" if attempts else "")
+    frozen = _frozen_tiers(kube, ns, swarm, body["metadata"]["name"], tier)
+    inputs = TrainingInputs(
+        model_path=model_path(swarm, settings),
+        storage=storage,
+        experience_prefix=swarm.spec.experience.prefix,
+        bad_records=swarm.spec.experience.bad_records,
+        new_records=pending,
+        total_records=total,
+        init_version=int(current) if current else None,
+        frozen=frozen,
+        seed=next_version,
+    )
+    job = build_training_job(body, tier.spec, inputs, job_name, settings)
+    created = kube.create(job)
+    st["activeJob"] = job_name
+    if created is not None:
+        JOBS.labels("training", "started").inc()
+        events.append(Event("Normal", "TrainingStarted", f"Job {job_name} trains v{next_version} on {pending} records"))
+    return set_condition(
+        conditions, "Training", True, "JobRunning", f"Job {job_name} trains version {next_version}", generation(body)
+    )
+
+
+def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier_name: str, tier: LoRATier) -> list[tuple[str, int]]:
+    """The slower tiers of the agent's stack that have a version, to load frozen while training."""
+    swarm_name = tier.spec.swarm_ref or ""
+    names = stack_tier_names(swarm_name, swarm, tier.spec.agent or "")
+    out = []
+    for n in names[names.index(tier_name) + 1 :] if tier_name in names else []:
+        other = kube.get("LoRATier", ns, n)
+        version = (other or {}).get("status", {}).get("currentVersion") if other else None
+        if version:
+            out.append((n, int(version)))
+    return out
+
+
+def _update_rate(st: Obj, old: Obj, total: int, learning_rate: float) -> None:
+    """Interaction rate from the record count's growth; the time scale follows from it."""
+    now = dt.datetime.now(dt.UTC)
+    prev_total = old.get("rateSampleTotal")
+    prev_time = _parse_time(old.get("rateSampleTime"))
+    st["recordsSeen"] = total
+    if prev_total is None or prev_time is None or total < int(prev_total):
+        st["rateSampleTotal"], st["rateSampleTime"] = total, now_rfc3339()
+        return
+    hours = (now - prev_time).total_seconds() / 3600
+    if hours <= 0 or total == int(prev_total):
+        return
+    st["rateSampleTotal"], st["rateSampleTime"] = total, now_rfc3339()
+    rate = (total - int(prev_total)) / hours
+    smoothed = 0.7 * float(old.get("interactionRatePerHour") or rate) + 0.3 * rate
+    st["interactionRatePerHour"] = round(smoothed, 3)
+    # The tier needs ~1/learning_rate interactions to absorb a pattern: its time scale is how long
+    # that takes at the observed density.
+    st["effectiveTimeScaleSeconds"] = round(3600.0 / (smoothed * learning_rate), 1)

@@ -1,0 +1,242 @@
+"""The operator's view of the Kubernetes API: a small Protocol and its REST implementation.
+
+Reconcile functions only talk to :class:`Kube`, so unit tests run them against an in-memory
+implementation (``tests/unit/operator/fakekube.py``) and the operator against :class:`ApiKube`.
+Children are written with server-side apply under one field manager, so the operator owns exactly the
+fields it sets and never fights GitOps over user-owned ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dynamiclora import FIELD_MANAGER, GROUP, VERSION
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """REST coordinates of one kind."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        base = "/api/v1" if self.api_version == "v1" else f"/apis/{self.api_version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        return f"{base}/{name}" if name else base
+
+
+# Everything the operator reads or writes; the Helm chart's ClusterRole is checked against this table.
+RESOURCES: dict[str, Resource] = {
+    r.kind: r
+    for r in (
+        Resource(f"{GROUP}/{VERSION}", "Swarm", "swarms"),
+        Resource(f"{GROUP}/{VERSION}", "LoRATier", "loratiers"),
+        Resource(f"{GROUP}/{VERSION}", "MigrationPolicy", "migrationpolicies"),
+        Resource("apps/v1", "StatefulSet", "statefulsets"),
+        Resource("batch/v1", "Job", "jobs"),
+        Resource("v1", "Service", "services"),
+        Resource("v1", "Pod", "pods"),
+        Resource("v1", "Secret", "secrets"),
+        Resource("v1", "Event", "events"),
+        Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    )
+}
+
+
+class KubeError(RuntimeError):
+    """A failed API call."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class Kube(Protocol):
+    """The Kubernetes operations reconcile functions use."""
+
+    def apply(self, obj: Obj) -> Obj:
+        """Server-side apply ``obj`` under the operator's field manager; returns the live object."""
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """The object, or None when absent."""
+
+    def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[Obj]:
+        """Objects of ``kind`` in ``namespace`` matching every label."""
+
+    def create(self, obj: Obj) -> Obj | None:
+        """Create ``obj``; None when an object of that name already exists (idempotent creation)."""
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete with background propagation; False when already gone."""
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> Obj:
+        """Merge-patch the status subresource."""
+
+    def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
+        """Record a Kubernetes Event on ``involved`` (Normal or Warning)."""
+
+
+def now_rfc3339() -> str:
+    """The current UTC time as Kubernetes writes it."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def owner_reference(owner: Obj, controller: bool = True) -> Obj:
+    """An ownerReference to ``owner`` so Kubernetes garbage-collects the child with it."""
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
+
+
+def event_body(involved: Obj, type_: str, reason: str, message: str, seq: int) -> Obj:
+    """An ``events.k8s.io``-compatible core/v1 Event."""
+    meta = involved["metadata"]
+    ts = now_rfc3339()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{seq:x}", "namespace": meta.get("namespace", "default")},
+        "involvedObject": {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind"),
+            "name": meta["name"],
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "firstTimestamp": ts,
+        "lastTimestamp": ts,
+        "count": 1,
+    }
+
+
+class ApiKube:
+    """:class:`Kube` over the official client's authenticated ``ApiClient`` (kubeconfig or in-cluster)."""
+
+    def __init__(self, kubeconfig: str | None = None) -> None:
+        from kubernetes import client, config
+
+        if kubeconfig:
+            cfg = client.Configuration()
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        else:
+            try:
+                cfg = client.Configuration()
+                config.load_incluster_config(client_configuration=cfg)
+            except config.ConfigException:
+                cfg = client.Configuration()
+                config.load_kube_config(client_configuration=cfg)
+        self._api = client.ApiClient(cfg)
+        self._seq = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        self._lock = threading.Lock()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = self._api.call_api(
+                path,
+                method,
+                query_params=query or [],
+                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=30,
+            )
+        except ApiException as exc:
+            try:
+                message = json.loads(exc.body).get("message", exc.reason)
+            except (TypeError, ValueError):
+                message = str(exc.reason)
+            raise KubeError(int(exc.status or 0), message) from exc
+        data = resp[0].data if isinstance(resp, tuple) else resp.data
+        return json.loads(data) if data else None
+
+    def apply(self, obj: Obj) -> Obj:
+        res = RESOURCES[obj["kind"]]
+        meta = obj["metadata"]
+        path = res.path(meta.get("namespace"), meta["name"])
+        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
+        return dict(self._call("PATCH", path, obj, query, "application/apply-patch+yaml"))
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        try:
+            return dict(self._call("GET", RESOURCES[kind].path(namespace, name)))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[Obj]:
+        query = []
+        if labels:
+            query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in sorted(labels.items()))))
+        data = self._call("GET", RESOURCES[kind].path(namespace), query=query)
+        res = RESOURCES[kind]
+        items = data.get("items", [])
+        for item in items:  # list items omit apiVersion/kind
+            item.setdefault("apiVersion", res.api_version)
+            item.setdefault("kind", kind)
+        return list(items)
+
+    def create(self, obj: Obj) -> Obj | None:
+        meta = obj["metadata"]
+        try:
+            return dict(self._call("POST", RESOURCES[obj["kind"]].path(meta.get("namespace")), obj))
+        except KubeError as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        try:
+            self._call("DELETE", RESOURCES[kind].path(namespace, name), body)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> Obj:
+        path = RESOURCES[kind].path(namespace, name) + "/status"
+        return dict(self._call("PATCH", path, {"status": status}, content_type="application/merge-patch+json"))
+
+    def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
+        with self._lock:
+            self._seq += 1
+            seq = self._seq
+        body = event_body(involved, type_, reason, message, seq)
+        # Events are best effort: losing one must never fail a reconcile.
+        with contextlib.suppress(KubeError):
+            self._call("POST", RESOURCES["Event"].path(body["metadata"]["namespace"]), body)

@@ -1,0 +1,78 @@
+"""Prometheus metrics of the operator (one registry shared with ``dynamiclora.serving.metrics``).
+
+Per-object gauges carry namespace/name labels: their cardinality is the number of tiers and agents,
+which is what a user wants to see on a dashboard; nothing is labelled per request or per version.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from dynamiclora.serving.metrics import REGISTRY
+
+RECONCILES = Counter(
+    "dynamiclora_reconcile_total", "Reconciliations by kind and result (ok, error, invalid).",
+    ["kind", "result"], registry=REGISTRY,
+)
+RECONCILE_SECONDS = Histogram(
+    "dynamiclora_reconcile_duration_seconds", "Duration of one reconciliation.", ["kind"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=REGISTRY,
+)
+JOBS = Counter(
+    "dynamiclora_jobs_total", "Training and consolidation Jobs by kind and result (started, succeeded, failed).",
+    ["kind", "result"], registry=REGISTRY,
+)
+JOB_SECONDS = Histogram(
+    "dynamiclora_job_duration_seconds", "Wall time of finished training and consolidation Jobs.", ["kind"],
+    buckets=(5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200), registry=REGISTRY,
+)
+MIGRATIONS = Counter(
+    "dynamiclora_migrations_total", "Migration decisions by outcome (Migrated, Bypassed, Throttled, DryRun).",
+    ["outcome"], registry=REGISTRY,
+)
+MIGRATED_COMPONENTS = Counter(
+    "dynamiclora_migrated_components_total", "Rank-1 components moved to slower tiers.", registry=REGISTRY,
+)
+TIER_VERSION = Gauge(
+    "dynamiclora_tier_version", "Newest published version of a tier.", ["namespace", "tier", "level"],
+    registry=REGISTRY,
+)
+TIER_SERVED_VERSION = Gauge(
+    "dynamiclora_tier_served_version", "Version of a tier composed into served adapters.",
+    ["namespace", "tier", "level"], registry=REGISTRY,
+)
+TIER_ENERGY = Gauge(
+    "dynamiclora_tier_energy", "Squared Frobenius norm of a tier's delta.", ["namespace", "tier", "level"],
+    registry=REGISTRY,
+)
+TIER_SCREENED = Gauge(
+    "dynamiclora_tier_screened_fraction", "Energy fraction of a tier in SCREENED components.",
+    ["namespace", "tier", "level"], registry=REGISTRY,
+)
+TIER_TIME_SCALE = Gauge(
+    "dynamiclora_tier_time_scale_seconds", "Emergent time scale of a tier.", ["namespace", "tier", "level"],
+    registry=REGISTRY,
+)
+TIER_LAST_TRAINED = Gauge(
+    "dynamiclora_tier_last_trained_timestamp_seconds", "Unix time a tier last got a new version.",
+    ["namespace", "tier", "level"], registry=REGISTRY,
+)
+TIER_PENDING_RECORDS = Gauge(
+    "dynamiclora_tier_pending_records", "Interaction records not trained on yet.", ["namespace", "tier", "level"],
+    registry=REGISTRY,
+)
+SWARM_DESIRED_PODS = Gauge(
+    "dynamiclora_swarm_desired_pods", "Inference replicas a swarm asks for.", ["namespace", "swarm"],
+    registry=REGISTRY,
+)
+SWARM_READY_PODS = Gauge(
+    "dynamiclora_swarm_ready_pods", "Ready inference pods of a swarm.", ["namespace", "swarm"], registry=REGISTRY,
+)
+AGENT_SERVED_PODS = Gauge(
+    "dynamiclora_agent_served_pods", "Ready pods serving the agent's current composed adapter.",
+    ["namespace", "swarm", "agent"], registry=REGISTRY,
+)
+POD_LOADED_ADAPTERS = Gauge(
+    "dynamiclora_pod_loaded_adapters", "Adapters loaded in one vLLM pod.", ["namespace", "swarm", "pod"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,145 @@
+"""Table tests of the pure builders: spec -> StatefulSet / Service / LoRATiers / Jobs."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from dynamiclora.api.swarm import Swarm
+from dynamiclora.api.tier import LoRATierSpec
+from dynamiclora.builders.inference import build_service, build_statefulset, vllm_args
+from dynamiclora.builders.jobs import (
+    ConsolidationInputs,
+    TrainingInputs,
+    build_consolidation_job,
+    build_training_job,
+    tier_ref,
+)
+from dynamiclora.builders.names import dns_name, training_job_name
+from dynamiclora.builders.tiers import build_agent_tiers, stack_tier_names
+from dynamiclora.settings import OperatorSettings
+
+
+def _owned(body: dict[str, Any]) -> dict[str, Any]:
+    body = copy.deepcopy(body)
+    body["metadata"]["uid"] = "uid-1"
+    return body
+
+
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+@pytest.mark.parametrize(
+    ("change", "flag", "expected"),
+    [
+        ({"maxLoras": 7}, "--max-loras", "7"),
+        ({"maxLoraRank": 128}, "--max-lora-rank", "128"),
+        ({"maxModelLen": 512}, "--max-model-len", "512"),
+        ({"maxCpuLoras": 32}, "--max-cpu-loras", "32"),
+        ({"port": 9000}, "--port", "9000"),
+        ({"dtype": "bfloat16"}, "--dtype", "bfloat16"),
+    ],
+)
+def test_vllm_args_follow_the_spec(
+    swarm_body: dict[str, Any], settings: OperatorSettings, change: dict[str, Any], flag: str, expected: str
+) -> None:
+    swarm_body["spec"]["inference"].update(change)
+    args = vllm_args(Swarm.model_validate(swarm_body), settings)
+    assert _arg(args, flag) == expected
+    assert "--enable-lora" in args
+    assert _arg(args, "--served-model-name") == "tiny-llama"
+
+
+def test_statefulset_shape(swarm_body: dict[str, Any], settings: OperatorSettings) -> None:
+    swarm_body["spec"]["inference"]["apiKeySecretRef"] = {"name": "k", "key": "api-key"}
+    body = _owned(swarm_body)
+    sts = build_statefulset(body, Swarm.model_validate(body), settings)
+    pod = sts["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert sts["spec"]["replicas"] == 2
+    assert sts["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
+    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "k", "key": "api-key"}
+    assert pod["metadata"]["labels"]["dynamiclora.io/executor"] == "local"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert f"{settings.pvc_mount_root}/ckpt" in mounts
+    assert sts["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    svc = build_service(body, Swarm.model_validate(body))
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+
+
+def test_no_executor_label_in_production(swarm_body: dict[str, Any]) -> None:
+    body = _owned(swarm_body)
+    sts = build_statefulset(body, Swarm.model_validate(body), OperatorSettings())
+    assert "dynamiclora.io/executor" not in sts["spec"]["template"]["metadata"]["labels"]
+
+
+def test_agent_tiers_and_stack(swarm_body: dict[str, Any]) -> None:
+    body = _owned(swarm_body)
+    sw = Swarm.model_validate(body)
+    tiers = build_agent_tiers(body, sw)
+    names = [t["metadata"]["name"] for t in tiers]
+    assert names == ["support-alice-context", "support-alice-agent", "support-bob-context", "support-bob-agent"]
+    by_name = {t["metadata"]["name"]: t for t in tiers}
+    assert by_name["support-alice-context"]["spec"]["parentTier"] == "support-alice-agent"
+    assert by_name["support-alice-agent"]["spec"]["parentTier"] == "support-swarm"
+    assert by_name["support-bob-context"]["spec"]["rank"] == 8
+    for t in tiers:  # every generated tier is valid under the API the user's tiers obey
+        LoRATierSpec.model_validate(t["spec"])
+        assert t["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert stack_tier_names("support", sw, "alice") == [
+        "support-alice-context", "support-alice-agent", "support-swarm", "billing-domain",
+    ]  # fmt: skip
+
+
+def test_training_job(swarm_body: dict[str, Any], settings: OperatorSettings) -> None:
+    sw = Swarm.model_validate(swarm_body)
+    tier_body = {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "LoRATier",
+                 "metadata": {"name": "support-alice-context", "namespace": "default", "uid": "u2"}}  # fmt: skip
+    spec = LoRATierSpec.model_validate(build_agent_tiers(_owned(swarm_body), sw)[0]["spec"])
+    inputs = TrainingInputs(model_path="/m", storage=sw.spec.storage, experience_prefix="interactions",
+                            bad_records="skip", new_records=20, total_records=50, init_version=3,
+                            frozen=[("support-alice-agent", 2)])  # fmt: skip
+    name = training_job_name("support-alice-context", 4)
+    job = build_training_job(tier_body, spec, inputs, name, settings)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    store = f"file://{settings.pvc_mount_root}/ckpt/dl"
+    assert args[0] == "train"
+    assert _arg(args, "--output-store") == store
+    assert _arg(args, "--data") == f"{settings.pvc_mount_root}/ckpt/dl/interactions/alice"
+    assert _arg(args, "--init-from") == tier_ref(store, "default", "support-alice-context", 3)
+    assert _arg(args, "--frozen") == f"{store}/default/support-alice-agent/v000002"
+    assert _arg(args, "--max-records") == "20"
+    assert _arg(args, "--steps") == "30" and _arg(args, "--batch-size") == "4"
+    assert job["metadata"]["annotations"]["dynamiclora.io/records"] == "50"
+    assert job["spec"]["backoffLimit"] == 3
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert name == "support-alice-context-train-v4"
+
+
+def test_consolidation_job(swarm_body: dict[str, Any], settings: OperatorSettings) -> None:
+    sw = Swarm.model_validate(swarm_body)
+    policy = {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",
+              "metadata": {"name": "p", "namespace": "default", "uid": "u3"}}  # fmt: skip
+    inputs = ConsolidationInputs("consensus", "support-swarm", sw.spec.storage,
+                                 agent_tiers=["a-agent", "b-agent"], weights=[1.0, 0.5])  # fmt: skip
+    from dynamiclora.api.tier import TrainingTemplate
+
+    job = build_consolidation_job(policy, inputs, "mig-p-support-swarm-3", TrainingTemplate(), settings)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["consolidate", "--mode", "consensus"]
+    assert args.count("--agent-tier") == 2
+    assert args[args.index("--weights") + 1 : args.index("--weights") + 3] == ["1", "0.5"]
+
+
+@pytest.mark.parametrize("n", [10, 63, 64, 200])
+def test_dns_names_stay_within_limits(n: int) -> None:
+    name = dns_name("x" * n, "train", "v1")
+    assert len(name) <= 63 and name == dns_name("x" * n, "train", "v1")

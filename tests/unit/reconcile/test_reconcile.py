@@ -1,0 +1,231 @@
+"""Reconcile functions against the in-memory Kube and a real filesystem checkpoint store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynamiclora.controllers.common import InvalidSpec
+from dynamiclora.controllers.conditions import get_condition, write_status
+from dynamiclora.controllers.policy import reconcile_policy, result_path
+from dynamiclora.controllers.swarm import reconcile_swarm
+from dynamiclora.controllers.tier import reconcile_tier
+from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.uri import open_store
+
+from .fakekube import FakeKube
+
+NS = "default"
+
+
+def _store(settings: OperatorSettings) -> str:
+    return f"file://{settings.pvc_mount_root}/ckpt/dl"
+
+
+def _publish(settings: OperatorSettings, tier: str, tmp: Path, meta: dict[str, Any] | None = None) -> int:
+    f = tmp / "adapter_config.json"
+    f.write_text(json.dumps({"tier": tier}))
+    stats = tmp / "stats.json"
+    stats.write_text(json.dumps({"energy": 2.5, "norm": 1.5, "screenedFraction": 0.4}))
+    ref = open_store(_store(settings)).publish(NS, tier, {"adapter_config.json": f, "stats.json": stats}, meta or {})
+    return ref.version
+
+
+def _records(settings: OperatorSettings, agent: str, n: int) -> None:
+    d = Path(settings.pvc_mount_root) / "ckpt/dl/interactions" / agent
+    d.mkdir(parents=True, exist_ok=True)
+    with (d / "batch.jsonl").open("a") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"agent": agent, "timestamp": "2026-11-22T00:00:00Z", "prompt": f"q{i}",
+                                 "response": "a"}) + "\n")  # fmt: skip
+
+
+def _swarm(kube: FakeKube, settings: OperatorSettings, body: dict[str, Any]) -> dict[str, Any]:
+    live = kube.add(body)
+    reconcile_swarm(kube, settings, live)
+    return live
+
+
+def test_swarm_applies_children_idempotently_and_prunes_removed_agents(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
+    live = kube.add(swarm_body)
+    obs = reconcile_swarm(kube, settings, live)
+    assert obs.applied[:2] == ["Service/support-vllm", "StatefulSet/support-vllm"]
+    assert len(kube.list("LoRATier", NS)) == 4
+    before = set(kube.objects)
+    reconcile_swarm(kube, settings, live)
+    assert set(kube.objects) == before  # second pass: same objects, nothing created or deleted
+    live["spec"]["agents"] = live["spec"]["agents"][:1]
+    obs = reconcile_swarm(kube, settings, live)
+    assert obs.deleted_tiers == ["support-bob-agent", "support-bob-context"]
+    assert {t["metadata"]["name"] for t in kube.list("LoRATier", NS)} == {"support-alice-agent",
+                                                                          "support-alice-context"}
+
+
+def test_swarm_ready_pods(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]) -> None:
+    live = kube.add(swarm_body)
+    labels = {"dynamiclora.io/swarm": "support", "dynamiclora.io/component": "inference"}
+    ready = {"phase": "Running", "podIP": "127.10.0.5", "conditions": [{"type": "Ready", "status": "True"}]}
+    kube.add({"kind": "Pod", "metadata": {"name": "support-vllm-0", "labels": labels}, "status": ready})
+    kube.add({"kind": "Pod", "metadata": {"name": "support-vllm-1", "labels": labels},
+              "status": {"phase": "Pending"}})  # fmt: skip
+    obs = reconcile_swarm(kube, settings, live)
+    assert [p.ip for p in obs.ready_pods] == ["127.10.0.5"]
+    assert len(obs.pods) == 2
+
+
+def test_invalid_swarm_is_a_permanent_error(kube: FakeKube, settings: OperatorSettings,
+                                            swarm_body: dict[str, Any]) -> None:  # fmt: skip
+    swarm_body["spec"]["contextTier"]["plasticity"]["freeThreshold"] = 0.99
+    with pytest.raises(InvalidSpec, match="screenThreshold must be greater"):
+        reconcile_swarm(kube, settings, kube.add(swarm_body))
+
+
+def _tier(kube: FakeKube, name: str) -> dict[str, Any]:
+    body = kube.get("LoRATier", NS, name)
+    assert body is not None
+    return body
+
+
+def _tier_pass(kube: FakeKube, settings: OperatorSettings, name: str) -> Any:
+    body = _tier(kube, name)
+    out = reconcile_tier(kube, settings, body)
+    write_status(kube, body, out.status)
+    return out
+
+
+def test_tier_training_lifecycle(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any],
+                                 tmp_path: Path) -> None:  # fmt: skip
+    _swarm(kube, settings, swarm_body)
+    name = "support-alice-context"
+    out = _tier_pass(kube, settings, name)
+    assert get_condition(out.status, "Training")["reason"] == "WaitingForRecords"
+    assert out.status["phase"] == "Pending" and not kube.list("Job", NS)
+
+    _records(settings, "alice", 20)  # minSamples is 16
+    out = _tier_pass(kube, settings, name)
+    jobs = kube.list("Job", NS)
+    assert [j["metadata"]["name"] for j in jobs] == [f"{name}-train-v1"]
+    assert out.status["activeJob"] == f"{name}-train-v1" and out.status["phase"] == "Training"
+    assert ("support-alice-context", "Normal", "TrainingStarted") == tuple(
+        (e.reason and (name, e.type, e.reason)) for e in out.events)[0]
+
+    # Running Job: a second pass (or a restarted operator) starts nothing new.
+    _tier_pass(kube, settings, name)
+    assert len(kube.list("Job", NS)) == 1
+
+    # The Job publishes v1 and completes.
+    assert _publish(settings, name, tmp_path, {"kind": "training", "finalLoss": 0.5}) == 1
+    kube.objects[("Job", NS, f"{name}-train-v1")]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    out = _tier_pass(kube, settings, name)
+    st = out.status
+    assert st["currentVersion"] == 1 and st["recordsConsumed"] == 20 and "activeJob" not in st
+    assert st["checkpointUri"].endswith("v000001") and len(st["checkpointSha256"]) == 64
+    assert st["history"][0]["loss"] == 0.5 and st["history"][0]["source"] == "training"
+    assert st["energy"] == 2.5 and st["screenedFraction"] == 0.4 and st["phase"] == "Ready"
+    assert {e.reason for e in out.events} >= {"NewVersion", "TrainingSucceeded"}
+
+    # No new records: no new Job.
+    _tier_pass(kube, settings, name)
+    assert len(kube.list("Job", NS)) == 1
+
+
+def test_tier_training_failures_are_retried_then_reported(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
+    _swarm(kube, settings, swarm_body)
+    name = "support-bob-context"
+    _records(settings, "bob", 30)
+    names = []
+    for attempt in range(3):
+        _tier_pass(kube, settings, name)
+        job = _tier(kube, name)["status"]["activeJob"]
+        names.append(job)
+        kube.objects[("Job", NS, job)]["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+        out = _tier_pass(kube, settings, name)
+        assert any(e.reason == "TrainingFailed" and e.type == "Warning" for e in out.events), attempt
+    assert names == [f"{name}-train-v1", f"{name}-train-v1-r1", f"{name}-train-v1-r2"]
+    st = _tier(kube, name)["status"]
+    assert st["phase"] == "Failed" and get_condition(st, "Degraded")["reason"] == "TrainingFailing"
+    _tier_pass(kube, settings, name)
+    assert len(kube.list("Job", NS)) == 3  # gives up until the user intervenes
+
+
+def _policy(kube: FakeKube, **spec: Any) -> dict[str, Any]:
+    body = {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",
+            "metadata": {"name": "p", "namespace": NS},
+            "spec": {"swarmRef": "support", "pairs": [{"source": "context", "target": "agent"}],
+                     "stability": {"window": 2}, "interval": "1ms", **spec}}  # fmt: skip
+    return kube.add(body)
+
+
+def _policy_pass(kube: FakeKube, settings: OperatorSettings) -> Any:
+    body = kube.get("MigrationPolicy", NS, "p")
+    assert body is not None
+    out = reconcile_policy(kube, settings, body)
+    write_status(kube, body, out.status)
+    return out
+
+
+def test_policy_launches_migrations_and_records_decisions(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    _swarm(kube, settings, swarm_body)
+    _policy(kube)
+    out = _policy_pass(kube, settings)
+    assert not kube.list("Job", NS)  # no source tier has a window of versions yet
+    for _ in range(2):
+        _publish(settings, "support-alice-context", tmp_path)
+    out = _policy_pass(kube, settings)
+    jobs = kube.list("Job", NS)
+    assert [j["metadata"]["name"] for j in jobs] == ["mig-p-support-alice-agent-2"]
+    args = jobs[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["consolidate", "--mode", "migrate"] and "--max-migrations" in args
+    assert "--dry-run" not in args
+    assert out.status["activeJobs"] == ["mig-p-support-alice-agent-2"] and out.status["migrationsPending"] == 1
+
+    # A second pass (e.g. after an operator restart) adopts the running Job instead of starting another.
+    _policy_pass(kube, settings)
+    assert len(kube.list("Job", NS)) == 1
+
+    # The Job reports 2 migrated + 1 throttled component and publishes a new source version.
+    job = "mig-p-support-alice-agent-2"
+    path = Path(result_path(f"file://{settings.pvc_mount_root}/ckpt/dl", NS, job))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"mode": "migrate", "changed": True, "report": {
+        "migrated": 2, "bypassed": 0, "throttled": 1, "movedEnergyFraction": 0.2, "dryRun": False}}))
+    _publish(settings, "support-alice-context", tmp_path, {"kind": "migration-source"})
+    kube.objects[("Job", NS, job)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    out = _policy_pass(kube, settings)
+    st = out.status
+    assert st["migrationsDone"] == 2 and st["migrationsThrottled"] == 1 and st["activeJobs"] == []
+    assert st["decisions"][-1]["outcome"] == "Migrated" and st["decisions"][-1]["components"] == 2
+    # The source version the Job itself published is not new input: no follow-up Job.
+    _policy_pass(kube, settings)
+    assert len(kube.list("Job", NS)) == 1
+
+
+def test_policy_dry_run_and_bandwidth(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any],
+                                      tmp_path: Path) -> None:  # fmt: skip
+    _swarm(kube, settings, swarm_body)
+    _policy(kube, dryRun=True, bandwidth={"maxMigrationsPerPeriod": 0, "period": "1h"})
+    for tier in ("support-alice-context", "support-bob-context"):
+        for _ in range(2):
+            _publish(settings, tier, tmp_path)
+    out = _policy_pass(kube, settings)
+    # Bandwidth 0 and no bypass: both are throttled without a Job.
+    assert not kube.list("Job", NS)
+    assert [d["outcome"] for d in out.status["decisions"]] == ["Throttled", "Throttled"]
+    body = kube.get("MigrationPolicy", NS, "p")
+    assert body is not None
+    body["spec"]["bandwidth"]["maxMigrationsPerPeriod"] = 5
+    kube.objects[("MigrationPolicy", NS, "p")]["spec"] = body["spec"]
+    kube.objects[("MigrationPolicy", NS, "p")]["status"]["evaluated"] = {}
+    _policy_pass(kube, settings)
+    jobs = kube.list("Job", NS)
+    assert len(jobs) == 2
+    assert all("--dry-run" in j["spec"]["template"]["spec"]["containers"][0]["args"] for j in jobs)
