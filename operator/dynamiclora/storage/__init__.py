@@ -5,8 +5,8 @@ Use :func:`open_store` with ``file:///path`` or ``s3://bucket/prefix`` and progr
 """
 
 from dynamiclora.storage.base import (
-    ChecksumMismatchError,
     CheckpointStore,
+    ChecksumMismatchError,
     Manifest,
     PublishConflictError,
     RetentionReport,
