@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "dynamiclora.api.cli",
     "dynamiclora.controllers.cli",
+    "dynamiclora.demo.cli",
     "dynamiclora.localcluster.cli",
     "dynamiclora.training.cli",
 )

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamiclora.api.swarm import Swarm
+from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import store_uri
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
@@ -106,8 +107,14 @@ def served_root(sw: Swarm, settings: OperatorSettings) -> Path:
     return Path(store_uri(sw.spec.storage, settings).removeprefix("file://")) / "served"
 
 
-def compose_stack(stack: AgentStack, dest: Path, max_lora_rank: int, base_model: str) -> dict[str, object]:
+def compose_stack(
+    stack: AgentStack, dest: Path, max_lora_rank: int, base_model: str, model_dir: str | None = None
+) -> dict[str, object]:
     """Compose ``stack`` into a PEFT adapter at ``dest`` (atomic: temp dir, then rename).
+
+    When the base model's weights are readable here (``model_dir``), the greedy output of the composed
+    adapter under PEFT is stored beside it as a fingerprint, and the hot-swap then proves that vLLM
+    serves exactly this adapter before reporting it served.
 
     Returns:
         The composition report (exact or truncated, error).
@@ -129,6 +136,10 @@ def compose_stack(stack: AgentStack, dest: Path, max_lora_rank: int, base_model:
         composed, report = compose(deltas, max_lora_rank)
         out = work / "adapter"
         save_adapter(composed, out, base_model_name_or_path=base_model)
+        if model_dir and Path(model_dir, "config.json").is_file():
+            from dynamiclora.serving.fingerprint import write_fingerprint
+
+            write_fingerprint(model_dir, out)
         summary = {
             **report.to_dict(),
             "key": stack.key,
@@ -169,8 +180,9 @@ async def sync_serving(
         assert root is not None
         dest = root / ns / swarm / stack.agent / stack.key
         report = await asyncio.to_thread(
-            compose_stack, stack, dest, sw.spec.inference.max_lora_rank, sw.spec.base_model.name
-        )
+            compose_stack, stack, dest, sw.spec.inference.max_lora_rank, sw.spec.base_model.name,
+            model_path(sw, settings),
+        )  # fmt: skip
         name = served_adapter_name(swarm, stack.agent)
         desired[name] = AdapterSpec.from_dir(name, dest, stack.label)
         out.agents.append({

@@ -1,0 +1,157 @@
+"""The whole loop of DESIGN.md §4 on the real local control plane, plus the faults the operator must survive.
+
+Real parts only: kube-apiserver/controller-manager/scheduler/kwok, the operator as ``dynamiclora run``,
+training and consolidation Jobs run by the local executor as ``dynamiclora train|consolidate`` processes,
+and a real vLLM CPU server per inference pod. Tests run in file order and share one scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dynamiclora.controllers.conditions import get_condition
+from dynamiclora.demo.scenario import DemoConfig, Scenario
+from dynamiclora.serving.adapters import Fingerprint
+from dynamiclora.storage.uri import open_store
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
+
+
+@pytest.fixture(scope="module")
+def scenario(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    sc = Scenario(DemoConfig(work_dir=tmp_path_factory.mktemp("e2e"), step_timeout=600), local_cluster)
+    sc.prepare_model()
+    sc.install_crds()
+    sc.start_operator()
+    sc.apply(sc.manifests())
+    try:
+        yield sc
+    finally:
+        sc.stop_operator()
+        sc.kubectl("delete", "swarm", sc.cfg.swarm, "--wait=false", check=False)
+        print(f"operator log: {sc.operator_log}")
+
+
+def _events(sc: Scenario, name: str) -> list[dict[str, Any]]:
+    out = sc.kubectl("get", "events", "-n", sc.cfg.namespace, "--field-selector", f"involvedObject.name={name}",
+                     "-o", "json")  # fmt: skip
+    return list(json.loads(out)["items"])
+
+
+def _store(sc: Scenario) -> Any:
+    return open_store(f"file://{sc.pvc_root}/ckpt/dl")
+
+
+def test_whole_loop(scenario: Scenario) -> None:
+    sc = scenario
+    seen = sc.run_loop()
+    ctx, agent_tier = sc.tier_name("alice", "context"), sc.tier_name("alice", "agent")
+
+    tier = sc.status("loratiers", ctx)
+    assert tier["phase"] == "Ready" and get_condition(tier, "Ready")["status"] == "True"
+    assert tier["currentVersion"] >= 2 and tier["history"][0]["source"] == "training"
+    assert tier["history"][0]["loss"] > 0 and len(tier["checkpointSha256"]) == 64
+    assert _store(sc).get(sc.cfg.namespace, ctx, tier["currentVersion"]).digest == tier["checkpointSha256"]
+    assert tier["servedVersion"] >= 1
+
+    policy = sc.status("migrationpolicies", "support-consolidation")
+    migrated = [d for d in policy["decisions"] if d["outcome"] in ("Migrated", "Bypassed")]
+    assert migrated and migrated[0]["targetTier"] == agent_tier and migrated[0]["components"] > 0
+    assert policy["migrationsDone"] >= migrated[0]["components"]
+    assert sc.status("loratiers", agent_tier)["history"][0]["source"] == "migration"
+
+    swarm = sc.status("swarms", "support")
+    assert get_condition(swarm, "Degraded")["status"] == "False", swarm
+    served = seen["served2"]
+    assert served["servedVersion"].startswith("c") and ".a" in served["servedVersion"]
+
+    # The request is answered by the composed adapter: vLLM's greedy tokens equal PEFT's for that adapter.
+    fp = Fingerprint.read(served["adapterUri"])
+    assert fp is not None, "the operator stores a fingerprint beside every composed adapter"
+    got = sc.complete("alice", list(fp.prompt_token_ids), max_tokens=len(fp.token_ids))
+    assert tuple(got.token_ids) == tuple(fp.token_ids)
+
+    reasons = {e["reason"] for e in _events(sc, ctx)}
+    assert {"TrainingStarted", "TrainingSucceeded", "NewVersion"} <= reasons, reasons
+    assert "AdaptersServed" in {e["reason"] for e in _events(sc, "support")}
+    assert "MigrationDone" in {e["reason"] for e in _events(sc, "support-consolidation")}
+
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{sc.metrics_port}/metrics", timeout=10).read().decode()
+    assert f'dynamiclora_tier_version{{level="context",namespace="default",tier="{ctx}"}}' in metrics
+    assert "dynamiclora_hotswap_swap_seconds_count" in metrics
+
+
+def test_restarted_vllm_pod_gets_its_adapters_back(scenario: Scenario) -> None:
+    sc = scenario
+    before = sc.pod_ips()
+    sc.kubectl("delete", "pod", "support-vllm-0", "-n", sc.cfg.namespace, "--wait=true", "--timeout=120s")
+    sc.wait("the vLLM pod is recreated and serves alice again", lambda: sc.served("alice"))
+    assert sc.pod_ips() == before  # same pod identity (StatefulSet), a fresh vLLM process
+    fp = Fingerprint.read(sc.served("alice")["adapterUri"])  # type: ignore[index]
+    assert fp is not None
+    got = sc.complete("alice", list(fp.prompt_token_ids), max_tokens=len(fp.token_ids))
+    assert tuple(got.token_ids) == tuple(fp.token_ids)
+
+
+def test_failed_training_is_retried_and_reported(scenario: Scenario) -> None:
+    sc = scenario
+    folder = sc.pvc_root / "ckpt" / "dl" / "interactions" / "bob"
+    folder.mkdir(parents=True, exist_ok=True)
+    # 20 lines that are not interaction records: the trainer skips them and is left with no data.
+    (folder / "garbage.jsonl").write_text("".join('{"not": "a record"}\n' for _ in range(20)))
+    tier = sc.tier_name("bob", "context")
+
+    def failed_once() -> dict[str, Any] | None:
+        st = sc.status("loratiers", tier)
+        return st if int(st.get("failedAttempts") or 0) >= 1 else None
+
+    st = sc.wait("bob's training Job fails and is reported", failed_once)
+    cond = get_condition(st, "Training")
+    assert cond["status"] == "False" and cond["reason"] == "JobFailed"
+    assert any(e["reason"] == "TrainingFailed" and e["type"] == "Warning" for e in _events(sc, tier))
+    sc.wait("the failed training is retried with a new Job", lambda: sc.status("loratiers", tier).get("activeJob",
+                                                                                                   "").endswith("-r1"))
+    assert sc.tier_version("bob", "context") == 0  # nothing half-written was published
+
+
+def test_invalid_spec_is_a_permanent_error_not_a_crash_loop(scenario: Scenario) -> None:
+    sc = scenario
+    bad = {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "LoRATier",
+           "metadata": {"name": "bad-domain", "namespace": sc.cfg.namespace},
+           "spec": {"level": "domain", "rank": 8, "targetModules": ["q_proj", "q_proj"]}}  # fmt: skip
+    sc.apply([bad])  # the schema has no uniqueness rule for lists; the operator's model does
+    st = sc.wait("the invalid tier is reported", lambda: sc.status("loratiers", "bad-domain").get("phase") == "Failed"
+                 and sc.status("loratiers", "bad-domain"))  # fmt: skip
+    cond = get_condition(st, "Ready")
+    assert cond["reason"] == "InvalidSpec" and "targetModules must not repeat" in cond["message"]
+    assert any(e["reason"] == "InvalidSpec" for e in _events(sc, "bad-domain"))
+    assert sc.operator is not None and sc.operator.poll() is None  # still running
+
+
+def test_operator_killed_during_consolidation_publishes_exactly_once(scenario: Scenario) -> None:
+    sc = scenario
+    ctx, agent_tier = sc.tier_name("alice", "context"), sc.tier_name("alice", "agent")
+    agent_versions = _store(sc).list_versions(sc.cfg.namespace, agent_tier)
+    v = sc.tier_version("alice", "context")
+    sc.feed("alice", 3)
+    sc.wait("a new context version", lambda: sc.tier_version("alice", "context") > v)
+    job = sc.wait("a consolidation Job is running",
+                  lambda: next(iter(sc.status("migrationpolicies", "support-consolidation").get("activeJobs", [])),
+                               None))  # fmt: skip
+    sc.stop_operator(kill=True)  # SIGKILL mid-consolidation
+    sc.start_operator()
+    sc.wait(f"the restarted operator collects Job {job}",
+            lambda: job not in sc.status("migrationpolicies", "support-consolidation").get("activeJobs", [job]))
+    jobs = json.loads(sc.kubectl("get", "jobs", "-n", sc.cfg.namespace, "-l",
+                                 "dynamiclora.io/component=consolidator", "-o", "json"))["items"]  # fmt: skip
+    assert len({j["metadata"]["name"] for j in jobs}) == len(jobs)
+    assert sum(1 for j in jobs if j["metadata"]["name"] == job) == 1
+    after = _store(sc).list_versions(sc.cfg.namespace, agent_tier)
+    assert len(after) - len(agent_versions) <= 1  # at most one new version for one consolidation
+    assert after == sorted(set(after))
+    assert ctx

@@ -1,0 +1,54 @@
+"""Generated interaction records for the demo and the e2e scenario (seeded, no download).
+
+Each agent has a few "facts" (entity -> answer) drawn from the tiny model's vocabulary; records ask
+about them in a fixed template, so successive training rounds reinforce the same directions (which then
+prove stable and migrate) while a one-off fact appears in a single round only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from pathlib import Path
+
+from dynamiclora.tinymodel import TinyModelConfig, generated_words
+
+
+def facts(agent: str, n: int = 4, seed: int = 0) -> dict[str, str]:
+    """The agent's stable facts: entity -> answer."""
+    rng = random.Random(f"{seed}:{agent}")
+    words = generated_words(TinyModelConfig())
+    picks = rng.sample(words, 2 * n)
+    return {picks[i]: picks[n + i] for i in range(n)}
+
+
+def records(agent: str, n: int, round_: int, seed: int = 0) -> list[dict[str, object]]:
+    """``n`` records of ``agent`` for one round: mostly its stable facts, plus one transient fact."""
+    rng = random.Random(f"{seed}:{agent}:{round_}")
+    stable = facts(agent, seed=seed)
+    words = generated_words(TinyModelConfig())
+    transient = (rng.choice(words), rng.choice(words))
+    now = dt.datetime.now(dt.UTC)
+    out: list[dict[str, object]] = []
+    for i in range(n):
+        entity, answer = transient if i == 0 else rng.choice(sorted(stable.items()))
+        out.append({
+            "agent": agent,
+            "timestamp": (now + dt.timedelta(seconds=i)).isoformat().replace("+00:00", "Z"),
+            "prompt": f"user : what is the color of {entity} ?",
+            "response": f"the color of {entity} is {answer} .",
+            "id": f"{agent}-{round_}-{i}",
+        })  # fmt: skip
+    return out
+
+
+def write_records(folder: Path, agent: str, n: int, round_: int, seed: int = 0) -> Path:
+    """Append one round of records as a new JSONL file (atomically: temp name, then rename)."""
+    folder = folder / agent
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"round-{round_:04d}.jsonl"
+    tmp = folder / f".round-{round_:04d}.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records(agent, n, round_, seed)))
+    tmp.replace(final)
+    return final

@@ -1,0 +1,270 @@
+"""The whole DynamicLoRA loop on the local control plane: shared by ``dynamiclora demo`` and ``e2e/``.
+
+Everything is real: the API server validates the objects, the operator runs as ``dynamiclora run``, the
+local executor runs the training/consolidation Jobs as ``dynamiclora train|consolidate`` processes and
+the vLLM pod as a vLLM CPU server bound to the pod's loopback IP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from dynamiclora.api.crd import render_crds
+from dynamiclora.demo.data import facts, write_records
+from dynamiclora.tinymodel import ensure_tiny_model
+
+T = TypeVar("T")
+GROUP_PATH = "/apis/dynamiclora.io/v1alpha1"
+ALL_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class DemoConfig:
+    """Shape of the demo (small enough for a 2-core CPU)."""
+
+    work_dir: Path = field(metadata={"help": "model, logs and operator state"})
+    namespace: str = field(default="default", metadata={"help": "namespace of the demo objects"})
+    swarm: str = field(default="support", metadata={"help": "Swarm name"})
+    agents: tuple[str, ...] = field(default=("alice", "bob"), metadata={"help": "agents of the swarm"})
+    records_per_round: int = field(default=24, metadata={"help": "records fed per agent per round"})
+    step_timeout: float = field(default=600.0, metadata={"help": "seconds each step may take"})
+    resync_seconds: float = field(default=3.0, metadata={"help": "operator timer period"})
+
+
+class StepTimeout(AssertionError):
+    """A step did not reach its goal in time (the message says what was last seen)."""
+
+
+class Scenario:
+    """Drives the local cluster; every wait is bounded and reports what it last saw."""
+
+    def __init__(self, cfg: DemoConfig, cluster: Any, log: Callable[[str], None] = print) -> None:
+        self.cfg = cfg
+        self.cluster = cluster
+        self.log = log
+        self.rest = cluster.rest()
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.operator_log = cfg.work_dir / "operator.log"
+        self.metrics_port = free_port()
+        self.model_dir = cfg.work_dir / "model"
+        self.pvc_root = Path(cluster.state) / "pvc" / cfg.namespace
+
+    # --- objects ---------------------------------------------------------------------------------
+    def manifests(self) -> list[dict[str, Any]]:
+        """PVC, shared tier, Swarm and MigrationPolicy of the demo."""
+        ns, sw = self.cfg.namespace, self.cfg.swarm
+        tier_tpl = {
+            "rank": 8, "alpha": 16, "targetModules": ALL_MODULES,
+            "plasticity": {"learningRate": 0.005, "screenThreshold": 0.6, "freeThreshold": 0.3},
+            "training": {"minSamples": 16, "maxSteps": 40, "batchSize": 8, "checkpointEvery": 20, "backoffLimit": 1,
+                         "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"nvidia.com/gpu": 1}}},
+        }  # fmt: skip
+        return [
+            {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpt", "namespace": ns},
+             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "5Gi"}}}},
+            {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "LoRATier",
+             "metadata": {"name": f"{sw}-swarm", "namespace": ns},
+             "spec": {"level": "swarm", "swarmRef": sw, "rank": 16, "alpha": 16, "targetModules": ALL_MODULES}},
+            {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "Swarm", "metadata": {"name": sw, "namespace": ns},
+             "spec": {
+                 "baseModel": {"name": "tiny-llama", "path": str(self.model_dir)},
+                 "agents": [{"name": a, "domain": "support"} for a in self.cfg.agents],
+                 "contextTier": tier_tpl,
+                 "agentTier": {**tier_tpl, "rank": 16, "alpha": 16},
+                 "sharedTiers": {"swarm": f"{sw}-swarm"},
+                 "inference": {"replicas": 1, "maxLoras": 4, "maxCpuLoras": 8, "maxLoraRank": 64,
+                               "maxModelLen": 256, "dtype": "float32",
+                               "extraArgs": ["--enforce-eager", "--max-num-seqs", "8"]},
+                 "storage": {"pvc": {"claimName": "ckpt", "path": "dl"}},
+             }},
+            {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",
+             "metadata": {"name": f"{sw}-consolidation", "namespace": ns},
+             "spec": {"swarmRef": sw, "pairs": [{"source": "context", "target": "agent"}],
+                      "stability": {"method": "subspace", "window": 2, "threshold": 0.5, "minConsecutiveWindows": 1},
+                      "bandwidth": {"maxMigrationsPerPeriod": 16, "period": "1h", "maxEnergyFraction": 0.9},
+                      "interval": "5s"}},
+        ]  # fmt: skip
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        out = self.cluster.kubectl(*args, input=input, check=check)
+        return str(out.stdout)
+
+    def apply(self, objs: list[dict[str, Any]]) -> None:
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs, sort_keys=False))
+
+    def install_crds(self) -> None:
+        self.apply([yaml.safe_load(text) for text in render_crds().values()])
+        for plural in ("swarms", "loratiers", "migrationpolicies"):
+            self.kubectl("wait", "--for=condition=Established", f"crd/{plural}.dynamiclora.io", "--timeout=60s")
+
+    def get(self, plural: str, name: str) -> dict[str, Any] | None:
+        result: dict[str, Any] | None = self.rest.get_or_none(
+            f"{GROUP_PATH}/namespaces/{self.cfg.namespace}/{plural}/{name}"
+        )
+        return result
+
+    def status(self, plural: str, name: str) -> dict[str, Any]:
+        return dict((self.get(plural, name) or {}).get("status") or {})
+
+    # --- processes -------------------------------------------------------------------------------
+    def prepare_model(self) -> Path:
+        return ensure_tiny_model(self.model_dir)
+
+    def start_operator(self) -> None:
+        """Run ``dynamiclora run`` as a separate process, as in production."""
+        self.operator_log.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable, "-m", "dynamiclora.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
+            "--local-executor", "--pvc-root", str(self.pvc_root), "--resync-seconds", str(self.cfg.resync_seconds),
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+            "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+        ]  # fmt: skip
+        with self.operator_log.open("ab") as logf:
+            self.operator = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop_operator(self, kill: bool = False) -> None:
+        proc, self.operator = self.operator, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    # --- the loop --------------------------------------------------------------------------------
+    def wait(self, what: str, probe: Callable[[], T | None], timeout: float | None = None) -> T:
+        """Poll ``probe`` until it returns something truthy; raise :class:`StepTimeout` otherwise."""
+        deadline = time.monotonic() + (timeout or self.cfg.step_timeout)
+        start = time.monotonic()
+        last: Any = None
+        while time.monotonic() < deadline:
+            if self.operator is not None and self.operator.poll() is not None:
+                raise StepTimeout(f"{what}: the operator exited ({self.operator.returncode}); see {self.operator_log}")
+            try:
+                last = probe()
+            except Exception as exc:
+                last = exc
+            else:
+                if last:
+                    self.log(f"  ✓ {what} ({time.monotonic() - start:.0f}s)")
+                    return last  # type: ignore[no-any-return]
+            time.sleep(1.0)
+        raise StepTimeout(f"{what}: not reached in {timeout or self.cfg.step_timeout:.0f}s; last seen: {last!r}")
+
+    def feed(self, agent: str, round_: int) -> Path:
+        path = write_records(self.pvc_root / "ckpt" / "dl" / "interactions", agent, self.cfg.records_per_round, round_)
+        self.log(f"  fed {self.cfg.records_per_round} interaction records for {agent} -> {path}")
+        return path
+
+    def tier_name(self, agent: str, level: str) -> str:
+        return f"{self.cfg.swarm}-{agent}-{level}"
+
+    def tier_version(self, agent: str, level: str) -> int:
+        return int(self.status("loratiers", self.tier_name(agent, level)).get("currentVersion") or 0)
+
+    def served(self, agent: str) -> dict[str, Any] | None:
+        """The agent's entry in the Swarm status once every ready pod serves it."""
+        st = self.status("swarms", self.cfg.swarm)
+        entry = next((a for a in st.get("agents", []) if a.get("name") == agent), None)
+        name = f"{self.cfg.swarm}-{agent}"
+        pods = [p for p in st.get("pods", []) if p.get("ready")]
+        if entry and pods and all(name in p.get("loadedAdapters", []) for p in pods):
+            return dict(entry)
+        return None
+
+    def pod_ips(self) -> list[str]:
+        st = self.status("swarms", self.cfg.swarm)
+        return [str(p["podIP"]) for p in st.get("pods", []) if p.get("ready") and p.get("podIP")]
+
+    def complete(self, agent: str, prompt: str | list[int], max_tokens: int = 8) -> Any:
+        """One greedy completion from the first ready pod, addressed by the agent's stable model name."""
+        import asyncio
+
+        from dynamiclora.serving.client import VLLMClient
+
+        async def go() -> Any:
+            async with VLLMClient(f"http://{self.pod_ips()[0]}:8000") as client:
+                return await client.complete(f"{self.cfg.swarm}-{agent}", prompt, max_tokens=max_tokens)
+
+        return asyncio.run(go())
+
+    def show_answer(self, agent: str) -> str:
+        entity, answer = sorted(facts(agent).items())[0]
+        prompt = f"user : what is the color of {entity} ? the color of {entity} is"
+        got = str(self.complete(agent, prompt, max_tokens=3).text).strip()
+        self.log(f"  {agent} was taught '{entity} -> {answer}'; asked, it answers: {got!r}")
+        return got
+
+    def run_loop(self) -> dict[str, Any]:
+        """DESIGN.md §4 end to end for the first agent; returns what was observed at each step."""
+        agent = self.cfg.agents[0]
+        seen: dict[str, Any] = {}
+        self.log("[1/6] waiting for the vLLM pod (a real vLLM CPU server) to be ready")
+        self.wait("Swarm has a ready inference pod", lambda: self.status("swarms", self.cfg.swarm).get("readyReplicas"))
+        self.log(f"[2/6] training: new interaction records for {agent}")
+        self.feed(agent, 1)
+        seen["v1"] = self.wait(f"{self.tier_name(agent, 'context')} v1 trained and published",
+                               lambda: self.tier_version(agent, "context") or None)
+        self.log("[3/6] hot-swap: the composed adapter is loaded into every vLLM pod")
+        seen["served1"] = self.wait(f"{agent}'s adapter served", lambda: self.served(agent))
+        self.log(f"  served version {seen['served1']['servedVersion']}")
+        seen["answer1"] = self.show_answer(agent)
+        self.log(f"[4/6] more records for {agent}: a second version of the context tier")
+        self.feed(agent, 2)
+        seen["v2"] = self.wait(f"{self.tier_name(agent, 'context')} v2",
+                               lambda: self.tier_version(agent, "context") >= 2 or None)
+        self.log("[5/6] migration: stable components move from the context tier to the agent tier")
+        seen["agent_v1"] = self.wait(
+            f"{self.tier_name(agent, 'agent')} v1 (migrated)", lambda: self.tier_version(agent, "agent") or None
+        )
+        policy = self.status("migrationpolicies", f"{self.cfg.swarm}-consolidation")
+        seen["decisions"] = policy.get("decisions", [])
+        for d in seen["decisions"][-3:]:
+            self.log(f"  decision: {d.get('sourceTier')} -> {d.get('targetTier')}: {d.get('outcome')} "
+                     f"({d.get('reason')})")  # fmt: skip
+        self.log("[6/6] hot-swap of the new stack, and a request answered by it")
+        seen["served2"] = self.wait(f"{agent} served with the agent tier", lambda: self._served_with(agent, ".a"))
+        self.log(f"  served version {seen['served2']['servedVersion']}")
+        seen["answer2"] = self.show_answer(agent)
+        return seen
+
+    def _served_with(self, agent: str, marker: str) -> dict[str, Any] | None:
+        entry = self.served(agent)
+        return entry if entry and marker in str(entry.get("servedVersion")) else None
+
+    def explore_hint(self) -> str:
+        kc = self.cluster.kubeconfig
+        return "\n".join([
+            "Explore:",
+            f"  export KUBECONFIG={kc}",
+            "  kubectl get swarms,loratiers,migrationpolicies",
+            f"  kubectl describe swarm {self.cfg.swarm}",
+            f"  kubectl describe loratier {self.tier_name(self.cfg.agents[0], 'context')}",
+            f"  kubectl get migrationpolicy {self.cfg.swarm}-consolidation -o jsonpath='{{.status.decisions}}'",
+            f"  curl -s http://127.0.0.1:{self.metrics_port}/metrics | grep ^dynamiclora_",
+            f"  operator log: {self.operator_log}",
+        ])  # fmt: skip
+
+
+def summary(seen: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in seen.items() if k != "decisions"}, default=str, indent=2)
