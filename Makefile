@@ -17,6 +17,14 @@ help: ## Show this help
 install: ## Install every dependency into $(VENV) (cold ~10 min, warm seconds)
 	bash hack/install.sh
 
+.PHONY: demo
+demo: install k8s-binaries ## Install everything, then run the whole loop on a local cluster (first run ~40 min)
+	$(PY) -m dynamiclora.cli demo
+
+.PHONY: demo-down
+demo-down: ## Stop the demo's cluster and operator
+	$(PY) -m dynamiclora.cli demo --down
+
 ##@ Development
 .PHONY: manifests
 manifests: ## Generate CRD YAML from the pydantic models into crds/ and the chart
@@ -48,7 +56,28 @@ cluster-up: k8s-binaries ## Start a local control plane + executor in the backgr
 cluster-down: ## Stop the local cluster and every process it started
 	$(PY) -m dynamiclora.cli cluster down
 
+##@ Packaging
+.PHONY: helm
+helm: ## Build the pinned helm from the Go module proxy into ~/.cache/dynamiclora/bin (cold ~5 min)
+	bash hack/helm.sh
+
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict and helm template of charts/dynamiclora (default and every optional object)
+	@HELM="$$(bash hack/helm.sh)" && set -x && \
+	"$$HELM" lint --strict charts/dynamiclora && \
+	"$$HELM" lint --strict charts/dynamiclora --set metrics.serviceMonitor.enabled=true \
+	  --set metrics.prometheusRule.enabled=true --set watchNamespace=team && \
+	"$$HELM" template dynamiclora charts/dynamiclora --namespace dynamiclora-system >/dev/null
+
+.PHONY: dashboards
+dashboards: ## Regenerate the Grafana dashboard JSON from dynamiclora/dashboards.py
+	$(PY) -m dynamiclora.dashboards --out charts/dynamiclora/dashboards
+
 ##@ Benchmarks
 .PHONY: bench-hot-swap
 bench-hot-swap: ## Hot-swap latency vs bare load+completion on a real vLLM CPU server (~5 min)
 	nice $(PY) bench/hot_swap.py --swaps 50 --out bench/results/hot_swap.json
+
+.PHONY: bench-merge
+bench-merge: ## Low-rank merge vs PEFT add_weighted_adapter(svd) at d=1024/2048/4096 (< 10 min)
+	$(PY) bench/merge.py --out bench/results/merge.json

@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import json
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -240,3 +241,59 @@ class ApiKube:
         # Events are best effort: losing one must never fail a reconcile.
         with contextlib.suppress(KubeError):
             self._call("POST", RESOURCES["Event"].path(body["metadata"]["namespace"]), body)
+
+
+class CachedGets:
+    """A :class:`Kube` whose ``get`` of some kinds is served from a short-lived cache.
+
+    Thousands of per-agent tiers each read their Swarm on every resync; the Swarm changes rarely, so a
+    few seconds of staleness cost nothing and save one API call per tier per pass. Writes pass through and
+    drop the cached copy of what they wrote.
+    """
+
+    def __init__(self, inner: Kube, kinds: frozenset[str] = frozenset({"Swarm"}), ttl: float = 5.0) -> None:
+        self.inner = inner
+        self.kinds = kinds
+        self.ttl = ttl
+        self._cache: dict[tuple[str, str, str], tuple[float, Obj | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, kind: str, namespace: str, name: str) -> Obj | None:
+        if kind not in self.kinds:
+            return self.inner.get(kind, namespace, name)
+        key = (kind, namespace, name)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit and now - hit[0] < self.ttl:
+            return hit[1]
+        obj = self.inner.get(kind, namespace, name)
+        with self._lock:
+            self._cache[key] = (now, obj)
+        return obj
+
+    def _forget(self, obj: Obj) -> None:
+        meta = obj.get("metadata", {})
+        with self._lock:
+            self._cache.pop((obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", "")), None)
+
+    def apply(self, obj: Obj) -> Obj:
+        self._forget(obj)
+        return self.inner.apply(obj)
+
+    def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[Obj]:
+        return self.inner.list(kind, namespace, labels)
+
+    def create(self, obj: Obj) -> Obj | None:
+        self._forget(obj)
+        return self.inner.create(obj)
+
+    def delete(self, kind: str, namespace: str, name: str) -> bool:
+        self._forget({"kind": kind, "metadata": {"namespace": namespace, "name": name}})
+        return self.inner.delete(kind, namespace, name)
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> Obj:
+        return self.inner.patch_status(kind, namespace, name, status)
+
+    def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
+        self.inner.event(involved, type_, reason, message)

@@ -14,7 +14,7 @@ def _run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from dynamiclora.controllers import handlers
-    from dynamiclora.kube import ApiKube
+    from dynamiclora.kube import ApiKube, CachedGets
     from dynamiclora.serving.metrics import REGISTRY
     from dynamiclora.settings import OperatorSettings
 
@@ -33,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kube = ApiKube(args.kubeconfig)
+    kube = CachedGets(ApiKube(args.kubeconfig))
     handlers.register(settings)
 
     @kopf.on.startup()

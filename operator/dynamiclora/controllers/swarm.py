@@ -54,6 +54,20 @@ def _restarts(pod: Obj) -> int:
     return sum(int(c.get("restartCount", 0)) for c in pod.get("status", {}).get("containerStatuses", []) or [])
 
 
+def contains(want: object, have: object) -> bool:
+    """Whether ``have`` holds every field of ``want`` with the same value (server defaults may add more)."""
+    if isinstance(want, dict):
+        return isinstance(have, dict) and all(k in have and contains(v, have[k]) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(have, list) and len(want) == len(have) and all(map(contains, want, have))
+    return want == have
+
+
+def up_to_date(desired: Obj, live: Obj) -> bool:
+    """Whether applying ``desired`` would change nothing we own in ``live``."""
+    return contains(desired["spec"], live.get("spec")) and contains(desired["metadata"], live.get("metadata"))
+
+
 def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmObservation:
     """Apply the swarm's children, prune per-agent tiers of removed agents, observe its pods.
 
@@ -66,17 +80,21 @@ def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmO
     obs = SwarmObservation(swarm=sw, body=body)
 
     desired_tiers = build_agent_tiers(body, sw)
+    live_tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns, {LABEL_SWARM: name})}
     for child in [build_service(body, sw), build_statefulset(body, sw, settings), *desired_tiers]:
+        live = live_tiers.get(child["metadata"]["name"]) if child["kind"] == "LoRATier" else None
+        if live is not None and up_to_date(child, live):
+            continue  # one list call instead of a write per agent on every resync
         kube.apply(child)
         obs.applied.append(f"{child['kind']}/{child['metadata']['name']}")
 
     wanted = {t["metadata"]["name"] for t in desired_tiers}
-    for tier in kube.list("LoRATier", ns, {LABEL_SWARM: name, "dynamiclora.io/component": "tier"}):
+    for tier_name, tier in sorted(live_tiers.items()):
         owners = tier["metadata"].get("ownerReferences", [])
         owned = any(o.get("uid") == meta.get("uid") for o in owners)
-        if owned and tier["metadata"]["name"] not in wanted:
-            kube.delete("LoRATier", ns, tier["metadata"]["name"])
-            obs.deleted_tiers.append(tier["metadata"]["name"])
+        if owned and tier_name not in wanted:
+            kube.delete("LoRATier", ns, tier_name)
+            obs.deleted_tiers.append(tier_name)
 
     sts = kube.get("StatefulSet", ns, inference_name(name)) or {}
     obs.replicas = int(sts.get("spec", {}).get("replicas", sw.spec.inference.replicas))

@@ -143,3 +143,18 @@ def test_consolidation_job(swarm_body: dict[str, Any], settings: OperatorSetting
 def test_dns_names_stay_within_limits(n: int) -> None:
     name = dns_name("x" * n, "train", "v1")
     assert len(name) <= 63 and name == dns_name("x" * n, "train", "v1")
+
+
+def test_cached_gets_serve_swarms_from_cache_until_written() -> None:
+    from dynamiclora.kube import CachedGets
+
+    from .fakekube import FakeKube
+
+    inner = FakeKube()
+    inner.add({"kind": "Swarm", "metadata": {"name": "s"}, "spec": {"x": 1}})
+    kube = CachedGets(inner, ttl=60)
+    assert kube.get("Swarm", "default", "s")["spec"] == {"x": 1}  # type: ignore[index]
+    inner.objects[("Swarm", "default", "s")]["spec"] = {"x": 2}
+    assert kube.get("Swarm", "default", "s")["spec"] == {"x": 1}  # type: ignore[index]  # cached
+    kube.apply({"kind": "Swarm", "metadata": {"name": "s", "namespace": "default"}, "spec": {"x": 3}})
+    assert kube.get("Swarm", "default", "s")["spec"] == {"x": 3}  # type: ignore[index]  # write forgets

@@ -57,8 +57,14 @@ def test_swarm_applies_children_idempotently_and_prunes_removed_agents(
     assert obs.applied[:2] == ["Service/support-vllm", "StatefulSet/support-vllm"]
     assert len(kube.list("LoRATier", NS)) == 4
     before = set(kube.objects)
-    reconcile_swarm(kube, settings, live)
+    obs = reconcile_swarm(kube, settings, live)
     assert set(kube.objects) == before  # second pass: same objects, nothing created or deleted
+    assert not [a for a in obs.applied if a.startswith("LoRATier/")]  # and no write for unchanged tiers
+    live["spec"]["contextTier"]["rank"] = 4
+    obs = reconcile_swarm(kube, settings, live)
+    assert [a for a in obs.applied if a.startswith("LoRATier/")] == [
+        "LoRATier/support-alice-context", "LoRATier/support-bob-context"]
+    assert kube.get("LoRATier", NS, "support-bob-context")["spec"]["rank"] == 4  # type: ignore[index]
     live["spec"]["agents"] = live["spec"]["agents"][:1]
     obs = reconcile_swarm(kube, settings, live)
     assert obs.deleted_tiers == ["support-bob-agent", "support-bob-context"]

@@ -1,0 +1,100 @@
+"""Operator convergence time and peak memory against object count (training disabled).
+
+For each size (10, 100, 1,000 agents) on the local control plane: start a fresh ``dynamiclora run``,
+apply one Swarm with N agents (0 inference replicas, no interaction records, so no Job and no vLLM pod),
+and measure the time until every object is reconciled: the Swarm's status counts N agents and all 2N
+per-agent LoRATiers it created report ``status.observedGeneration``. Peak RSS is the operator process's
+``VmHWM``. Results go to ``bench/results/scale.json`` and the table in ``docs/benchmarks.md``.
+
+    python bench/scale.py --sizes 10 100 1000 --out bench/results/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from dynamiclora.demo.scenario import GROUP_PATH, DemoConfig, Scenario
+from dynamiclora.localcluster.cluster import LocalCluster
+from dynamiclora.localcluster.controlplane import ClusterConfig
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _swarm(name: str, n: int, ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "dynamiclora.io/v1alpha1", "kind": "Swarm", "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "baseModel": {"name": "tiny-llama", "path": "/models/tiny"},
+            "agents": [{"name": f"agent-{i:04d}"} for i in range(n)],
+            "inference": {"replicas": 0},
+            "storage": {"pvc": {"claimName": "ckpt", "path": "scale"}},
+        },
+    }  # fmt: skip
+
+
+def measure(sc: Scenario, n: int, timeout: float) -> dict[str, float]:
+    ns, name = sc.cfg.namespace, f"scale-{n}"
+    sc.start_operator()
+    assert sc.operator is not None
+    pid = sc.operator.pid
+    time.sleep(3)  # let kopf finish its start-up scans before the clock starts
+    t0 = time.monotonic()
+    sc.apply([_swarm(name, n, ns)])
+
+    def converged() -> bool:
+        st = sc.status("swarms", name)
+        if st.get("agentCount") != n:
+            return False
+        items = sc.rest.get(f"{GROUP_PATH}/namespaces/{ns}/loratiers",
+                            params={"labelSelector": f"dynamiclora.io/swarm={name}"})["items"]  # fmt: skip
+        done = sum(1 for t in items if (t.get("status") or {}).get("observedGeneration"))
+        return len(items) == 2 * n and done == 2 * n
+
+    sc.wait(f"{n} agents ({2 * n} tiers) reconciled", lambda: converged() or None, timeout=timeout)
+    converge_s = time.monotonic() - t0
+    rss = _peak_rss_mb(pid)
+    sc.stop_operator()
+    sc.kubectl("delete", "swarm", name, "-n", ns, "--wait=false")
+    return {"converge_s": round(converge_s, 2), "peak_rss_mb": round(rss, 1), "objects": 2 * n + 1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000], help="agents per run")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/scale.json"), help="results file")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds allowed per size")
+    args = ap.parse_args(argv)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="dynamiclora-scale-") as tmp:
+        cluster = LocalCluster(ClusterConfig(state_dir=Path(tmp) / "cluster")).start()
+        try:
+            sc = Scenario(DemoConfig(work_dir=Path(tmp), resync_seconds=30), cluster)
+            sc.install_crds()
+            sc.apply([{"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "ckpt",
+                       "namespace": "default"}, "spec": {"accessModes": ["ReadWriteMany"],
+                       "resources": {"requests": {"storage": "1Gi"}}}}])  # fmt: skip
+            for n in args.sizes:
+                results[f"agents_{n}"] = measure(sc, n, args.timeout)
+                print(json.dumps({f"agents_{n}": results[f"agents_{n}"]}), flush=True)
+        finally:
+            cluster.stop()
+    results["machine"] = {"cores": __import__("os").cpu_count(), "python": sys.version.split()[0]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
