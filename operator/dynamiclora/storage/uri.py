@@ -1,0 +1,87 @@
+"""Store and tier-reference URIs.
+
+* A store URI names the root: ``file:///data/checkpoints`` or ``s3://bucket/prefix``.
+* A tier reference appends ``<namespace>/<tier>`` and optionally ``v000007`` (or ``@latest``):
+  ``s3://bucket/prefix/team-a/alice-context/v000007``. Without a version it means the latest one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from dynamiclora.storage.base import CheckpointStore, parse_version_dir, validate_name
+from dynamiclora.storage.store import BlobCheckpointStore
+
+
+def open_store(uri: str, *, s3_client: Any = None) -> CheckpointStore:
+    """Open the checkpoint store at ``uri``.
+
+    Args:
+        uri: ``file:///abs/path`` (or a plain absolute path) or ``s3://bucket[/prefix]``.
+        s3_client: a preconfigured boto3 client (default: one built from the AWS_* environment).
+
+    Raises:
+        ValueError: an unsupported scheme or a malformed URI (named in the message).
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        from dynamiclora.storage.fs import FsBackend
+
+        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"store URI {uri!r}: file URIs need an absolute path (file:///path)")
+        path = unquote(parsed.path if parsed.scheme else uri)
+        if not path.startswith("/"):
+            raise ValueError(f"store URI {uri!r}: the path must be absolute")
+        return BlobCheckpointStore(FsBackend(path))
+    if parsed.scheme == "s3":
+        from dynamiclora.storage.s3 import S3Backend
+
+        if not parsed.netloc:
+            raise ValueError(f"store URI {uri!r}: missing bucket (s3://BUCKET/PREFIX)")
+        return BlobCheckpointStore(S3Backend(parsed.netloc, parsed.path.strip("/"), client=s3_client))
+    raise ValueError(f"store URI {uri!r}: unsupported scheme {parsed.scheme!r} (use file:// or s3://)")
+
+
+@dataclass(frozen=True)
+class TierRef:
+    """A parsed tier reference: store root, namespace, tier and optional version."""
+
+    store_uri: str
+    namespace: str
+    tier: str
+    version: int | None = None
+
+    def __str__(self) -> str:
+        base = f"{self.store_uri.rstrip('/')}/{self.namespace}/{self.tier}"
+        return f"{base}/v{self.version:06d}" if self.version is not None else base
+
+
+def parse_tier_ref(ref: str) -> TierRef:
+    """Split ``<store>/<namespace>/<tier>[/vNNNNNN|@latest]`` into its parts.
+
+    Raises:
+        ValueError: when fewer than two path components follow the store root.
+    """
+    text = ref.rstrip("/")
+    version: int | None = None
+    if text.endswith("@latest"):
+        text = text[: -len("@latest")]
+    head, _, last = text.rpartition("/")
+    parsed_version = parse_version_dir(last)
+    if parsed_version is not None:
+        version, text = parsed_version, head
+    rest, _, tier = text.rpartition("/")
+    store, _, namespace = rest.rpartition("/")
+    parsed = urlparse(store)
+    root_ok = bool(parsed.netloc) if parsed.scheme == "s3" else parsed.path.startswith("/")
+    if not tier or not namespace or not root_ok or parsed.scheme not in ("", "file", "s3"):
+        raise ValueError(f"tier reference {ref!r}: expected <store-uri>/<namespace>/<tier>[/v000007] "
+                         "with a store URI like file:///path or s3://bucket/prefix")
+    try:
+        validate_name("namespace", namespace)
+        validate_name("tier", tier)
+    except ValueError as e:
+        raise ValueError(f"tier reference {ref!r}: {e}") from None
+    return TierRef(store, namespace, tier, version)

@@ -1,0 +1,119 @@
+"""``dynamiclora train`` and ``dynamiclora consolidate``: the Job entrypoints.
+
+Imports of torch/PEFT happen inside the handlers so that building the top-level parser stays cheap.
+Exit codes: 0 success, 2 bad input (records, options, tier/base-model mismatch), 1 any other failure.
+On success the last stdout line is ``DYNAMICLORA_RESULT <json>``; ``--result-file`` gets the same JSON
+(or ``{"error": ...}`` on failure), e.g. ``/dev/termination-log`` so the operator reads it from the pod.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dynamiclora.training.options import ConsolidateConfig, TrainConfig, add_dataclass_arguments, from_namespace
+
+RESULT_PREFIX = "DYNAMICLORA_RESULT "
+# The kubelet truncates termination messages at 4096 bytes; keep the file well under it.
+_RESULT_FILE_LIMIT = 4000
+
+
+def _write_result_file(path: str | None, doc: dict[str, Any]) -> None:
+    if not path:
+        return
+    text = json.dumps(doc, sort_keys=True)
+    if len(text) > _RESULT_FILE_LIMIT:
+        text = json.dumps({k: doc[k] for k in ("version", "uri", "digest", "error") if k in doc})
+    try:
+        Path(path).write_text(text)
+    except OSError as e:
+        print(f"warning: cannot write result file {path}: {e}", file=sys.stderr)
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from dynamiclora.training.checkpoint import ResumeMismatchError
+    from dynamiclora.training.model import TierMismatchError
+    from dynamiclora.training.records import RecordsError
+
+    return (RecordsError, TierMismatchError, ResumeMismatchError, ValueError)
+
+
+def _run(job: Callable[[], dict[str, Any]], result_file: str | None) -> int:
+    from dynamiclora.storage import StoreError
+
+    try:
+        result = job()
+    except StoreError as e:
+        print(f"error: checkpoint store: {e}", file=sys.stderr)
+        _write_result_file(result_file, {"error": str(e)})
+        return 1
+    except _bad_input_types() as e:
+        print(f"error: {e}", file=sys.stderr)
+        _write_result_file(result_file, {"error": str(e)})
+        return 2
+    except Exception as e:
+        traceback.print_exc()
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        _write_result_file(result_file, {"error": f"{type(e).__name__}: {e}"})
+        return 1
+    print(RESULT_PREFIX + json.dumps(result, sort_keys=True), flush=True)
+    _write_result_file(result_file, result)
+    return 0
+
+
+def train_main(args: argparse.Namespace) -> int:
+    """Handler of ``dynamiclora train``."""
+    try:
+        cfg = from_namespace(TrainConfig, args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def job() -> dict[str, Any]:
+        from dynamiclora.training.trainer import run_training
+
+        return run_training(cfg)
+
+    return _run(job, cfg.result_file)
+
+
+def consolidate_main(args: argparse.Namespace) -> int:
+    """Handler of ``dynamiclora consolidate``."""
+    try:
+        cfg = from_namespace(ConsolidateConfig, args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def job() -> dict[str, Any]:
+        from dynamiclora.training.consolidate import run_consolidation
+
+        return run_consolidation(cfg)
+
+    return _run(job, cfg.result_file)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` and ``consolidate`` subcommands."""
+    train = subparsers.add_parser(
+        "train",
+        help="train one tier of a stack on interaction records (Job entrypoint)",
+        description="Train one LoRA tier with PEFT on interaction records, with the slower tiers loaded "
+        "frozen so the tier learns the residual; publish it as the next version in the checkpoint store.",
+    )
+    add_dataclass_arguments(train, TrainConfig)
+    train.set_defaults(func=train_main)
+    cons = subparsers.add_parser(
+        "consolidate",
+        help="migrate stable components upward, or build a shared tier by consensus (Job entrypoint)",
+        description="Migration: move the stable components of a fast tier's recent versions into a "
+        "slower tier. Consensus: combine several agents' tiers into a shared tier. New versions are "
+        "published to the checkpoint store.",
+    )
+    add_dataclass_arguments(cons, ConsolidateConfig)
+    cons.set_defaults(func=consolidate_main)

@@ -1,0 +1,209 @@
+"""``dynamiclora consolidate``: migration and consensus Jobs over the checkpoint store.
+
+Both modes read tier versions from the store, call the memory core (:func:`dynamiclora.memory.migrate`,
+:func:`dynamiclora.memory.consensus`) and publish new versions with ``stats.json``. Every output
+manifest records what it was derived from (``derivedFrom``: input URIs and digests, and ``destBase``:
+the destination version it started from). A Job retried after publishing the destination but before
+the other outputs sees that record, recomputes from the same inputs (the core is deterministic) and
+publishes only what is missing, so components are never moved twice.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dynamiclora.memory import (
+    ConsensusConfig,
+    Decision,
+    MigrationPolicy,
+    StabilityConfig,
+    TierDelta,
+    consensus,
+    load_adapter,
+    migrate,
+    save_adapter,
+    tier_sub,
+    truncate,
+)
+from dynamiclora.storage import CheckpointStore, TierRef, VersionRef, open_store, parse_tier_ref
+from dynamiclora.training.options import ConsolidateConfig
+from dynamiclora.training.stats import STATS_FILE, tier_statistics
+
+Log = Callable[[str], None]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class _Io:
+    """Store access for one run: loading versions as deltas, publishing deltas as versions."""
+
+    def __init__(self, tmp: Path, log: Log) -> None:
+        self.tmp = tmp
+        self.log = log
+        self._stores: dict[str, CheckpointStore] = {}
+        self._n = 0
+
+    def store(self, ref: TierRef) -> CheckpointStore:
+        if ref.store_uri not in self._stores:
+            self._stores[ref.store_uri] = open_store(ref.store_uri)
+        return self._stores[ref.store_uri]
+
+    def versions(self, ref: TierRef) -> list[int]:
+        return self.store(ref).list_versions(ref.namespace, ref.tier)
+
+    def load(self, ref: TierRef, version: int) -> tuple[TierDelta, Any, VersionRef]:
+        self._n += 1
+        got = self.store(ref).download(ref.namespace, ref.tier, version, self.tmp / f"in{self._n}")
+        delta, meta = load_adapter(self.tmp / f"in{self._n}")
+        return delta, meta, got
+
+    def publish(self, ref: TierRef, delta: TierDelta, rank: int, targets: list[str], base: str | None,
+                meta: dict[str, Any]) -> dict[str, Any]:
+        self._n += 1
+        out = save_adapter(delta, self.tmp / f"out{self._n}", r=rank, target_modules=targets,
+                           base_model_name_or_path=base)
+        stats = tier_statistics(out)
+        (out / STATS_FILE).write_text(__import__("json").dumps({**stats, **meta}, indent=2, sort_keys=True))
+        files = {p.name: p for p in out.iterdir() if p.is_file()}
+        got = self.store(ref).publish(ref.namespace, ref.tier, files, {**meta, "deltaNorm": stats["norm"]},
+                                      progress=lambda m: self.log(f"store: {m}"))
+        self.log(f"published {got.uri}")
+        return {"tier": f"{ref.namespace}/{ref.tier}", "version": got.version, "uri": got.uri,
+                "digest": got.digest, "deltaNorm": stats["norm"]}
+
+
+def _ident(v: VersionRef) -> dict[str, Any]:
+    return {"uri": v.uri, "digest": v.digest}
+
+
+def _resume_point(io: _Io, dest: TierRef, inputs: list[dict[str, Any]]) -> tuple[int | None, bool]:
+    """(destination version to start from, whether the destination output is already published)."""
+    versions = io.versions(dest)
+    if not versions:
+        return None, False
+    latest = io.store(dest).get(dest.namespace, dest.tier, versions[-1])
+    md = latest.manifest.metadata
+    if md.get("derivedFrom") == inputs and md.get("destBase", "none") != "none":
+        base = md["destBase"]
+        return (int(base) if base is not None else None), True
+    return versions[-1], False
+
+
+def run_consolidation(cfg: ConsolidateConfig, log: Log = _print) -> dict[str, Any]:
+    """Run one migration or consensus step and return the result (see docs/training.md)."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="dynamiclora-consolidate-") as tmp:
+        io = _Io(Path(tmp), log)
+        result = _migrate(cfg, io) if cfg.mode == "migrate" else _consensus(cfg, io)
+    result["durationSeconds"] = round(time.monotonic() - started, 3)
+    return result
+
+
+def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
+    assert cfg.source is not None  # checked by ConsolidateConfig
+    src, dest = parse_tier_ref(cfg.source), parse_tier_ref(cfg.dest)
+    stability = StabilityConfig(method=cfg.method, threshold=cfg.threshold,  # type: ignore[arg-type]
+                                min_consecutive=cfg.min_consecutive, window_length=cfg.window_length)
+    versions = io.versions(src)
+    if src.version is not None:
+        versions = [v for v in versions if v <= src.version]
+    if not versions:
+        raise ValueError(f"--source {cfg.source}: the tier has no published version")
+    window_n = cfg.window or stability.versions_needed()
+    loaded = [io.load(src, v) for v in versions[-window_n:]]
+    window = [d for d, _, _ in loaded]
+    source, src_meta, src_ref = loaded[-1]
+    inputs = [_ident(src_ref)]
+    base_version, dest_done = _resume_point(io, dest, inputs)
+    dest_delta: TierDelta = {}
+    dest_targets: list[str] = []
+    dest_rank = cfg.dest_rank or src_meta.r
+    if base_version is not None:
+        dest_delta, dest_meta, _ = io.load(dest, base_version)
+        dest_rank = cfg.dest_rank or dest_meta.r
+        dest_targets = list(dest_meta.target_modules)
+    policy = MigrationPolicy(
+        stability=stability, max_migrations=cfg.max_migrations, max_energy_fraction=cfg.max_energy_fraction,
+        emergency_bypass=cfg.emergency_bypass, dest_rank=dest_rank, dry_run=cfg.dry_run,
+    )
+    new_src, new_dest, report = migrate(window, source, dest_delta, policy)
+    summary = report.to_dict()
+    io.log(f"migration {src} -> {dest}: {summary['migrated']} migrated, {summary['bypassed']} bypassed, "
+           f"{summary['throttled']} throttled, moved energy {report.moved_energy_fraction:.3f}")
+    result: dict[str, Any] = {"mode": "migrate", "window": [v.version for _, _, v in loaded],
+                              "report": summary, "published": []}
+    moved = report.count(Decision.MIGRATED) + report.count(Decision.BYPASSED)
+    if cfg.dry_run or not moved:
+        result["changed"] = False
+        return result
+    base = cfg.base_model or src_meta.base_model_name_or_path
+    meta = {"kind": "migration", "derivedFrom": inputs, "destBase": base_version,
+            "migrated": report.count(Decision.MIGRATED), "bypassed": report.count(Decision.BYPASSED),
+            "truncationError": report.truncation_error}
+    if dest_done:
+        io.log(f"{dest} already holds this migration; publishing the source only")
+    else:
+        targets = sorted(set(dest_targets) | set(src_meta.target_modules))
+        result["published"].append(io.publish(dest, new_dest, dest_rank, targets, base, meta))
+    result["published"].append(
+        io.publish(src, new_src, src_meta.r, list(src_meta.target_modules), base,
+                   {**meta, "kind": "migration-source", "destBase": "n/a"}))
+    result["changed"] = True
+    return result
+
+
+def _consensus(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
+    dest = parse_tier_ref(cfg.dest)
+    agents = [parse_tier_ref(a) for a in cfg.agent_tier]
+    loaded = []
+    for a in agents:
+        versions = [v for v in io.versions(a) if a.version is None or v <= a.version]
+        if not versions:
+            raise ValueError(f"--agent-tier {a}: the tier has no published version")
+        loaded.append(io.load(a, versions[-1]))
+    inputs = [_ident(r) for _, _, r in loaded]
+    base_version, dest_done = _resume_point(io, dest, inputs)
+    shared: TierDelta = {}
+    shared_targets: list[str] = []
+    rank = cfg.dest_rank or max(m.r for _, m, _ in loaded)
+    if base_version is not None:
+        shared, shared_meta, _ = io.load(dest, base_version)
+        rank = cfg.dest_rank or shared_meta.r
+        shared_targets = list(shared_meta.target_modules)
+    combined, report = consensus([d for d, _, _ in loaded], cfg.rule, cfg.weights, ConsensusConfig(rank=rank))
+    new_shared: TierDelta = {}
+    err_sq = report.truncation_error**2
+    for module in sorted(set(shared) | set(combined)):
+        parts = [t[module] for t in (shared, combined) if module in t]
+        cut = truncate(parts[0] if len(parts) == 1 else parts[0] + parts[1], rank)
+        new_shared[module] = cut.delta
+        err_sq += cut.error**2
+    summary = {**report.to_dict(), "agents": [str(a) for a in agents], "truncationError": err_sq**0.5}
+    io.log(f"consensus ({cfg.rule}) of {len(agents)} agent tier(s) -> {dest}: agent weights "
+           f"{summary['agentWeights']}")
+    result: dict[str, Any] = {"mode": "consensus", "report": summary, "published": [], "changed": False}
+    if cfg.dry_run:
+        return result
+    base = cfg.base_model or loaded[0][1].base_model_name_or_path
+    meta = {"kind": "consensus", "rule": cfg.rule, "derivedFrom": inputs, "destBase": base_version,
+            "agentWeights": summary["agentWeights"], "truncationError": summary["truncationError"]}
+    if dest_done:
+        io.log(f"{dest} already holds this consensus; publishing the agent tiers only")
+    else:
+        targets = sorted(set(shared_targets).union(*[m.target_modules for _, m, _ in loaded]))
+        result["published"].append(io.publish(dest, new_shared, rank, targets, base, meta))
+    if cfg.update_agents:
+        for a, (delta, m, ref) in zip(agents, loaded, strict=True):
+            rest = tier_sub(delta, {k: v for k, v in combined.items() if k in delta})
+            rest = {k: truncate(v, m.r).delta for k, v in rest.items()}
+            result["published"].append(io.publish(
+                a, rest, m.r, list(m.target_modules), base,
+                {**meta, "kind": "consensus-agent", "destBase": "n/a", "derivedFrom": [_ident(ref)]}))
+    result["changed"] = True
+    return result

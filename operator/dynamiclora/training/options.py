@@ -1,0 +1,201 @@
+"""Config dataclasses of the Job entrypoints and their argparse mapping.
+
+Every field carries ``metadata={"help": ...}``; :func:`add_dataclass_arguments` turns the fields into
+``--kebab-case`` options so the ``--help`` text and the config can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    """Add one option per dataclass field (``--field-name``), with its help text and default."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, _optional = _unwrap_optional(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help")
+        if not help_text:
+            raise TypeError(f"{cls.__name__}.{f.name} has no help text")
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        kwargs: dict[str, Any] = {"dest": f.name, "help": help_text}
+        if required:
+            kwargs["required"] = True
+        elif f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+            if f.default not in (None, False, ""):
+                kwargs["help"] = f"{help_text} (default: {f.default})"
+        else:
+            kwargs["default"] = f.default_factory()  # type: ignore[misc,operator]
+            if kwargs["default"]:
+                kwargs["help"] = f"{help_text} (default: {' '.join(map(str, kwargs['default']))})"
+        if tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is Literal:
+            kwargs["choices"] = list(typing.get_args(tp))
+        elif typing.get_origin(tp) is list:
+            (item,) = typing.get_args(tp)
+            kwargs["type"] = item
+            kwargs["action"] = "append" if f.metadata.get("repeat") else None
+            if kwargs["action"] is None:
+                del kwargs["action"]
+                kwargs["nargs"] = "+"
+            else:
+                kwargs["default"] = None
+        else:
+            kwargs["type"] = tp
+        if "metavar" in f.metadata:
+            kwargs["metavar"] = f.metadata["metavar"]
+        parser.add_argument(flag, **kwargs)
+
+
+def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
+    """Build the dataclass from parsed options (repeatable list options default to empty)."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        v = getattr(ns, f.name)
+        if v is None and f.metadata.get("repeat"):
+            v = []
+        values[f.name] = v
+    return cls(**values)
+
+
+BadLines = Literal["reject", "skip"]
+
+
+@dataclass
+class TrainConfig:
+    """Options of ``dynamiclora train`` (one tier of one stack)."""
+
+    base_model: str = field(metadata={"help": "directory of the base model (Hugging Face format)"})
+    data: str = field(metadata={"help": "interaction records: a .jsonl file, a directory of them, or s3://bucket/prefix"})
+    output_store: str = field(metadata={"help": "checkpoint store URI (file:///path or s3://bucket/prefix)"})
+    tier: str = field(metadata={"help": "name of the tier to train (its checkpoints live under NAMESPACE/TIER)"})
+    namespace: str = field(default="default", metadata={"help": "stack namespace in the store"})
+    frozen: list[str] = field(default_factory=list, metadata={
+        "help": "a slower tier to load frozen, as STORE/NAMESPACE/TIER[/v000007] (latest when no version); "
+                "repeat for several", "repeat": True, "metavar": "REF"})
+    init_from: str | None = field(default=None, metadata={
+        "help": "start from this adapter version of the tier (REF as for --frozen, or 'latest' for the "
+                "newest version of --tier); default: fresh initialisation"})
+    rank: int = field(default=8, metadata={"help": "LoRA rank r of the trained tier"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scaling alpha/r)"})
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      metadata={"help": "module names to adapt (space separated)"})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides --epochs)"})
+    epochs: int = field(default=1, metadata={"help": "passes over the records when --steps is not given"})
+    batch_size: int = field(default=4, metadata={"help": "records per optimizer step"})
+    max_seq_len: int = field(default=256, metadata={"help": "tokens per record (longer ones are truncated)"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and dropout"})
+    checkpoint_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints (0: never)"})
+    work_dir: str | None = field(default=None, metadata={
+        "help": "resume directory for checkpoints; a restarted Job resumes from the latest one here "
+                "(default: a temporary directory, not resumable)"})
+    max_records: int | None = field(default=None, metadata={"help": "use at most the newest N records"})
+    agent: str | None = field(default=None, metadata={"help": "only records of this agent"})
+    since: str | None = field(default=None, metadata={"help": "only records strictly after this RFC 3339 time"})
+    min_reward: float | None = field(default=None, metadata={"help": "drop records whose reward is below this"})
+    bad_lines: BadLines = field(default="reject", metadata={
+        "help": "malformed record lines: reject the data set, or skip them with a warning"})
+    eval_records: int = field(default=64, metadata={"help": "records used for the before/after loss"})
+    log_every: int = field(default=1, metadata={"help": "steps between progress lines"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
+    result_file: str | None = field(default=None, metadata={
+        "help": "also write the result JSON here (e.g. /dev/termination-log)"})
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.rank >= 1, f"--rank must be >= 1, got {self.rank}"),
+            (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
+            (bool(self.target_modules), "--target-modules must name at least one module"),
+            (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.max_seq_len >= 2, f"--max-seq-len must be >= 2, got {self.max_seq_len}"),
+            (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}"),
+            (self.max_records is None or self.max_records >= 1,
+             f"--max-records must be >= 1, got {self.max_records}"),
+            (self.eval_records >= 1, f"--eval-records must be >= 1, got {self.eval_records}"),
+            (self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}"),
+            (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
+            (self.bad_lines in ("reject", "skip"), f"--bad-lines must be reject or skip, got {self.bad_lines}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+@dataclass
+class ConsolidateConfig:
+    """Options of ``dynamiclora consolidate`` (migration or consensus)."""
+
+    mode: Literal["migrate", "consensus"] = field(metadata={
+        "help": "migrate: move stable components of --source into --dest; consensus: combine the "
+                "--agent tiers into the shared --dest tier"})
+    dest: str = field(metadata={"help": "the slower (or shared) tier, STORE/NAMESPACE/TIER; gets a new version",
+                                "metavar": "REF"})
+    source: str | None = field(default=None, metadata={
+        "help": "migrate: the faster tier STORE/NAMESPACE/TIER whose recent versions are judged", "metavar": "REF"})
+    agent_tier: list[str] = field(default_factory=list, metadata={
+        "help": "consensus: one agent's tier STORE/NAMESPACE/TIER; repeat per agent", "repeat": True,
+        "metavar": "REF"})
+    base_model: str | None = field(default=None, metadata={
+        "help": "base model recorded in the written adapters (default: the one recorded in the inputs)"})
+    window: int | None = field(default=None, metadata={
+        "help": "migrate: source versions judged, newest last (default: what the detector needs)"})
+    method: Literal["subspace", "autocorrelation"] = field(default="subspace", metadata={
+        "help": "migrate: stability detector"})
+    threshold: float = field(default=0.9, metadata={"help": "migrate: stability score needed, in (0, 1]"})
+    min_consecutive: int = field(default=2, metadata={"help": "migrate: consecutive windows above threshold"})
+    window_length: int = field(default=3, metadata={"help": "migrate: versions per autocorrelation window"})
+    max_migrations: int = field(default=8, metadata={"help": "migrate: components moved per run"})
+    max_energy_fraction: float = field(default=0.5, metadata={
+        "help": "migrate: share of the source tier's energy moved per run, in (0, 1]"})
+    emergency_bypass: bool = field(default=True, metadata={
+        "help": "migrate: let critical (very energetic) stable components bypass the limits"})
+    dest_rank: int | None = field(default=None, metadata={
+        "help": "rank the destination is stored at (default: its current rank, else the inputs' rank)"})
+    rule: Literal["resonance", "mean", "ties"] = field(default="resonance", metadata={
+        "help": "consensus: combination rule"})
+    weights: list[float] | None = field(default=None, metadata={
+        "help": "consensus: trust weight per --agent-tier (space separated; default uniform)"})
+    update_agents: bool = field(default=True, metadata={
+        "help": "consensus: also publish each agent tier minus the consensus, so every agent's stack "
+                "output is unchanged while the shared part moves up"})
+    dry_run: bool = field(default=False, metadata={"help": "decide and report; publish nothing"})
+    result_file: str | None = field(default=None, metadata={
+        "help": "also write the result JSON here (e.g. /dev/termination-log)"})
+
+    def __post_init__(self) -> None:
+        if self.mode == "migrate" and not self.source:
+            raise ValueError("--mode migrate needs --source")
+        if self.mode == "consensus" and len(self.agent_tier) < 1:
+            raise ValueError("--mode consensus needs at least one --agent-tier")
+        if self.weights is not None and len(self.weights) != len(self.agent_tier):
+            raise ValueError(f"--weights has {len(self.weights)} values for {len(self.agent_tier)} --agent-tier")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"--window must be >= 1, got {self.window}")
+        if self.dest_rank is not None and self.dest_rank < 1:
+            raise ValueError(f"--dest-rank must be >= 1, got {self.dest_rank}")
