@@ -149,9 +149,25 @@ class ApiKube:
             except config.ConfigException:
                 cfg = client.Configuration()
                 config.load_kube_config(client_configuration=cfg)
+        self.configuration = cfg
         self._api = client.ApiClient(cfg)
         self._seq = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
         self._lock = threading.Lock()
+
+    def connection_info(self) -> dict[str, Any]:
+        """The same credentials as keyword arguments of ``kopf.ConnectionInfo`` (one source of auth)."""
+        cfg = self.configuration
+        auth = str(cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken") or "")
+        scheme, _, token = auth.partition(" ") if " " in auth else ("Bearer", "", auth)
+        return {
+            "server": cfg.host,
+            "ca_path": cfg.ssl_ca_cert,
+            "insecure": not cfg.verify_ssl,
+            "scheme": scheme if token else None,
+            "token": token or None,
+            "certificate_path": cfg.cert_file,
+            "private_key_path": cfg.key_file,
+        }
 
     def _call(
         self,
@@ -163,14 +179,19 @@ class ApiKube:
     ) -> Any:
         from kubernetes.client.exceptions import ApiException
 
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        auth = self.connection_info()
+        if auth["token"]:
+            # Set explicitly: the generated client's auth_settings() looks for a key that its own kubeconfig
+            # loader does not write (client 36), so relying on it sends anonymous requests.
+            headers["Authorization"] = f"{auth['scheme']} {auth['token']}"
         try:
             resp = self._api.call_api(
                 path,
                 method,
                 query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                header_params=headers,
                 body=body,
-                auth_settings=["BearerToken"],
                 _preload_content=False,
                 _request_timeout=30,
             )

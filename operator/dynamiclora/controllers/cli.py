@@ -33,8 +33,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kube = CachedGets(ApiKube(args.kubeconfig))
+    api = ApiKube(args.kubeconfig)
+    kube = CachedGets(api)
     handlers.register(settings)
+
+    @kopf.on.login()
+    def _login(**_: Any) -> kopf.ConnectionInfo:
+        # kopf authenticates with exactly the credentials our own client loaded (kubeconfig or in-cluster).
+        return kopf.ConnectionInfo(**api.connection_info())
 
     @kopf.on.startup()
     def _configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:

@@ -104,7 +104,9 @@ class Scenario:
         ]  # fmt: skip
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
-        out = self.cluster.kubectl(*args, input=input, check=check)
+        out = self.cluster.kubectl(*args, input=input, check=False)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
         return str(out.stdout)
 
     def apply(self, objs: list[dict[str, Any]]) -> None:
