@@ -45,7 +45,7 @@ test-unit: ## Unit tests only (no network, no servers)
 
 ##@ Local cluster
 .PHONY: k8s-binaries
-k8s-binaries: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok (cold ~see docs/cluster.md)
+k8s-binaries: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok (cold ~15-40 min, then cached)
 	bash hack/k8s-binaries.sh
 
 .PHONY: cluster-up
@@ -75,7 +75,7 @@ dashboards: ## Regenerate the Grafana dashboard JSON from dynamiclora/dashboards
 
 ##@ Benchmarks
 .PHONY: bench-hot-swap
-bench-hot-swap: ## Hot-swap latency vs bare load+completion on a real vLLM CPU server (~5 min)
+bench-hot-swap: ## Hot-swap latency vs bare load+completion on a real vLLM CPU server (~8 min)
 	nice $(PY) bench/hot_swap.py --swaps 50 --out bench/results/hot_swap.json
 
 .PHONY: bench-merge

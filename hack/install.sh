@@ -33,6 +33,11 @@ else
   echo "==> dependencies up to date in $VENV"
   pip install -q --no-deps -e .
 fi
+# Debian's prometheus + promtool for the observability tests (docs/observability.md); skipped when present.
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "==> installing prometheus (Debian package) for the packaging tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
 "$VENV/bin/python" - <<'PY'
 import torch, vllm, peft, transformers, kopf
 print(f"torch {torch.__version__}, vllm {vllm.__version__}, peft {peft.__version__}, "

@@ -139,9 +139,10 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
             continue
         if key == "const":
             out["enum"] = [value]
-        elif key == "exclusiveMinimum":
+        # A bool is already OpenAPI 3.0 form (an Optional[...] variant inlined above): translate once.
+        elif key == "exclusiveMinimum" and not isinstance(value, bool):
             out["minimum"], out["exclusiveMinimum"] = value, True
-        elif key == "exclusiveMaximum":
+        elif key == "exclusiveMaximum" and not isinstance(value, bool):
             out["maximum"], out["exclusiveMaximum"] = value, True
         elif key == "properties":
             out[key] = {k: _inline(v, defs) for k, v in value.items()}

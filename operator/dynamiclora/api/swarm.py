@@ -111,6 +111,10 @@ class Inference(ApiModel):
         default=None, description="Secret key holding the API key clients and the operator must present."
     )
     extra_args: list[str] = Field(default_factory=list, description="Additional vLLM server arguments.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment variables of the vLLM container (e.g. VLLM_CPU_KVCACHE_SPACE on CPU nodes).",
+    )
     fold_shared_tiers: bool = Field(
         default=False,
         description="Fold the foundation and domain tiers into the served base weights instead of the adapter.",

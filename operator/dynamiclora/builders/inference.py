@@ -78,6 +78,7 @@ def _env(sw: Swarm) -> list[Obj]:
         {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
+    env += [{"name": k, "value": v} for k, v in sorted(sw.spec.inference.env.items())]
     ref = sw.spec.inference.api_key_secret_ref
     if ref:
         env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})

@@ -92,7 +92,9 @@ class Scenario:
                  "sharedTiers": {"swarm": f"{sw}-swarm"},
                  "inference": {"replicas": 1, "maxLoras": 4, "maxCpuLoras": 8, "maxLoraRank": 64,
                                "maxModelLen": 256, "dtype": "float32",
-                               "extraArgs": ["--enforce-eager", "--max-num-seqs", "8"]},
+                               "extraArgs": ["--enforce-eager", "--max-num-seqs", "8"],
+                               # vLLM's CPU backend would otherwise reserve most of the machine's memory.
+                               "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}},
                  "storage": {"pvc": {"claimName": "ckpt", "path": "dl"}},
              }},
             {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",

@@ -1,0 +1,97 @@
+"""The chart's ClusterRole grants exactly what the operator (dynamiclora.kube.RESOURCES) and kopf use.
+
+Adding a kind to ``RESOURCES`` without deciding its verbs here and in
+``charts/dynamiclora/templates/rbac.yaml`` fails ``test_every_resource_has_decided_verbs``; granting
+anything the code does not use fails ``test_cluster_role_is_exactly_what_is_needed``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from dynamiclora import GROUP
+from dynamiclora.kube import RESOURCES
+
+ROOT = Path(__file__).resolve().parents[3]
+RBAC = ROOT / "charts" / "dynamiclora" / "templates" / "rbac.yaml"
+
+APPLIED = frozenset({"get", "list", "watch", "create", "patch", "delete"})  # children: server-side apply + GC
+WATCHED = frozenset({"get", "list", "watch", "patch"})  # kopf's progress annotations on user-owned objects
+
+# Verbs per kind of dynamiclora.kube.RESOURCES, and why.
+VERBS: dict[str, frozenset[str]] = {
+    "Swarm": WATCHED,
+    "MigrationPolicy": WATCHED,
+    "LoRATier": APPLIED,  # per-agent tiers are created and deleted by the Swarm controller
+    "StatefulSet": APPLIED,
+    "Job": APPLIED,
+    "Service": APPLIED,
+    "PersistentVolumeClaim": APPLIED,
+    "Pod": frozenset({"get", "list", "watch"}),  # read for pod IPs and readiness (hot-swap)
+    "Secret": frozenset({"get"}),  # the vLLM API key Secret, by name (controllers/handlers.py)
+    "Event": frozenset({"create"}),
+}
+
+# kopf itself: CRD discovery, namespace discovery with --namespace (it runs standalone, no peering).
+KOPF: dict[tuple[str, str], frozenset[str]] = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): frozenset({"list", "watch"}),
+    ("", "namespaces"): frozenset({"list", "watch"}),
+}
+
+
+def expected() -> dict[tuple[str, str], frozenset[str]]:
+    out = dict(KOPF)
+    for kind, res in RESOURCES.items():
+        group = "" if res.api_version == "v1" else res.api_version.rsplit("/", 1)[0]
+        out[(group, res.plural)] = VERBS[kind]
+        if group == GROUP:
+            out[(group, f"{res.plural}/status")] = frozenset({"patch"})  # Kube.patch_status
+    return out
+
+
+def cluster_role_rules() -> list[dict[str, list[str]]]:
+    """The rules of the ClusterRole document (they are literal YAML: no template expressions)."""
+    text = RBAC.read_text(encoding="utf-8")
+    role = text.split("---")[0]
+    rules_block = role[role.index("\nrules:") + 1:]
+    assert "{{" not in rules_block, "keep the ClusterRole rules literal so this test can read them"
+    return list(yaml.safe_load(rules_block)["rules"])
+
+
+def granted() -> dict[tuple[str, str], frozenset[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in cluster_role_rules():
+        assert set(rule) <= {"apiGroups", "resources", "verbs"}, f"unexpected keys in {rule}"
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {rule}"
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return {k: frozenset(v) for k, v in out.items()}
+
+
+def test_every_resource_has_decided_verbs() -> None:
+    missing = set(RESOURCES) - set(VERBS)
+    assert not missing, (
+        f"kinds {sorted(missing)} were added to dynamiclora.kube.RESOURCES: grant their verbs in "
+        "charts/dynamiclora/templates/rbac.yaml and list them in VERBS here"
+    )
+    assert not set(VERBS) - set(RESOURCES), "VERBS names kinds the operator no longer uses"
+
+
+def test_cluster_role_is_exactly_what_is_needed() -> None:
+    want, got = expected(), granted()
+    lacking = {k: sorted(v - got.get(k, frozenset())) for k, v in want.items() if v - got.get(k, frozenset())}
+    extra = {k: sorted(v - want.get(k, frozenset())) for k, v in got.items() if v - want.get(k, frozenset())}
+    assert not lacking, f"the ClusterRole lacks {lacking}"
+    assert not extra, f"the ClusterRole grants more than the operator uses: {extra}"
+
+
+def test_binding_targets_the_role_and_service_account() -> None:
+    text = RBAC.read_text(encoding="utf-8")
+    binding = text.split("---")[1]
+    assert "kind: ClusterRoleBinding" in binding
+    assert 'name: {{ include "dynamiclora.fullname" . }}' in binding
+    assert 'name: {{ include "dynamiclora.serviceAccountName" . }}' in binding
