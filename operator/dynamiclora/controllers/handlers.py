@@ -193,12 +193,25 @@ def register(settings: OperatorSettings) -> None:
         _register_kind(plural, handle, interval)
 
 
-def _register_kind(plural: str, handle: Any, interval: float) -> None:
-    async def on_change(body: Any, memo: Any, **_: Any) -> None:
+async def _counted(kind: str, handle: Any, memo: Any, body: Any) -> None:
+    """Run one reconcile; unexpected exceptions are counted (kopf logs and retries them)."""
+    try:
         await handle(_runtime(memo), _plain(body))
+    except (kopf.PermanentError, kopf.TemporaryError):
+        raise
+    except Exception:
+        RECONCILES.labels(kind, "error").inc()
+        raise
+
+
+def _register_kind(plural: str, handle: Any, interval: float) -> None:
+    kind = {"swarms": "Swarm", "loratiers": "LoRATier", "migrationpolicies": "MigrationPolicy"}[plural]
+
+    async def on_change(body: Any, memo: Any, **_: Any) -> None:
+        await _counted(kind, handle, memo, body)
 
     async def on_timer(body: Any, memo: Any, **_: Any) -> None:
-        await handle(_runtime(memo), _plain(body))
+        await _counted(kind, handle, memo, body)
 
     on_change.__name__ = on_change.__qualname__ = f"{plural}_changed"
     on_timer.__name__ = on_timer.__qualname__ = f"{plural}_resync"

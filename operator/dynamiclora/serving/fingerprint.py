@@ -1,0 +1,103 @@
+"""Offline reference outputs computed with PEFT, used to prove which adapter version vLLM serves.
+
+The trainer (or a test, or the benchmark) writes ``dynamiclora-fingerprint.json`` beside a new adapter
+version: the greedy continuation of a probe prompt by base model + adapter. The hot-swap path compares it
+with what vLLM answers under the stable name. Heavy imports (torch, peft) stay inside the functions so
+that the operator process does not load them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dynamiclora.serving.adapters import Fingerprint
+
+LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_PROBE = (1, 40, 41, 45, 36, 13, 11)  # BOS (id 1 in the tiny vocabulary) + arbitrary word ids
+
+
+def _load_base(base_model_dir: str | Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), dtype=torch.float32)
+    model.eval()  # type: ignore[no-untyped-call]
+    return model
+
+
+def greedy_tokens(model: Any, prompt_token_ids: Sequence[int], max_new_tokens: int) -> tuple[int, ...]:
+    """Greedy continuation with no EOS stop (matches vLLM's ``temperature=0, ignore_eos=true``)."""
+    import torch
+
+    ids = torch.tensor([list(prompt_token_ids)], dtype=torch.long)
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(input_ids=ids).logits[0, -1]
+            nxt = int(torch.argmax(logits).item())
+            out.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]], dtype=torch.long)], dim=1)
+    return tuple(out)
+
+
+def compute_fingerprint(
+    base_model_dir: str | Path,
+    adapter_dir: str | Path | None,
+    prompt_token_ids: Sequence[int] = DEFAULT_PROBE,
+    max_new_tokens: int = 8,
+) -> Fingerprint:
+    """Greedy output of ``base_model_dir`` with the PEFT adapter (or the bare base when None)."""
+    model = _load_base(base_model_dir)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+        model.eval()
+    return Fingerprint(tuple(prompt_token_ids), greedy_tokens(model, prompt_token_ids, max_new_tokens))
+
+
+def write_fingerprint(
+    base_model_dir: str | Path,
+    adapter_dir: str | Path,
+    prompt_token_ids: Sequence[int] = DEFAULT_PROBE,
+    max_new_tokens: int = 8,
+) -> Fingerprint:
+    """Compute the fingerprint of ``adapter_dir`` and store it beside the adapter."""
+    fp = compute_fingerprint(base_model_dir, adapter_dir, prompt_token_ids, max_new_tokens)
+    fp.write(adapter_dir)
+    return fp
+
+
+def make_random_adapter(
+    base_model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    rank: int = 8,
+    seed: int = 0,
+    std: float = 0.3,
+    fingerprint: bool = True,
+) -> Path:
+    """Save a LoRA adapter with random, non-trivial weights (tests, benchmark, demo).
+
+    PEFT initialises ``lora_B`` to zero, which would make every version identical to the base model;
+    here both factors are drawn from a seeded normal so that each seed serves a different output.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model = _load_base(base_model_dir)
+    cfg = LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LLAMA_LORA_TARGETS), lora_dropout=0.0)
+    peft_model = get_peft_model(model, cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_A" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    out = Path(out_dir)
+    peft_model.save_pretrained(str(out))
+    if fingerprint:
+        peft_model.eval()
+        Fingerprint(DEFAULT_PROBE, greedy_tokens(peft_model, DEFAULT_PROBE, 8)).write(out)
+    return out

@@ -1,0 +1,53 @@
+"""Reconcile one pod's loaded adapters against the desired set.
+
+The operator calls this on every pod on every reconcile, and in particular after a pod restart: vLLM
+forgets runtime-loaded adapters when it restarts, so the listing comes back empty and everything is
+loaded again. Unchanged adapters cost one ``/v1/models`` call per pod, nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from dynamiclora.serving.adapters import AdapterSpec, PodTarget
+from dynamiclora.serving.errors import ServingError
+
+if TYPE_CHECKING:
+    from dynamiclora.serving.hotswap import HotSwapper, ReconcileResult
+
+
+async def reconcile_pod(
+    swapper: HotSwapper, pod: PodTarget, desired: Mapping[str, AdapterSpec], *, managed_prefix: str
+) -> ReconcileResult:
+    """See :meth:`HotSwapper.reconcile`."""
+    from dynamiclora.serving.hotswap import ReconcileResult
+
+    if not managed_prefix:
+        raise ValueError("managed_prefix must be non-empty: it keeps reconcile off adapters it does not own")
+    for key, spec in desired.items():
+        if key != spec.name:
+            raise ValueError(f"desired[{key!r}] holds adapter named {spec.name!r}; keys must be served names")
+        if not key.startswith(managed_prefix):
+            raise ValueError(f"desired adapter {key!r} lacks the managed prefix {managed_prefix!r}")
+    pod.check_capacity(list(desired.values()))
+
+    result = ReconcileResult(pod=pod.label)
+    loaded = await swapper.client(pod).list_adapters()
+    # Unload first so that capacity is free for the loads that follow.
+    for name in sorted(loaded):
+        if name.startswith(managed_prefix) and name not in desired:
+            try:
+                if await swapper.unload(pod, name):
+                    result.unloaded.append(name)
+            except ServingError as exc:
+                result.failed[name] = str(exc)
+    for name, spec in sorted(desired.items()):
+        try:
+            out = await swapper.ensure(pod, spec)
+        except ServingError as exc:
+            result.failed[name] = str(exc)
+            continue
+        by_action = {"loaded": result.loaded, "swapped": result.swapped, "unchanged": result.unchanged}
+        by_action[out.action].append(name)
+    return result

@@ -1,0 +1,75 @@
+"""pytest plugin: one real vLLM CPU server (tiny Llama, built locally) shared by a whole test session.
+
+Registered from the repository's root ``conftest.py``. Importing this module is cheap; the model, the
+adapters and the server are only built when a test asks for the fixtures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dynamiclora.serving.client import ClientConfig
+from dynamiclora.serving.launcher import VLLMServer, VLLMServerConfig, free_port
+
+SERVER_MAX_LORA_RANK = 16
+SERVER_API_KEY = "dynamiclora-test-key"  # exercises vLLM's real Bearer-token middleware
+
+AdapterFactory = Callable[[int, int], Path]
+
+
+@pytest.fixture(scope="session")
+def vllm_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama saved once per session (weights seeded, so identical across runs)."""
+    from dynamiclora.tinymodel import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("vllm-model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    """A running vLLM CPU server with runtime LoRA updating, on a free loopback port."""
+    logdir = tmp_path_factory.mktemp("vllm-log")
+    server = VLLMServer(
+        VLLMServerConfig(
+            model_dir=str(vllm_tiny_model_dir),
+            port=free_port(),
+            max_lora_rank=SERVER_MAX_LORA_RANK,
+            api_key=SERVER_API_KEY,
+            log_path=str(logdir / "vllm.log"),
+        )
+    )
+    try:
+        server.start()
+    except Exception as exc:
+        raise RuntimeError(f"vLLM failed to start:\n{server.log_tail()}") from exc
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_client_config() -> ClientConfig:
+    """Client settings matching :func:`vllm_server` (API key, short backoff)."""
+    return ClientConfig(api_key=SERVER_API_KEY, backoff_base_s=0.1, backoff_max_s=1.0)
+
+
+@pytest.fixture(scope="session")
+def vllm_adapter_factory(
+    vllm_tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> AdapterFactory:
+    """``factory(seed, rank)`` -> directory of a random LoRA adapter with its PEFT fingerprint (cached)."""
+    from dynamiclora.serving.fingerprint import make_random_adapter
+
+    root = tmp_path_factory.mktemp("vllm-adapters")
+    made: dict[tuple[int, int], Path] = {}
+
+    def factory(seed: int, rank: int = 8) -> Path:
+        if (seed, rank) not in made:
+            made[(seed, rank)] = make_random_adapter(
+                vllm_tiny_model_dir, root / f"seed{seed}-r{rank}", rank=rank, seed=seed
+            )
+        return made[(seed, rank)]
+
+    return factory
