@@ -149,11 +149,13 @@ def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
         "readinessProbe": {
             "httpGet": {"path": "/health", "port": inf.port},
             "periodSeconds": 5,
+            "timeoutSeconds": 5,  # /health answers slowly while a busy CPU server decodes
             "failureThreshold": 3,
         },
         "startupProbe": {
             "httpGet": {"path": "/health", "port": inf.port},
             "periodSeconds": 5,
+            "timeoutSeconds": 5,
             "failureThreshold": 120,  # model loading and CPU graph warm-up take minutes
         },
         "volumeMounts": mounts,

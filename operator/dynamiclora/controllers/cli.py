@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import io
 import logging
 import os
+import signal
 from typing import Any
 
 
@@ -53,6 +56,21 @@ def _run(args: argparse.Namespace) -> int:
         settings.batching.worker_limit = 64
         memo["runtime"] = handlers.Runtime(kube=kube, settings=operator_settings)
 
+    @kopf.on.startup()
+    async def _start_resync(memo: Any, **_: Any) -> None:
+        loop = asyncio.get_running_loop()
+        # Reconcilers are synchronous and run in threads: size the pool for many objects at once.
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=32))
+        memo["resync"] = loop.create_task(handlers.resync_forever(memo["runtime"]))
+        # `kill -USR1 <pid>` logs every asyncio task's stack: the way to see what a stuck operator awaits.
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
+
+    @kopf.on.cleanup()
+    async def _stop_resync(memo: Any, **_: Any) -> None:
+        task = memo.get("resync")
+        if task is not None:
+            task.cancel()
+
     operator_settings = settings
     start_http_server(settings.metrics_port, addr=args.metrics_host, registry=REGISTRY)
     logging.getLogger("dynamiclora").info("metrics on http://%s:%d/metrics", args.metrics_host, settings.metrics_port)
@@ -67,6 +85,13 @@ def _run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _dump_tasks() -> None:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=12, file=out)
+    logging.getLogger("dynamiclora.operator").warning("asyncio tasks:\n%s", out.getvalue())
 
 
 def register(sub: Any) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import base64
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -40,6 +40,11 @@ class Runtime:
 
     kube: Kube
     settings: OperatorSettings
+    locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
+        """One lock per object: change handlers and the resync loop never reconcile it concurrently."""
+        return self.locks.setdefault((kind, namespace, name), asyncio.Lock())
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -185,37 +190,67 @@ async def handle_policy(rt: Runtime, body: Obj) -> None:
     RECONCILE_SECONDS.labels("MigrationPolicy").observe(time.monotonic() - start)
 
 
+KINDS: dict[str, tuple[str, Any]] = {
+    "swarms": ("Swarm", handle_swarm),
+    "loratiers": ("LoRATier", handle_tier),
+    "migrationpolicies": ("MigrationPolicy", handle_policy),
+}
+
+
 def register(settings: OperatorSettings) -> None:
-    """Register the handlers on kopf's default registry (called once by ``dynamiclora run``)."""
-    interval = settings.resync_seconds
+    """Register the change handlers on kopf's default registry (called once by ``dynamiclora run``).
 
-    for plural, handle in (("swarms", handle_swarm), ("loratiers", handle_tier), ("migrationpolicies", handle_policy)):
-        _register_kind(plural, handle, interval)
-
-
-async def _counted(kind: str, handle: Any, memo: Any, body: Any) -> None:
-    """Run one reconcile; unexpected exceptions are counted (kopf logs and retries them)."""
-    try:
-        await handle(_runtime(memo), _plain(body))
-    except (kopf.PermanentError, kopf.TemporaryError):
-        raise
-    except Exception:
-        RECONCILES.labels(kind, "error").inc()
-        raise
+    Periodic re-reconciliation is :func:`resync_forever`, one loop for all objects, rather than kopf
+    timers: kopf puts a finalizer on every object that has a timer, and a finalizer for purely in-cluster
+    state would block deletion whenever the operator is down.
+    """
+    for plural, (kind, handle) in KINDS.items():
+        _register_kind(plural, kind, handle)
 
 
-def _register_kind(plural: str, handle: Any, interval: float) -> None:
-    kind = {"swarms": "Swarm", "loratiers": "LoRATier", "migrationpolicies": "MigrationPolicy"}[plural]
+async def _counted(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
+    """Run one reconcile under the object's lock; unexpected exceptions are counted and re-raised."""
+    meta = body["metadata"]
+    async with rt.lock(kind, meta.get("namespace", ""), meta["name"]):
+        try:
+            await handle(rt, body)
+        except (kopf.PermanentError, kopf.TemporaryError):
+            raise
+        except Exception:
+            RECONCILES.labels(kind, "error").inc()
+            raise
 
+
+def _register_kind(plural: str, kind: str, handle: Any) -> None:
     async def on_change(body: Any, memo: Any, **_: Any) -> None:
-        await _counted(kind, handle, memo, body)
-
-    async def on_timer(body: Any, memo: Any, **_: Any) -> None:
-        await _counted(kind, handle, memo, body)
+        await _counted(_runtime(memo), kind, handle, _plain(body))
 
     on_change.__name__ = on_change.__qualname__ = f"{plural}_changed"
-    on_timer.__name__ = on_timer.__qualname__ = f"{plural}_resync"
     kopf.on.resume(GROUP, VERSION, plural)(on_change)
     kopf.on.create(GROUP, VERSION, plural)(on_change)
     kopf.on.update(GROUP, VERSION, plural, field="spec")(on_change)
-    kopf.timer(GROUP, VERSION, plural, interval=interval, initial_delay=interval / 2)(on_timer)
+
+
+async def resync_forever(rt: Runtime, concurrency: int = 16) -> None:
+    """Every ``resync_seconds``, reconcile every object again (finished Jobs, new records, restarted pods)."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(kind: str, handle: Any, body: Obj) -> None:
+        async with gate:
+            try:
+                await _counted(rt, kind, handle, body)
+            except (kopf.PermanentError, kopf.TemporaryError) as err:
+                log.debug("resync of %s %s: %s", kind, body["metadata"]["name"], err)
+            except Exception:  # one bad object must not stop the loop
+                log.exception("resync of %s %s failed", kind, body["metadata"]["name"])
+
+    while True:
+        await asyncio.sleep(rt.settings.resync_seconds)
+        for kind, handle in KINDS.values():
+            try:
+                objs = await asyncio.to_thread(rt.kube.list, kind, rt.settings.namespace or "")
+            except Exception:  # the API server may be briefly unavailable
+                log.exception("listing %s failed", kind)
+                continue
+            live = [o for o in objs if not o["metadata"].get("deletionTimestamp")]
+            await asyncio.gather(*(one(kind, handle, o) for o in live))

@@ -207,11 +207,12 @@ def _apply_stats(st: Obj, store: object, ns: str, name: str, version: int) -> No
         stats = json.loads(store.read_file(ns, name, version, "stats.json"))  # type: ignore[attr-defined]
     except Exception:
         return
-    if "energy" in stats:
+    # Statistics are optional: consolidated versions or a single version may lack some of them.
+    if stats.get("energy") is not None:
         st["energy"] = float(stats["energy"])
-    if "screenedFraction" in stats:
+    if stats.get("screenedFraction") is not None:
         st["screenedFraction"] = min(max(float(stats["screenedFraction"]), 0.0), 1.0)
-    if "norm" in stats:
+    if stats.get("norm") is not None:
         st["driftNorm"] = float(stats["norm"])
 
 

@@ -206,8 +206,11 @@ class Scenario:
 
         from dynamiclora.serving.client import VLLMClient
 
+        # Readiness can flap on a loaded CPU (probes time out while vLLM is busy): wait for a ready pod.
+        ip = self.wait("a ready vLLM pod to send the request to", lambda: next(iter(self.pod_ips()), None), 300)
+
         async def go() -> Any:
-            async with VLLMClient(f"http://{self.pod_ips()[0]}:8000") as client:
+            async with VLLMClient(f"http://{ip}:8000") as client:
                 return await client.complete(f"{self.cfg.swarm}-{agent}", prompt, max_tokens=max_tokens)
 
         return asyncio.run(go())

@@ -229,6 +229,9 @@ class ControlPlane:
                 f"--root-ca-file={ca_file}",
                 "--use-service-account-credentials=false",
                 "--controllers=*",
+                # kwok's fake nodes heartbeat from one process that competes for 2 busy cores: tolerate
+                # late heartbeats instead of marking every pod NotReady (and evicting) on a slow second.
+                "--node-monitor-grace-period=120s",
                 "--v=1",
             ],
         )

@@ -454,7 +454,11 @@ class Executor:
         status["reason"] = run.reason or None
         status["message"] = run.message or None
         body = json.dumps(status, sort_keys=True)
-        if body == run.last_patch:
+        # Like a kubelet, re-assert our conditions when someone else changed them on the live pod (the
+        # node lifecycle controller marks pods NotReady while a fake node's heartbeat lags on a busy CPU).
+        live = {c.get("type"): c.get("status") for c in (run.pod.get("status") or {}).get("conditions") or []}
+        ours_hold = all(live.get(c["type"]) == c["status"] for c in status["conditions"])
+        if body == run.last_patch and ours_hold:
             return
         meta = run.pod["metadata"]
         try:
