@@ -75,7 +75,7 @@ class Kube(Protocol):
         """The object, or None when absent."""
 
     def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[Obj]:
-        """Objects of ``kind`` in ``namespace`` matching every label."""
+        """Objects of ``kind`` in ``namespace`` (all namespaces when empty) matching every label."""
 
     def create(self, obj: Obj) -> Obj | None:
         """Create ``obj``; None when an object of that name already exists (idempotent creation)."""

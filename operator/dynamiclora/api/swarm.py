@@ -208,7 +208,9 @@ class PodStatus(ApiModel):
     """Adapters loaded in one vLLM pod."""
 
     name: str
-    pod_ip: str | None = None
+    pod_ip: str | None = Field(
+        default=None, alias="podIP", description="The pod's IP (the operator addresses pods directly)."
+    )
     ready: bool = False
     loaded_adapters: list[str] = Field(default_factory=list)
 

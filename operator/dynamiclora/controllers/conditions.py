@@ -41,16 +41,27 @@ def _strip_times(value: Any) -> Any:
     return value
 
 
-def status_changed(old: Obj | None, new: Obj) -> bool:
-    """Whether ``new`` differs from ``old`` in anything but condition timestamps."""
+def status_changed(old: Obj | None, new: Obj, preserve: frozenset[str] = frozenset()) -> bool:
+    """Whether ``new`` differs from ``old`` in anything but condition timestamps (dropped keys count)."""
     old = old or {}
+    if any(k not in new and k not in preserve for k in old):
+        return True
     return any(_strip_times(old.get(k)) != _strip_times(v) for k, v in new.items())
 
 
-def write_status(kube: Kube, body: Obj, new: Obj) -> bool:
-    """Merge-patch the status when it changed; returns whether a write happened."""
-    if not status_changed(body.get("status"), new):
+def write_status(kube: Kube, body: Obj, new: Obj, preserve: frozenset[str] = frozenset()) -> bool:
+    """Merge-patch the status to ``new`` when it changed; returns whether a write happened.
+
+    A merge patch only removes a key that is sent as null, so keys of the old status missing from ``new``
+    are nulled, except ``preserve`` (fields another controller owns).
+    """
+    old = body.get("status") or {}
+    if not status_changed(old, new, preserve):
         return False
+    patch = dict(new)
+    for key in old:
+        if key not in new and key not in preserve:
+            patch[key] = None
     meta = body["metadata"]
-    kube.patch_status(body["kind"], meta["namespace"], meta["name"], new)
+    kube.patch_status(body["kind"], meta["namespace"], meta["name"], patch)
     return True

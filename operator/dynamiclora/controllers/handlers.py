@@ -170,7 +170,7 @@ async def handle_tier(rt: Runtime, body: Obj) -> None:
         RECONCILES.labels("LoRATier", "waiting").inc()
         raise kopf.TemporaryError(str(err), delay=err.delay) from err
     outcome.status.pop("servedVersion", None)  # written by the Swarm reconciler once pods serve it
-    await asyncio.to_thread(write_status, rt.kube, body, outcome.status)
+    await asyncio.to_thread(write_status, rt.kube, body, outcome.status, frozenset({"servedVersion"}))
     await _emit(rt, body, outcome.events)
     RECONCILES.labels("LoRATier", "ok").inc()
     RECONCILE_SECONDS.labels("LoRATier").observe(time.monotonic() - start)

@@ -238,8 +238,7 @@ class Scenario:
         seen["answer1"] = self.show_answer(agent)
         self.log(f"[4/6] more records for {agent}: a second version of the context tier")
         self.feed(agent, 2)
-        seen["v2"] = self.wait(f"{self.tier_name(agent, 'context')} v2",
-                               lambda: self.tier_version(agent, "context") >= 2 or None)
+        seen["v2"] = self.wait(f"{self.tier_name(agent, 'context')} v2", lambda: self._version_at_least(agent, 2))
         self.log("[5/6] migration: stable components move from the context tier to the agent tier")
         seen["agent_v1"] = self.wait(
             f"{self.tier_name(agent, 'agent')} v1 (migrated)", lambda: self.tier_version(agent, "agent") or None
@@ -254,6 +253,10 @@ class Scenario:
         self.log(f"  served version {seen['served2']['servedVersion']}")
         seen["answer2"] = self.show_answer(agent)
         return seen
+
+    def _version_at_least(self, agent: str, n: int) -> int | None:
+        v = self.tier_version(agent, "context")
+        return v if v >= n else None
 
     def _served_with(self, agent: str, marker: str) -> dict[str, Any] | None:
         entry = self.served(agent)

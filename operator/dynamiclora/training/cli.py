@@ -27,10 +27,18 @@ def _write_result_file(path: str | None, doc: dict[str, Any]) -> None:
     if not path:
         return
     text = json.dumps(doc, sort_keys=True)
-    if len(text) > _RESULT_FILE_LIMIT:
+    # Kubernetes keeps at most 4 KiB of a termination message; a file on a volume has no such limit.
+    if path.startswith("/dev/") and len(text) > _RESULT_FILE_LIMIT:
         text = json.dumps({k: doc[k] for k in ("version", "uri", "digest", "error") if k in doc})
     try:
-        Path(path).write_text(text)
+        target = Path(path)
+        if path.startswith("/dev/"):
+            target.write_text(text)
+        else:  # readers (the operator) must never see a half-written result
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            tmp.write_text(text)
+            tmp.replace(target)
     except OSError as e:
         print(f"warning: cannot write result file {path}: {e}", file=sys.stderr)
 

@@ -129,6 +129,7 @@ def test_tier_training_lifecycle(kube: FakeKube, settings: OperatorSettings, swa
     out = _tier_pass(kube, settings, name)
     st = out.status
     assert st["currentVersion"] == 1 and st["recordsConsumed"] == 20 and "activeJob" not in st
+    assert "activeJob" not in _tier(kube, name)["status"]  # removed from the stored status, not just ours
     assert st["checkpointUri"].endswith("v000001") and len(st["checkpointSha256"]) == 64
     assert st["history"][0]["loss"] == 0.5 and st["history"][0]["source"] == "training"
     assert st["energy"] == 2.5 and st["screenedFraction"] == 0.4 and st["phase"] == "Ready"
