@@ -146,6 +146,7 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
         st["history"] = _history(store, ns, name, list(old.get("history", [])))
         _apply_stats(st, store, ns, name, latest.version)
         TIER_VERSION.labels(ns, name, level.value).set(latest.version)
+        _retain(store, ns, tier, old, st, events)
 
     # Work in flight.
     active = old.get("activeJob")
@@ -200,6 +201,24 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
             else "Pending"
         )  # fmt: skip
     return TierOutcome(st, events)
+
+
+def _retain(store: object, ns: str, tier: LoRATier, old: Obj, st: Obj, events: list[Event]) -> None:
+    """Apply the retention policy; the current, served and pinned versions (and young ones) are kept."""
+    name = tier.metadata.name or ""
+    keep = tier.spec.retention.keep_versions
+    if len(store.list_versions(ns, name)) <= keep:  # type: ignore[attr-defined]
+        return
+    protected = {v for v in (st.get("currentVersion"), old.get("servedVersion"), tier.spec.pinned_version) if v}
+    if tier.spec.retention.keep_for:
+        horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=_duration_s(tier.spec.retention.keep_for))
+        for h in st.get("history", []):
+            created = _parse_time(h.get("created"))
+            if created and created >= horizon:
+                protected.add(int(h["version"]))
+    report = store.retain(ns, name, keep_last=keep, protected=frozenset(int(v) for v in protected))  # type: ignore[attr-defined]
+    if report.deleted:
+        events.append(Event("Normal", "RetentionApplied", f"deleted versions {report.deleted} (keep {keep})"))
 
 
 def _apply_stats(st: Obj, store: object, ns: str, name: str, version: int) -> None:

@@ -235,3 +235,18 @@ def test_policy_dry_run_and_bandwidth(kube: FakeKube, settings: OperatorSettings
     jobs = kube.list("Job", NS)
     assert len(jobs) == 2
     assert all("--dry-run" in j["spec"]["template"]["spec"]["containers"][0]["args"] for j in jobs)
+
+
+def test_retention_keeps_current_served_and_pinned_versions(
+    kube: FakeKube, settings: OperatorSettings, tmp_path: Path
+) -> None:
+    kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "LoRATier", "metadata": {"name": "dom"},
+              "spec": {"level": "domain", "storage": {"pvc": {"claimName": "ckpt", "path": "dl"}},
+                       "retention": {"keepVersions": 2}, "pinnedVersion": 2},
+              "status": {"servedVersion": 1}})  # fmt: skip
+    for _ in range(6):
+        _publish(settings, "dom", tmp_path)
+    out = _tier_pass(kube, settings, "dom")
+    assert open_store(_store(settings)).list_versions(NS, "dom") == [1, 2, 5, 6]
+    assert any(e.reason == "RetentionApplied" for e in out.events)
+    assert out.status["currentVersion"] == 6
