@@ -115,7 +115,10 @@ class Scenario:
         self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs, sort_keys=False))
 
     def install_crds(self) -> None:
+        """Apply the CRDs (and the demo's namespace) and wait until the API server serves them."""
         self.apply([yaml.safe_load(text) for text in render_crds().values()])
+        if self.cfg.namespace != "default":
+            self.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.cfg.namespace}}])
         for plural in ("swarms", "loratiers", "migrationpolicies"):
             self.kubectl("wait", "--for=condition=Established", f"crd/{plural}.dynamiclora.io", "--timeout=60s")
 
@@ -138,6 +141,7 @@ class Scenario:
         argv = [
             sys.executable, "-m", "dynamiclora.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
             "--local-executor", "--pvc-root", str(self.pvc_root), "--resync-seconds", str(self.cfg.resync_seconds),
+            "--namespace", self.cfg.namespace,
             "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
             "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
         ]  # fmt: skip
