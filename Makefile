@@ -81,3 +81,7 @@ bench-hot-swap: ## Hot-swap latency vs bare load+completion on a real vLLM CPU s
 .PHONY: bench-merge
 bench-merge: ## Low-rank merge vs PEFT add_weighted_adapter(svd) at d=1024/2048/4096 (< 10 min)
 	$(PY) bench/merge.py --out bench/results/merge.json
+
+.PHONY: bench-continual
+bench-continual: ## Continual learning: DynamicLoRA vs seq LoRA/replay/EWC/joint, consensus rules (~10 min)
+	nice $(PY) bench/continual.py --out bench/results/continual.json

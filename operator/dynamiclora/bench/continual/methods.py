@@ -63,12 +63,12 @@ class MemoryConfig:
     candidate_rank: int = field(default=16, metadata={"help": "rank of the consensus-of-versions candidate"})
     fast: str = field(default="fresh", metadata={
         "help": "fast tier per window: 'fresh' (re-initialised, versions = states) or 'continue' (versions = updates)"})
-    recent_rank: int = field(default=0, metadata={
+    recent_rank: int = field(default=16, metadata={
         "help": "fresh fast tier only: rank of a frozen 'recent' tier keeping the non-migrated remainder of "
                 "past windows (decaying as FREE); served, not active while training; 0 = none"})
-    recent_keep: float = field(default=0.9, metadata={"help": "share of the recent tier kept per window"})
+    recent_keep: float = field(default=0.5, metadata={"help": "share of the recent tier kept per window"})
     recent_in_training: bool = field(default=False, metadata={"help": "recent tier active while training"})
-    history: str = field(default="residual", metadata={
+    history: str = field(default="reset", metadata={
         "help": "after a migration, older versions: 'residual' (minus what moved), 'reset' (dropped), 'sliding'"})
     phases: mem.PhaseConfig = field(default_factory=mem.PhaseConfig, metadata={"help": "hysteresis and decay"})
 
@@ -79,6 +79,12 @@ class MemoryConfig:
             raise ValueError(f"MemoryConfig.fast must be fresh or continue, got {self.fast!r}")
         if self.candidate_rank < 1:
             raise ValueError(f"MemoryConfig.candidate_rank must be >= 1, got {self.candidate_rank}")
+        if self.recent_rank < 0 or not 0.0 <= self.recent_keep <= 1.0:
+            raise ValueError(f"MemoryConfig: recent_rank must be >= 0 and recent_keep in [0, 1], got "
+                             f"{self.recent_rank}, {self.recent_keep}")
+        if not 0.0 < self.threshold <= 1.0 or self.min_consecutive < 1:
+            raise ValueError(f"MemoryConfig: threshold must be in (0, 1] and min_consecutive >= 1, got "
+                             f"{self.threshold}, {self.min_consecutive}")
 
     def policy(self, slow_rank: int) -> mem.MigrationPolicy:
         """The migration policy for a slow tier of rank ``slow_rank``."""
@@ -221,11 +227,13 @@ def run_joint(bench: Bench, cfg: TrainConfig) -> MethodResult:
 
 
 def run_dynamiclora(bench: Bench, cfg: TrainConfig, mcfg: MemoryConfig) -> MethodResult:
-    """The tier stack; per window: fresh fast tier trained (slow frozen), then consolidation.
+    """The tier stack ``slow + recent + fast``; per window: consolidation after training the fast tier.
 
-    Consolidation (see :func:`_consolidate`): the resonance consensus of the last fast-tier versions is
-    the migration candidate; :func:`dynamiclora.memory.migrate` moves its stable components into the
-    slow tier; the slow tier's phases are tracked and FREE components decay.
+    Default schedule (``MemoryConfig`` documents the alternatives measured in docs/continual.md):
+    the fast (context) tier starts fresh each window and is trained with the slow tier active and
+    frozen; consolidation (:func:`_consolidate`) migrates what the last fast-tier versions agree on
+    into the slow tier; the remainder moves to the frozen ``recent`` tier, where it decays (kept share
+    ``recent_keep`` per window, like FREE components) instead of vanishing.
     """
     ranks = {"slow": cfg.slow_rank, "fast": cfg.rank}
     recent = mcfg.recent_rank > 0 and mcfg.fast == "fresh"

@@ -27,6 +27,10 @@ from .multiagent import AgentsConfig, run_agents
 Log = Callable[[str], None]
 
 
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """A whole benchmark run."""
@@ -68,7 +72,7 @@ def _run_method(bench: Bench, name: str, cfg: RunConfig) -> MethodResult:
     return run_sequential(bench, cfg.train, name)
 
 
-def run(cfg: RunConfig, log: Log = print) -> dict[str, Any]:
+def run(cfg: RunConfig, log: Log = _print) -> dict[str, Any]:
     """Pretrain the base once, then every seed: all methods and the multi-agent part; aggregate."""
     t0 = time.perf_counter()
     model_cfg = TinyModelConfig()
