@@ -101,7 +101,7 @@ class Scenario:
              "metadata": {"name": f"{sw}-consolidation", "namespace": ns},
              "spec": {"swarmRef": sw, "pairs": [{"source": "context", "target": "agent"}],
                       "stability": {"method": "subspace", "window": 2, "threshold": 0.5, "minConsecutiveWindows": 1},
-                      "bandwidth": {"maxMigrationsPerPeriod": 16, "period": "1h", "maxEnergyFraction": 0.9},
+                      "bandwidth": {"maxMigrationsPerPeriod": 1000, "period": "1h", "maxEnergyFraction": 0.9},
                       "interval": "5s"}},
         ]  # fmt: skip
 
