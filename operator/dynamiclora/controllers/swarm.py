@@ -6,6 +6,7 @@ into the pods it finds is done by :mod:`dynamiclora.controllers.serving`, which 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from dynamiclora.api.swarm import Swarm
@@ -16,6 +17,8 @@ from dynamiclora.controllers.common import generation, parse
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.metrics import SWARM_DESIRED_PODS, SWARM_READY_PODS
 from dynamiclora.settings import OperatorSettings
+
+APPLY_CONCURRENCY = 16
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,16 @@ def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmO
 
     desired_tiers = build_agent_tiers(body, sw)
     live_tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns, {LABEL_SWARM: name})}
+    pending = []
     for child in [build_service(body, sw), build_statefulset(body, sw, settings), *desired_tiers]:
         live = live_tiers.get(child["metadata"]["name"]) if child["kind"] == "LoRATier" else None
         if live is not None and up_to_date(child, live):
             continue  # one list call instead of a write per agent on every resync
-        kube.apply(child)
-        obs.applied.append(f"{child['kind']}/{child['metadata']['name']}")
+        pending.append(child)
+    # Independent server-side applies: a swarm of 1,000 agents creates 2,000 tiers, so overlap the calls.
+    with ThreadPoolExecutor(max_workers=max(1, min(APPLY_CONCURRENCY, len(pending)))) as pool:
+        list(pool.map(kube.apply, pending))
+    obs.applied += [f"{c['kind']}/{c['metadata']['name']}" for c in pending]
 
     wanted = {t["metadata"]["name"] for t in desired_tiers}
     for tier_name, tier in sorted(live_tiers.items()):
