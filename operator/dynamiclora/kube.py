@@ -149,6 +149,9 @@ class ApiKube:
             except config.ConfigException:
                 cfg = client.Configuration()
                 config.load_kube_config(client_configuration=cfg)
+        # Reconcilers run on up to 32 threads: a pool of 10 (the default) discards connections, and every
+        # new one costs a TLS handshake.
+        cfg.connection_pool_maxsize = 32
         self.configuration = cfg
         self._api = client.ApiClient(cfg)
         self._seq = int(dt.datetime.now(dt.UTC).timestamp() * 1000)

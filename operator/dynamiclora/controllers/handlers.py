@@ -145,15 +145,18 @@ async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, ob
     """Record on each tier the version now served on every ready pod (servedVersion is ours to write)."""
     from dynamiclora.controllers.serving import desired_stacks
 
-    stacks = await asyncio.to_thread(desired_stacks, rt.kube, rt.settings, obs.body, obs.swarm)
     served = {a["name"] for a in agents if a.get("servedOnPods") == len(obs.ready_pods) and obs.ready_pods}
+    if not served:
+        return
+    stacks = await asyncio.to_thread(desired_stacks, rt.kube, rt.settings, obs.body, obs.swarm)
     versions: dict[str, int] = {}
     for s in stacks:
         if s.agent in served:
             for e in s.entries:
                 versions[e.tier] = max(versions.get(e.tier, 0), e.version)
+    live = {t["metadata"]["name"]: t for t in await asyncio.to_thread(rt.kube.list, "LoRATier", ns)}
     for tier, version in versions.items():
-        body = await asyncio.to_thread(rt.kube.get, "LoRATier", ns, tier)
+        body = live.get(tier)
         if body and (body.get("status") or {}).get("servedVersion") != version:
             await asyncio.to_thread(rt.kube.patch_status, "LoRATier", ns, tier, {"servedVersion": version})
 

@@ -73,14 +73,13 @@ def desired_stacks(kube: Kube, settings: OperatorSettings, body: Obj, sw: Swarm)
     """Each agent's stack from the LoRATiers' current state (tiers without a version are skipped)."""
     ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
     default_store = store_uri(sw.spec.storage, settings)
-    tiers: dict[str, Obj | None] = {}
+    # One list for the whole namespace instead of a GET per tier (a swarm has two tiers per agent).
+    tiers: dict[str, Obj] = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
     stacks = []
     for agent in sw.spec.agents:
         stack = AgentStack(agent.name)
         for tier_name in stack_tier_names(swarm, sw, agent.name):
-            if tier_name not in tiers:
-                tiers[tier_name] = kube.get("LoRATier", ns, tier_name)
-            tier = tiers[tier_name]
+            tier = tiers.get(tier_name)
             if tier is None:
                 continue
             version = served_version_of(tier)
