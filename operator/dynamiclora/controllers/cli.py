@@ -53,7 +53,9 @@ def _run(args: argparse.Namespace) -> int:
         )
         settings.posting.level = logging.WARNING  # our own events carry the story; kopf's are noise
         settings.watching.server_timeout = 120
-        settings.batching.worker_limit = 64
+        # No cap on per-object workers (the thread pool bounds the real work), and let an idle worker go
+        # soon: with a cap, each finished worker would hold its slot for idle_timeout (5 s by default).
+        settings.batching.idle_timeout = 1.0
         memo["runtime"] = handlers.Runtime(kube=kube, settings=operator_settings)
 
     @kopf.on.startup()
