@@ -85,3 +85,7 @@ bench-merge: ## Low-rank merge vs PEFT add_weighted_adapter(svd) at d=1024/2048/
 .PHONY: bench-continual
 bench-continual: ## Continual learning: DynamicLoRA vs seq LoRA/replay/EWC/joint, consensus rules (~10 min)
 	nice $(PY) bench/continual.py --out bench/results/continual.json
+
+.PHONY: bench-scale
+bench-scale: ## Operator convergence time and peak RSS for 10/100/1,000 agents on the local control plane
+	$(PY) bench/scale.py --sizes 10 100 1000 --out bench/results/scale.json
