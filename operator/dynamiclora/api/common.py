@@ -132,6 +132,20 @@ class Resources(ApiModel):
         default_factory=dict, description="Maximum resources; GPUs must be set here or in requests."
     )
 
+    def to_k8s(self) -> dict[str, dict[str, str]]:
+        """The ``resources`` of a container spec (quantities as strings, empty parts omitted)."""
+        out = {}
+        if self.requests:
+            out["requests"] = {k: str(v) for k, v in self.requests.items()}
+        if self.limits:
+            out["limits"] = {k: str(v) for k, v in self.limits.items()}
+        return out
+
+    @property
+    def wants_gpu(self) -> bool:
+        """Whether the container requests ``nvidia.com/gpu`` (and must tolerate GPU node taints)."""
+        return "nvidia.com/gpu" in self.requests or "nvidia.com/gpu" in self.limits
+
 
 class S3Storage(ApiModel):
     """An S3 (or S3-compatible) bucket."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.names import EXECUTOR_LABEL, LABEL_SWARM, base_labels, inference_name
 from dynamiclora.kube import Obj, owner_reference
@@ -134,11 +132,7 @@ def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
     name = inference_name(swarm)
     inf = sw.spec.inference
     volumes, mounts = _volumes(sw, settings)
-    resources: dict[str, Any] = {}
-    if inf.resources.requests:
-        resources["requests"] = {k: str(v) for k, v in inf.resources.requests.items()}
-    if inf.resources.limits:
-        resources["limits"] = {k: str(v) for k, v in inf.resources.limits.items()}
+    resources = inf.resources.to_k8s()
     container: Obj = {
         "name": "vllm",
         "image": inf.image,
@@ -168,7 +162,7 @@ def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
     }
     if init := _init_containers(sw):
         pod_spec["initContainers"] = init
-    if any("nvidia.com/gpu" in r for r in (inf.resources.requests, inf.resources.limits)):
+    if inf.resources.wants_gpu:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     return {
         "apiVersion": "apps/v1",

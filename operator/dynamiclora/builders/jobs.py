@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from dynamiclora.api.common import Storage
 from dynamiclora.api.tier import LoRATierSpec, TrainingTemplate
@@ -76,11 +75,7 @@ def _job(
     pod_labels = dict(labels)
     if settings.local_executor:
         pod_labels[EXECUTOR_LABEL] = "local"
-    resources: dict[str, Any] = {}
-    if template.resources.requests:
-        resources["requests"] = {k: str(v) for k, v in template.resources.requests.items()}
-    if template.resources.limits:
-        resources["limits"] = {k: str(v) for k, v in template.resources.limits.items()}
+    resources = template.resources.to_k8s()
     pod_spec: Obj = {
         "restartPolicy": "Never",
         "containers": [{
@@ -98,7 +93,7 @@ def _job(
         pod_spec["nodeSelector"] = dict(template.node_selector)
     if template.service_account_name:
         pod_spec["serviceAccountName"] = template.service_account_name
-    if any("nvidia.com/gpu" in r for r in (template.resources.requests, template.resources.limits)):
+    if template.resources.wants_gpu:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     return {
         "apiVersion": "batch/v1",

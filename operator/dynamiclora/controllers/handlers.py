@@ -161,36 +161,38 @@ async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, ob
             await asyncio.to_thread(rt.kube.patch_status, "LoRATier", ns, tier, {"servedVersion": version})
 
 
-async def handle_tier(rt: Runtime, body: Obj) -> None:
-    """Reconcile one LoRATier (store observation, training Jobs, status)."""
+async def _handle_status_only(
+    rt: Runtime, body: Obj, kind: str, reconcile: Any, preserve: frozenset[str] = frozenset()
+) -> None:
+    """Run a reconcile that returns ``status`` and ``events``; write the one, emit the others."""
     start = time.monotonic()
     try:
-        outcome = await asyncio.to_thread(reconcile_tier, rt.kube, rt.settings, body)
+        outcome = await asyncio.to_thread(reconcile, rt.kube, rt.settings, body)
     except InvalidSpec as err:
-        await _invalid(rt, body, "LoRATier", err)
+        await _invalid(rt, body, kind, err)
         return
     except WaitFor as err:
-        RECONCILES.labels("LoRATier", "waiting").inc()
+        RECONCILES.labels(kind, "waiting").inc()
         raise kopf.TemporaryError(str(err), delay=err.delay) from err
-    outcome.status.pop("servedVersion", None)  # written by the Swarm reconciler once pods serve it
-    await asyncio.to_thread(write_status, rt.kube, body, outcome.status, frozenset({"servedVersion"}))
+    for key in preserve:
+        outcome.status.pop(key, None)
+    await asyncio.to_thread(write_status, rt.kube, body, outcome.status, preserve)
     await _emit(rt, body, outcome.events)
-    RECONCILES.labels("LoRATier", "ok").inc()
-    RECONCILE_SECONDS.labels("LoRATier").observe(time.monotonic() - start)
+    RECONCILES.labels(kind, "ok").inc()
+    RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - start)
+
+
+async def handle_tier(rt: Runtime, body: Obj) -> None:
+    """Reconcile one LoRATier (store observation, training Jobs, status).
+
+    ``servedVersion`` is left alone: the Swarm reconciler writes it once every ready pod serves it.
+    """
+    await _handle_status_only(rt, body, "LoRATier", reconcile_tier, frozenset({"servedVersion"}))
 
 
 async def handle_policy(rt: Runtime, body: Obj) -> None:
     """Reconcile one MigrationPolicy (finished Jobs, due consolidations, decisions)."""
-    start = time.monotonic()
-    try:
-        outcome = await asyncio.to_thread(reconcile_policy, rt.kube, rt.settings, body)
-    except InvalidSpec as err:
-        await _invalid(rt, body, "MigrationPolicy", err)
-        return
-    await asyncio.to_thread(write_status, rt.kube, body, outcome.status)
-    await _emit(rt, body, outcome.events)
-    RECONCILES.labels("MigrationPolicy", "ok").inc()
-    RECONCILE_SECONDS.labels("MigrationPolicy").observe(time.monotonic() - start)
+    await _handle_status_only(rt, body, "MigrationPolicy", reconcile_policy)
 
 
 KINDS: dict[str, tuple[str, Any]] = {
