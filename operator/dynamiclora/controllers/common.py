@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -39,3 +41,44 @@ def generation(body: Obj) -> int | None:
     """metadata.generation of an object."""
     gen = body.get("metadata", {}).get("generation")
     return int(gen) if gen is not None else None
+
+
+@dataclass
+class Event:
+    """A Kubernetes event to record on the reconciled object."""
+
+    type: str
+    reason: str
+    message: str
+
+
+def parse_time(s: str | None) -> dt.datetime | None:
+    """An RFC 3339 timestamp as Kubernetes writes it, or None."""
+    if not s:
+        return None
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def duration_s(text: str) -> float:
+    """Seconds of a duration such as ``1h30m`` (the API's DURATION pattern)."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total, num = 0.0, ""
+    i = 0
+    while i < len(text):
+        if text[i].isdigit() or text[i] == ".":
+            num += text[i]
+            i += 1
+            continue
+        unit = "ms" if text[i : i + 2] == "ms" else text[i]
+        total += float(num) * units[unit]
+        num = ""
+        i += len(unit)
+    return total
+
+
+def job_state(job: Obj) -> str:
+    """Complete, Failed or Running, from a Job's conditions."""
+    for c in job.get("status", {}).get("conditions", []) or []:
+        if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
+            return str(c["type"])
+    return "Running"

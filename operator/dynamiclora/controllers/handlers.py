@@ -21,12 +21,12 @@ from typing import Any
 import kopf
 
 from dynamiclora import GROUP, VERSION
-from dynamiclora.controllers.common import InvalidSpec, WaitFor, generation
+from dynamiclora.controllers.common import Event, InvalidSpec, WaitFor, generation
 from dynamiclora.controllers.conditions import set_condition, write_status
 from dynamiclora.controllers.policy import reconcile_policy
 from dynamiclora.controllers.serving import ServingUnavailable, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm, swarm_status
-from dynamiclora.controllers.tier import Event, reconcile_tier
+from dynamiclora.controllers.tier import reconcile_tier
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.metrics import AGENT_SERVED_PODS, POD_LOADED_ADAPTERS, RECONCILE_SECONDS, RECONCILES
 from dynamiclora.settings import OperatorSettings
@@ -143,14 +143,11 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
 
 async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, obs: Any) -> None:
     """Record on each tier the version now served on every ready pod (servedVersion is ours to write)."""
-    from dynamiclora.controllers.serving import desired_stacks
-
     served = {a["name"] for a in agents if a.get("servedOnPods") == len(obs.ready_pods) and obs.ready_pods}
     if not served:
         return
-    stacks = await asyncio.to_thread(desired_stacks, rt.kube, rt.settings, obs.body, obs.swarm)
     versions: dict[str, int] = {}
-    for s in stacks:
+    for s in outcome.stacks:
         if s.agent in served:
             for e in s.entries:
                 versions[e.tier] = max(versions.get(e.tier, 0), e.version)

@@ -20,9 +20,8 @@ from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import TrainingTemplate
 from dynamiclora.builders.jobs import ConsolidationInputs, build_consolidation_job, store_uri
 from dynamiclora.builders.names import agent_tier_name, consolidation_job_name
-from dynamiclora.controllers.common import generation, parse
+from dynamiclora.controllers.common import Event, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import set_condition
-from dynamiclora.controllers.tier import Event, _duration_s, _job_state, _parse_time
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import JOBS, MIGRATED_COMPONENTS, MIGRATIONS
 from dynamiclora.settings import OperatorSettings
@@ -131,8 +130,8 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
     now = dt.datetime.now(dt.UTC)
     decisions: list[Obj] = list(old.get("decisions", []))
 
-    period_start = _parse_time(old.get("periodStart"))
-    if period_start is None or (now - period_start).total_seconds() >= _duration_s(pol.spec.bandwidth.period):
+    period_start = parse_time(old.get("periodStart"))
+    if period_start is None or (now - period_start).total_seconds() >= duration_s(pol.spec.bandwidth.period):
         st.update(periodStart=now_rfc3339(), migrationsThisPeriod=0, bypassesThisPeriod=0)
 
     swarms = _swarms(kube, ns, pol)
@@ -143,7 +142,7 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
     evaluated: dict[str, int] = dict(old.get("evaluated", {}))
     for job_name in old.get("activeJobs", []):
         job = kube.get("Job", ns, job_name)
-        state = _job_state(job) if job else "Gone"
+        state = job_state(job) if job else "Gone"
         labels = (job or {}).get("metadata", {}).get("labels", {})
         if state == "Running":
             active.append(job_name)
@@ -160,8 +159,8 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
     if pol.spec.suspend:
         st["phase"] = "Suspended"
     else:
-        last = _parse_time(old.get("lastEvaluationTime"))
-        due = last is None or (now - last).total_seconds() >= _duration_s(pol.spec.interval)
+        last = parse_time(old.get("lastEvaluationTime"))
+        due = last is None or (now - last).total_seconds() >= duration_s(pol.spec.interval)
         if due:
             st["lastEvaluationTime"] = now_rfc3339()
             remaining = pol.spec.bandwidth.max_migrations_per_period - int(st.get("migrationsThisPeriod", 0))

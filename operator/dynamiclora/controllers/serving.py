@@ -154,6 +154,7 @@ def compose_stack(
 
 @dataclass
 class ServingOutcome:
+    stacks: list[AgentStack] = field(default_factory=list)  # what was composed, reused to mark served versions
     agents: list[Obj] = field(default_factory=list)
     pods: list[Obj] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
@@ -173,6 +174,7 @@ async def sync_serving(
     ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
     out = ServingOutcome()
     stacks = [s for s in desired_stacks(kube, settings, body, sw) if s.entries]
+    out.stacks = stacks
     desired: dict[str, AdapterSpec] = {}
     root = served_root(sw, settings) if stacks else None
     for stack in stacks:

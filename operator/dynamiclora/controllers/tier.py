@@ -19,7 +19,7 @@ from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experience_location, store_uri
 from dynamiclora.builders.names import ANNOTATION_TRAIN_RECORDS, training_job_name
 from dynamiclora.builders.tiers import stack_tier_names
-from dynamiclora.controllers.common import WaitFor, generation, parse
+from dynamiclora.controllers.common import Event, WaitFor, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import set_condition
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import JOB_SECONDS, JOBS, TIER_LAST_TRAINED, TIER_PENDING_RECORDS, TIER_VERSION
@@ -27,13 +27,6 @@ from dynamiclora.settings import OperatorSettings
 
 HISTORY_LIMIT = 20
 MAX_TRAINING_ATTEMPTS = 3
-
-
-@dataclass
-class Event:
-    type: str
-    reason: str
-    message: str
 
 
 @dataclass
@@ -56,28 +49,6 @@ def count_records(location: str) -> int:
     return total
 
 
-def _parse_time(s: str | None) -> dt.datetime | None:
-    if not s:
-        return None
-    return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-
-
-def _duration_s(text: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    total, num = 0.0, ""
-    i = 0
-    while i < len(text):
-        if text[i].isdigit() or text[i] == ".":
-            num += text[i]
-            i += 1
-            continue
-        unit = "ms" if text[i : i + 2] == "ms" else text[i]
-        total += float(num) * units[unit]
-        num = ""
-        i += len(unit)
-    return total
-
-
 def _resolve(kube: Kube, tier: LoRATier, ns: str) -> tuple[Storage, Swarm | None]:
     swarm_body = kube.get("Swarm", ns, tier.spec.swarm_ref) if tier.spec.swarm_ref else None
     swarm = parse(Swarm, swarm_body) if swarm_body else None
@@ -87,13 +58,6 @@ def _resolve(kube: Kube, tier: LoRATier, ns: str) -> tuple[Storage, Swarm | None
             f"tier has no spec.storage and its Swarm {tier.spec.swarm_ref or '(none)'} does not exist yet", 15
         )
     return storage, swarm
-
-
-def _job_state(job: Obj) -> str:
-    for c in job.get("status", {}).get("conditions", []) or []:
-        if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
-            return str(c["type"])
-    return "Running"
 
 
 def _history(store: object, ns: str, name: str, old: list[Obj]) -> list[Obj]:
@@ -152,7 +116,7 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
     active = old.get("activeJob")
     if active:
         job = kube.get("Job", ns, active)
-        state = _job_state(job) if job else "Gone"
+        state = job_state(job) if job else "Gone"
         if state == "Complete":
             assert job is not None
             st["recordsConsumed"] = int(job["metadata"].get("annotations", {}).get(ANNOTATION_TRAIN_RECORDS, 0))
@@ -160,7 +124,7 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
             st["failedAttempts"] = 0
             st.pop("activeJob", None)
             JOBS.labels("training", "succeeded").inc()
-            started = _parse_time(job.get("status", {}).get("startTime"))
+            started = parse_time(job.get("status", {}).get("startTime"))
             if started:
                 JOB_SECONDS.labels("training").observe((dt.datetime.now(dt.UTC) - started).total_seconds())
             conditions = set_condition(conditions, "Training", False, "Succeeded", f"Job {active} succeeded", gen)
@@ -211,9 +175,9 @@ def _retain(store: object, ns: str, tier: LoRATier, old: Obj, st: Obj, events: l
         return
     protected = {v for v in (st.get("currentVersion"), old.get("servedVersion"), tier.spec.pinned_version) if v}
     if tier.spec.retention.keep_for:
-        horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=_duration_s(tier.spec.retention.keep_for))
+        horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=duration_s(tier.spec.retention.keep_for))
         for h in st.get("history", []):
-            created = _parse_time(h.get("created"))
+            created = parse_time(h.get("created"))
             if created and created >= horizon:
                 protected.add(int(h["version"]))
     report = store.retain(ns, name, keep_last=keep, protected=frozenset(int(v) for v in protected))  # type: ignore[attr-defined]
@@ -267,9 +231,9 @@ def _maybe_train(
             conditions, "Training", False, "WaitingForRecords",
             f"{pending}/{tier.spec.training.min_samples} new interaction records", generation(body),
         )  # fmt: skip
-    last = _parse_time(st.get("lastTrainingTime"))
+    last = parse_time(st.get("lastTrainingTime"))
     schedule = tier.spec.training.schedule
-    if schedule and last and (dt.datetime.now(dt.UTC) - last).total_seconds() < _duration_s(schedule):
+    if schedule and last and (dt.datetime.now(dt.UTC) - last).total_seconds() < duration_s(schedule):
         return conditions
     current = st.get("currentVersion")
     next_version = int(current or 0) + 1
@@ -315,7 +279,7 @@ def _update_rate(st: Obj, old: Obj, total: int, learning_rate: float) -> None:
     """Interaction rate from the record count's growth; the time scale follows from it."""
     now = dt.datetime.now(dt.UTC)
     prev_total = old.get("rateSampleTotal")
-    prev_time = _parse_time(old.get("rateSampleTime"))
+    prev_time = parse_time(old.get("rateSampleTime"))
     st["recordsSeen"] = total
     if prev_total is None or prev_time is None or total < int(prev_total):
         st["rateSampleTotal"], st["rateSampleTime"] = total, now_rfc3339()

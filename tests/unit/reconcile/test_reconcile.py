@@ -250,3 +250,38 @@ def test_retention_keeps_current_served_and_pinned_versions(
     assert open_store(_store(settings)).list_versions(NS, "dom") == [1, 2, 5, 6]
     assert any(e.reason == "RetentionApplied" for e in out.events)
     assert out.status["currentVersion"] == 6
+
+
+def test_pinned_version_is_what_gets_composed(kube: FakeKube, settings: OperatorSettings,
+                                              swarm_body: dict[str, Any]) -> None:  # fmt: skip
+    from dynamiclora.api.swarm import Swarm
+    from dynamiclora.controllers.serving import desired_stacks
+
+    live = _swarm(kube, settings, swarm_body)
+    ctx = kube.objects[("LoRATier", NS, "support-alice-context")]
+    ctx["status"] = {"currentVersion": 5}
+    stack = desired_stacks(kube, settings, live, Swarm.model_validate(live))[0]
+    assert [(e.tier, e.version) for e in stack.entries] == [("support-alice-context", 5)]
+    ctx["spec"]["pinnedVersion"] = 3  # GitOps rollback: the pin wins over the newest version
+    pinned = desired_stacks(kube, settings, live, Swarm.model_validate(live))[0]
+    assert [(e.tier, e.version) for e in pinned.entries] == [("support-alice-context", 3)]
+    assert pinned.label == "c3" and pinned.key != stack.key
+
+
+def test_policy_runs_consensus_into_the_shared_tier(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    swarm_body["spec"]["agents"][1]["trustWeight"] = 0.5
+    _swarm(kube, settings, swarm_body)
+    _policy(kube, pairs=[{"source": "agent", "target": "swarm"}], consensus={"rule": "resonance", "minAgents": 2})
+    _publish(settings, "support-alice-agent", tmp_path)
+    _policy_pass(kube, settings)
+    assert not kube.list("Job", NS)  # one agent is below minAgents
+    _publish(settings, "support-bob-agent", tmp_path)
+    _policy_pass(kube, settings)
+    (job,) = kube.list("Job", NS)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:3] == ["consolidate", "--mode", "consensus"] and args.count("--agent-tier") == 2
+    assert args[args.index("--weights") + 1 : args.index("--weights") + 3] == ["1", "0.5"]
+    assert args[args.index("--rule") + 1] == "resonance"
+    assert job["metadata"]["labels"]["dynamiclora.io/tier"] == "support-swarm"
