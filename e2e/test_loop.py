@@ -79,7 +79,7 @@ def test_whole_loop(scenario: Scenario) -> None:
     assert tuple(got.token_ids) == tuple(fp.token_ids)
 
     reasons = {e["reason"] for e in _events(sc, ctx)}
-    assert {"TrainingStarted", "TrainingSucceeded", "NewVersion"} <= reasons, reasons
+    assert {"TrainingStarted", "TrainingSucceeded", "Promoted"} <= reasons, reasons
     assert "AdaptersServed" in {e["reason"] for e in _events(sc, "support")}
     assert "MigrationDone" in {e["reason"] for e in _events(sc, "support-consolidation")}
 

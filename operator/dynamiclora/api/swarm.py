@@ -20,7 +20,7 @@ from dynamiclora.api.common import (
     Storage,
     cel,
 )
-from dynamiclora.api.tier import DEFAULT_TARGET_MODULES, Plasticity, Retention, TrainingTemplate
+from dynamiclora.api.tier import DEFAULT_TARGET_MODULES, Plasticity, QualityGate, Retention, TrainingTemplate
 
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai-cpu:v0.32.0"
 # vLLM 0.32 accepts only these values for --max-lora-rank.
@@ -59,6 +59,13 @@ class BaseModelSpec(ApiModel):
         return self
 
 
+class PinnedVersions(ApiModel):
+    """Versions an agent's own tiers are pinned to; a level left out follows normal promotion."""
+
+    context: int | None = Field(default=None, ge=1, description="Serve this version of the context tier.")
+    agent: int | None = Field(default=None, ge=1, description="Serve this version of the agent tier.")
+
+
 class Agent(ApiModel):
     """One agent of the swarm; the operator creates its context and agent tiers."""
 
@@ -67,6 +74,17 @@ class Agent(ApiModel):
     description: str | None = Field(default=None, max_length=1024, description="Free text.")
     trust_weight: float = Field(
         default=1.0, ge=0, le=10, description="User-set weight of this agent in consensus of shared tiers."
+    )
+    regression_set: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Fixed regression records the quality gate checks every update of this agent against "
+        "(.jsonl file or folder, relative to the storage root, or an s3:// URI).",
+    )
+    pinned_versions: PinnedVersions | None = Field(
+        default=None,
+        description="Pin the agent's tiers to these versions (rollback/roll-forward, GitOps style), e.g. "
+        "{context: 3}; remove to resume normal promotion.",
     )
 
 
@@ -81,6 +99,9 @@ class TierTemplate(ApiModel):
     plasticity: Plasticity = Field(default_factory=Plasticity, description="Learning, decay and phases.")
     training: TrainingTemplate = Field(default_factory=TrainingTemplate, description="Training Job template.")
     retention: Retention = Field(default_factory=Retention, description="Checkpoint retention.")
+    quality_gate: QualityGate = Field(
+        default_factory=QualityGate, description="Quality gate of the tiers' new versions."
+    )
 
 
 class SharedTiers(ApiModel):
@@ -202,6 +223,10 @@ class AgentStatus(ApiModel):
     adapter_uri: str | None = Field(default=None, description="Checkpoint URI of the composed adapter.")
     adapter_sha256: str | None = None
     composition_error: float | None = Field(default=None, ge=0, description="Relative error of the composition.")
+    trust: float | None = Field(
+        default=None, ge=0, description="Trust score: user trustWeight x record of the agent at the quality gate."
+    )
+    pinned: bool | None = Field(default=None, description="Whether a pin decides what is served.")
 
 
 class PodStatus(ApiModel):

@@ -124,6 +124,38 @@ class Retention(ApiModel):
     )
 
 
+class QualityGate(ApiModel):
+    """The check every new version passes before it is served (see README "Quality gate").
+
+    The Job that produces a version evaluates the stack with it (candidate) and with the version it
+    would replace (baseline) on held-out interaction records that no version was ever trained on, and on
+    the agent's regression set when one is given. The version is promoted only when no evaluated set
+    gets worse by more than ``maxRegression``; otherwise it is kept in the store, marked rejected, and
+    the previous version stays served.
+    """
+
+    enabled: bool = Field(default=True, description="Gate new versions; when false every version is promoted.")
+    max_regression: float = Field(
+        default=0.05,
+        ge=0,
+        le=10,
+        description="Largest allowed relative increase of the held-out (and regression-set) loss, e.g. 0.05 = 5%.",
+    )
+    holdout_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        le=0.5,
+        description="Share of interaction records held out from training (chosen per record, deterministically).",
+    )
+    eval_records: int = Field(default=64, ge=1, le=100_000, description="Newest held-out records evaluated.")
+    regression_set: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Fixed regression records (.jsonl file or folder): a path relative to the storage root or "
+        "an s3:// URI. Per-agent tiers take the Swarm agent's regressionSet.",
+    )
+
+
 class LoRATierSpec(ApiModel):
     """Desired state of one tier."""
 
@@ -199,6 +231,9 @@ class LoRATierSpec(ApiModel):
         ge=1,
         description="Serve exactly this version (rollback/roll-forward); unset follows the latest accepted one.",
     )
+    quality_gate: QualityGate = Field(
+        default_factory=QualityGate, description="Quality gate a new version passes before it is served."
+    )
     suspend: bool = Field(default=False, description="Stop training and migration for this tier.")
 
     @model_validator(mode="after")
@@ -236,6 +271,27 @@ class VersionRecord(ApiModel):
     accepted: bool | None = Field(default=None, description="Whether the quality gate accepted it.")
 
 
+class GateResult(ApiModel):
+    """The quality gate's verdict on one version (figures are mean token losses)."""
+
+    version: int = Field(ge=1, description="Version judged.")
+    accepted: bool = Field(description="Whether the version was promoted.")
+    reason: str = Field(default="", description="Why, with the failing set's figures.")
+    held_out_records: int | None = Field(default=None, ge=0, description="Held-out records evaluated.")
+    held_out_baseline: float | None = Field(default=None, description="Held-out loss of the version it replaces.")
+    held_out_candidate: float | None = Field(default=None, description="Held-out loss of the new version.")
+    regression_baseline: float | None = Field(default=None, description="Regression-set loss before.")
+    regression_candidate: float | None = Field(default=None, description="Regression-set loss with the version.")
+    max_regression: float | None = Field(default=None, ge=0, description="Threshold applied.")
+
+
+class GateCounts(ApiModel):
+    """How many of the tier's updates the gate accepted and rejected (feeds the agent's trust score)."""
+
+    accepted: int = Field(default=0, ge=0)
+    rejected: int = Field(default=0, ge=0)
+
+
 class LoRATierStatus(ApiModel):
     """Observed state of one tier."""
 
@@ -246,7 +302,15 @@ class LoRATierStatus(ApiModel):
         description="Ready, Training, Degraded ... with reasons.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    current_version: int | None = Field(default=None, ge=0, description="Newest published version.")
+    current_version: int | None = Field(
+        default=None, ge=0, description="Newest version the quality gate accepted (what is promoted)."
+    )
+    latest_version: int | None = Field(
+        default=None, ge=0, description="Newest published version, accepted or rejected."
+    )
+    pinned_version: int | None = Field(default=None, ge=0, description="The pin last acted on (spec.pinnedVersion).")
+    last_gate: GateResult | None = Field(default=None, description="The quality gate's latest verdict.")
+    gate_counts: GateCounts | None = Field(default=None, description="Accepted and rejected updates so far.")
     served_version: int | None = Field(default=None, ge=0, description="Version composed into served adapters.")
     checkpoint_uri: str | None = Field(default=None, description="URI of the current version.")
     checkpoint_sha256: str | None = Field(default=None, description="sha256 of the current version's manifest.")

@@ -36,6 +36,24 @@ def experience_location(storage: Storage, prefix: str, agent: str, settings: Ope
     return f"{base}/{prefix.strip('/')}/{agent}"
 
 
+def storage_path(storage: Storage, rel: str, settings: OperatorSettings) -> str:
+    """A user-given location: an ``s3://`` URI or absolute path as is, else relative to the storage root."""
+    if rel.startswith(("s3://", "/")):
+        return rel
+    return f"{store_uri(storage, settings).removeprefix('file://').rstrip('/')}/{rel.lstrip('/')}"
+
+
+def gate_args(spec: LoRATierSpec, storage: Storage, settings: OperatorSettings) -> list[str]:
+    """Quality-gate options of a training Job (held-out slice, threshold, regression set)."""
+    g = spec.quality_gate
+    args = ["--holdout-fraction", f"{g.holdout_fraction:g}", "--gate-records", str(g.eval_records)]
+    if g.enabled:
+        args += ["--gate-max-regression", f"{g.max_regression:g}"]
+    if g.regression_set:
+        args += ["--regression-data", storage_path(storage, g.regression_set, settings)]
+    return args
+
+
 def _storage_env_and_volumes(storage: Storage, settings: OperatorSettings) -> tuple[list[Obj], list[Obj], list[Obj]]:
     env: list[Obj] = []
     volumes: list[Obj] = []
@@ -165,6 +183,7 @@ def build_training_job(
         args += ["--frozen", tier_ref(store, ns, frozen_tier, version)]
     extra_volumes: list[Obj] = [{"name": "work", "emptyDir": {}}]
     extra_mounts: list[Obj] = [{"name": "work", "mountPath": "/work"}]
+    args += gate_args(spec, inputs.storage, settings)
     args += ["--work-dir", f"/work/{job_name}"]
     return _job(
         name=job_name,

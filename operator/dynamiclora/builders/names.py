@@ -8,6 +8,7 @@ from dynamiclora import FIELD_MANAGER
 from dynamiclora.api.common import TierLevel
 
 LABEL_SWARM = "dynamiclora.io/swarm"
+ANNOTATION_SPEC_HASH = "dynamiclora.io/spec-hash"
 LABEL_AGENT = "dynamiclora.io/agent"
 LABEL_TIER = "dynamiclora.io/tier"
 LABEL_LEVEL = "dynamiclora.io/level"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+
 from dynamiclora import API_VERSION
 from dynamiclora.api.common import TierLevel
-from dynamiclora.api.swarm import Swarm, TierTemplate
+from dynamiclora.api.swarm import Agent, Swarm, TierTemplate
 from dynamiclora.builders.names import (
+    ANNOTATION_SPEC_HASH,
     LABEL_AGENT,
     LABEL_LEVEL,
     LABEL_SWARM,
@@ -15,12 +19,15 @@ from dynamiclora.builders.names import (
 from dynamiclora.kube import Obj, owner_reference
 
 
-def _tier(body: Obj, sw: Swarm, agent: str, level: TierLevel, tpl: TierTemplate, parent: str | None) -> Obj:
+def _tier(body: Obj, sw: Swarm, agent: Agent, level: TierLevel, tpl: TierTemplate, parent: str | None) -> Obj:
     swarm = body["metadata"]["name"]
+    gate = tpl.quality_gate.wire()
+    if agent.regression_set:
+        gate["regressionSet"] = agent.regression_set
     spec: Obj = {
         "level": level.value,
         "swarmRef": swarm,
-        "agent": agent,
+        "agent": agent.name,
         "baseModel": sw.spec.base_model.name,
         "rank": tpl.rank,
         "alpha": tpl.alpha,
@@ -28,19 +35,30 @@ def _tier(body: Obj, sw: Swarm, agent: str, level: TierLevel, tpl: TierTemplate,
         "plasticity": tpl.plasticity.wire(),
         "training": tpl.training.wire(),
         "retention": tpl.retention.wire(),
+        "qualityGate": gate,
     }
     if parent:
         spec["parentTier"] = parent
+    # The Swarm owns the pin of generated tiers (server-side apply under our field manager), so removing
+    # it from the Swarm removes it from the tier: normal promotion resumes.
+    pin = getattr(agent.pinned_versions, level.value, None) if agent.pinned_versions else None
+    if pin:
+        spec["pinnedVersion"] = pin
     return {
         "apiVersion": API_VERSION,
         "kind": "LoRATier",
         "metadata": {
-            "name": agent_tier_name(swarm, agent, level),
+            # The hash makes a removed field (e.g. an unpinned version) visible to the operator's "is the
+            # live tier up to date" check, which otherwise only sees fields that are present.
+            "annotations": {
+                ANNOTATION_SPEC_HASH: hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+            },
+            "name": agent_tier_name(swarm, agent.name, level),
             "namespace": body["metadata"]["namespace"],
             "labels": {
                 **base_labels("tier"),
                 LABEL_SWARM: swarm,
-                LABEL_AGENT: agent,
+                LABEL_AGENT: agent.name,
                 LABEL_LEVEL: level.value,
             },
             "ownerReferences": [owner_reference(body)],
@@ -55,8 +73,8 @@ def build_agent_tiers(body: Obj, sw: Swarm) -> list[Obj]:
     out: list[Obj] = []
     for agent in sw.spec.agents:
         agent_tier = agent_tier_name(swarm, agent.name, TierLevel.AGENT)
-        out.append(_tier(body, sw, agent.name, TierLevel.CONTEXT, sw.spec.context_tier, agent_tier))
-        out.append(_tier(body, sw, agent.name, TierLevel.AGENT, sw.spec.agent_tier, sw.spec.shared_tiers.swarm))
+        out.append(_tier(body, sw, agent, TierLevel.CONTEXT, sw.spec.context_tier, agent_tier))
+        out.append(_tier(body, sw, agent, TierLevel.AGENT, sw.spec.agent_tier, sw.spec.shared_tiers.swarm))
     return out
 
 

@@ -24,6 +24,7 @@ from dynamiclora import GROUP, VERSION
 from dynamiclora.controllers.common import Event, InvalidSpec, WaitFor, generation
 from dynamiclora.controllers.conditions import set_condition, write_status
 from dynamiclora.controllers.policy import reconcile_policy
+from dynamiclora.controllers.promotion import agent_trust
 from dynamiclora.controllers.serving import ServingUnavailable, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm, swarm_status
 from dynamiclora.controllers.tier import reconcile_tier
@@ -118,7 +119,14 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
             conditions = set_condition(conditions, "Degraded", False, "Healthy", "", gen)
         if outcome.swapped:
             events.append(Event("Normal", "AdaptersServed", "loaded " + ", ".join(outcome.swapped)[:900]))
-        await _mark_served(rt, ns, agents, outcome, obs)
+        if agents:
+            live = {t["metadata"]["name"]: t for t in await asyncio.to_thread(rt.kube.list, "LoRATier", ns)}
+            by_name = {a.name: a for a in obs.swarm.spec.agents}
+            for a in agents:
+                spec_agent = by_name[a["name"]]
+                a["trust"] = agent_trust(live, name, spec_agent)
+                a["pinned"] = bool(spec_agent.pinned_versions and spec_agent.pinned_versions.wire())
+            await _mark_served(rt, ns, agents, outcome, obs, live)
     except ServingUnavailable as err:
         conditions = set_condition(conditions, "Degraded", True, "ServingUnavailable", str(err), gen)
     except WaitFor as err:
@@ -141,7 +149,7 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
     RECONCILE_SECONDS.labels("Swarm").observe(time.monotonic() - start)
 
 
-async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, obs: Any) -> None:
+async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, obs: Any, live: dict[str, Obj]) -> None:
     """Record on each tier the version now served on every ready pod (servedVersion is ours to write)."""
     served = {a["name"] for a in agents if a.get("servedOnPods") == len(obs.ready_pods) and obs.ready_pods}
     if not served:
@@ -151,7 +159,6 @@ async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, ob
         if s.agent in served:
             for e in s.entries:
                 versions[e.tier] = max(versions.get(e.tier, 0), e.version)
-    live = {t["metadata"]["name"]: t for t in await asyncio.to_thread(rt.kube.list, "LoRATier", ns)}
     for tier, version in versions.items():
         body = live.get(tier)
         if body and (body.get("status") or {}).get("servedVersion") != version:

@@ -22,6 +22,7 @@ from dynamiclora.builders.jobs import ConsolidationInputs, build_consolidation_j
 from dynamiclora.builders.names import agent_tier_name, consolidation_job_name
 from dynamiclora.controllers.common import Event, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import set_condition
+from dynamiclora.controllers.promotion import agent_trust, latest_accepted
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import JOBS, MIGRATED_COMPONENTS, MIGRATIONS
 from dynamiclora.settings import OperatorSettings
@@ -55,10 +56,10 @@ def result_path(store: str, ns: str, job: str) -> str:
 
 
 def _version(store: str, ns: str, tier: str) -> int | None:
-    """Newest version in the store itself (tier status may lag behind a Job that just published)."""
+    """Newest accepted version in the store itself (tier status may lag behind a Job that just published)."""
     from dynamiclora.storage.uri import open_store
 
-    ref = open_store(store).latest(ns, tier)
+    ref = latest_accepted(open_store(store), ns, tier)
     return ref.version if ref else None
 
 
@@ -88,12 +89,16 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
         return out
     if src.per_agent:
         tiers, weights = [], []
+        live = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns, {"dynamiclora.io/swarm": swarm_name})}
         for agent in sw.spec.agents:
             name = agent_tier_name(swarm_name, agent.name, src)
             v = _version(store, ns, name)
             if v is not None:
                 tiers.append(name)
-                weights.append(agent.trust_weight)
+                # Trust = the user's weight scaled by the agent's record at the quality gate, so an agent
+                # whose updates keep being rejected loses influence over the shared tier.
+                trusted = sw.spec.consensus.trust_weighting
+                weights.append(agent_trust(live, swarm_name, agent) if trusted else agent.trust_weight)
         if len(tiers) >= pol.spec.consensus.min_agents:
             inputs = ConsolidationInputs("consensus", target, storage, agent_tiers=tiers, weights=weights,
                                          args=["--rule", str(pol.spec.consensus.rule)])  # fmt: skip

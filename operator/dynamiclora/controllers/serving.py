@@ -21,6 +21,7 @@ from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import store_uri
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
+from dynamiclora.controllers.promotion import served_version_of
 from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.settings import OperatorSettings
@@ -57,16 +58,6 @@ class AgentStack:
     def label(self) -> str:
         """Human-readable composite version, e.g. ``c3.a2.s1``."""
         return ".".join(f"{LEVEL_LETTER.get(e.level, e.level)}{e.version}" for e in self.entries)
-
-
-def served_version_of(tier: Obj) -> int | None:
-    """The version of a tier that should be served: the pinned one, else the newest accepted one."""
-    spec, status = tier.get("spec", {}), tier.get("status") or {}
-    pinned = spec.get("pinnedVersion")
-    if pinned:
-        return int(pinned)
-    current = status.get("currentVersion")
-    return int(current) if current else None
 
 
 def desired_stacks(kube: Kube, settings: OperatorSettings, body: Obj, sw: Swarm) -> list[AgentStack]:

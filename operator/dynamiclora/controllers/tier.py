@@ -21,11 +21,11 @@ from dynamiclora.builders.names import ANNOTATION_TRAIN_RECORDS, training_job_na
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.common import Event, WaitFor, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import set_condition
+from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import JOB_SECONDS, JOBS, TIER_LAST_TRAINED, TIER_PENDING_RECORDS, TIER_VERSION
 from dynamiclora.settings import OperatorSettings
 
-HISTORY_LIMIT = 20
 MAX_TRAINING_ATTEMPTS = 3
 
 
@@ -60,31 +60,6 @@ def _resolve(kube: Kube, tier: LoRATier, ns: str) -> tuple[Storage, Swarm | None
     return storage, swarm
 
 
-def _history(store: object, ns: str, name: str, old: list[Obj]) -> list[Obj]:
-    """Status history: previous entries plus every version published since."""
-    known = {int(h["version"]) for h in old}
-    out = list(old)
-    for v in store.list_versions(ns, name):  # type: ignore[attr-defined]
-        if v in known:
-            continue
-        ref = store.get(ns, name, v)  # type: ignore[attr-defined]
-        meta = ref.manifest.metadata
-        entry: Obj = {
-            "version": v,
-            "uri": ref.uri,
-            "sha256": ref.digest,
-            "created": ref.manifest.created,
-            "source": {"training": "training", "migration": "migration", "migration-source": "migration",
-                       "consensus": "consensus", "consensus-agent": "consensus"}.get(
-                str(meta.get("kind")), "import"
-            ),
-        }
-        if meta.get("finalLoss") is not None:
-            entry["loss"] = float(meta["finalLoss"])
-        out.append(entry)
-    return sorted(out, key=lambda h: int(h["version"]))[-HISTORY_LIMIT:]
-
-
 def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOutcome:
     """One pass over a tier; returns the status to write and the events to emit."""
     from dynamiclora.storage.uri import open_store
@@ -101,15 +76,16 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
 
     storage, swarm = _resolve(kube, tier, ns)
     store = open_store(store_uri(storage, settings))
-    latest = store.latest(ns, name)
+    promo = observe_versions(store, ns, name, tier.spec.agent, old, st, events)
+    latest = promo.current
     if latest is not None:
         if latest.version != old.get("currentVersion"):
-            events.append(Event("Normal", "NewVersion", f"version {latest.version} published at {latest.uri}"))
             TIER_LAST_TRAINED.labels(ns, name, level.value).set(dt.datetime.now(dt.UTC).timestamp())
         st.update(currentVersion=latest.version, checkpointUri=latest.uri, checkpointSha256=latest.digest)
-        st["history"] = _history(store, ns, name, list(old.get("history", [])))
         _apply_stats(st, store, ns, name, latest.version)
         TIER_VERSION.labels(ns, name, level.value).set(latest.version)
+    observe_pin(store, ns, name, tier.spec.pinned_version, gen, st.get("currentVersion"), old, st, events)
+    if promo.latest is not None:
         _retain(store, ns, tier, old, st, events)
 
     # Work in flight.
@@ -269,7 +245,7 @@ def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier_name: str, tier: LoRAT
     out = []
     for n in names[names.index(tier_name) + 1 :] if tier_name in names else []:
         other = kube.get("LoRATier", ns, n)
-        version = (other or {}).get("status", {}).get("currentVersion") if other else None
+        version = served_version_of(other) if other else None
         if version:
             out.append((n, int(version)))
     return out

@@ -133,7 +133,7 @@ def test_tier_training_lifecycle(kube: FakeKube, settings: OperatorSettings, swa
     assert st["checkpointUri"].endswith("v000001") and len(st["checkpointSha256"]) == 64
     assert st["history"][0]["loss"] == 0.5 and st["history"][0]["source"] == "training"
     assert st["energy"] == 2.5 and st["screenedFraction"] == 0.4 and st["phase"] == "Ready"
-    assert {e.reason for e in out.events} >= {"NewVersion", "TrainingSucceeded"}
+    assert {e.reason for e in out.events} >= {"Promoted", "TrainingSucceeded"}
 
     # No new records: no new Job.
     _tier_pass(kube, settings, name)

@@ -1,0 +1,193 @@
+"""Promotion of new tier versions through the quality gate, pins, and the audit trail.
+
+The Job that produces a version judges it (held-out and regression-set loss against the version it
+replaces) and records the verdict in the version's manifest, so the verdict is as durable and atomic as
+the version itself. The operator only reads verdicts: the newest *accepted* version is the tier's
+``currentVersion`` (what is composed and served unless a pin says otherwise); a rejected version stays
+in the store for inspection and can still be pinned explicitly. Every verdict and every pin change is
+appended to the tier's audit trail exactly once (the record id is derived from the version or the
+object generation, so a restarted operator re-deriving the same facts writes nothing twice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dynamiclora.controllers.common import Event
+from dynamiclora.kube import Obj
+from dynamiclora.storage.base import CheckpointStore, VersionRef
+
+HISTORY_LIMIT = 20
+SOURCES = {"training": "training", "migration": "migration", "migration-source": "migration",
+           "consensus": "consensus", "consensus-agent": "consensus"}  # fmt: skip
+
+
+def gate_of(ref: VersionRef) -> dict[str, Any] | None:
+    """The gate verdict a Job recorded in the version's manifest (``None`` for ungated versions)."""
+    gate = ref.manifest.metadata.get("gate")
+    return dict(gate) if isinstance(gate, Mapping) else None
+
+
+def is_accepted(ref: VersionRef) -> bool:
+    """Versions published without a verdict (imports, older Jobs) count as accepted."""
+    gate = gate_of(ref)
+    return gate is None or gate.get("accepted") is not False
+
+
+def latest_accepted(store: CheckpointStore, ns: str, tier: str, versions: list[int] | None = None) -> VersionRef | None:
+    """The newest version the gate accepted (reads manifests newest first, usually just one)."""
+    for v in reversed(versions if versions is not None else store.list_versions(ns, tier)):
+        ref = store.get(ns, tier, v)
+        if is_accepted(ref):
+            return ref
+    return None
+
+
+def gate_status(version: int, gate: Mapping[str, Any]) -> Obj:
+    """The ``status.lastGate`` object for a verdict."""
+    out: Obj = {"version": version, "accepted": gate.get("accepted") is not False,
+                "reason": str(gate.get("reason", ""))[:1024]}  # fmt: skip
+    for key, prefix in (("heldOut", "heldOut"), ("regression", "regression")):
+        figures = gate.get(key)
+        if isinstance(figures, Mapping):
+            for field in ("baseline", "candidate"):
+                if figures.get(field) is not None:
+                    out[f"{prefix}{field.capitalize()}"] = round(float(figures[field]), 6)
+            if key == "heldOut" and figures.get("records") is not None:
+                out["heldOutRecords"] = int(figures["records"])
+    if gate.get("maxRegression") is not None:
+        out["maxRegression"] = float(gate["maxRegression"])
+    return out
+
+
+def _figures(gate: Mapping[str, Any]) -> str:
+    parts = []
+    for key, label in (("heldOut", "held-out"), ("regression", "regression set")):
+        f = gate.get(key)
+        if isinstance(f, Mapping) and f.get("baseline") is not None and f.get("candidate") is not None:
+            parts.append(f"{label} loss {float(f['baseline']):.4f} -> {float(f['candidate']):.4f}")
+    return ", ".join(parts) or str(gate.get("reason", ""))
+
+
+def history_entry(ref: VersionRef) -> Obj:
+    meta = ref.manifest.metadata
+    entry: Obj = {"version": ref.version, "uri": ref.uri, "sha256": ref.digest, "created": ref.manifest.created,
+                  "source": SOURCES.get(str(meta.get("kind")), "import"), "accepted": is_accepted(ref)}  # fmt: skip
+    if meta.get("finalLoss") is not None:
+        entry["loss"] = float(meta["finalLoss"])
+    return entry
+
+
+@dataclass
+class Promotion:
+    """What :func:`observe_versions` found."""
+
+    current: VersionRef | None  # newest accepted
+    latest: int | None  # newest published
+
+
+def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | None, old: Obj, st: Obj,
+                     events: list[Event]) -> Promotion:  # fmt: skip
+    """Record every version published since the last pass: history, verdict, audit, events.
+
+    Versions only grow, so anything above the newest version in the status history is new; older
+    versions are never re-read (retention may have deleted them meanwhile).
+    """
+    versions = store.list_versions(ns, name)
+    history: list[Obj] = list(old.get("history", []))
+    seen = max((int(h["version"]) for h in history), default=0)
+    new = [v for v in versions if v > seen]
+    audit = _audit(store, ns, name) if new else None
+    for v in new:
+        ref = store.get(ns, name, v)
+        history.append(history_entry(ref))
+        gate = gate_of(ref) or {"accepted": True, "reason": "no gate verdict recorded (ungated version)"}
+        accepted = gate.get("accepted") is not False
+        source = SOURCES.get(str(ref.manifest.metadata.get("kind")), "import")
+        contributors = [{"tier": name, "version": v, "source": source, **({"agent": agent} if agent else {})}]
+        msg = f"v{v} ({source}) {'promoted' if accepted else 'rejected'}: {_figures(gate)}"
+        assert audit is not None
+        _, created = audit.append("promotion" if accepted else "rejection", id=f"gate/v{v}", version=v,
+                                  actor=str(ref.manifest.metadata.get("job") or "operator"),
+                                  contributors=contributors, gate=gate, message=msg)  # fmt: skip
+        st["lastGate"] = gate_status(v, gate)
+        if created or old.get("latestVersion") is None or v > int(old.get("latestVersion") or 0):
+            events.append(Event("Normal", "Promoted", msg) if accepted else Event("Warning", "UpdateRejected", msg))
+    if audit is not None:
+        counts = {"accepted": 0, "rejected": 0}
+        for r in audit.records():
+            if r.id.startswith("gate/"):
+                counts["accepted" if r.kind == "promotion" else "rejected"] += 1
+        st["gateCounts"] = counts
+    st["history"] = sorted(history, key=lambda h: int(h["version"]))[-HISTORY_LIMIT:]
+    current = latest_accepted(store, ns, name, versions)
+    st["latestVersion"] = versions[-1] if versions else None
+    if st["latestVersion"] is None:
+        st.pop("latestVersion")
+    return Promotion(current, versions[-1] if versions else None)
+
+
+def observe_pin(store: CheckpointStore, ns: str, name: str, pinned: int | None, generation: int | None,
+                current: int | None, old: Obj, st: Obj, events: list[Event]) -> None:  # fmt: skip
+    """Audit a change of ``spec.pinnedVersion`` (rollback, roll-forward, unpin) once per generation."""
+    before = old.get("pinnedVersion")
+    if pinned == before:
+        return
+    if pinned is None:
+        kind, msg = "unpin", f"unpinned (was v{before}); serving the newest accepted version v{current}"
+    elif current is not None and pinned < current:
+        kind, msg = "rollback", f"pinned to v{pinned}, rolling back from v{before or current}"
+    elif current is not None and pinned > current:
+        kind, msg = "rollforward", f"pinned to v{pinned}, ahead of the newest accepted v{current}"
+    else:
+        kind, msg = "pin", f"pinned to v{pinned}"
+    _audit(store, ns, name).append(kind, id=f"pin/g{generation}/{pinned}", version=pinned,
+                                   actor="spec.pinnedVersion", message=msg)  # fmt: skip
+    events.append(Event("Normal", "Unpinned" if pinned is None else "Pinned", msg))
+    if pinned is None:
+        st.pop("pinnedVersion", None)
+    else:
+        st["pinnedVersion"] = pinned
+
+
+def served_version_of(tier: Obj) -> int | None:
+    """The version of a tier that should be served: the pinned one, else the newest accepted one."""
+    spec, status = tier.get("spec", {}), tier.get("status") or {}
+    pinned = spec.get("pinnedVersion")
+    if pinned:
+        return int(pinned)
+    current = status.get("currentVersion")
+    return int(current) if current else None
+
+
+def trust_score(weight: float, counts: Mapping[str, Any] | None) -> float:
+    """An agent's consensus weight: its user-set weight times its record at the quality gate.
+
+    ``weight * (accepted + 1) / (accepted + rejected + 1)``: one virtual accepted update keeps an agent
+    without history at its full user weight, every rejection lowers its influence over shared tiers,
+    and accepted updates win it back.
+    """
+    acc = int((counts or {}).get("accepted", 0))
+    rej = int((counts or {}).get("rejected", 0))
+    return round(weight * (acc + 1) / (acc + rej + 1), 6)
+
+
+def agent_trust(tiers: Mapping[str, Obj], swarm: str, agent: Any) -> float:
+    """Trust score of a Swarm agent from the gate counts of its own (context and agent) tiers."""
+    from dynamiclora.api.common import TierLevel
+    from dynamiclora.builders.names import agent_tier_name
+
+    counts = {"accepted": 0, "rejected": 0}
+    for level in (TierLevel.CONTEXT, TierLevel.AGENT):
+        tier = tiers.get(agent_tier_name(swarm, agent.name, level)) or {}
+        for k, v in ((tier.get("status") or {}).get("gateCounts") or {}).items():
+            counts[k] = counts.get(k, 0) + int(v)
+    return trust_score(float(agent.trust_weight), counts)
+
+
+def _audit(store: CheckpointStore, ns: str, name: str) -> Any:
+    from dynamiclora.storage.audit import AuditLog
+
+    return AuditLog(store, ns, name)
