@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from enum import StrEnum
 from typing import Literal
 
@@ -199,8 +200,8 @@ class SwarmSpec(ApiModel):
 
     @model_validator(mode="after")
     def _unique_agents(self) -> SwarmSpec:
-        names = [a.name for a in self.agents]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        counts = Counter(a.name for a in self.agents)  # linear: swarms have up to 2,000 agents
+        dupes = sorted(n for n, c in counts.items() if c > 1)
         if dupes:
             raise ValueError(f"spec.agents names must be unique (repeated: {', '.join(dupes)})")
         return self

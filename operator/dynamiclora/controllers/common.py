@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -26,8 +28,35 @@ class WaitFor(Exception):
         self.delay = delay
 
 
+_PARSED: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+_PARSED_LOCK = threading.Lock()
+_PARSED_MAX = 64
+
+
 def parse(model: type[M], body: Obj) -> M:
-    """Validate ``body`` with the API model; :class:`InvalidSpec` lists every problem with its field."""
+    """Validate ``body`` with the API model; :class:`InvalidSpec` lists every problem with its field.
+
+    Results are cached by (model, uid, resourceVersion): every tier of a 1,000-agent swarm parses that
+    Swarm, and the same resourceVersion always holds the same spec. Callers must not mutate the result.
+    """
+    meta = body.get("metadata", {})
+    key = (model.__name__, str(meta.get("uid", "")), str(meta.get("resourceVersion", "")))
+    if key[1] and key[2]:
+        with _PARSED_LOCK:
+            hit = _PARSED.get(key)
+            if hit is not None:
+                _PARSED.move_to_end(key)
+                return hit  # type: ignore[no-any-return]
+    result = _parse(model, body)
+    if key[1] and key[2]:
+        with _PARSED_LOCK:
+            _PARSED[key] = result
+            while len(_PARSED) > _PARSED_MAX:
+                _PARSED.popitem(last=False)
+    return result
+
+
+def _parse(model: type[M], body: Obj) -> M:
     doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
     doc["metadata"] = {k: v for k, v in body.get("metadata", {}).items() if k in ("name", "namespace")}
     try:

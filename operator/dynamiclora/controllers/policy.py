@@ -22,6 +22,7 @@ from dynamiclora.builders.jobs import ConsolidationInputs, build_consolidation_j
 from dynamiclora.builders.names import agent_tier_name, consolidation_job_name
 from dynamiclora.controllers.common import Event, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import set_condition
+from dynamiclora.controllers.policy_gate import audit_consolidation, consolidation_gate_args
 from dynamiclora.controllers.promotion import agent_trust, latest_accepted
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import JOBS, MIGRATED_COMPONENTS, MIGRATIONS
@@ -191,6 +192,7 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
                         if pol.spec.dry_run:
                             args.append("--dry-run")
                         store = stores[swarm_name]
+                        args += consolidation_gate_args(kube, settings, ns, sw, cand.inputs)
                         args += ["--result-file", result_path(store, ns, job_name), "--base-model",
                                  sw.spec.base_model.name]  # fmt: skip
                         inputs = ConsolidationInputs(cand.inputs.mode, cand.inputs.target_tier, cand.inputs.storage,
@@ -267,6 +269,13 @@ def _record_job(
     report = result.get("report", {})
     source = (job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0].get("args", [])
     src_tier = source[source.index("--source") + 1].rsplit("/", 1)[-1] if "--source" in source else "agents"
+    summary = audit_consolidation(store, ns, target, job_name, result, src_tier if "--source" in source else None)
+    if result.get("status") == "rejected":
+        decisions.append({"time": now_rfc3339(), "sourceTier": src_tier, "targetTier": target, "outcome": "Rejected",
+                          "reason": summary[:1024], "job": job_name, "components": 0,
+                          "energyFraction": 0.0})  # fmt: skip
+        MIGRATIONS.labels("Rejected").inc()
+        return Event("Warning", "ConsolidationRejected", summary)
     if result.get("mode") == "consensus":
         decisions.append({"time": now_rfc3339(), "sourceTier": src_tier, "targetTier": target,
                           "outcome": "Migrated" if result.get("changed") else "DryRun", "job": job_name,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -27,14 +28,7 @@ def open_store(uri: str, *, s3_client: Any = None) -> CheckpointStore:
     """
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
-        from dynamiclora.storage.fs import FsBackend
-
-        if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"store URI {uri!r}: file URIs need an absolute path (file:///path)")
-        path = unquote(parsed.path if parsed.scheme else uri)
-        if not path.startswith("/"):
-            raise ValueError(f"store URI {uri!r}: the path must be absolute")
-        return BlobCheckpointStore(FsBackend(path))
+        return _open_fs(uri)
     if parsed.scheme == "s3":
         from dynamiclora.storage.s3 import S3Backend
 
@@ -85,3 +79,17 @@ def parse_tier_ref(ref: str) -> TierRef:
     except ValueError as e:
         raise ValueError(f"tier reference {ref!r}: {e}") from None
     return TierRef(store, namespace, tier, version)
+
+
+@functools.lru_cache(maxsize=64)
+def _open_fs(uri: str) -> CheckpointStore:
+    """Filesystem stores are stateless, so one per URI is shared (the operator opens them per reconcile)."""
+    from dynamiclora.storage.fs import FsBackend
+
+    parsed = urlparse(uri)
+    if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+        raise ValueError(f"store URI {uri!r}: file URIs need an absolute path (file:///path)")
+    path = unquote(parsed.path if parsed.scheme else uri)
+    if not path.startswith("/"):
+        raise ValueError(f"store URI {uri!r}: the path must be absolute")
+    return BlobCheckpointStore(FsBackend(path))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.tiers import build_agent_tiers
+from dynamiclora.controllers.policy import result_path
 from dynamiclora.controllers.promotion import trust_score
 from dynamiclora.controllers.serving import desired_stacks
 from dynamiclora.settings import OperatorSettings
@@ -141,3 +143,43 @@ def test_rejected_updates_lower_an_agents_consensus_weight(
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     weights = args[args.index("--weights") + 1 : args.index("--weights") + 3]
     assert [float(w) for w in weights] == [1.0, 0.4]  # bob: (1 + 1) / (1 + 3 + 1)
+
+
+def test_consolidation_is_gated_and_its_rejection_audited(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    from .test_reconcile import _records
+
+    _swarm(kube, settings, swarm_body)
+    kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "LoRATier",
+              "metadata": {"name": "support-swarm", "namespace": NS},
+              "spec": {"level": "swarm", "qualityGate": {"maxRegression": 0.03}}})  # fmt: skip
+    _policy(kube, pairs=[{"source": "agent", "target": "swarm"}], consensus={"rule": "resonance", "minAgents": 2})
+    _records(settings, "alice", 4)
+    _publish(settings, "support-alice-agent", tmp_path)
+    _publish(settings, "support-bob-agent", tmp_path)
+    _policy_pass(kube, settings)
+    (job,) = kube.list("Job", NS)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--gate-max-regression") + 1] == "0.03"  # the target tier's threshold
+    assert args[args.index("--gate-base-model") + 1]
+    gate_data = [args[i + 1] for i, a in enumerate(args) if a == "--gate-data"]
+    assert [d.rsplit("/", 1)[-1] for d in gate_data] == ["alice"]  # bob has no records to evaluate on
+
+    # The Job's gate refused the consensus: nothing published, the decision and the audit say why.
+    name = job["metadata"]["name"]
+    result = {"mode": "consensus", "status": "rejected", "changed": False, "published": [],
+              "gate": {"accepted": False, "reason": "stack of support-bob-agent regressed",
+                       "heldOut": {"records": 4, "baseline": 1.0, "candidate": 1.5}},
+              "report": {"rule": "resonance", "agents": ["a", "b"], "weights": [1.0, 1.0]}}  # fmt: skip
+    path = Path(result_path(_store(settings), NS, name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result))
+    kube.objects[("Job", NS, name)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    out = _policy_pass(kube, settings)
+    assert out.status["decisions"][-1]["outcome"] == "Rejected"
+    assert "regressed" in out.status["decisions"][-1]["reason"]
+    assert [(e.type, e.reason) for e in out.events][:1] == [("Warning", "ConsolidationRejected")]
+    (record,) = _audit(settings, "support-swarm").records()
+    assert record.kind == "rejection" and record.id == f"job/{name}" and record.gate == result["gate"]
+    assert [c["weight"] for c in record.contributors] == [1.0, 1.0]

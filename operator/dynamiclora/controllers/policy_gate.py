@@ -1,0 +1,112 @@
+"""The quality gate and the audit trail of consolidations (migrations and consensus).
+
+A consolidation Job evaluates the stacks it changes before and after (see ``training/consolidate_gate``)
+and publishes nothing when they regress; the operator hands it what to evaluate (base model, the
+agents' records and regression sets, the unchanged slower tiers) and records the outcome in the target
+tier's audit trail, once per Job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dynamiclora.api.common import TierLevel
+from dynamiclora.api.swarm import Swarm
+from dynamiclora.api.tier import QualityGate
+from dynamiclora.builders.inference import model_path
+from dynamiclora.builders.jobs import ConsolidationInputs, experience_location, storage_path, store_uri, tier_ref
+from dynamiclora.controllers.promotion import served_version_of
+from dynamiclora.kube import Kube
+from dynamiclora.settings import OperatorSettings
+
+ORDER = [TierLevel.CONTEXT, TierLevel.AGENT, TierLevel.SWARM, TierLevel.DOMAIN, TierLevel.FOUNDATION]
+
+
+def _has_records(location: str) -> bool:
+    if location.startswith("s3://"):
+        return True  # listing S3 here would cost a call per agent; the Job reports an empty source
+    root = Path(location)
+    return root.is_dir() and any(root.rglob("*.jsonl"))
+
+
+def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw: Swarm,
+                            inputs: ConsolidationInputs) -> list[str]:  # fmt: skip
+    """Quality-gate options for a consolidation into ``inputs.target_tier`` (empty when the gate is off)."""
+    target = kube.get("LoRATier", ns, inputs.target_tier)
+    if target is None:
+        return []
+    gate = QualityGate.model_validate(target["spec"].get("qualityGate") or {})
+    if not gate.enabled:
+        return []
+    level = TierLevel(target["spec"]["level"])
+    storage = sw.spec.storage
+    store = store_uri(storage, settings)
+    agents = list(sw.spec.agents)
+    if inputs.source_tier:
+        source = kube.get("LoRATier", ns, inputs.source_tier)
+        owner = (source or {}).get("spec", {}).get("agent")
+        if owner:
+            agents = [a for a in agents if a.name == owner]
+    data: list[str] = []
+    for agent in agents:
+        location = experience_location(storage, sw.spec.experience.prefix, agent.name, settings)
+        if _has_records(location):
+            data.append(location)
+        if agent.regression_set:
+            data.append(storage_path(storage, agent.regression_set, settings))
+    if not data:
+        return []  # nothing to evaluate on yet: the Job would have no figures to compare
+    args = ["--gate-base-model", model_path(sw, settings), "--gate-max-regression", f"{gate.max_regression:g}",
+            "--gate-records", str(gate.eval_records)]  # fmt: skip
+    for location in data:
+        args += ["--gate-data", location]
+    shared = {TierLevel.SWARM: sw.spec.shared_tiers.swarm, TierLevel.DOMAIN: sw.spec.shared_tiers.domain,
+              TierLevel.FOUNDATION: sw.spec.shared_tiers.foundation}  # fmt: skip
+    for slower in ORDER[ORDER.index(level) + 1 :]:
+        name = shared.get(slower)
+        tier = kube.get("LoRATier", ns, name) if name else None
+        version = served_version_of(tier) if tier else None
+        if name and version:
+            args += ["--gate-frozen", tier_ref(store, ns, name, version)]
+    return args
+
+
+def audit_consolidation(store_uri_: str, ns: str, target: str, job_name: str, result: dict[str, Any],
+                        source: str | None = None) -> str:  # fmt: skip
+    """Append the Job's outcome to the target tier's audit trail (once per Job); returns a summary."""
+    from dynamiclora.storage.audit import AuditLog
+    from dynamiclora.storage.uri import open_store
+
+    gate = result.get("gate") if isinstance(result.get("gate"), dict) else None
+    report = result.get("report", {}) or {}
+    mode = str(result.get("mode", "migrate"))
+    published = [p for p in result.get("published", []) or [] if isinstance(p, dict)]
+    version = next((int(p["version"]) for p in published if str(p.get("tier", "")).endswith(f"/{target}")), None)
+    contributors: list[dict[str, Any]] = []
+    for inp in result.get("inputs", []) or []:
+        if isinstance(inp, dict) and inp.get("tier"):
+            contributors.append({k: inp[k] for k in ("tier", "version", "weight", "agent") if k in inp})
+    if source and not contributors:
+        contributors.append({"tier": source})
+    if not contributors and mode == "consensus":
+        for tier, weight in zip(report.get("agents", []) or [], report.get("weights", []) or [], strict=False):
+            contributors.append({"tier": str(tier), "weight": float(weight)})
+    rejected = result.get("status") == "rejected"
+    if rejected:
+        kind, msg = (
+            "rejection",
+            f"{mode} by Job {job_name} rejected by the quality gate: {(gate or {}).get('reason', '')}",
+        )
+    elif not result.get("changed"):
+        return f"{mode} by Job {job_name} changed nothing"
+    else:
+        kind = "consensus" if mode == "consensus" else "migration"
+        detail = f"{report.get('migrated', 0)} migrated, {report.get('bypassed', 0)} bypassed" if kind == "migration" \
+            else f"{len(contributors)} agents ({report.get('rule', '')})"  # fmt: skip
+        msg = f"{kind} by Job {job_name} into v{version}: {detail}"
+    AuditLog(open_store(store_uri_), ns, target).append(
+        kind, id=f"job/{job_name}", version=version, actor=f"job/{job_name}", contributors=contributors,
+        gate=gate, message=msg[:1000],
+    )  # fmt: skip
+    return msg
