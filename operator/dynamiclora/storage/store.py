@@ -87,6 +87,8 @@ class BlobCheckpointStore:
             parts = info.key[len(prefix):].split("/")
             if len(parts) != 2:
                 continue
+            # Only vNNNNNN/<file> counts: other folders (the append-only ``_audit/`` trail) are never
+            # listed as versions, so retention cannot delete them.
             v = parse_version_dir(parts[0])
             if v is not None:
                 found.setdefault(v, {})[parts[1]] = info.modified
