@@ -149,9 +149,9 @@ class ApiKube:
             except config.ConfigException:
                 cfg = client.Configuration()
                 config.load_kube_config(client_configuration=cfg)
-        # Reconcilers run on up to 32 threads: a pool of 10 (the default) discards connections, and every
-        # new one costs a TLS handshake.
-        cfg.connection_pool_maxsize = 32
+        # Reconcilers run on up to 32 threads and a Swarm applies its tiers on 24 more: a pool of 10 (the
+        # default) discards connections, and every new one costs a TLS handshake.
+        cfg.connection_pool_maxsize = 64
         self.configuration = cfg
         self._api = client.ApiClient(cfg)
         self._seq = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
@@ -280,21 +280,29 @@ class CachedGets:
         self.kinds = kinds
         self.ttl = ttl
         self._cache: dict[tuple[str, str, str], tuple[float, Obj | None]] = {}
+        self._flights: dict[tuple[str, str, str], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         if kind not in self.kinds:
             return self.inner.get(kind, namespace, name)
         key = (kind, namespace, name)
-        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
-        if hit and now - hit[0] < self.ttl:
-            return hit[1]
-        obj = self.inner.get(kind, namespace, name)
-        with self._lock:
-            self._cache[key] = (now, obj)
-        return obj
+            if hit and time.monotonic() - hit[0] < self.ttl:
+                return hit[1]
+            flight = self._flights.setdefault(key, threading.Lock())
+        # Single flight: when the entry expires, one thread fetches and the others wait for its result
+        # instead of all fetching the same (for a 1,000-agent Swarm, large) object at once.
+        with flight:
+            with self._lock:
+                hit = self._cache.get(key)
+                if hit and time.monotonic() - hit[0] < self.ttl:
+                    return hit[1]
+            obj = self.inner.get(kind, namespace, name)
+            with self._lock:
+                self._cache[key] = (time.monotonic(), obj)
+            return obj
 
     def _forget(self, obj: Obj) -> None:
         meta = obj.get("metadata", {})

@@ -47,6 +47,8 @@ def _run(args: argparse.Namespace) -> int:
 
     @kopf.on.startup()
     def _configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+        # Only watch-event handlers are registered (see handlers.register), so kopf stores no progress or
+        # diff-base annotations on our objects; these settings keep any it might write under our prefix.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dynamiclora.io")
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix="dynamiclora.io", key="last-handled-configuration"

@@ -42,6 +42,7 @@ class Runtime:
     kube: Kube
     settings: OperatorSettings
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    retries: dict[tuple[str, str, str], asyncio.Task[None]] = field(default_factory=dict)  # one per object
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One lock per object: change handlers and the resync loop never reconcile it concurrently."""
@@ -207,14 +208,27 @@ KINDS: dict[str, tuple[str, Any]] = {
 
 
 def register(settings: OperatorSettings) -> None:
-    """Register the change handlers on kopf's default registry (called once by ``dynamiclora run``).
+    """Register the watch handlers on kopf's default registry (called once by ``dynamiclora run``).
 
-    Periodic re-reconciliation is :func:`resync_forever`, one loop for all objects, rather than kopf
-    timers: kopf puts a finalizer on every object that has a timer, and a finalizer for purely in-cluster
-    state would block deletion whenever the operator is down.
+    Objects are reconciled from watch events when their ``metadata.generation`` is ahead of the
+    ``status.observedGeneration`` we last wrote (created, or spec changed), like controller-runtime's
+    generation predicate. kopf's change handlers would instead store a copy of every object's spec in an
+    annotation and patch it after each handling: one extra write and a doubled object per LoRATier,
+    which at 1,000 agents is most of the API server's work. Periodic work is :func:`resync_forever`,
+    one loop for all objects, rather than kopf timers: kopf puts a finalizer on every object that has a
+    timer, and a finalizer for purely in-cluster state would block deletion whenever the operator is down.
     """
     for plural, (kind, handle) in KINDS.items():
         _register_kind(plural, kind, handle)
+
+
+def needs_reconcile(event_type: str | None, body: Obj) -> bool:
+    """Whether a watch event asks for a reconcile: a live object whose spec we have not handled yet."""
+    meta = body.get("metadata", {})
+    if event_type == "DELETED" or meta.get("deletionTimestamp"):
+        return False
+    observed = (body.get("status") or {}).get("observedGeneration")
+    return observed is None or observed != meta.get("generation")
 
 
 async def _counted(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
@@ -230,14 +244,39 @@ async def _counted(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
             raise
 
 
-def _register_kind(plural: str, kind: str, handle: Any) -> None:
-    async def on_change(body: Any, memo: Any, **_: Any) -> None:
-        await _counted(_runtime(memo), kind, handle, _plain(body))
+async def reconcile_now(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
+    """Reconcile once; a temporary failure is retried after its delay with a fresh copy of the object."""
+    meta = body["metadata"]
+    try:
+        await _counted(rt, kind, handle, body)
+    except kopf.PermanentError as err:
+        log.info("%s %s/%s: %s", kind, meta.get("namespace"), meta["name"], err)
+    except kopf.TemporaryError as err:
+        log.info("%s %s/%s: %s (retry in %ss)", kind, meta.get("namespace"), meta["name"], err, err.delay)
+        key = (kind, meta.get("namespace", ""), meta["name"])
+        if key not in rt.retries:  # one pending retry per object, however many events arrive meanwhile
+            rt.retries[key] = asyncio.create_task(_retry(rt, kind, handle, meta, float(err.delay or 10)))
+    except Exception:  # one bad object must not stop the others; the resync loop tries again
+        log.exception("reconcile of %s %s/%s failed", kind, meta.get("namespace"), meta["name"])
 
-    on_change.__name__ = on_change.__qualname__ = f"{plural}_changed"
-    kopf.on.resume(GROUP, VERSION, plural)(on_change)
-    kopf.on.create(GROUP, VERSION, plural)(on_change)
-    kopf.on.update(GROUP, VERSION, plural, field="spec")(on_change)
+
+async def _retry(rt: Runtime, kind: str, handle: Any, meta: Obj, delay: float) -> None:
+    key = (kind, meta.get("namespace", ""), meta["name"])
+    await asyncio.sleep(delay)
+    rt.retries.pop(key, None)
+    fresh = await asyncio.to_thread(rt.kube.get, kind, key[1], key[2])
+    if fresh is not None and not fresh["metadata"].get("deletionTimestamp"):
+        await reconcile_now(rt, kind, handle, fresh)
+
+
+def _register_kind(plural: str, kind: str, handle: Any) -> None:
+    async def on_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
+        plain = _plain(body)
+        if needs_reconcile(type, plain):
+            await reconcile_now(_runtime(memo), kind, handle, plain)
+
+    on_event.__name__ = on_event.__qualname__ = f"{plural}_event"
+    kopf.on.event(GROUP, VERSION, plural)(on_event)
 
 
 async def resync_forever(rt: Runtime, concurrency: int = 16) -> None:

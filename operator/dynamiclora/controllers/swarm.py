@@ -18,7 +18,7 @@ from dynamiclora.kube import Kube, Obj
 from dynamiclora.metrics import SWARM_DESIRED_PODS, SWARM_READY_PODS
 from dynamiclora.settings import OperatorSettings
 
-APPLY_CONCURRENCY = 16
+APPLY_CONCURRENCY = 24
 
 
 @dataclass(frozen=True)

@@ -43,12 +43,47 @@ def records(agent: str, n: int, round_: int, seed: int = 0) -> list[dict[str, ob
     return out
 
 
-def write_records(folder: Path, agent: str, n: int, round_: int, seed: int = 0) -> Path:
+def corrupted_records(agent: str, n: int, round_: int, seed: int = 0) -> list[dict[str, object]]:
+    """A round with shuffled labels: the agent's questions, each answered with another fact's answer.
+
+    What a buggy logger or a poisoning agent would feed in; the quality gate must refuse what a model
+    learns from it.
+    """
+    out = records(agent, n, round_, seed)
+    stable = facts(agent, seed=seed)
+    entities = sorted(stable)
+    wrong = {e: stable[entities[(i + 1) % len(entities)]] for i, e in enumerate(entities)}  # a derangement
+    for r in out:
+        entity = str(r["prompt"]).split(" of ", 1)[1].removesuffix(" ?")
+        if entity in wrong:
+            r["response"] = f"the color of {entity} is {wrong[entity]} ."
+    return out
+
+
+def write_records(folder: Path, agent: str, n: int, round_: int, seed: int = 0, corrupted: bool = False) -> Path:
     """Append one round of records as a new JSONL file (atomically: temp name, then rename)."""
     folder = folder / agent
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"round-{round_:04d}.jsonl"
     tmp = folder / f".round-{round_:04d}.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records(agent, n, round_, seed)))
+    rows = (corrupted_records if corrupted else records)(agent, n, round_, seed)
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(final)
     return final
+
+
+def write_regression_set(folder: Path, agent: str, seed: int = 0) -> Path:
+    """The agent's fixed regression set (each stable fact asked twice), written once."""
+    path = folder / f"{agent}.jsonl"
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, (entity, answer) in enumerate(sorted(facts(agent, seed=seed).items()) * 2):
+        rows.append({"agent": agent, "timestamp": "2026-01-01T00:00:00Z", "id": f"{agent}-regression-{i}",
+                     "prompt": f"user : what is the color of {entity} ?",
+                     "response": f"the color of {entity} is {answer} ."})  # fmt: skip
+    tmp = folder / f".{agent}.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+    return path

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from dynamiclora.api.crd import render_crds
-from dynamiclora.demo.data import facts, write_records
+from dynamiclora.demo.data import facts, write_records, write_regression_set
 from dynamiclora.tinymodel import ensure_tiny_model
 
 T = TypeVar("T")
@@ -86,7 +86,9 @@ class Scenario:
             {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "Swarm", "metadata": {"name": sw, "namespace": ns},
              "spec": {
                  "baseModel": {"name": "tiny-llama", "path": str(self.model_dir)},
-                 "agents": [{"name": a, "domain": "support"} for a in self.cfg.agents],
+                 # Each agent's fixed regression set: the quality gate refuses updates that unlearn these facts.
+                 "agents": [{"name": a, "domain": "support", "regressionSet": f"regression/{a}.jsonl"}
+                            for a in self.cfg.agents],
                  "contextTier": tier_tpl,
                  "agentTier": {**tier_tpl, "rank": 16, "alpha": 16},
                  "sharedTiers": {"swarm": f"{sw}-swarm"},
@@ -179,9 +181,13 @@ class Scenario:
             time.sleep(1.0)
         raise StepTimeout(f"{what}: not reached in {timeout or self.cfg.step_timeout:.0f}s; last seen: {last!r}")
 
-    def feed(self, agent: str, round_: int) -> Path:
-        path = write_records(self.pvc_root / "ckpt" / "dl" / "interactions", agent, self.cfg.records_per_round, round_)
-        self.log(f"  fed {self.cfg.records_per_round} interaction records for {agent} -> {path}")
+    def feed(self, agent: str, round_: int, corrupted: bool = False) -> Path:
+        """Write one round of records (``corrupted``: shuffled labels) and make sure the regression set exists."""
+        root = self.pvc_root / "ckpt" / "dl"
+        write_regression_set(root / "regression", agent)
+        path = write_records(root / "interactions", agent, self.cfg.records_per_round, round_, corrupted=corrupted)
+        kind = "corrupted (shuffled-label)" if corrupted else "interaction"
+        self.log(f"  fed {self.cfg.records_per_round} {kind} records for {agent} -> {path}")
         return path
 
     def tier_name(self, agent: str, level: str) -> str:

@@ -29,7 +29,7 @@ def _write_result_file(path: str | None, doc: dict[str, Any]) -> None:
     text = json.dumps(doc, sort_keys=True)
     # Kubernetes keeps at most 4 KiB of a termination message; a file on a volume has no such limit.
     if path.startswith("/dev/") and len(text) > _RESULT_FILE_LIMIT:
-        text = json.dumps({k: doc[k] for k in ("version", "uri", "digest", "error") if k in doc})
+        text = json.dumps({k: doc[k] for k in ("version", "uri", "digest", "error", "status", "gate") if k in doc})
     try:
         target = Path(path)
         if path.startswith("/dev/"):

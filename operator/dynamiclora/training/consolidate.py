@@ -30,6 +30,7 @@ from dynamiclora.memory import (
     truncate,
 )
 from dynamiclora.storage import CheckpointStore, TierRef, VersionRef, open_store, parse_tier_ref
+from dynamiclora.training.consolidate_gate import judge
 from dynamiclora.training.options import ConsolidateConfig
 from dynamiclora.training.stats import STATS_FILE, tier_statistics
 
@@ -62,6 +63,13 @@ class _Io:
         got = self.store(ref).download(ref.namespace, ref.tier, version, self.tmp / f"in{self._n}")
         delta, meta = load_adapter(self.tmp / f"in{self._n}")
         return delta, meta, got
+
+    def load_latest(self, ref_text: str) -> TierDelta:
+        ref = parse_tier_ref(ref_text)
+        versions = [v for v in self.versions(ref) if ref.version is None or v <= ref.version]
+        if not versions:
+            raise ValueError(f"{ref_text}: the tier has no published version")
+        return self.load(ref, versions[-1])[0]
 
     def publish(self, ref: TierRef, delta: TierDelta, rank: int, targets: list[str], base: str | None,
                 meta: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +150,8 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     if cfg.dry_run or not moved:
         result["changed"] = False
         return result
+    if _rejected(cfg, io, result, {f"{src.namespace}/{src.tier}": ([dest_delta, source], [new_dest, new_src])}):
+        return result
     base = cfg.base_model or src_meta.base_model_name_or_path
     meta = {"kind": "migration", "derivedFrom": inputs, "destBase": base_version,
             "migrated": report.count(Decision.MIGRATED), "bypassed": report.count(Decision.BYPASSED),
@@ -190,6 +200,14 @@ def _consensus(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     result: dict[str, Any] = {"mode": "consensus", "report": summary, "published": [], "changed": False}
     if cfg.dry_run:
         return result
+    rests: list[TierDelta] = []
+    for delta, m, _ in loaded:
+        rest = tier_sub(delta, {k: v for k, v in combined.items() if k in delta})
+        rests.append({k: truncate(v, m.r).delta for k, v in rest.items()} if cfg.update_agents else delta)
+    stacks = {f"{a.namespace}/{a.tier}": ([shared, d], [new_shared, r])
+              for a, (d, _, _), r in zip(agents, loaded, rests, strict=True)}
+    if _rejected(cfg, io, result, stacks):
+        return result
     base = cfg.base_model or loaded[0][1].base_model_name_or_path
     meta = {"kind": "consensus", "rule": cfg.rule, "derivedFrom": inputs, "destBase": base_version,
             "agentWeights": summary["agentWeights"], "truncationError": summary["truncationError"]}
@@ -199,11 +217,25 @@ def _consensus(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
         targets = sorted(set(shared_targets).union(*[m.target_modules for _, m, _ in loaded]))
         result["published"].append(io.publish(dest, new_shared, rank, targets, base, meta))
     if cfg.update_agents:
-        for a, (delta, m, ref) in zip(agents, loaded, strict=True):
-            rest = tier_sub(delta, {k: v for k, v in combined.items() if k in delta})
-            rest = {k: truncate(v, m.r).delta for k, v in rest.items()}
+        for a, (_, m, ref), rest in zip(agents, loaded, rests, strict=True):
             result["published"].append(io.publish(
                 a, rest, m.r, list(m.target_modules), base,
                 {**meta, "kind": "consensus-agent", "destBase": "n/a", "derivedFrom": [_ident(ref)]}))
     result["changed"] = True
     return result
+
+
+def _rejected(cfg: ConsolidateConfig, io: _Io, result: dict[str, Any],
+              stacks: dict[str, tuple[list[TierDelta], list[TierDelta]]]) -> bool:
+    """Run the quality gate (when enabled) and record it in ``result``; True when the run must stop."""
+    gate = judge(cfg, io.load_latest, stacks)
+    if gate is None:
+        return False
+    result["gate"] = gate
+    io.log(f"quality gate: {gate['reason']}")
+    if gate["accepted"]:
+        result["status"] = "accepted"
+        return False
+    io.log("quality gate rejected the result: publishing nothing")
+    result.update(status="rejected", changed=False)
+    return True

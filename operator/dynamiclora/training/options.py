@@ -120,11 +120,27 @@ class TrainConfig:
     eval_records: int = field(default=64, metadata={"help": "records used for the before/after loss"})
     log_every: int = field(default=1, metadata={"help": "steps between progress lines"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
+    holdout_fraction: float = field(default=0.1, metadata={
+        "help": "share of records held out of training in every run (chosen by a hash of each record), "
+                "in [0, 0.5]; the newest of them are the quality gate's held-out slice"})
+    gate_max_regression: float | None = field(default=None, metadata={
+        "help": "quality gate: the new version is accepted only if its loss on each evaluation set is at "
+                "most baseline x (1 + this); default: gate disabled (always accepted)"})
+    regression_data: str | None = field(default=None, metadata={
+        "help": "quality gate: a fixed regression set (same formats as --data), evaluated besides the "
+                "held-out slice"})
+    gate_records: int = field(default=64, metadata={
+        "help": "quality gate: records evaluated per set (the newest held-out ones; the newest regression ones)"})
     result_file: str | None = field(default=None, metadata={
         "help": "also write the result JSON here (e.g. /dev/termination-log)"})
 
     def __post_init__(self) -> None:
         checks = [
+            (0.0 <= self.holdout_fraction <= 0.5,
+             f"--holdout-fraction must be in [0, 0.5], got {self.holdout_fraction}"),
+            (self.gate_max_regression is None or self.gate_max_regression >= 0,
+             f"--gate-max-regression must be >= 0, got {self.gate_max_regression}"),
+            (self.gate_records >= 1, f"--gate-records must be >= 1, got {self.gate_records}"),
             (self.rank >= 1, f"--rank must be >= 1, got {self.rank}"),
             (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
             (bool(self.target_modules), "--target-modules must name at least one module"),
@@ -185,6 +201,17 @@ class ConsolidateConfig:
         "help": "consensus: also publish each agent tier minus the consensus, so every agent's stack "
                 "output is unchanged while the shared part moves up"})
     dry_run: bool = field(default=False, metadata={"help": "decide and report; publish nothing"})
+    gate_base_model: str | None = field(default=None, metadata={
+        "help": "quality gate: base model directory to evaluate the stacks on (default: gate disabled)"})
+    gate_data: list[str] = field(default_factory=list, metadata={
+        "help": "quality gate: interaction records to evaluate on (.jsonl, directory or s3://); repeat "
+                "for several", "repeat": True, "metavar": "SOURCE"})
+    gate_frozen: list[str] = field(default_factory=list, metadata={
+        "help": "quality gate: another (unchanged) tier of the stack, STORE/NAMESPACE/TIER[/v000007]; "
+                "repeat for several", "repeat": True, "metavar": "REF"})
+    gate_max_regression: float = field(default=0.02, metadata={
+        "help": "quality gate: publish only if each stack's loss is at most baseline x (1 + this)"})
+    gate_records: int = field(default=64, metadata={"help": "quality gate: newest records evaluated"})
     result_file: str | None = field(default=None, metadata={
         "help": "also write the result JSON here (e.g. /dev/termination-log)"})
 
@@ -199,3 +226,9 @@ class ConsolidateConfig:
             raise ValueError(f"--window must be >= 1, got {self.window}")
         if self.dest_rank is not None and self.dest_rank < 1:
             raise ValueError(f"--dest-rank must be >= 1, got {self.dest_rank}")
+        if self.gate_max_regression < 0:
+            raise ValueError(f"--gate-max-regression must be >= 0, got {self.gate_max_regression}")
+        if self.gate_records < 1:
+            raise ValueError(f"--gate-records must be >= 1, got {self.gate_records}")
+        if self.gate_base_model and not self.gate_data:
+            raise ValueError("--gate-base-model needs at least one --gate-data source to evaluate on")

@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,15 @@ from dynamiclora.training.data import (
     select_records,
     steps_per_epoch,
     tokenize,
+)
+from dynamiclora.training.gate import (
+    GATE_FILE,
+    HELD_OUT,
+    decide,
+    evaluate,
+    evaluate_sets,
+    figures,
+    split_holdout,
 )
 from dynamiclora.training.model import (
     ADAPTER_CONFIG,
@@ -49,25 +58,14 @@ from dynamiclora.training.options import TrainConfig
 from dynamiclora.training.records import RecordsError, SourcedRecord, iter_sources, read_records
 from dynamiclora.training.stats import STATS_FILE, tier_statistics
 
+__all__ = ["evaluate", "run_training"]
+
 Log = Callable[[str], None]
 PUBLISHED = "published.json"
 
 
 def _print(msg: str) -> None:
     print(msg, flush=True)
-
-
-def evaluate(model: Any, examples: Sequence[Example], batch_size: int, pad_id: int) -> float:
-    """Token-weighted mean loss of ``model`` on ``examples`` (no gradients, eval mode)."""
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(examples), batch_size):
-            batch = collate(examples[i:i + batch_size], pad_id)
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            total += float(model(**batch).loss) * n
-            count += n
-    return total / max(count, 1)
 
 
 def _fetch(ref_text: str, dest: Path, default_store: CheckpointStore | None = None) -> tuple[Path, dict[str, Any]]:
@@ -84,7 +82,8 @@ def _fetch(ref_text: str, dest: Path, default_store: CheckpointStore | None = No
     return dest, {"uri": got.uri, "version": got.version, "digest": got.digest}
 
 
-def _select(cfg: TrainConfig, log: Log) -> tuple[list[SourcedRecord], int]:
+def _select(cfg: TrainConfig, log: Log) -> tuple[list[SourcedRecord], list[SourcedRecord], int]:
+    """``(training records, held-out records, bad lines skipped)``, each chronological."""
     good, bad = read_records(iter_sources(cfg.data), cfg.bad_lines)
     for b in bad:
         log(f"warning: skipped malformed line {b}")
@@ -95,7 +94,13 @@ def _select(cfg: TrainConfig, log: Log) -> tuple[list[SourcedRecord], int]:
             f"filters (agent={cfg.agent}, since={cfg.since}, min-reward={cfg.min_reward})"
             if good else f"no training records in {cfg.data}: the data set is empty"
         )
-    return selected, len(bad)
+    train, held = split_holdout(selected, cfg.holdout_fraction)
+    if not train:
+        raise RecordsError(
+            f"no training records in {cfg.data}: all {len(selected)} selected record(s) belong to the "
+            f"held-out slice of the quality gate (--holdout-fraction {cfg.holdout_fraction}); add records"
+        )
+    return train, held, len(bad)
 
 
 def _tokenize(cfg: TrainConfig, selected: list[SourcedRecord], skipped: int,
@@ -113,6 +118,18 @@ def _tokenize(cfg: TrainConfig, selected: list[SourcedRecord], skipped: int,
     return examples, info
 
 
+def _gate_sets(cfg: TrainConfig, held: list[SourcedRecord], tokenizer: Any) -> dict[str, list[Example]]:
+    """The quality gate's evaluation sets: newest held-out records, and the regression set if given."""
+    sets = {HELD_OUT: tokenize(held[-cfg.gate_records:], tokenizer, cfg.max_seq_len)}
+    if cfg.regression_data:
+        good, _bad = read_records(iter_sources(cfg.regression_data), cfg.bad_lines)
+        regression = tokenize(select_records(good, max_records=cfg.gate_records), tokenizer, cfg.max_seq_len)
+        if not regression:
+            raise RecordsError(f"--regression-data {cfg.regression_data}: no record with a learnable token")
+        sets["regression"] = regression
+    return sets
+
+
 def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]]) -> str:
     base_cfg = Path(cfg.base_model, "config.json")
     doc = {
@@ -120,6 +137,7 @@ def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]])
         "data": data_fp, "refs": refs, "rank": cfg.rank, "alpha": cfg.alpha,
         "targets": sorted(cfg.target_modules), "dropout": cfg.dropout, "lr": cfg.lr, "wd": cfg.weight_decay,
         "steps": cfg.steps, "epochs": cfg.epochs, "batch": cfg.batch_size, "seed": cfg.seed,
+        "gate": [cfg.gate_max_regression, cfg.gate_records, cfg.regression_data],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -135,11 +153,13 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
     store = open_store(cfg.output_store)
     label = f"tier {cfg.namespace}/{cfg.tier}"
 
-    selected, skipped = _select(cfg, log)
+    selected, held, skipped = _select(cfg, log)
     model, tokenizer = load_base(cfg.base_model)
     check_targets(model, cfg.target_modules, cfg.rank, label)
     examples, data_info = _tokenize(cfg, selected, skipped, tokenizer)
-    log(f"data: {data_info['records']} records, {data_info['tokens']} learned tokens")
+    data_info["heldOut"] = len(held)
+    gate_sets = _gate_sets(cfg, held, tokenizer)
+    log(f"data: {data_info['records']} records, {data_info['tokens']} learned tokens, {len(held)} held out")
 
     with tempfile.TemporaryDirectory(prefix="dynamiclora-train-") as tmp_text:
         tmp = Path(tmp_text)
@@ -175,6 +195,9 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         total = cfg.steps or cfg.epochs * steps_per_epoch(len(examples), cfg.batch_size)
         pad = int(tokenizer.pad_token_id)
         eval_set = examples[: cfg.eval_records]
+        # Baseline = the stack as loaded (frozen tiers + --init-from, i.e. what is served), before any
+        # resumed parameters are copied in, so a resumed run computes the same figures.
+        gate_baseline = evaluate_sets(peft_model, gate_sets, cfg.batch_size, pad)
 
         state = ckpt.load_latest(work, fp)
         if state is None:
@@ -204,7 +227,7 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
             loss.backward()
             opt.step()
             step += 1
-            curve.append(float(loss))
+            curve.append(float(loss.detach()))
             n_tok = int(batch["attention_mask"].sum())
             processed += n_tok
             seg_tokens += n_tok
@@ -220,6 +243,9 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
                 })
         elapsed += time.monotonic() - seg_start
         final_loss = evaluate(peft_model, eval_set, cfg.batch_size, pad)
+        verdict = decide(figures(gate_sets, gate_baseline, evaluate_sets(peft_model, gate_sets, cfg.batch_size, pad)),
+                         cfg.gate_max_regression).to_dict()
+        log(f"quality gate: {verdict['reason']}")
         unchanged = all(torch.equal(p, frozen_before[n]) for n, p in peft_model.named_parameters()
                         if n in frozen_before)
         if not unchanged:  # pragma: no cover - would mean the freezing logic is broken
@@ -230,6 +256,7 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         stats = tier_statistics(final)
         stats.update(data_info)
         stats.update({
+            "gate": verdict,
             "namespace": cfg.namespace, "tier": cfg.tier, "baseModel": cfg.base_model,
             "steps": total, "batchSize": cfg.batch_size, "lr": cfg.lr, "rank": cfg.rank, "alpha": cfg.alpha,
             "targetModules": sorted(cfg.target_modules), "seed": cfg.seed,
@@ -240,16 +267,18 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
             "runFingerprint": fp,
         })
         (final / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True))
-        files = {n: final / n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATS_FILE)}
+        (final / GATE_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
+        files = {n: final / n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATS_FILE, GATE_FILE)}
         meta = {"kind": "training", "records": stats["records"], "initialLoss": initial_loss,
-                "finalLoss": final_loss, "deltaNorm": stats["norm"], "frozen": stats["frozen"]}
+                "finalLoss": final_loss, "deltaNorm": stats["norm"], "frozen": stats["frozen"], "gate": verdict}
         published = store.publish(cfg.namespace, cfg.tier, files, meta, progress=lambda m: log(f"store: {m}"))
         result = {
             "namespace": cfg.namespace, "tier": cfg.tier, "version": published.version,
             "uri": published.uri, "digest": published.digest, "records": stats["records"],
             "tokens": stats["tokens"], "steps": total,
             "initialLoss": round(initial_loss, 6), "finalLoss": round(final_loss, 6),
-            "deltaNorm": stats["norm"], "durationSeconds": round(time.monotonic() - started, 3),
+            "deltaNorm": stats["norm"], "heldOut": len(held), "gate": verdict,
+            "durationSeconds": round(time.monotonic() - started, 3),
         }
         tmp_done = work / f".{PUBLISHED}.tmp"
         tmp_done.write_text(json.dumps({"fingerprint": fp, "result": result}))

@@ -158,3 +158,30 @@ def test_cached_gets_serve_swarms_from_cache_until_written() -> None:
     assert kube.get("Swarm", "default", "s")["spec"] == {"x": 1}  # type: ignore[index]  # cached
     kube.apply({"kind": "Swarm", "metadata": {"name": "s", "namespace": "default"}, "spec": {"x": 3}})
     assert kube.get("Swarm", "default", "s")["spec"] == {"x": 3}  # type: ignore[index]  # write forgets
+
+
+def test_cached_gets_fetch_once_for_concurrent_readers() -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dynamiclora.kube import CachedGets
+
+    from .fakekube import FakeKube
+
+    class Slow(FakeKube):
+        gets = 0
+
+        def get(self, kind: str, namespace: str, name: str) -> dict[str, object] | None:
+            with lock:
+                Slow.gets += 1
+            time.sleep(0.05)  # a large Swarm takes a while to fetch
+            return super().get(kind, namespace, name)
+
+    lock = threading.Lock()
+    inner = Slow()
+    inner.add({"kind": "Swarm", "metadata": {"name": "s"}, "spec": {"x": 1}})
+    kube = CachedGets(inner, ttl=60)
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(lambda _: kube.get("Swarm", "default", "s"), range(16)))
+    assert all(g and g["spec"] == {"x": 1} for g in got) and Slow.gets == 1
