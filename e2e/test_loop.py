@@ -8,8 +8,12 @@ and a real vLLM CPU server per inference pod. Tests run in file order and share 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +22,7 @@ from dynamiclora.controllers.conditions import get_condition
 from dynamiclora.demo.scenario import DemoConfig, Scenario
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.errors import VLLMError
+from dynamiclora.storage.audit import AuditLog
 from dynamiclora.storage.uri import open_store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
@@ -171,3 +176,111 @@ def test_operator_killed_during_consolidation_publishes_exactly_once(scenario: S
     assert len(after) - len(agent_versions) <= 1  # at most one new version for one consolidation
     assert after == sorted(set(after))
     assert ctx
+
+
+# --- issue 10: never serve a regression ------------------------------------------------------------
+
+
+def _judged(sc: Scenario, tier: str, after: int) -> dict[str, Any] | None:
+    """The tier's status once a version newer than ``after`` has a gate verdict."""
+    st = sc.status("loratiers", tier)
+    latest = int(st.get("latestVersion") or 0)
+    judged = {int(h["version"]) for h in st.get("history", []) if h.get("accepted") is not None}
+    return st if latest > after and latest in judged else None
+
+
+def test_quality_gate_rejects_a_corrupted_update_and_promotes_a_genuine_one(scenario: Scenario) -> None:
+    sc = scenario
+    ctx = sc.tier_name("alice", "context")
+    st = sc.status("loratiers", ctx)
+    current, latest = int(st["currentVersion"]), int(st.get("latestVersion") or st["currentVersion"])
+    served = sc.wait("alice served", lambda: sc.served("alice"))["servedVersion"]
+    assert served.startswith(f"c{current}."), (served, current)
+
+    sc.feed("alice", 20, corrupted=True)  # every answer swapped with another fact's answer
+    st = sc.wait("the shuffled-label update is trained and judged", lambda: _judged(sc, ctx, latest))
+    bad = int(st["latestVersion"])
+    gate = st["lastGate"]
+    assert gate["version"] == bad and gate["accepted"] is False, gate
+    assert gate["regressionCandidate"] > gate["regressionBaseline"] * 1.05, gate  # the figures say why
+    assert int(st["currentVersion"]) == current  # not promoted ...
+    assert _store(sc).list_versions(sc.cfg.namespace, ctx)[-1] == bad  # ... but kept for inspection
+    rejected = [e for e in _events(sc, ctx) if e["reason"] == "UpdateRejected"]
+    assert rejected and rejected[-1]["type"] == "Warning" and f"v{bad}" in rejected[-1]["message"]
+    time.sleep(3 * sc.cfg.resync_seconds)  # a few operator passes: the served adapter must not move
+    assert sc.served("alice")["servedVersion"] == served  # type: ignore[index]
+
+    sc.feed("alice", 21)  # a genuine round
+    st = sc.wait("the genuine update is trained and promoted", lambda: _judged(sc, ctx, bad))
+    good = int(st["latestVersion"])
+    assert st["lastGate"]["version"] == good and st["lastGate"]["accepted"] is True, st["lastGate"]
+    assert int(st["currentVersion"]) >= good
+    sc.wait(f"alice served with context v{good} or later",
+            lambda: (e := sc.served("alice")) and int(e["servedVersion"].split(".")[0][1:]) >= good)  # fmt: skip
+    kinds = {(r.kind, r.version) for r in AuditLog(_store(sc), sc.cfg.namespace, ctx).records()}
+    assert {("rejection", bad), ("promotion", good)} <= kinds
+
+
+def _pin(sc: Scenario, versions: dict[str, int] | None) -> None:
+    body = json.loads(sc.kubectl("get", "swarm", sc.cfg.swarm, "-n", sc.cfg.namespace, "-o", "json"))
+    agents = body["spec"]["agents"]
+    for a in agents:
+        if a["name"] == "alice":
+            a.pop("pinnedVersions", None)
+            if versions:
+                a["pinnedVersions"] = versions
+    sc.kubectl("patch", "swarm", sc.cfg.swarm, "-n", sc.cfg.namespace, "--type", "merge",
+               "-p", json.dumps({"spec": {"agents": agents}}))  # fmt: skip
+
+
+def _answers_like_its_fingerprint(sc: Scenario, entry: dict[str, Any]) -> None:
+    fp = Fingerprint.read(entry["adapterUri"])
+    assert fp is not None
+    got = sc.complete("alice", list(fp.prompt_token_ids), max_tokens=len(fp.token_ids))
+    assert tuple(got.token_ids) == tuple(fp.token_ids)
+
+
+def test_pin_rolls_back_and_unpin_resumes_and_the_audit_trail_survives_restart(scenario: Scenario) -> None:
+    sc = scenario
+    ctx = sc.tier_name("alice", "context")
+    audit = AuditLog(_store(sc), sc.cfg.namespace, ctx)
+    current = int(sc.status("loratiers", ctx)["currentVersion"])
+    assert current >= 2
+
+    _pin(sc, {"context": 1})  # GitOps rollback: the pin lives in the Swarm spec
+    pinned = sc.wait("alice served with context v1", lambda: (e := sc.served("alice"))
+                     and e["servedVersion"].startswith("c1.") and e)  # fmt: skip
+    composition = json.loads((Path(pinned["adapterUri"]) / "composition.json").read_text())
+    assert {"tier": ctx, "level": "context", "version": 1} in composition["tiers"]
+    _answers_like_its_fingerprint(sc, pinned)  # vLLM's greedy tokens are those of the v1 stack under PEFT
+    st = sc.wait("the pin is recorded", lambda: (s := sc.status("loratiers", ctx)).get("pinnedVersion") == 1 and s)
+    assert int(st["currentVersion"]) == current  # rolling back deletes nothing and changes no version
+    assert 1 in _store(sc).list_versions(sc.cfg.namespace, ctx)
+    assert any(e["reason"] == "Pinned" for e in _events(sc, ctx))
+
+    before = audit.records()
+    assert before[-1].kind == "rollback" and before[-1].version == 1
+    sc.stop_operator()
+    sc.start_operator()  # a restarted operator finds the trail as it was and continues it
+
+    _pin(sc, None)  # unpin: normal promotion resumes
+    def newest_served() -> dict[str, Any] | None:
+        # The newest accepted version again (a consolidation may have published a newer one meanwhile).
+        newest = int(sc.status("loratiers", ctx)["currentVersion"])
+        e = sc.served("alice")
+        return e if e and newest >= current and e["servedVersion"].startswith(f"c{newest}.") else None
+
+    resumed = sc.wait("alice served with the newest accepted context version again", newest_served)
+    _answers_like_its_fingerprint(sc, resumed)
+    after = sc.wait("the unpin is recorded", lambda: (r := AuditLog(_store(sc), sc.cfg.namespace, ctx).records())
+                    and r[-1].kind == "unpin" and r)  # fmt: skip
+    assert [r.to_json() for r in after[: len(before)]] == [r.to_json() for r in before]  # never rewritten
+    assert AuditLog(_store(sc), sc.cfg.namespace, ctx).verify() == []  # hash chain intact
+    assert sc.status("loratiers", ctx).get("pinnedVersion") is None
+
+    out = subprocess.run([sys.executable, "-m", "dynamiclora.cli", "history", ctx, "-n", sc.cfg.namespace,
+                          "--store", f"file://{sc.pvc_root}/ckpt/dl", "--verify"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    for word in ("promotion", "rejection", "rollback", "unpin"):
+        assert word in out.stdout, out.stdout

@@ -74,6 +74,7 @@ class Scenario:
         tier_tpl = {
             "rank": 8, "alpha": 16, "targetModules": ALL_MODULES,
             "plasticity": {"learningRate": 0.005, "screenThreshold": 0.6, "freeThreshold": 0.3},
+            "retention": {"keepVersions": 20},  # the e2e pins back to version 1
             "training": {"minSamples": 16, "maxSteps": 40, "batchSize": 8, "checkpointEvery": 20, "backoffLimit": 1,
                          "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"nvidia.com/gpu": 1}}},
         }  # fmt: skip
