@@ -183,3 +183,30 @@ def test_consolidation_is_gated_and_its_rejection_audited(
     (record,) = _audit(settings, "support-swarm").records()
     assert record.kind == "rejection" and record.id == f"job/{name}" and record.gate == result["gate"]
     assert [c["weight"] for c in record.contributors] == [1.0, 1.0]
+
+
+def test_a_distrusted_agent_moves_the_shared_tier_less() -> None:
+    """Same deltas, same rule the consensus Jobs use: only the gate history differs between the agents."""
+    import torch
+
+    from dynamiclora.memory import LowRankDelta, consensus
+
+    def delta(seed: int) -> dict[str, LowRankDelta]:
+        g = torch.Generator().manual_seed(seed)
+        return {"q_proj": LowRankDelta(torch.randn(32, 4, generator=g), torch.randn(4, 32, generator=g) / 6)}
+
+    honest, rejected = delta(1), delta(2)
+    weights = [trust_score(1.0, {"accepted": 4, "rejected": 0}), trust_score(1.0, {"accepted": 1, "rejected": 5})]
+    shared, _ = consensus([honest, rejected], "resonance", weights)
+
+    def pull(agent: dict[str, LowRankDelta]) -> float:
+        a = agent["q_proj"].dense()
+        return float((shared["q_proj"].dense() * a).sum() / (a * a).sum())  # share of the agent's direction
+
+    assert weights[1] < weights[0]
+    assert pull(rejected) < 0.5 * pull(honest), (pull(honest), pull(rejected))
+    equal, _ = consensus([honest, rejected], "resonance", [1.0, 1.0])  # control: equal trust, equal pull
+    a, b = honest["q_proj"].dense(), rejected["q_proj"].dense()
+    pa = float((equal["q_proj"].dense() * a).sum() / (a * a).sum())
+    pb = float((equal["q_proj"].dense() * b).sum() / (b * b).sum())
+    assert abs(pa - pb) < 0.25 * max(pa, pb)
