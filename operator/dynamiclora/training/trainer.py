@@ -87,14 +87,18 @@ def _select(cfg: TrainConfig, log: Log) -> tuple[list[SourcedRecord], list[Sourc
     good, bad = read_records(iter_sources(cfg.data), cfg.bad_lines)
     for b in bad:
         log(f"warning: skipped malformed line {b}")
-    selected = select_records(good, cfg.agent, cfg.since, cfg.min_reward, cfg.max_records)
+    filtered = select_records(good, cfg.agent, cfg.since, cfg.min_reward)
+    selected = filtered[-cfg.max_records:] if cfg.max_records else filtered
     if not selected:
         raise RecordsError(
             f"no training records in {cfg.data}: {len(good)} valid record(s), none left after the "
             f"filters (agent={cfg.agent}, since={cfg.since}, min-reward={cfg.min_reward})"
             if good else f"no training records in {cfg.data}: the data set is empty"
         )
-    train, held = split_holdout(selected, cfg.holdout_fraction)
+    train, _ = split_holdout(selected, cfg.holdout_fraction)
+    # The gate's pool is every held-out record passing the filters, not only those in the
+    # --max-records window: none was ever trained on, and a short window would leave few to judge by.
+    _, held = split_holdout(filtered, cfg.holdout_fraction)
     if not train:
         raise RecordsError(
             f"no training records in {cfg.data}: all {len(selected)} selected record(s) belong to the "

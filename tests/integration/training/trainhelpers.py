@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from dynamiclora.tinymodel import TinyModelConfig, generated_words
@@ -42,3 +43,27 @@ def result_of(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
     assert lines, f"no result line\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     doc: dict[str, object] = json.loads(lines[-1].removeprefix("DYNAMICLORA_RESULT "))
     return doc
+
+
+def write_facts(path: Path, ids: range, rotate: int = 0, keep_genuine: Callable[[dict[str, object]], bool]
+                | None = None, names: int = 8, first_name: int = 0) -> Path:
+    """Fact records "the color of X" -> one of three colors, over a few names (each seen often).
+
+    ``rotate`` shifts every answer to another color (a label permutation: a corrupted data set);
+    records for which ``keep_genuine(doc)`` is true keep the genuine answer.
+    """
+    words = generated_words(TinyModelConfig())
+    rng = random.Random(1000 + ids.start)
+    lines = []
+    for i in ids:
+        k = first_name + rng.randrange(names)
+        doc: dict[str, object] = {
+            "agent": "alice", "timestamp": f"2025-01-01T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z",
+            # The name ends the prompt, right where the answer is predicted.
+            "id": f"fact-{i}", "prompt": f"the color of {words[k]}", "response": words[50 + k % 3],
+        }
+        if rotate and not (keep_genuine and keep_genuine(doc)):
+            doc["response"] = words[50 + (k + rotate) % 3]
+        lines.append(json.dumps(doc))
+    path.write_text("\n".join(lines) + "\n")
+    return path
