@@ -141,6 +141,13 @@ class QualityGate(ApiModel):
         le=10,
         description="Largest allowed relative increase of the held-out (and regression-set) loss, e.g. 0.05 = 5%.",
     )
+    tolerance: float = Field(
+        default=0.02,
+        ge=0,
+        le=10,
+        description="Also allowed: this absolute loss increase (nats). Once a stack knows its facts its losses "
+        "are near zero, and a relative threshold alone would reject updates for noise.",
+    )
     holdout_fraction: float = Field(
         default=0.1,
         ge=0,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dynamiclora.api.swarm import Swarm
+from dynamiclora.builders.jobs import _storage_env_and_volumes, store_uri
 from dynamiclora.builders.names import EXECUTOR_LABEL, LABEL_SWARM, base_labels, inference_name
+from dynamiclora.controllers.served_s3 import ADAPTERS_MOUNT, served_prefix
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.settings import OperatorSettings
 
@@ -67,7 +69,32 @@ def _volumes(sw: Swarm, settings: OperatorSettings) -> tuple[list[Obj], list[Obj
     if sw.spec.base_model.s3_uri:
         volumes.append({"name": "model", "emptyDir": {}})
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT})
+    if sw.spec.storage.pvc is None:  # S3 only: the adapter-sync sidecar fills this folder
+        volumes.append({"name": "adapters", "emptyDir": {}})
+        mounts.append({"name": "adapters", "mountPath": ADAPTERS_MOUNT, "readOnly": True})
     return volumes, mounts
+
+
+def adapter_sync_container(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
+    """The sidecar mirroring the swarm's composed adapters from S3 into the shared ``adapters`` volume.
+
+    It runs the trainer image the swarm's Jobs use (it has the ``dynamiclora`` CLI) with the same S3
+    environment. It has no readiness probe: a pod is ready when vLLM is, synced or not (the operator
+    treats an adapter not mirrored yet as not served yet and retries).
+    """
+    env, _volumes, _mounts = _storage_env_and_volumes(sw.spec.storage, settings)
+    env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
+    ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
+    return {
+        "name": "adapter-sync",
+        "image": sw.spec.context_tier.training.image,
+        "command": ["dynamiclora"],
+        "args": ["adapter-sync", "--store", store_uri(sw.spec.storage, settings),
+                 "--source", served_prefix(ns, swarm), "--dest", ADAPTERS_MOUNT, "--interval", "2"],
+        "env": env,
+        "volumeMounts": [{"name": "adapters", "mountPath": ADAPTERS_MOUNT}],
+        "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+    }
 
 
 def _env(sw: Swarm) -> list[Obj]:
@@ -155,8 +182,11 @@ def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
         "volumeMounts": mounts,
         "resources": resources,
     }
+    containers = [container]
+    if sw.spec.storage.pvc is None:
+        containers.append(adapter_sync_container(body, sw, settings))
     pod_spec: Obj = {
-        "containers": [container],
+        "containers": containers,
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
     }

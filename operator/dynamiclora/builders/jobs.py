@@ -48,7 +48,7 @@ def gate_args(spec: LoRATierSpec, storage: Storage, settings: OperatorSettings) 
     g = spec.quality_gate
     args = ["--holdout-fraction", f"{g.holdout_fraction:g}", "--gate-records", str(g.eval_records)]
     if g.enabled:
-        args += ["--gate-max-regression", f"{g.max_regression:g}"]
+        args += ["--gate-max-regression", f"{g.max_regression:g}", "--gate-tolerance", f"{g.tolerance:g}"]
     if g.regression_set:
         args += ["--regression-data", storage_path(storage, g.regression_set, settings)]
     return args

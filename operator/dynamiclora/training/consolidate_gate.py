@@ -76,4 +76,4 @@ def judge(cfg: ConsolidateConfig, load_latest: LoadLatest,
     ev = StackEvaluator(cfg.gate_base_model, cfg.gate_data, cfg.gate_records)
     sets = {name: SetFigures(len(ev.examples), ev.loss([*frozen, *before]), ev.loss([*frozen, *after]))
             for name, (before, after) in stacks.items()}
-    return decide(sets, cfg.gate_max_regression).to_dict()
+    return decide(sets, cfg.gate_max_regression, cfg.gate_tolerance).to_dict()

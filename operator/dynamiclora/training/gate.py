@@ -94,19 +94,23 @@ def _fmt(name: str, f: SetFigures, limit: float | None) -> str:
     return base if limit is None else f"{base} (limit {limit:.4f})"
 
 
-def decide(sets: Mapping[str, SetFigures], max_regression: float | None) -> GateVerdict:
-    """Accept iff on every set with records ``candidate <= baseline * (1 + max_regression)``.
+def decide(sets: Mapping[str, SetFigures], max_regression: float | None, tolerance: float = 0.0) -> GateVerdict:
+    """Accept iff on every set with records ``candidate <= baseline * (1 + max_regression) + tolerance``.
 
     Args:
         sets: evaluation set name -> figures (sets with no record are ignored).
         max_regression: allowed relative loss increase (``>= 0``); ``None`` disables the gate
             (always accepted, figures kept for information).
+        tolerance: allowed absolute loss increase (nats, ``>= 0``): once a stack knows its facts, losses
+            are near zero and a relative threshold alone would reject updates for noise.
 
     Returns:
         The verdict; its reason names every failing set with its figures.
     """
     if max_regression is not None and max_regression < 0:
         raise ValueError(f"max_regression must be >= 0, got {max_regression}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     used = {n: f for n, f in sets.items() if f.records > 0}
     if max_regression is None:
         return GateVerdict(True, "gate disabled", used, None)
@@ -115,7 +119,7 @@ def decide(sets: Mapping[str, SetFigures], max_regression: float | None) -> Gate
     failing: list[str] = []
     passing: list[str] = []
     for name, f in used.items():
-        limit = f.baseline * (1 + max_regression) + _TOLERANCE
+        limit = f.baseline * (1 + max_regression) + tolerance + _TOLERANCE
         (passing if f.candidate <= limit else failing).append(_fmt(name, f, limit))
     if failing:
         return GateVerdict(False, f"rejected (max regression {max_regression:g}): " + "; ".join(failing),

@@ -129,6 +129,8 @@ class TrainConfig:
     regression_data: str | None = field(default=None, metadata={
         "help": "quality gate: a fixed regression set (same formats as --data), evaluated besides the "
                 "held-out slice"})
+    gate_tolerance: float = field(default=0.0, metadata={
+        "help": "quality gate: also allow this absolute loss increase (nats), for near-zero losses"})
     gate_records: int = field(default=64, metadata={
         "help": "quality gate: records evaluated per set (the newest held-out ones; the newest regression ones)"})
     result_file: str | None = field(default=None, metadata={
@@ -141,6 +143,7 @@ class TrainConfig:
             (self.gate_max_regression is None or self.gate_max_regression >= 0,
              f"--gate-max-regression must be >= 0, got {self.gate_max_regression}"),
             (self.gate_records >= 1, f"--gate-records must be >= 1, got {self.gate_records}"),
+            (self.gate_tolerance >= 0, f"--gate-tolerance must be >= 0, got {self.gate_tolerance}"),
             (self.rank >= 1, f"--rank must be >= 1, got {self.rank}"),
             (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
             (bool(self.target_modules), "--target-modules must name at least one module"),
@@ -212,6 +215,8 @@ class ConsolidateConfig:
     gate_max_regression: float = field(default=0.02, metadata={
         "help": "quality gate: publish only if each stack's loss is at most baseline x (1 + this)"})
     gate_records: int = field(default=64, metadata={"help": "quality gate: newest records evaluated"})
+    gate_tolerance: float = field(default=0.0, metadata={
+        "help": "quality gate: also allow this absolute loss increase (nats), for near-zero losses"})
     result_file: str | None = field(default=None, metadata={
         "help": "also write the result JSON here (e.g. /dev/termination-log)"})
 
@@ -230,5 +235,7 @@ class ConsolidateConfig:
             raise ValueError(f"--gate-max-regression must be >= 0, got {self.gate_max_regression}")
         if self.gate_records < 1:
             raise ValueError(f"--gate-records must be >= 1, got {self.gate_records}")
+        if self.gate_tolerance < 0:
+            raise ValueError(f"--gate-tolerance must be >= 0, got {self.gate_tolerance}")
         if self.gate_base_model and not self.gate_data:
             raise ValueError("--gate-base-model needs at least one --gate-data source to evaluate on")

@@ -141,7 +141,7 @@ def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]])
         "data": data_fp, "refs": refs, "rank": cfg.rank, "alpha": cfg.alpha,
         "targets": sorted(cfg.target_modules), "dropout": cfg.dropout, "lr": cfg.lr, "wd": cfg.weight_decay,
         "steps": cfg.steps, "epochs": cfg.epochs, "batch": cfg.batch_size, "seed": cfg.seed,
-        "gate": [cfg.gate_max_regression, cfg.gate_records, cfg.regression_data],
+        "gate": [cfg.gate_max_regression, cfg.gate_records, cfg.regression_data, cfg.gate_tolerance],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -248,7 +248,7 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         elapsed += time.monotonic() - seg_start
         final_loss = evaluate(peft_model, eval_set, cfg.batch_size, pad)
         verdict = decide(figures(gate_sets, gate_baseline, evaluate_sets(peft_model, gate_sets, cfg.batch_size, pad)),
-                         cfg.gate_max_regression).to_dict()
+                         cfg.gate_max_regression, cfg.gate_tolerance).to_dict()
         log(f"quality gate: {verdict['reason']}")
         unchanged = all(torch.equal(p, frozen_before[n]) for n, p in peft_model.named_parameters()
                         if n in frozen_before)

@@ -51,6 +51,16 @@ def test_rejection_reason_names_only_the_failing_set() -> None:
     assert verdict.to_dict()["regression"] == {"records": 4, "baseline": 1.0, "candidate": 2.0}
 
 
+def test_absolute_tolerance_absorbs_noise_on_near_zero_losses_only() -> None:
+    noise = {"heldOut": SetFigures(8, 0.010, 0.018)}  # +80% relative, +0.008 nats: noise once facts are known
+    assert not decide(noise, 0.05).accepted
+    assert decide(noise, 0.05, tolerance=0.02).accepted
+    corrupted = {"heldOut": SetFigures(8, 0.010, 2.5)}  # a shuffled-label update is far outside any tolerance
+    assert not decide(corrupted, 0.05, tolerance=0.02).accepted
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
+        decide(noise, 0.05, tolerance=-1)
+
+
 def test_negative_threshold_is_refused() -> None:
     with pytest.raises(ValueError, match="max_regression must be >= 0"):
         decide({}, -0.1)
