@@ -181,24 +181,26 @@ def test_operator_killed_during_consolidation_publishes_exactly_once(scenario: S
 # --- issue 10: never serve a regression ------------------------------------------------------------
 
 
-def _judged(sc: Scenario, tier: str, after: int) -> dict[str, Any] | None:
-    """The tier's status once a version newer than ``after`` has a gate verdict."""
-    st = sc.status("loratiers", tier)
-    latest = int(st.get("latestVersion") or 0)
-    judged = {int(h["version"]) for h in st.get("history", []) if h.get("accepted") is not None}
-    return st if latest > after and latest in judged else None
+def _settled(sc: Scenario, ctx: str) -> str | None:
+    """Alice's served label once no consolidation runs and it includes the newest accepted context version."""
+    if sc.status("migrationpolicies", "support-consolidation").get("activeJobs"):
+        return None
+    current = int(sc.status("loratiers", ctx).get("currentVersion") or 0)
+    entry = sc.served("alice")
+    label = str((entry or {}).get("servedVersion", ""))
+    return label if label.startswith(f"c{current}.") else None
 
 
 def test_quality_gate_rejects_a_corrupted_update_and_promotes_a_genuine_one(scenario: Scenario) -> None:
     sc = scenario
     ctx = sc.tier_name("alice", "context")
+    served = sc.wait("consolidations done and alice served with her newest version", lambda: _settled(sc, ctx))
     st = sc.status("loratiers", ctx)
     current, latest = int(st["currentVersion"]), int(st.get("latestVersion") or st["currentVersion"])
-    served = sc.wait("alice served", lambda: sc.served("alice"))["servedVersion"]
     assert served.startswith(f"c{current}."), (served, current)
 
     sc.feed("alice", 20, corrupted=True)  # every answer swapped with another fact's answer
-    st = sc.wait("the shuffled-label update is trained and judged", lambda: _judged(sc, ctx, latest))
+    st = sc.wait("the shuffled-label update is trained and judged", lambda: sc.judged(ctx, latest))
     bad = int(st["latestVersion"])
     gate = st["lastGate"]
     assert gate["version"] == bad and gate["accepted"] is False, gate
@@ -211,7 +213,7 @@ def test_quality_gate_rejects_a_corrupted_update_and_promotes_a_genuine_one(scen
     assert sc.served("alice")["servedVersion"] == served  # type: ignore[index]
 
     sc.feed("alice", 21)  # a genuine round
-    st = sc.wait("the genuine update is trained and promoted", lambda: _judged(sc, ctx, bad))
+    st = sc.wait("the genuine update is trained and promoted", lambda: sc.judged(ctx, bad))
     good = int(st["latestVersion"])
     assert st["lastGate"]["version"] == good and st["lastGate"]["accepted"] is True, st["lastGate"]
     assert int(st["currentVersion"]) >= good
@@ -244,6 +246,7 @@ def test_pin_rolls_back_and_unpin_resumes_and_the_audit_trail_survives_restart(s
     sc = scenario
     ctx = sc.tier_name("alice", "context")
     audit = AuditLog(_store(sc), sc.cfg.namespace, ctx)
+    sc.wait("consolidations done and alice served with her newest version", lambda: _settled(sc, ctx))
     current = int(sc.status("loratiers", ctx)["currentVersion"])
     assert current >= 2
 

@@ -27,7 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     print(f"DynamicLoRA demo (work folder {work})")
     cfg = DemoConfig(work_dir=work)
-    print("[0/6] building the tiny Llama model and starting the local control plane (etcd, kube-apiserver, "
+    print("[0/7] building the tiny Llama model and starting the local control plane (etcd, kube-apiserver, "
           "controller-manager, scheduler, kwok, local executor)")  # fmt: skip
     cluster = LocalCluster(ClusterConfig(state_dir=state), detach=True).start()
     scenario = Scenario(cfg, cluster)
@@ -42,12 +42,13 @@ def _demo(args: argparse.Namespace) -> int:
           "MigrationPolicy support-consolidation")  # fmt: skip
     try:
         scenario.run_loop()
+        scenario.run_gate_step()
     except StepTimeout as err:
         print(f"FAILED: {err}")
         print(scenario.explore_hint())
         return 1
     print(f"\nThe loop ran end to end in {time.monotonic() - t0:.0f}s: training -> publish -> hot-swap -> "
-          "migration -> hot-swap. The cluster and the operator keep running.")  # fmt: skip
+          "migration -> hot-swap -> a poisoned update refused. The cluster and the operator keep running.")  # fmt: skip
     print(scenario.explore_hint())
     print(f"Stop everything with: dynamiclora demo --down --work-dir {work}")
     return 0

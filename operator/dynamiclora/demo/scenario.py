@@ -237,20 +237,20 @@ class Scenario:
         """DESIGN.md §4 end to end for the first agent; returns what was observed at each step."""
         agent = self.cfg.agents[0]
         seen: dict[str, Any] = {}
-        self.log("[1/6] waiting for the vLLM pod (a real vLLM CPU server) to be ready")
+        self.log("[1/7] waiting for the vLLM pod (a real vLLM CPU server) to be ready")
         self.wait("Swarm has a ready inference pod", lambda: self.status("swarms", self.cfg.swarm).get("readyReplicas"))
-        self.log(f"[2/6] training: new interaction records for {agent}")
+        self.log(f"[2/7] training: new interaction records for {agent}")
         self.feed(agent, 1)
         seen["v1"] = self.wait(f"{self.tier_name(agent, 'context')} v1 trained and published",
                                lambda: self.tier_version(agent, "context") or None)
-        self.log("[3/6] hot-swap: the composed adapter is loaded into every vLLM pod")
+        self.log("[3/7] hot-swap: the composed adapter is loaded into every vLLM pod")
         seen["served1"] = self.wait(f"{agent}'s adapter served", lambda: self.served(agent))
         self.log(f"  served version {seen['served1']['servedVersion']}")
         seen["answer1"] = self.show_answer(agent)
-        self.log(f"[4/6] more records for {agent}: a second version of the context tier")
+        self.log(f"[4/7] more records for {agent}: a second version of the context tier")
         self.feed(agent, 2)
         seen["v2"] = self.wait(f"{self.tier_name(agent, 'context')} v2", lambda: self._version_at_least(agent, 2))
-        self.log("[5/6] migration: stable components move from the context tier to the agent tier")
+        self.log("[5/7] migration: stable components move from the context tier to the agent tier")
         seen["agent_v1"] = self.wait(
             f"{self.tier_name(agent, 'agent')} v1 (migrated)", lambda: self.tier_version(agent, "agent") or None
         )
@@ -259,11 +259,35 @@ class Scenario:
         for d in seen["decisions"][-3:]:
             self.log(f"  decision: {d.get('sourceTier')} -> {d.get('targetTier')}: {d.get('outcome')} "
                      f"({d.get('reason')})")  # fmt: skip
-        self.log("[6/6] hot-swap of the new stack, and a request answered by it")
+        self.log("[6/7] hot-swap of the new stack, and a request answered by it")
         seen["served2"] = self.wait(f"{agent} served with the agent tier", lambda: self._served_with(agent, ".a"))
         self.log(f"  served version {seen['served2']['servedVersion']}")
         seen["answer2"] = self.show_answer(agent)
         return seen
+
+    def judged(self, tier: str, after: int) -> dict[str, Any] | None:
+        """The tier's status once a version newer than ``after`` has a quality-gate verdict."""
+        st = self.status("loratiers", tier)
+        latest = int(st.get("latestVersion") or 0)
+        judged = {int(h["version"]) for h in st.get("history", []) if h.get("accepted") is not None}
+        return st if latest > after and latest in judged else None
+
+    def run_gate_step(self) -> dict[str, Any]:
+        """A shuffled-label round: the quality gate refuses it and the served adapter does not move."""
+        agent = self.cfg.agents[0]
+        tier = self.tier_name(agent, "context")
+        st = self.status("loratiers", tier)
+        latest = int(st.get("latestVersion") or st.get("currentVersion") or 0)
+        before = (self.served(agent) or {}).get("servedVersion")
+        self.log(f"[7/7] quality gate: {agent} is fed records with shuffled labels (every answer wrong)")
+        self.feed(agent, 99, corrupted=True)
+        st = self.wait(f"the corrupted update of {tier} is trained and judged", lambda: self.judged(tier, latest))
+        gate = st.get("lastGate", {})
+        verdict = "promoted" if gate.get("accepted") else "REJECTED"
+        self.log(f"  v{gate.get('version')} {verdict}: {gate.get('reason', '')[:300]}")
+        self.log(f"  still served: {(self.served(agent) or {}).get('servedVersion')} (was {before}); "
+                 f"history: dynamiclora history {tier} -n {self.cfg.namespace} --store file://{self.pvc_root}/ckpt/dl")
+        return st
 
     def _version_at_least(self, agent: str, n: int) -> int | None:
         v = self.tier_version(agent, "context")
