@@ -9,6 +9,7 @@ On success the last stdout line is ``DYNAMICLORA_RESULT <json>``; ``--result-fil
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import traceback
@@ -74,36 +75,31 @@ def _run(job: Callable[[], dict[str, Any]], result_file: str | None) -> int:
     return 0
 
 
-def train_main(args: argparse.Namespace) -> int:
-    """Handler of ``dynamiclora train``."""
-    try:
-        cfg = from_namespace(TrainConfig, args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _entrypoint(config_cls: type[Any], runner: str) -> Callable[[argparse.Namespace], int]:
+    """A subcommand handler: parse the options into ``config_cls`` (exit 2 on bad options), run ``runner``.
 
-    def job() -> dict[str, Any]:
-        from dynamiclora.training.trainer import run_training
+    ``runner`` is ``module:function`` and is imported only when the command runs (torch/PEFT imports).
+    """
 
-        return run_training(cfg)
+    def main(args: argparse.Namespace) -> int:
+        try:
+            cfg = from_namespace(config_cls, args)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        module, _, func = runner.partition(":")
 
-    return _run(job, cfg.result_file)
+        def job() -> dict[str, Any]:
+            result: dict[str, Any] = getattr(importlib.import_module(module), func)(cfg)
+            return result
+
+        return _run(job, cfg.result_file)
+
+    return main
 
 
-def consolidate_main(args: argparse.Namespace) -> int:
-    """Handler of ``dynamiclora consolidate``."""
-    try:
-        cfg = from_namespace(ConsolidateConfig, args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-    def job() -> dict[str, Any]:
-        from dynamiclora.training.consolidate import run_consolidation
-
-        return run_consolidation(cfg)
-
-    return _run(job, cfg.result_file)
+train_main = _entrypoint(TrainConfig, "dynamiclora.training.trainer:run_training")
+consolidate_main = _entrypoint(ConsolidateConfig, "dynamiclora.training.consolidate:run_consolidation")
 
 
 def register(subparsers: Any) -> None:
