@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dynamiclora.controllers.cli",
     "dynamiclora.demo.cli",
     "dynamiclora.localcluster.cli",
+    "dynamiclora.serving.sync_cli",
     "dynamiclora.storage.history_cli",
     "dynamiclora.training.cli",
 )

@@ -37,10 +37,19 @@ class OperatorSettings:
         default=1, metadata={"help": "CPU threads of each trainer process (local runs)", "env": ""}
     )
     metrics_port: int = field(default=8080, metadata={"help": "port of /metrics", "env": "DYNAMICLORA_METRICS_PORT"})
+    scratch_dir: str = field(
+        default="/var/lib/dynamiclora/scratch",
+        metadata={
+            "help": "operator-local folder where adapters of S3-only swarms are composed before upload",
+            "env": "DYNAMICLORA_SCRATCH_DIR",
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.pvc_mount_root.startswith("/"):
             raise ValueError(f"pvc_mount_root must be an absolute path, got {self.pvc_mount_root!r}")
+        if not self.scratch_dir.startswith("/"):
+            raise ValueError(f"scratch_dir must be an absolute path, got {self.scratch_dir!r}")
         if self.resync_seconds <= 0:
             raise ValueError("resync_seconds must be positive")
         if not 0 < self.metrics_port < 65536:

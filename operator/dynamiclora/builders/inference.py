@@ -5,7 +5,7 @@ from __future__ import annotations
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.jobs import _storage_env_and_volumes, store_uri
 from dynamiclora.builders.names import EXECUTOR_LABEL, LABEL_SWARM, base_labels, inference_name
-from dynamiclora.controllers.served_s3 import ADAPTERS_MOUNT, served_prefix
+from dynamiclora.controllers.served_s3 import ADAPTERS_MOUNT, local_adapters_dir, served_prefix
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.settings import OperatorSettings
 
@@ -69,10 +69,15 @@ def _volumes(sw: Swarm, settings: OperatorSettings) -> tuple[list[Obj], list[Obj
     if sw.spec.base_model.s3_uri:
         volumes.append({"name": "model", "emptyDir": {}})
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT})
-    if sw.spec.storage.pvc is None:  # S3 only: the adapter-sync sidecar fills this folder
-        volumes.append({"name": "adapters", "emptyDir": {}})
-        mounts.append({"name": "adapters", "mountPath": ADAPTERS_MOUNT, "readOnly": True})
     return volumes, mounts
+
+
+def adapters_volume(body: Obj, settings: OperatorSettings) -> Obj:
+    """The volume the adapter-sync sidecar fills: an emptyDir, or a shared host folder for local pods."""
+    if settings.local_executor:
+        path = local_adapters_dir(settings.scratch_dir, body["metadata"]["namespace"], body["metadata"]["name"])
+        return {"name": "adapters", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
+    return {"name": "adapters", "emptyDir": {}}
 
 
 def adapter_sync_container(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
@@ -183,7 +188,9 @@ def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
         "resources": resources,
     }
     containers = [container]
-    if sw.spec.storage.pvc is None:
+    if sw.spec.storage.pvc is None:  # S3 only: the adapter-sync sidecar fills the adapters volume
+        volumes.append(adapters_volume(body, settings))
+        container["volumeMounts"].append({"name": "adapters", "mountPath": ADAPTERS_MOUNT, "readOnly": True})
         containers.append(adapter_sync_container(body, sw, settings))
     pod_spec: Obj = {
         "containers": containers,

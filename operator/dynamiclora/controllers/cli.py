@@ -29,6 +29,7 @@ def _run(args: argparse.Namespace) -> int:
             resync_seconds=args.resync_seconds,
             metrics_port=args.metrics_port,
             trainer_threads=args.trainer_threads,
+            scratch_dir=args.scratch_dir,
         )
     except ValueError as err:
         print(f"dynamiclora run: {err}")
@@ -36,6 +37,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # kopf logs every watch-event handler call ("Handler ... succeeded"), i.e. each status write we make;
+    # our reconcilers log what they do themselves.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     api = ApiKube(args.kubeconfig)
     kube = CachedGets(api)
     handlers.register(settings)
@@ -105,6 +109,8 @@ def register(sub: Any) -> None:
     p.add_argument("--namespace", help="watch only this namespace (default: all)")
     p.add_argument("--pvc-root", help="where storage PVCs are mounted: claim C at ROOT/C "
                    "(default /var/lib/dynamiclora/pvc)")  # fmt: skip
+    p.add_argument("--scratch-dir", help="where adapters of S3-only swarms are composed before upload "
+                   "(default /var/lib/dynamiclora/scratch)")  # fmt: skip
     p.add_argument("--local-executor", action="store_true",
                    help="label Jobs and vLLM pods for the local executor (local clusters only)")  # fmt: skip
     p.add_argument("--resync-seconds", type=float, help="period of the reconcile timers (default 10)")

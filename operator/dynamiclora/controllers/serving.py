@@ -2,8 +2,10 @@
 
 The composed adapter of an agent is keyed by the exact (tier, version) list it was built from and is
 written once, atomically, to ``<storage>/served/<namespace>/<swarm>/<agent>/<key>/``; the vLLM pods read
-it from the same volume. Re-running the reconcile with unchanged tiers composes nothing and costs one
-``/v1/models`` call per pod, and a restarted pod (which forgot its runtime adapters) gets them back.
+it from the same volume. With S3-only storage it is composed in the operator's scratch folder and
+uploaded to the bucket instead; each pod's adapter-sync sidecar mirrors it (see served_s3.py).
+Re-running the reconcile with unchanged tiers composes nothing and costs one ``/v1/models`` call per
+pod, and a restarted pod (which forgot its runtime adapters) gets them back.
 """
 
 from __future__ import annotations
@@ -88,12 +90,11 @@ def desired_stacks(kube: Kube, settings: OperatorSettings, body: Obj, sw: Swarm)
 
 
 def served_root(sw: Swarm, settings: OperatorSettings) -> Path:
-    """Folder of composed adapters, on the storage PVC that the operator and the vLLM pods mount."""
+    """Folder of composed adapters: on the storage PVC the vLLM pods mount, else the operator's scratch."""
+    if sw.spec.storage.s3 is not None:
+        return Path(settings.scratch_dir) / "served"
     if sw.spec.storage.pvc is None:
-        raise ServingUnavailable(
-            "serving composed adapters needs spec.storage.pvc (a volume the vLLM pods mount); "
-            "S3-only storage cannot hand adapters to vLLM yet"
-        )
+        raise ServingUnavailable("serving composed adapters needs spec.storage.pvc or spec.storage.s3")
     return Path(store_uri(sw.spec.storage, settings).removeprefix("file://")) / "served"
 
 
@@ -150,14 +151,28 @@ class ServingOutcome:
     pods: list[Obj] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
     swapped: list[str] = field(default_factory=list)
+    # "<pod>/<adapter>" the pod's adapter-sync sidecar has not mirrored yet (retried, not a failure)
+    pending: dict[str, str] = field(default_factory=dict)
 
 
 async def sync_serving(
-    kube: Kube, settings: OperatorSettings, body: Obj, sw: Swarm, ready_pods: list[ReadyPod], api_key: str | None
+    kube: Kube,
+    settings: OperatorSettings,
+    body: Obj,
+    sw: Swarm,
+    ready_pods: list[ReadyPod],
+    api_key: str | None,
+    *,
+    adapters_mount: str | None = None,
 ) -> ServingOutcome:
-    """Compose every agent's adapter and reconcile every ready pod's loaded set against them."""
+    """Compose every agent's adapter and reconcile every ready pod's loaded set against them.
+
+    ``adapters_mount`` is where an S3-only swarm's pods see their synced adapters (default
+    ``/adapters``, the sidecar volume; tests running vLLM as a local process pass the local folder).
+    """
     import asyncio
 
+    from dynamiclora.controllers import served_s3
     from dynamiclora.serving.adapters import AdapterSpec, PodTarget
     from dynamiclora.serving.client import ClientConfig
     from dynamiclora.serving.hotswap import HotSwapper
@@ -168,22 +183,36 @@ async def sync_serving(
     out.stacks = stacks
     desired: dict[str, AdapterSpec] = {}
     root = served_root(sw, settings) if stacks else None
+    pub = None  # S3-only storage: publish for the pods' adapter-sync sidecars
+    if stacks and sw.spec.storage.s3 is not None:
+        backend = served_s3.s3_backend(store_uri(sw.spec.storage, settings))
+        mount = served_s3.ADAPTERS_MOUNT
+        if settings.local_executor:  # local pods share one host folder (see served_s3.local_adapters_dir)
+            mount = served_s3.local_adapters_dir(settings.scratch_dir, ns, swarm)
+        pub = served_s3.S3Publisher(backend, ns, swarm, adapters_mount or mount)
     for stack in stacks:
         assert root is not None
         dest = root / ns / swarm / stack.agent / stack.key
+        if pub is not None:  # after an operator restart: the bytes the pods serve, not a recomposition
+            await asyncio.to_thread(pub.restore, dest, stack.agent, stack.key)
         report = await asyncio.to_thread(
             compose_stack, stack, dest, sw.spec.inference.max_lora_rank, sw.spec.base_model.name,
             model_path(sw, settings),
         )  # fmt: skip
         name = served_adapter_name(swarm, stack.agent)
-        desired[name] = AdapterSpec.from_dir(name, dest, stack.label)
+        uri, pod_path = str(dest), None
+        if pub is not None:
+            uri, pod_path = await asyncio.to_thread(pub.publish, dest, stack.agent, stack.key)
+        desired[name] = AdapterSpec.from_dir(name, dest, stack.label, served_path=pod_path)
         out.agents.append({
             "name": stack.agent,
             "servedAdapter": name,
             "servedVersion": stack.label,
-            "adapterUri": str(dest),
+            "adapterUri": uri,
             "compositionError": float(str(report.get("relativeError", 0.0))),
         })  # fmt: skip
+    if pub is not None:
+        await asyncio.to_thread(pub.prune, {s.agent: s.key for s in stacks}, {a.name for a in sw.spec.agents})
     served_on: dict[str, int] = {}
     cfg = ClientConfig(api_key=api_key, timeout_s=settings.vllm_timeout_seconds)
     async with HotSwapper(cfg) as swapper:
@@ -199,7 +228,11 @@ async def sync_serving(
             result = await swapper.reconcile(target, desired, managed_prefix=f"{swarm}-")
             out.swapped += [f"{pod.name}:{n}" for n in result.swapped + result.loaded]
             for n, err in result.failed.items():
-                out.failures[f"{pod.name}/{n}"] = err
+                exc = result.errors.get(n)
+                if pub is not None and exc is not None and served_s3.is_not_synced(exc):
+                    out.pending[f"{pod.name}/{n}"] = err  # the sidecar has not mirrored it yet
+                else:
+                    out.failures[f"{pod.name}/{n}"] = err
             ok = [n for n in desired if n not in result.failed]
             for n in ok:
                 served_on[n] = served_on.get(n, 0) + 1

@@ -95,6 +95,7 @@ class ReconcileResult:
     unchanged: list[str] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, ServingError] = field(default_factory=dict)  # the typed errors behind ``failed``
 
     @property
     def ok(self) -> bool:

@@ -42,11 +42,13 @@ async def reconcile_pod(
                     result.unloaded.append(name)
             except ServingError as exc:
                 result.failed[name] = str(exc)
+                result.errors[name] = exc
     for name, spec in sorted(desired.items()):
         try:
             out = await swapper.ensure(pod, spec)
         except ServingError as exc:
             result.failed[name] = str(exc)
+            result.errors[name] = exc
             continue
         by_action = {"loaded": result.loaded, "swapped": result.swapped, "unchanged": result.unchanged}
         by_action[out.action].append(name)

@@ -1,0 +1,225 @@
+"""Publish composed adapters of S3-only swarms to the checkpoint bucket, for the adapter-sync sidecar.
+
+A Swarm whose storage is S3 has no volume shared with its vLLM pods. The operator composes each agent's
+adapter in its own scratch folder, then uploads it under the store prefix::
+
+    <prefix>/served/<namespace>/<swarm>/<agent>/<key>/<files>     uploaded and verified one by one
+    <prefix>/served/<namespace>/<swarm>/<agent>/<key>/COMPLETE    LAST: the file list with sha256s
+
+The ``adapter-sync`` sidecar of every vLLM pod mirrors only keys that have the marker, so a pod never
+sees a partial adapter, and it checks each downloaded file against the marker's sha256. The key is
+content-addressed (the exact tier versions it was composed from), so an existing marker means the
+upload is already done. The pods read the adapters at ``/adapters/<agent>/<key>``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from dynamiclora.serving.errors import ServingError, VLLMNotFound
+from dynamiclora.storage.base import BlobBackend, BlobNotFoundError, StoreError, sha256_file
+
+ADAPTERS_MOUNT = "/adapters"  # where the sidecar's emptyDir is mounted in the vLLM container
+COMPLETE_MARKER = "COMPLETE"
+MARKER_FORMAT = "dynamiclora.served/v1"
+SERVED_DIR = "served"
+
+
+def served_prefix(namespace: str, swarm: str) -> str:
+    """Key prefix (relative to the store root) of one swarm's composed adapters."""
+    return f"{SERVED_DIR}/{namespace}/{swarm}"
+
+
+def pod_adapter_path(agent: str, key: str, mount: str = ADAPTERS_MOUNT) -> str:
+    """The directory of a composed adapter as the vLLM container sees it."""
+    return f"{mount.rstrip('/')}/{agent}/{key}"
+
+
+def local_adapters_dir(scratch_dir: str, namespace: str, swarm: str) -> str:
+    """Local executor only: the host folder that stands in for the ``adapters`` volume of every pod.
+
+    Pods of the local executor are processes on the operator's machine, and vLLM is told adapter paths
+    at run time (no mount rewriting applies), so the pods share this real folder instead of an emptyDir.
+    """
+    return f"{scratch_dir.rstrip('/')}/pod-adapters/{namespace}/{swarm}"
+
+
+def s3_backend(store_uri: str, client: Any = None) -> BlobBackend:
+    """The blob backend of an ``s3://bucket/prefix`` store URI.
+
+    Raises:
+        ValueError: when ``store_uri`` is not an ``s3://`` URI with a bucket.
+    """
+    parsed = urlparse(store_uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"store URI {store_uri!r}: expected s3://BUCKET[/PREFIX]")
+    from dynamiclora.storage.s3 import S3Backend
+
+    return S3Backend(parsed.netloc, parsed.path.strip("/"), client=client)
+
+
+def marker_bytes(files: dict[str, Path]) -> bytes:
+    """The COMPLETE marker: format and the sha256/size of every file of the adapter."""
+    entries = {}
+    for name, path in sorted(files.items()):
+        digest, size = sha256_file(path)
+        entries[name] = {"sha256": digest, "size": size}
+    return json.dumps({"format": MARKER_FORMAT, "files": entries}, indent=2, sort_keys=True).encode()
+
+
+def parse_marker(data: bytes, where: str) -> dict[str, tuple[str, int]]:
+    """File name -> (sha256, size) from a COMPLETE marker read from ``where``.
+
+    Raises:
+        StoreError: naming ``where`` when the marker is not valid.
+    """
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != MARKER_FORMAT:
+            raise ValueError(f"unknown format {doc.get('format')!r}")
+        out = {str(n): (str(e["sha256"]), int(e["size"])) for n, e in doc["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise StoreError(f"invalid marker {where}: {e}") from e
+    for name in out:
+        if "/" in name or name in ("", ".", "..", COMPLETE_MARKER):
+            raise StoreError(f"invalid marker {where}: bad file name {name!r}")
+    return out
+
+
+def publish_adapter(backend: BlobBackend, local_dir: Path, key_prefix: str) -> bool:
+    """Upload the adapter folder ``local_dir`` under ``key_prefix``, the COMPLETE marker last.
+
+    Args:
+        backend: the store's blob backend.
+        local_dir: a composed adapter (flat folder of files).
+        key_prefix: ``served/<ns>/<swarm>/<agent>/<key>``.
+
+    Returns:
+        True when uploaded now, False when the marker already existed (nothing written).
+    """
+    marker = f"{key_prefix}/{COMPLETE_MARKER}"
+    try:
+        backend.get_bytes(marker)
+        return False
+    except BlobNotFoundError:
+        pass
+    files = {p.name: p for p in sorted(local_dir.iterdir()) if p.is_file()}
+    if "adapter_config.json" not in files:
+        raise StoreError(f"{local_dir}: not a composed adapter (adapter_config.json missing)")
+    for name, path in files.items():
+        backend.put_file(f"{key_prefix}/{name}", path)
+    # Create-if-absent: a concurrent writer of the same content-addressed key wrote identical files.
+    backend.put_bytes_if_absent(marker, marker_bytes(files))
+    return True
+
+
+def fetch_published(backend: BlobBackend, swarm_prefix: str, swarm_dir: Path, agent: str, key: str) -> bool:
+    """Download an already published adapter into the scratch folder ``swarm_dir/<agent>/<key>``.
+
+    After an operator restart (its scratch is an emptyDir) this restores exactly the bytes the pods
+    serve, fingerprint included, instead of composing them again.
+
+    Returns:
+        False when the adapter is not published (no marker): compose it.
+    """
+    from dynamiclora.serving.sync_cli import AdapterMirror
+
+    try:
+        backend.get_bytes(f"{swarm_prefix}/{agent}/{key}/{COMPLETE_MARKER}")
+    except BlobNotFoundError:
+        return False
+    AdapterMirror(backend, swarm_prefix, swarm_dir).download(agent, key)
+    return True
+
+
+def prune_remote(backend: BlobBackend, swarm_prefix: str, current: dict[str, str], agents: Collection[str],
+                 keep_last: int = 3) -> list[str]:
+    """Delete old composed adapters of a swarm from the bucket (the sidecars then drop their copies).
+
+    Per agent, the current key and the ``keep_last`` newest complete keys stay (a pod may still serve
+    the previous version until its sidecar has the new one, and a failed verification rolls back to
+    it); agents no longer in the swarm lose every key, and so do unfinished uploads of old keys. Call it
+    after this reconcile's uploads are done. The marker goes first, so a sidecar never sees
+    a complete adapter whose files are being deleted.
+
+    Returns:
+        ``<agent>/<key>`` of every deleted adapter.
+    """
+    by_key: dict[tuple[str, str], list[str]] = {}
+    marked: dict[tuple[str, str], float] = {}
+    for info in backend.list(swarm_prefix + "/"):
+        parts = info.key[len(swarm_prefix) + 1:].split("/")
+        if len(parts) != 3:
+            continue
+        by_key.setdefault((parts[0], parts[1]), []).append(info.key)
+        if parts[2] == COMPLETE_MARKER:
+            marked[(parts[0], parts[1])] = info.modified.timestamp()
+    doomed: list[tuple[str, str]] = []
+    for agent in sorted({a for a, _ in by_key}):
+        keys = sorted((k for a, k in marked if a == agent), key=lambda k: marked[(agent, k)], reverse=True)
+        if agent not in agents:
+            doomed += [(agent, k) for a, k in by_key if a == agent]
+            continue
+        keep = set(keys[:keep_last]) | {current.get(agent, "")}
+        # Unmarked keys other than the current one are uploads that died (this reconcile's are done).
+        doomed += sorted((a, k) for a, k in by_key if a == agent and k not in keep)
+    for agent, key in doomed:
+        objects = sorted(by_key[(agent, key)], key=lambda k: not k.endswith("/" + COMPLETE_MARKER))
+        for obj in objects:
+            backend.delete(obj)
+    return [f"{a}/{k}" for a, k in doomed]
+
+
+def prune_scratch(agent_dir: Path, keep: str) -> None:
+    """Delete the operator's local copies of an agent's other composed adapters (the bucket has them)."""
+    for p in agent_dir.iterdir():
+        if p.is_dir() and p.name != keep and not p.name.startswith("."):  # dot: a compose in progress
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def is_not_synced(exc: ServingError) -> bool:
+    """Whether a failed load means the pod's sidecar has not mirrored the adapter yet.
+
+    vLLM answers 404 with type ``NotFoundError`` (its ``LoRAAdapterNotFoundError``) when the adapter path
+    does not exist on the pod. A 404 without that type (the load endpoint itself missing, when runtime
+    LoRA updating is off) is a configuration error and stays a failure.
+    """
+    return isinstance(exc, VLLMNotFound) and exc.err_type == "NotFoundError"
+
+
+@dataclass(frozen=True)
+class S3Publisher:
+    """The S3 side of serving one swarm (blocking calls: run them in a thread from async code)."""
+
+    backend: BlobBackend = field(metadata={"help": "blob backend of the swarm's checkpoint store"})
+    namespace: str = field(metadata={"help": "the swarm's namespace"})
+    swarm: str = field(metadata={"help": "the swarm's name"})
+    mount: str = field(default=ADAPTERS_MOUNT, metadata={"help": "where pods see the synced adapters"})
+
+    def __post_init__(self) -> None:
+        if not self.mount.startswith("/"):
+            raise ValueError(f"S3Publisher.mount must be an absolute path, got {self.mount!r}")
+
+    @property
+    def prefix(self) -> str:
+        return served_prefix(self.namespace, self.swarm)
+
+    def restore(self, dest: Path, agent: str, key: str) -> bool:
+        """Fetch ``dest`` (``<scratch>/<ns>/<swarm>/<agent>/<key>``) from the bucket when published."""
+        return not dest.exists() and fetch_published(self.backend, self.prefix, dest.parent.parent, agent, key)
+
+    def publish(self, dest: Path, agent: str, key: str) -> tuple[str, str]:
+        """Upload ``dest`` (once), drop older local copies; returns its URI and its path in the pods."""
+        publish_adapter(self.backend, dest, f"{self.prefix}/{agent}/{key}")
+        prune_scratch(dest.parent, key)
+        return self.backend.describe(f"{self.prefix}/{agent}/{key}"), pod_adapter_path(agent, key, self.mount)
+
+    def prune(self, current: dict[str, str], agents: Collection[str]) -> list[str]:
+        """See :func:`prune_remote`."""
+        return prune_remote(self.backend, self.prefix, current, agents)
