@@ -212,7 +212,9 @@ def _maybe_train(
     if schedule and last and (dt.datetime.now(dt.UTC) - last).total_seconds() < duration_s(schedule):
         return conditions
     current = st.get("currentVersion")
-    next_version = int(current or 0) + 1
+    # Numbered after the newest *published* version (a rejected one included), but trained from the newest
+    # accepted one: deriving the name from ``current`` would re-adopt the rejected version's finished Job.
+    next_version = max(int(current or 0), int(st.get("latestVersion") or 0)) + 1
     attempts = int(st.get("failedAttempts", 0))
     job_name = training_job_name(name, next_version) + (f"-r{attempts}" if attempts else "")
     frozen = _frozen_tiers(kube, ns, swarm, body["metadata"]["name"], tier)

@@ -23,7 +23,7 @@ import yaml
 
 from dynamiclora.api.crd import render_crds
 from dynamiclora.demo.data import facts, write_records, write_regression_set
-from dynamiclora.tinymodel import ensure_tiny_model
+from dynamiclora.tinymodel import TinyModelConfig, ensure_tiny_model
 
 T = TypeVar("T")
 GROUP_PATH = "/apis/dynamiclora.io/v1alpha1"
@@ -136,7 +136,8 @@ class Scenario:
 
     # --- processes -------------------------------------------------------------------------------
     def prepare_model(self) -> Path:
-        return ensure_tiny_model(self.model_dir)
+        # A sharp output head, so that what the tiers learn (and unlearn) shows in the answers and the losses.
+        return ensure_tiny_model(self.model_dir, TinyModelConfig(head_scale=10.0))
 
     def start_operator(self) -> None:
         """Run ``dynamiclora run`` as a separate process, as in production."""

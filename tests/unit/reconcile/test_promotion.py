@@ -75,6 +75,7 @@ def test_training_starts_from_the_newest_accepted_version(
     _records(settings, "alice", 20)
     _tier_pass(kube, settings, CTX)
     (job,) = kube.list("Job", NS)
+    assert job["metadata"]["name"] == f"{CTX}-train-v3"  # numbered after the rejected v2, not a re-run of it
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--init-from") + 1].endswith(f"{CTX}/v000001")  # not the rejected v2
     assert args[args.index("--gate-max-regression") + 1] == "0.05"
