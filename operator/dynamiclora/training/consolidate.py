@@ -155,7 +155,7 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     base = cfg.base_model or src_meta.base_model_name_or_path
     meta = {"kind": "migration", "derivedFrom": inputs, "destBase": base_version,
             "migrated": report.count(Decision.MIGRATED), "bypassed": report.count(Decision.BYPASSED),
-            "truncationError": report.truncation_error}
+            "truncationError": report.truncation_error, **({"gate": result["gate"]} if "gate" in result else {})}
     if dest_done:
         io.log(f"{dest} already holds this migration; publishing the source only")
     else:
@@ -210,7 +210,8 @@ def _consensus(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
         return result
     base = cfg.base_model or loaded[0][1].base_model_name_or_path
     meta = {"kind": "consensus", "rule": cfg.rule, "derivedFrom": inputs, "destBase": base_version,
-            "agentWeights": summary["agentWeights"], "truncationError": summary["truncationError"]}
+            "agentWeights": summary["agentWeights"], "truncationError": summary["truncationError"],
+            **({"gate": result["gate"]} if "gate" in result else {})}
     if dest_done:
         io.log(f"{dest} already holds this consensus; publishing the agent tiers only")
     else:

@@ -144,6 +144,7 @@ def test_consolidation_gate_rejects_a_lossy_migration_and_passes_an_exact_one(
     assert figures["candidate"] == pytest.approx(figures["baseline"], abs=1e-4)
     assert [p["tier"] for p in good["published"]] == [f"{NS}/alice-agent", f"{NS}/{TIER}"]
     assert store.list_versions(NS, "alice-agent") == [1, 2]
+    assert store.get(NS, "alice-agent", 2).manifest.metadata["gate"] == good["gate"]  # the verdict travels along
 
 
 def test_consensus_gate_checks_every_agent_stack(sharp_model_dir: Path, tmp_path: Path) -> None:
