@@ -292,6 +292,14 @@ class GateResult(ApiModel):
     max_regression: float | None = Field(default=None, ge=0, description="Threshold applied.")
 
 
+class QuarantineWindow(ApiModel):
+    """The time span of the records a rejected update learned from; later Jobs skip them."""
+
+    version: int = Field(ge=1, description="The rejected version trained on these records.")
+    from_: str = Field(alias="from", description="Timestamp of the window's first record.")
+    to: str = Field(description="Timestamp of the window's last record.")
+
+
 class GateCounts(ApiModel):
     """How many of the tier's updates the gate accepted and rejected (feeds the agent's trust score)."""
 
@@ -318,6 +326,9 @@ class LoRATierStatus(ApiModel):
     pinned_version: int | None = Field(default=None, ge=0, description="The pin last acted on (spec.pinnedVersion).")
     last_gate: GateResult | None = Field(default=None, description="The quality gate's latest verdict.")
     gate_counts: GateCounts | None = Field(default=None, description="Accepted and rejected updates so far.")
+    quarantine: list[QuarantineWindow] = Field(
+        default_factory=list, max_length=50, description="Record windows of rejected updates, excluded from training."
+    )
     served_version: int | None = Field(default=None, ge=0, description="Version composed into served adapters.")
     checkpoint_uri: str | None = Field(default=None, description="URI of the current version.")
     checkpoint_sha256: str | None = Field(default=None, description="sha256 of the current version's manifest.")

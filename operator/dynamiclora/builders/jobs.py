@@ -145,6 +145,7 @@ class TrainingInputs:
     init_version: int | None
     frozen: list[tuple[str, int]] = field(default_factory=list)  # (tier name, version), slower tiers
     seed: int = 0
+    exclude_windows: list[str] = field(default_factory=list)  # "FROM/TO" of quarantined (rejected) records
 
 
 def build_training_job(
@@ -184,6 +185,8 @@ def build_training_job(
     extra_volumes: list[Obj] = [{"name": "work", "emptyDir": {}}]
     extra_mounts: list[Obj] = [{"name": "work", "mountPath": "/work"}]
     args += gate_args(spec, inputs.storage, settings)
+    for window in inputs.exclude_windows:
+        args += ["--exclude-window", window]
     args += ["--work-dir", f"/work/{job_name}"]
     return _job(
         name=job_name,

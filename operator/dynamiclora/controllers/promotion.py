@@ -20,6 +20,7 @@ from dynamiclora.kube import Obj
 from dynamiclora.storage.base import CheckpointStore, VersionRef
 
 HISTORY_LIMIT = 20
+QUARANTINE_LIMIT = 20
 SOURCES = {"training": "training", "migration": "migration", "migration-source": "migration",
            "consensus": "consensus", "consensus-agent": "consensus"}  # fmt: skip
 
@@ -113,6 +114,13 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
                                   actor=str(ref.manifest.metadata.get("job") or "operator"),
                                   contributors=contributors, gate=gate, message=msg)  # fmt: skip
         st["lastGate"] = gate_status(v, gate)
+        window = ref.manifest.metadata.get("window")
+        if not accepted and isinstance(window, Mapping) and window.get("from") and window.get("to"):
+            # The records a rejected update learned from are quarantined: later Jobs neither train on them
+            # nor hold them out as truth (a poisoned batch would otherwise judge the next honest update).
+            q = [w for w in st.get("quarantine", []) if int(w.get("version", 0)) != v]
+            q.append({"version": v, "from": str(window["from"]), "to": str(window["to"])})
+            st["quarantine"] = q[-QUARANTINE_LIMIT:]
         if created or old.get("latestVersion") is None or v > int(old.get("latestVersion") or 0):
             events.append(Event("Normal", "Promoted", msg) if accepted else Event("Warning", "UpdateRejected", msg))
     if audit is not None:

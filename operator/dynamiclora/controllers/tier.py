@@ -228,6 +228,7 @@ def _maybe_train(
         init_version=int(current) if current else None,
         frozen=frozen,
         seed=next_version,
+        exclude_windows=[f"{w['from']}/{w['to']}" for w in st.get("quarantine", [])],
     )
     job = build_training_job(body, tier.spec, inputs, job_name, settings)
     created = kube.create(job)

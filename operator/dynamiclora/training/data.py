@@ -128,3 +128,27 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
         labels[i, :n] = torch.tensor(e.labels)
         mask[i, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def parse_windows(windows: Sequence[str]) -> list[tuple[datetime, datetime]]:
+    """``FROM/TO`` RFC 3339 pairs (inclusive) as aware datetimes; a clear error names a bad one."""
+    out: list[tuple[datetime, datetime]] = []
+    for w in windows:
+        start, sep, end = w.partition("/")
+        try:
+            if not sep:
+                raise ValueError
+            a, b = (datetime.fromisoformat(t.strip().replace("Z", "+00:00")) for t in (start, end))
+        except ValueError:
+            raise RecordsError(f"--exclude-window {w!r}: expected FROM/TO, two RFC 3339 times") from None
+        if a.tzinfo is None or b.tzinfo is None:
+            raise RecordsError(f"--exclude-window {w!r}: times need a time zone (e.g. Z)")
+        if b < a:
+            raise RecordsError(f"--exclude-window {w!r}: TO is before FROM")
+        out.append((a, b))
+    return out
+
+
+def drop_windows(records: Sequence[SourcedRecord], windows: Sequence[tuple[datetime, datetime]]) -> list[SourcedRecord]:
+    """Records whose timestamp falls in none of the (inclusive) windows."""
+    return [r for r in records if not any(a <= r.record.timestamp <= b for a, b in windows)]

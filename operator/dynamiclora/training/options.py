@@ -114,6 +114,10 @@ class TrainConfig:
     max_records: int | None = field(default=None, metadata={"help": "use at most the newest N records"})
     agent: str | None = field(default=None, metadata={"help": "only records of this agent"})
     since: str | None = field(default=None, metadata={"help": "only records strictly after this RFC 3339 time"})
+    exclude_window: list[str] = field(default_factory=list, metadata={
+        "help": "quarantine: drop records timestamped within FROM/TO (RFC 3339, inclusive) from training and "
+                "from the held-out slice, e.g. the window of an update the quality gate rejected; repeat",
+        "repeat": True, "metavar": "FROM/TO"})
     min_reward: float | None = field(default=None, metadata={"help": "drop records whose reward is below this"})
     bad_lines: BadLines = field(default="reject", metadata={
         "help": "malformed record lines: reject the data set, or skip them with a warning"})

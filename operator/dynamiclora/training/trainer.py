@@ -27,7 +27,9 @@ from dynamiclora.training.data import (
     Example,
     batch_indices,
     collate,
+    drop_windows,
     fingerprint,
+    parse_windows,
     select_records,
     steps_per_epoch,
     tokenize,
@@ -82,12 +84,20 @@ def _fetch(ref_text: str, dest: Path, default_store: CheckpointStore | None = No
     return dest, {"uri": got.uri, "version": got.version, "digest": got.digest}
 
 
-def _select(cfg: TrainConfig, log: Log) -> tuple[list[SourcedRecord], list[SourcedRecord], int]:
-    """``(training records, held-out records, bad lines skipped)``, each chronological."""
+def _select(cfg: TrainConfig, log: Log) -> tuple[list[SourcedRecord], list[SourcedRecord], int, dict[str, str]]:
+    """``(training records, held-out records, bad lines skipped, window)``, each chronological.
+
+    ``window`` is the time span of the selected records (training and held-out): what the operator
+    quarantines if the gate rejects the version trained on them.
+    """
     good, bad = read_records(iter_sources(cfg.data), cfg.bad_lines)
     for b in bad:
         log(f"warning: skipped malformed line {b}")
     filtered = select_records(good, cfg.agent, cfg.since, cfg.min_reward)
+    if cfg.exclude_window:  # quarantined windows (rejected updates): neither trained on nor judged by
+        before = len(filtered)
+        filtered = drop_windows(filtered, parse_windows(cfg.exclude_window))
+        log(f"quarantine: {before - len(filtered)} record(s) in {len(cfg.exclude_window)} excluded window(s)")
     selected = filtered[-cfg.max_records:] if cfg.max_records else filtered
     if not selected:
         raise RecordsError(
@@ -104,7 +114,8 @@ def _select(cfg: TrainConfig, log: Log) -> tuple[list[SourcedRecord], list[Sourc
             f"no training records in {cfg.data}: all {len(selected)} selected record(s) belong to the "
             f"held-out slice of the quality gate (--holdout-fraction {cfg.holdout_fraction}); add records"
         )
-    return train, held, len(bad)
+    window = {"from": selected[0].record.timestamp.isoformat(), "to": selected[-1].record.timestamp.isoformat()}
+    return train, held, len(bad), window
 
 
 def _tokenize(cfg: TrainConfig, selected: list[SourcedRecord], skipped: int,
@@ -157,7 +168,7 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
     store = open_store(cfg.output_store)
     label = f"tier {cfg.namespace}/{cfg.tier}"
 
-    selected, held, skipped = _select(cfg, log)
+    selected, held, skipped, window = _select(cfg, log)
     model, tokenizer = load_base(cfg.base_model)
     check_targets(model, cfg.target_modules, cfg.rank, label)
     examples, data_info = _tokenize(cfg, selected, skipped, tokenizer)
@@ -274,7 +285,9 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         (final / GATE_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
         files = {n: final / n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATS_FILE, GATE_FILE)}
         meta = {"kind": "training", "records": stats["records"], "initialLoss": initial_loss,
-                "finalLoss": final_loss, "deltaNorm": stats["norm"], "frozen": stats["frozen"], "gate": verdict}
+                "finalLoss": final_loss, "deltaNorm": stats["norm"], "frozen": stats["frozen"], "gate": verdict,
+                # The records' time span: what the operator quarantines when the gate rejects this version.
+                "window": window}
         published = store.publish(cfg.namespace, cfg.tier, files, meta, progress=lambda m: log(f"store: {m}"))
         result = {
             "namespace": cfg.namespace, "tier": cfg.tier, "version": published.version,

@@ -66,6 +66,8 @@ def test_gate_rejects_shuffled_labels_and_promotes_genuine_improvement(sharp_mod
     assert gate2["heldOut"]["baseline"] == pytest.approx(held["candidate"], abs=1e-5)  # baseline = v1
     assert "rejected" in gate2["reason"] and "heldOut" in gate2["reason"]
     assert _manifest_gate(store_uri, 2) == gate2  # published for inspection, marked rejected
+    window = open_store(store_uri).get(NS, TIER, 2).manifest.metadata["window"]
+    assert window["from"] <= window["to"]  # the span the operator quarantines after this rejection
 
     # v3: from v1 (still the newest accepted version) on more genuine records.
     more = write_facts(tmp_path / "v3.jsonl", range(96))

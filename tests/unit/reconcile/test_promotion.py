@@ -69,7 +69,8 @@ def test_training_starts_from_the_newest_accepted_version(
 ) -> None:
     _swarm(kube, settings, swarm_body)
     _publish(settings, CTX, tmp_path, {"kind": "training", "gate": _gate(True)})
-    _publish(settings, CTX, tmp_path, {"kind": "training", "gate": _gate(False)})
+    window = {"from": "2026-11-22T01:00:00+00:00", "to": "2026-11-22T01:05:00+00:00"}
+    _publish(settings, CTX, tmp_path, {"kind": "training", "gate": _gate(False), "window": window})
     from .test_reconcile import _records
 
     _records(settings, "alice", 20)
@@ -80,6 +81,9 @@ def test_training_starts_from_the_newest_accepted_version(
     assert args[args.index("--init-from") + 1].endswith(f"{CTX}/v000001")  # not the rejected v2
     assert args[args.index("--gate-max-regression") + 1] == "0.05"
     assert args[args.index("--holdout-fraction") + 1] == "0.1"
+    # The rejected update's records are quarantined: not trained on, not used as held-out truth.
+    assert args[args.index("--exclude-window") + 1] == f"{window['from']}/{window['to']}"
+    assert _tier(kube, CTX)["status"]["quarantine"] == [{"version": 2, **window}]
 
 
 def test_pin_rollback_and_unpin_are_audited_once(

@@ -87,3 +87,19 @@ def test_parsed_options_build_valid_configs() -> None:
     with pytest.raises(ValueError, match="--weights has 1 values for 2"):
         ConsolidateConfig(mode="consensus", dest="file:///s/ns/sw", agent_tier=["file:///s/a/x", "file:///s/b/x"],
                           weights=[1.0])
+
+
+def test_quarantine_windows_drop_records_inclusively_and_reject_bad_input() -> None:
+    from dynamiclora.training.data import drop_windows, parse_windows
+    from dynamiclora.training.records import RecordsError
+
+    recs = [_rec({"timestamp": f"2026-11-22T01:0{i}:00Z", "prompt": f"q{i}", "response": "a"}) for i in range(6)]
+    windows = parse_windows(["2026-11-22T01:01:00Z/2026-11-22T01:02:00+00:00",
+                             "2026-11-22T01:05:00Z/2026-11-22T01:05:00Z"])  # fmt: skip
+    kept = drop_windows(recs, windows)
+    assert [r.record.prompt for r in kept] == ["q0", "q3", "q4"]
+    for bad, msg in (("2026-11-22T01:00:00Z", "expected FROM/TO"), ("x/y", "expected FROM/TO"),
+                     ("2026-11-22T01:00:00/2026-11-22T02:00:00", "time zone"),
+                     ("2026-11-22T02:00:00Z/2026-11-22T01:00:00Z", "TO is before FROM")):  # fmt: skip
+        with pytest.raises(RecordsError, match=msg):
+            parse_windows([bad])
