@@ -281,9 +281,11 @@ def test_pin_rolls_back_and_unpin_resumes_and_the_audit_trail_survives_restart(s
     assert AuditLog(_store(sc), sc.cfg.namespace, ctx).verify() == []  # hash chain intact
     assert sc.status("loratiers", ctx).get("pinnedVersion") is None
 
-    out = subprocess.run([sys.executable, "-m", "dynamiclora.cli", "history", ctx, "-n", sc.cfg.namespace,
-                          "--store", f"file://{sc.pvc_root}/ckpt/dl", "--verify"],
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    history = [sys.executable, "-m", "dynamiclora.cli", "history", ctx, "-n", sc.cfg.namespace,
+               "--store", f"file://{sc.pvc_root}/ckpt/dl"]  # fmt: skip
+    out = subprocess.run(history, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for word in ("promotion", "rejection", "rollback", "unpin"):
         assert word in out.stdout, out.stdout
+    verified = subprocess.run([*history, "--verify"], capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0 and "hash chain valid" in verified.stdout, verified.stdout + verified.stderr
