@@ -90,6 +90,7 @@ def _job(
 ) -> Obj:
     env, volumes, mounts = _storage_env_and_volumes(storage, settings)
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
+    env.append({"name": "DYNAMICLORA_JOB", "value": name})  # recorded in what the Job publishes (audit trail)
     pod_labels = dict(labels)
     if settings.local_executor:
         pod_labels[EXECUTOR_LABEL] = "local"

@@ -110,8 +110,9 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
         contributors = [{"tier": name, "version": v, "source": source, **({"agent": agent} if agent else {})}]
         msg = f"v{v} ({source}) {'promoted' if accepted else 'rejected'}: {_figures(gate)}"
         assert audit is not None
+        job = ref.manifest.metadata.get("job")
         _, created = audit.append("promotion" if accepted else "rejection", id=f"gate/v{v}", version=v,
-                                  actor=str(ref.manifest.metadata.get("job") or "operator"),
+                                  actor=f"job/{job}" if job else "operator",
                                   contributors=contributors, gate=gate, message=msg)  # fmt: skip
         st["lastGate"] = gate_status(v, gate)
         window = ref.manifest.metadata.get("window")

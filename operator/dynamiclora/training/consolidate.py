@@ -10,6 +10,7 @@ publishes only what is missing, so components are never moved twice.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -86,6 +87,12 @@ class _Io:
                 "digest": got.digest, "deltaNorm": stats["norm"]}
 
 
+def _job() -> dict[str, str]:
+    """The Job's name (set by the operator), recorded in what it publishes for the audit trail."""
+    job = os.environ.get("DYNAMICLORA_JOB")
+    return {"job": job} if job else {}
+
+
 def _ident(v: VersionRef) -> dict[str, Any]:
     return {"uri": v.uri, "digest": v.digest}
 
@@ -155,7 +162,8 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     base = cfg.base_model or src_meta.base_model_name_or_path
     meta = {"kind": "migration", "derivedFrom": inputs, "destBase": base_version,
             "migrated": report.count(Decision.MIGRATED), "bypassed": report.count(Decision.BYPASSED),
-            "truncationError": report.truncation_error, **({"gate": result["gate"]} if "gate" in result else {})}
+            "truncationError": report.truncation_error, **({"gate": result["gate"]} if "gate" in result else {}),
+            **_job()}
     if dest_done:
         io.log(f"{dest} already holds this migration; publishing the source only")
     else:
@@ -211,7 +219,7 @@ def _consensus(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     base = cfg.base_model or loaded[0][1].base_model_name_or_path
     meta = {"kind": "consensus", "rule": cfg.rule, "derivedFrom": inputs, "destBase": base_version,
             "agentWeights": summary["agentWeights"], "truncationError": summary["truncationError"],
-            **({"gate": result["gate"]} if "gate" in result else {})}
+            **({"gate": result["gate"]} if "gate" in result else {}), **_job()}
     if dest_done:
         io.log(f"{dest} already holds this consensus; publishing the agent tiers only")
     else:

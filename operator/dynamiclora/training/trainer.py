@@ -288,6 +288,8 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
                 "finalLoss": final_loss, "deltaNorm": stats["norm"], "frozen": stats["frozen"], "gate": verdict,
                 # The records' time span: what the operator quarantines when the gate rejects this version.
                 "window": window}
+        if os.environ.get("DYNAMICLORA_JOB"):  # the Job's name, for the audit trail
+            meta["job"] = os.environ["DYNAMICLORA_JOB"]
         published = store.publish(cfg.namespace, cfg.tier, files, meta, progress=lambda m: log(f"store: {m}"))
         result = {
             "namespace": cfg.namespace, "tier": cfg.tier, "version": published.version,

@@ -34,7 +34,7 @@ def test_rejected_version_is_recorded_but_never_promoted(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
 ) -> None:
     live = _swarm(kube, settings, swarm_body)
-    _publish(settings, CTX, tmp_path, {"kind": "training", "gate": _gate(True)})
+    _publish(settings, CTX, tmp_path, {"kind": "training", "gate": _gate(True), "job": f"{CTX}-train-v1"})
     out = _tier_pass(kube, settings, CTX)
     assert out.status["currentVersion"] == 1 and out.status["lastGate"]["accepted"] is True
     assert [e.reason for e in out.events].count("Promoted") == 1
@@ -61,6 +61,7 @@ def test_rejected_version_is_recorded_but_never_promoted(
     _tier_pass(kube, settings, CTX)
     kinds = [(r.kind, r.version) for r in _audit(settings, CTX).records()]
     assert kinds == [("promotion", 1), ("rejection", 2), ("promotion", 3)]
+    assert _audit(settings, CTX).records()[0].actor == f"job/{CTX}-train-v1"  # who produced it
     assert _audit(settings, CTX).verify() == []
 
 
