@@ -9,6 +9,8 @@ merged into the base) so the run can prove they are untouched.
 from __future__ import annotations
 
 import copy
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,14 @@ def lora_config(rank: int, alpha: float, targets: Sequence[str], dropout: float,
     )
 
 
+def _scaling(cfg: Any) -> float:
+    """PEFT's LoRA scaling of a config (object or ``adapter_config.json`` dict): alpha / r, or / sqrt(r)."""
+    keys = ("r", "lora_alpha", "use_rslora")
+    doc: dict[str, Any] = cfg if isinstance(cfg, dict) else {k: getattr(cfg, k, None) for k in keys}
+    r, alpha = float(doc["r"]), float(doc["lora_alpha"])
+    return alpha / math.sqrt(r) if doc.get("use_rslora") else alpha / r
+
+
 def build_stack(model: Any, config: Any, frozen: Sequence[tuple[str, Path]], init_dir: Path | None) -> Any:
     """Wrap ``model`` with the trainable target adapter and the frozen tiers, all active.
 
@@ -152,6 +162,11 @@ def build_stack(model: Any, config: Any, frozen: Sequence[tuple[str, Path]], ini
         names.append(name)
     if init_dir is not None:
         state = load_file(str(init_dir / ADAPTER_WEIGHTS))
+        # The init version may be stored at another scaling than the tier's config (a consolidation writes
+        # alpha = r, i.e. scaling 1): rescale B so that the loaded adapter is the same delta.
+        factor = _scaling(json.loads((init_dir / "adapter_config.json").read_text())) / _scaling(config)
+        if abs(factor - 1.0) > 1e-12:
+            state = {k: (v * factor if "lora_B" in k else v) for k, v in state.items()}
         result = set_peft_model_state_dict(peft_model, state, adapter_name=TARGET)
         unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if unexpected:
