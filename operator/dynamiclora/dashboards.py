@@ -185,6 +185,15 @@ def memory_dashboard() -> Dashboard:
                        Query(f"time() - dynamiclora_tier_last_trained_timestamp_seconds{tier}", "age {{tier}}")),
                       ),
             )),
+            ("Quality gate", (
+                Panel("Gate verdicts", "New tier versions promoted or rejected by the quality gate.",
+                      (Query(f"sum by (result) (increase(dynamiclora_gate_decisions_total{tier}[{RATE}]))",
+                             "{{result}}"),), stack=True),
+                Panel("Rejected updates by tier", "Tiers whose updates the gate keeps rejecting (their agents "
+                      "lose consensus trust).",
+                      (Query(f'sum by (namespace, tier) (increase(dynamiclora_gate_decisions_total{{result="rejected",'
+                             f'{NS}}}[{RATE}]))', legend),)),
+            )),
             ("Migrations", (
                 Panel("Migrations over time", "Migration decisions per outcome (Migrated, Bypassed, Throttled, "
                       "DryRun).", (Query(f"sum by (outcome) (increase(dynamiclora_migrations_total[{RATE}]))",

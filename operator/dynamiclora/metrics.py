@@ -30,6 +30,10 @@ MIGRATIONS = Counter(
     "dynamiclora_migrations_total", "Migration decisions by outcome (Migrated, Bypassed, Throttled, DryRun).",
     ["outcome"], registry=REGISTRY,
 )
+GATE_DECISIONS = Counter(
+    "dynamiclora_gate_decisions_total", "Quality-gate verdicts on new tier versions (promoted or rejected).",
+    ["namespace", "tier", "result"], registry=REGISTRY,
+)
 MIGRATED_COMPONENTS = Counter(
     "dynamiclora_migrated_components_total", "Rank-1 components moved to slower tiers.", registry=REGISTRY,
 )

@@ -17,6 +17,7 @@ from typing import Any
 
 from dynamiclora.controllers.common import Event
 from dynamiclora.kube import Obj
+from dynamiclora.metrics import GATE_DECISIONS
 from dynamiclora.storage.base import CheckpointStore, VersionRef
 
 HISTORY_LIMIT = 20
@@ -122,6 +123,8 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
             q = [w for w in st.get("quarantine", []) if int(w.get("version", 0)) != v]
             q.append({"version": v, "from": str(window["from"]), "to": str(window["to"])})
             st["quarantine"] = q[-QUARANTINE_LIMIT:]
+        if created:
+            GATE_DECISIONS.labels(ns, name, "promoted" if accepted else "rejected").inc()
         if created or old.get("latestVersion") is None or v > int(old.get("latestVersion") or 0):
             events.append(Event("Normal", "Promoted", msg) if accepted else Event("Warning", "UpdateRejected", msg))
     if audit is not None:
