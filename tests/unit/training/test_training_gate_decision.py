@@ -138,7 +138,8 @@ def test_training_selection_never_trains_on_held_out_records(tmp_path: Any) -> N
                             for i in range(200)))
     cfg = TrainConfig(base_model="/m", data=str(data), output_store="file:///s", tier="t", max_records=50,
                       holdout_fraction=0.3)
-    train, held, skipped = _select(cfg, log=lambda _m: None)
+    train, held, skipped, window = _select(cfg, log=lambda _m: None)
+    assert window["from"] <= window["to"]  # the span quarantined if the gate rejects this update
     train_ids = [r.record.id for r in train]
     held_ids = {r.record.id for r in held}
     assert skipped == 0 and not held_ids & set(train_ids)
