@@ -95,9 +95,10 @@ def test_whole_loop(scenario: Scenario) -> None:
 
 def test_restarted_vllm_pod_gets_its_adapters_back(scenario: Scenario) -> None:
     sc = scenario
+    # The loop's migration publishes the agent tier, then the context residual: wait until both are served.
+    sc.wait("consolidations done and alice served with her newest version",
+            lambda: _settled(sc, sc.tier_name("alice", "context")))  # fmt: skip
     pod = json.loads(sc.kubectl("get", "pod", "support-vllm-0", "-n", sc.cfg.namespace, "-o", "json"))
-    fp = Fingerprint.read(sc.served("alice")["adapterUri"])  # type: ignore[index]
-    assert fp is not None
     sc.kubectl("delete", "pod", "support-vllm-0", "-n", sc.cfg.namespace, "--wait=true", "--timeout=120s")
 
     def new_pod_ready() -> bool:
@@ -109,7 +110,12 @@ def test_restarted_vllm_pod_gets_its_adapters_back(scenario: Scenario) -> None:
     sc.wait("the StatefulSet recreated the pod with a fresh vLLM process", new_pod_ready)
 
     def answers_with_the_adapter() -> bool | None:
-        # A fresh vLLM forgets runtime adapters: the name answers again only once the operator reloaded it.
+        # A fresh vLLM forgets runtime adapters: the name answers again only once the operator reloaded it
+        # (compared with the fingerprint of what the Swarm reports served now).
+        entry = sc.served("alice")
+        fp = Fingerprint.read(entry["adapterUri"]) if entry else None
+        if fp is None:
+            return None
         try:
             got = sc.complete("alice", list(fp.prompt_token_ids), max_tokens=len(fp.token_ids))
         except VLLMError:
