@@ -121,7 +121,7 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
         if outcome.swapped:
             events.append(Event("Normal", "AdaptersServed", "loaded " + ", ".join(outcome.swapped)[:900]))
         if agents:
-            live = {t["metadata"]["name"]: t for t in await asyncio.to_thread(rt.kube.list, "LoRATier", ns)}
+            live = outcome.tiers  # listed once per pass by sync_serving
             by_name = {a.name: a for a in obs.swarm.spec.agents}
             for a in agents:
                 spec_agent = by_name[a["name"]]

@@ -62,12 +62,17 @@ class AgentStack:
         return ".".join(f"{LEVEL_LETTER.get(e.level, e.level)}{e.version}" for e in self.entries)
 
 
-def desired_stacks(kube: Kube, settings: OperatorSettings, body: Obj, sw: Swarm) -> list[AgentStack]:
-    """Each agent's stack from the LoRATiers' current state (tiers without a version are skipped)."""
+def desired_stacks(
+    kube: Kube, settings: OperatorSettings, body: Obj, sw: Swarm, tiers: dict[str, Obj] | None = None
+) -> list[AgentStack]:
+    """Each agent's stack from the LoRATiers' current state (tiers without a version are skipped).
+
+    ``tiers`` is the namespace's LoRATiers by name when the caller listed them already.
+    """
     ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
     default_store = store_uri(sw.spec.storage, settings)
-    # One list for the whole namespace instead of a GET per tier (a swarm has two tiers per agent).
-    tiers: dict[str, Obj] = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
+    if tiers is None:  # one list for the whole namespace instead of a GET per tier (two tiers per agent)
+        tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
     stacks = []
     for agent in sw.spec.agents:
         stack = AgentStack(agent.name)
@@ -147,6 +152,7 @@ def compose_stack(
 @dataclass
 class ServingOutcome:
     stacks: list[AgentStack] = field(default_factory=list)  # what was composed, reused to mark served versions
+    tiers: dict[str, Obj] = field(default_factory=dict)  # the namespace's LoRATiers as listed for this pass
     agents: list[Obj] = field(default_factory=list)
     pods: list[Obj] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
@@ -179,7 +185,8 @@ async def sync_serving(
 
     ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
     out = ServingOutcome()
-    stacks = [s for s in desired_stacks(kube, settings, body, sw) if s.entries]
+    out.tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
+    stacks = [s for s in desired_stacks(kube, settings, body, sw, out.tiers) if s.entries]
     out.stacks = stacks
     desired: dict[str, AdapterSpec] = {}
     root = served_root(sw, settings) if stacks else None
