@@ -22,28 +22,44 @@ _IS_EXECUTOR = f"""
       operator: 'In'
       values: ['{EXECUTOR_VALUE}']"""
 
-_POD_IP = (
-    '{{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) '
-    '( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}'
-)
+_NOT_DELETED = """
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'"""
 
-POD_READY = (
-    """apiVersion: kwok.x-k8s.io/v1alpha1
+_NO_POD_IP = """
+    - key: '.status.podIP'
+      operator: 'DoesNotExist'"""
+
+
+def _stage(name: str, *matches: str, next_: str) -> str:
+    """One kwok pod Stage: the shared header, the selector's match expressions, then its ``next`` block."""
+    return (
+        f"""apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
-  name: pod-ready
+  name: {name}
 spec:
   resourceRef:
     apiGroup: v1
     kind: Pod
   selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.podIP'
-      operator: 'DoesNotExist'"""
-    + _NOT_EXECUTOR
-    + """
+    matchExpressions:"""
+        + "".join(matches)
+        + next_
+    )
+
+
+_POD_IP = (
+    '{{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) '
+    '( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}'
+)
+
+POD_READY = _stage(
+    "pod-ready",
+    _NOT_DELETED,
+    _NO_POD_IP,
+    _NOT_EXECUTOR,
+    next_="""
   next:
     statusTemplate: |
       {{ $now := Now }}
@@ -91,22 +107,13 @@ spec:
     + """
       phase: Running
       startTime: {{ $now | Quote }}
-"""
+""",
 )
 
-POD_COMPLETE = (
-    """apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-complete
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
+POD_COMPLETE = _stage(
+    "pod-complete",
+    _NOT_DELETED,
+    """
     - key: '.status.phase'
       operator: 'In'
       values:
@@ -114,9 +121,9 @@ spec:
     - key: '.metadata.ownerReferences.[].kind'
       operator: 'In'
       values:
-      - 'Job'"""
-    + _NOT_EXECUTOR
-    + """
+      - 'Job'""",
+    _NOT_EXECUTOR,
+    next_="""
   next:
     statusTemplate: |
       {{ $now := Now }}
@@ -135,52 +142,36 @@ spec:
             startedAt: {{ $now | Quote }}
       {{ end }}
       phase: Succeeded
-"""
+""",
 )
 
-POD_ASSIGN_IP = (
-    """apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-assign-ip
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
-    - key: '.metadata.deletionTimestamp'
-      operator: 'DoesNotExist'
-    - key: '.status.podIP'
-      operator: 'DoesNotExist'"""
-    + _IS_EXECUTOR
-    + """
+POD_ASSIGN_IP = _stage(
+    "pod-assign-ip",
+    _NOT_DELETED,
+    _NO_POD_IP,
+    _IS_EXECUTOR,
+    next_="""
   next:
     statusTemplate: |
       hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
       podIP: """
     + _POD_IP
     + """
-"""
+""",
 )
 
-POD_DELETE = """apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: pod-delete
-spec:
-  resourceRef:
-    apiGroup: v1
-    kind: Pod
-  selector:
-    matchExpressions:
+POD_DELETE = _stage(
+    "pod-delete",
+    """
     - key: '.metadata.deletionTimestamp'
-      operator: 'Exists'
+      operator: 'Exists'""",
+    next_="""
   next:
     finalizers:
       empty: true
     delete: true
-"""
+""",
+)
 
 
 def kwok_config(cidr: str, node_ip: str) -> str:
