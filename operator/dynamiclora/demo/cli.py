@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ def _demo(args: argparse.Namespace) -> int:
         return 0
     stop_detached(state)  # a previous demo's leftovers
     _stop_operator(work)
+    # A fresh cluster every time: a kept etcd would bring back the previous run's objects and statuses
+    # (a Swarm "ready" with a pod that no longer runs). The model folder is kept, it is reproducible.
+    shutil.rmtree(state, ignore_errors=True)
     t0 = time.monotonic()
     print(f"DynamicLoRA demo (work folder {work})")
     cfg = DemoConfig(work_dir=work)
