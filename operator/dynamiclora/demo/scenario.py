@@ -261,7 +261,8 @@ class Scenario:
             self.log(f"  decision: {d.get('sourceTier')} -> {d.get('targetTier')}: {d.get('outcome')} "
                      f"({d.get('reason')})")  # fmt: skip
         self.log("[6/7] hot-swap of the new stack, and a request answered by it")
-        seen["served2"] = self.wait(f"{agent} served with the agent tier", lambda: self._served_with(agent, ".a"))
+        seen["served2"] = self.wait(f"{agent} served with the agent tier",
+                                    lambda: self._served_with(agent, ".a", settled=True))
         self.log(f"  served version {seen['served2']['servedVersion']}")
         seen["answer2"] = self.show_answer(agent)
         return seen
@@ -294,9 +295,17 @@ class Scenario:
         v = self.tier_version(agent, "context")
         return v if v >= n else None
 
-    def _served_with(self, agent: str, marker: str) -> dict[str, Any] | None:
+    def _served_with(self, agent: str, marker: str, settled: bool = False) -> dict[str, Any] | None:
+        """The served entry once its label has ``marker`` (and, ``settled``, the newest context version).
+
+        A migration publishes the agent tier before the context residual, so for a few seconds the newest
+        agent version can be served with the previous context version.
+        """
         entry = self.served(agent)
-        return entry if entry and marker in str(entry.get("servedVersion")) else None
+        label = str((entry or {}).get("servedVersion"))
+        if settled and not label.startswith(f"c{self.tier_version(agent, 'context')}."):
+            return None
+        return entry if entry and marker in label else None
 
     def explore_hint(self) -> str:
         kc = self.cluster.kubeconfig
