@@ -109,6 +109,16 @@ class TrainingTemplate(ApiModel):
     checkpoint_every: int = Field(default=20, ge=1, description="Steps between resumable checkpoints.")
     backoff_limit: int = Field(default=3, ge=0, le=20, description="Retries of a failed training Job.")
     active_deadline_seconds: int = Field(default=3600, ge=60, description="Time limit of one training Job.")
+    replay_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=0.9,
+        description="Consolidation replay: share of each training mix made of stored older records (newest answer "
+        "per question, chosen by surprise under the served stack); 0 trains on the new records only.",
+    )
+    replay_budget: int = Field(
+        default=64, ge=0, le=100_000, description="Consolidation replay: stored records rehearsed per Job at most."
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of training pods.")
     service_account_name: str | None = Field(
         default=None, pattern=DNS_SUBDOMAIN, description="ServiceAccount of training pods (e.g. for workload identity)."
@@ -127,26 +137,30 @@ class Retention(ApiModel):
 class QualityGate(ApiModel):
     """The check every new version passes before it is served (see README "Quality gate").
 
-    The Job that produces a version evaluates the stack with it (candidate) and with the version it
-    would replace (baseline) on held-out interaction records that no version was ever trained on, and on
-    the agent's regression set when one is given. The version is promoted only when no evaluated set
-    gets worse by more than ``maxRegression``; otherwise it is kept in the store, marked rejected, and
-    the previous version stays served.
+    The Job that produces a version scores the stack with it (candidate) and with the version it would
+    replace (baseline) on the same examples: held-out interaction records no version was ever trained
+    on (newest answer per question) and the agent's regression set when one is given. What is judged
+    is what the served stack *knows*: examples it answers correctly (greedy decoding reproduces the
+    answer). The version is rejected when it forgets significantly more of them than ``maxRegression``
+    allows (a one-sided binomial test at ``significance``, where examples it newly answers count in its
+    favour); examples the agent never knew cannot block an update. A rejected version is kept in the
+    store, marked rejected, and the previous version stays served.
     """
 
     enabled: bool = Field(default=True, description="Gate new versions; when false every version is promoted.")
     max_regression: float = Field(
         default=0.05,
         ge=0,
-        le=10,
-        description="Largest allowed relative increase of the held-out (and regression-set) loss, e.g. 0.05 = 5%.",
+        le=1,
+        description="Allowed rate of forgetting: the share of known examples an update may forget before the "
+        "binomial test calls it a regression, e.g. 0.05 = 5%.",
     )
-    tolerance: float = Field(
-        default=0.02,
-        ge=0,
-        le=10,
-        description="Also allowed: this absolute loss increase (nats). Once a stack knows its facts its losses "
-        "are near zero, and a relative threshold alone would reject updates for noise.",
+    significance: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Level of the one-sided binomial test: forgetting is a regression when its p-value under the "
+        "allowed rate is below this (smaller = more evidence needed before rejecting).",
     )
     holdout_fraction: float = Field(
         default=0.1,
@@ -289,7 +303,17 @@ class GateResult(ApiModel):
     held_out_candidate: float | None = Field(default=None, description="Held-out loss of the new version.")
     regression_baseline: float | None = Field(default=None, description="Regression-set loss before.")
     regression_candidate: float | None = Field(default=None, description="Regression-set loss with the version.")
-    max_regression: float | None = Field(default=None, ge=0, description="Threshold applied.")
+    max_regression: float | None = Field(default=None, ge=0, description="Allowed forgetting rate applied.")
+    held_out_known: int | None = Field(default=None, ge=0, description="Held-out examples the served stack knew.")
+    held_out_forgotten: int | None = Field(default=None, ge=0, description="Of those, forgotten by the new version.")
+    held_out_learned: int | None = Field(default=None, ge=0, description="Held-out examples newly answered.")
+    regression_known: int | None = Field(default=None, ge=0, description="Regression examples the stack knew.")
+    regression_forgotten: int | None = Field(default=None, ge=0, description="Of those, forgotten by the version.")
+    cause: Literal["contradiction", "collateral"] | None = Field(
+        default=None,
+        description="Why a rejected version forgot: its records contradict what is known (they are quarantined) "
+        "or it overwrote known examples collaterally (its records stay eligible and are retried).",
+    )
 
 
 class QuarantineWindow(ApiModel):

@@ -48,7 +48,7 @@ def gate_args(spec: LoRATierSpec, storage: Storage, settings: OperatorSettings) 
     g = spec.quality_gate
     args = ["--holdout-fraction", f"{g.holdout_fraction:g}", "--gate-records", str(g.eval_records)]
     if g.enabled:
-        args += ["--gate-max-regression", f"{g.max_regression:g}", "--gate-tolerance", f"{g.tolerance:g}"]
+        args += ["--gate-max-regression", f"{g.max_regression:g}", "--gate-significance", f"{g.significance:g}"]
     if g.regression_set:
         args += ["--regression-data", storage_path(storage, g.regression_set, settings)]
     return args
@@ -105,6 +105,8 @@ def _job(
             "env": env,
             "resources": resources,
             "volumeMounts": mounts + (extra_mounts or []),
+            # The error line the entrypoint ends with reaches the pod status, where the operator reads it.
+            "terminationMessagePolicy": "FallbackToLogsOnError",
         }],
         "volumes": volumes + (extra_volumes or []),
     }  # fmt: skip
@@ -173,6 +175,8 @@ def build_training_job(
         "--batch-size", str(t.batch_size),
         "--checkpoint-every", str(t.checkpoint_every),
         "--max-records", str(max(inputs.new_records, 1)),
+        "--replay-fraction", f"{t.replay_fraction:g}",
+        "--replay-budget", str(t.replay_budget),
         "--bad-lines", inputs.bad_records,
         "--seed", str(inputs.seed),
         "--threads", str(settings.trainer_threads),

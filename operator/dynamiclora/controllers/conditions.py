@@ -6,6 +6,14 @@ from typing import Any
 
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 
+# Reasons users and alerts match on (conditions and events), so they are spelled in one place.
+REASON_INPUT_MISSING = "InputMissing"
+REASON_JOB_FAILED = "JobFailed"
+REASON_TRAINING_FAILING = "TrainingFailing"
+REASON_TRAINING_FAILED = "TrainingFailed"
+REASON_VERSION_AVAILABLE = "VersionAvailable"
+REASON_NO_VERSION_YET = "NoVersionYet"
+
 
 def set_condition(
     conditions: list[Obj], type_: str, status: bool | str, reason: str, message: str, generation: int | None

@@ -58,7 +58,7 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
     if not data:
         return []  # nothing to evaluate on yet: the Job would have no figures to compare
     args = ["--gate-base-model", model_path(sw, settings), "--gate-max-regression", f"{gate.max_regression:g}",
-            "--gate-tolerance", f"{gate.tolerance:g}",
+            "--gate-significance", f"{gate.significance:g}",
             "--gate-records", str(gate.eval_records)]  # fmt: skip
     for location in data:
         args += ["--gate-data", location]

@@ -59,9 +59,25 @@ def gate_status(version: int, gate: Mapping[str, Any]) -> Obj:
                     out[f"{prefix}{field.capitalize()}"] = round(float(figures[field]), 6)
             if key == "heldOut" and figures.get("records") is not None:
                 out["heldOutRecords"] = int(figures["records"])
+    for key, fields in (("heldOut", ("known", "forgotten", "learned")), ("regression", ("known", "forgotten"))):
+        counts = gate.get(key)
+        if isinstance(counts, Mapping):
+            out.update({f"{key}{f.capitalize()}": int(counts[f]) for f in fields if counts.get(f) is not None})
     if gate.get("maxRegression") is not None:
         out["maxRegression"] = float(gate["maxRegression"])
+    if gate.get("cause") in ("contradiction", "collateral"):
+        out["cause"] = gate["cause"]
     return out
+
+
+def quarantines(gate: Mapping[str, Any]) -> bool:
+    """Whether a rejected version's records are quarantined: only when they themselves are the problem.
+
+    A batch that contradicts what the agent knows (shuffled labels, poisoning) is quarantined; one
+    rejected for collateral forgetting stays eligible, to be rehearsed by a later, replayed update.
+    Verdicts from before the cause was recorded are quarantined, as they were then.
+    """
+    return gate.get("accepted") is False and gate.get("cause") != "collateral"
 
 
 def _figures(gate: Mapping[str, Any]) -> str:
@@ -69,8 +85,12 @@ def _figures(gate: Mapping[str, Any]) -> str:
     for key, label in (("heldOut", "held-out"), ("regression", "regression set")):
         f = gate.get(key)
         if isinstance(f, Mapping) and f.get("baseline") is not None and f.get("candidate") is not None:
-            parts.append(f"{label} loss {float(f['baseline']):.4f} -> {float(f['candidate']):.4f}")
-    return ", ".join(parts) or str(gate.get("reason", ""))
+            known = f"forgot {f['forgotten']} of {f['known']} known, " if f.get("known") is not None else ""
+            parts.append(f"{label}: {known}loss {float(f['baseline']):.4f} -> {float(f['candidate']):.4f}")
+    if gate.get("accepted") is False and gate.get("cause"):
+        parts.append("records quarantined (they contradict what is known)" if quarantines(gate)
+                     else "collateral forgetting: records stay eligible for a replayed update")
+    return "; ".join(parts) or str(gate.get("reason", ""))
 
 
 def history_entry(ref: VersionRef) -> Obj:
@@ -117,7 +137,7 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
                                   contributors=contributors, gate=gate, message=msg)  # fmt: skip
         st["lastGate"] = gate_status(v, gate)
         window = ref.manifest.metadata.get("window")
-        if not accepted and isinstance(window, Mapping) and window.get("from") and window.get("to"):
+        if quarantines(gate) and isinstance(window, Mapping) and window.get("from") and window.get("to"):
             # The records a rejected update learned from are quarantined: later Jobs neither train on them
             # nor hold them out as truth (a poisoned batch would otherwise judge the next honest update).
             q = [w for w in st.get("quarantine", []) if int(w.get("version", 0)) != v]

@@ -20,7 +20,18 @@ from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experi
 from dynamiclora.builders.names import ANNOTATION_TRAIN_RECORDS, training_job_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.common import Event, WaitFor, duration_s, generation, job_state, parse, parse_time
-from dynamiclora.controllers.conditions import set_condition
+from dynamiclora.controllers.conditions import (
+    REASON_INPUT_MISSING,
+    REASON_JOB_FAILED,
+    REASON_NO_VERSION_YET,
+    REASON_TRAINING_FAILED,
+    REASON_TRAINING_FAILING,
+    REASON_VERSION_AVAILABLE,
+    get_condition,
+    set_condition,
+)
+from dynamiclora.controllers.inputs import missing_inputs
+from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import JOB_SECONDS, JOBS, TIER_LAST_TRAINED, TIER_PENDING_RECORDS, TIER_VERSION
@@ -112,10 +123,12 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
             st.pop("activeJob", None)
             JOBS.labels("training", "failed").inc()
             msg = f"Job {active} {'failed' if state == 'Failed' else 'disappeared'} (attempt {attempts})"
-            conditions = set_condition(conditions, "Training", False, "JobFailed", msg, gen)
+            why = failure_reason(kube, job) if job is not None and state == "Failed" else ""
+            msg += f": {why}" if why else ""
+            conditions = set_condition(conditions, "Training", False, REASON_JOB_FAILED, msg, gen)
             if attempts >= MAX_TRAINING_ATTEMPTS:
-                conditions = set_condition(conditions, "Degraded", True, "TrainingFailing", msg, gen)
-            events.append(Event("Warning", "TrainingFailed", msg))
+                conditions = set_condition(conditions, "Degraded", True, REASON_TRAINING_FAILING, msg, gen)
+            events.append(Event("Warning", REASON_TRAINING_FAILED, msg))
 
     if tier.spec.suspend:
         st["phase"] = "Suspended"
@@ -123,14 +136,7 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
         conditions = _maybe_train(kube, settings, body, tier, swarm, storage, st, old, conditions, events)
 
     st["observedGeneration"] = gen
-    st["conditions"] = set_condition(
-        conditions,
-        "Ready",
-        st.get("currentVersion") is not None,
-        "VersionAvailable" if st.get("currentVersion") else "NoVersionYet",
-        f"version {st.get('currentVersion')} available" if st.get("currentVersion") else "no version published yet",
-        gen,
-    )
+    st["conditions"] = _ready(conditions, st.get("currentVersion"), gen)
     if "phase" not in st or st["phase"] != "Suspended" or not tier.spec.suspend:
         degraded = any(c["type"] == "Degraded" and c["status"] == "True" for c in st["conditions"])
         st["phase"] = (
@@ -141,6 +147,16 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
             else "Pending"
         )  # fmt: skip
     return TierOutcome(st, events)
+
+
+def _ready(conditions: list[Obj], current: int | None, gen: int | None) -> list[Obj]:
+    """Ready means a version to serve; without one, a missing input is why there is none yet."""
+    if current is not None:
+        return set_condition(conditions, "Ready", True, REASON_VERSION_AVAILABLE, f"version {current} available", gen)
+    training = get_condition({"conditions": conditions}, "Training") or {}
+    if training.get("reason") == REASON_INPUT_MISSING:
+        return set_condition(conditions, "Ready", False, REASON_INPUT_MISSING, str(training.get("message")), gen)
+    return set_condition(conditions, "Ready", False, REASON_NO_VERSION_YET, "no version published yet", gen)
 
 
 def _retain(store: object, ns: str, tier: LoRATier, old: Obj, st: Obj, events: list[Event]) -> None:
@@ -211,6 +227,9 @@ def _maybe_train(
     schedule = tier.spec.training.schedule
     if schedule and last and (dt.datetime.now(dt.UTC) - last).total_seconds() < duration_s(schedule):
         return conditions
+    missing = missing_inputs(tier.spec, storage, settings)
+    if missing:
+        return _input_missing(conditions, missing, events, generation(body))
     current = st.get("currentVersion")
     # Numbered after the newest *published* version (a rejected one included), but trained from the newest
     # accepted one: deriving the name from ``current`` would re-adopt the rejected version's finished Job.
@@ -236,9 +255,20 @@ def _maybe_train(
     if created is not None:
         JOBS.labels("training", "started").inc()
         events.append(Event("Normal", "TrainingStarted", f"Job {job_name} trains v{next_version} on {pending} records"))
-    return set_condition(
-        conditions, "Training", True, "JobRunning", f"Job {job_name} trains version {next_version}", generation(body)
-    )
+    running = f"Job {job_name} trains version {next_version}"
+    previous = get_condition({"conditions": conditions}, "Training") or {}
+    if previous.get("reason") == REASON_JOB_FAILED:  # a retry keeps saying why the last attempt failed
+        running = f"Job {job_name} retries version {next_version}; {previous.get('message')}"
+    return set_condition(conditions, "Training", True, "JobRunning", running, generation(body))
+
+
+def _input_missing(conditions: list[Obj], missing: list[str], events: list[Event], gen: int | None) -> list[Obj]:
+    """Wait for the inputs without a Job or a failed attempt; a later pass starts training once they exist."""
+    msg = f"training waits for inputs that do not exist: {', '.join(missing)}"
+    old = get_condition({"conditions": conditions}, "Training") or {}
+    if (old.get("reason"), old.get("message")) != (REASON_INPUT_MISSING, msg):  # one event, not one per pass
+        events.append(Event("Warning", REASON_INPUT_MISSING, msg))
+    return set_condition(conditions, "Training", False, REASON_INPUT_MISSING, msg, gen)
 
 
 def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier_name: str, tier: LoRATier) -> list[tuple[str, int]]:

@@ -12,7 +12,7 @@ DEFAULT_WORK = Path.home() / ".cache" / "dynamiclora" / "demo"
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dynamiclora.demo.scenario import DemoConfig, Scenario, StepTimeout
+    from dynamiclora.demo.scenario import DemoConfig, Scenario, StepFailed, StepTimeout
     from dynamiclora.localcluster.cluster import LocalCluster, stop_detached
     from dynamiclora.localcluster.controlplane import ClusterConfig
 
@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         scenario.run_loop()
         scenario.run_gate_step()
-    except StepTimeout as err:
+    except (StepTimeout, StepFailed) as err:
         print(f"FAILED: {err}")
         print(scenario.explore_hint())
         return 1

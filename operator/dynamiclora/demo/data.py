@@ -43,6 +43,32 @@ def records(agent: str, n: int, round_: int, seed: int = 0) -> list[dict[str, ob
     return out
 
 
+def round_facts(agent: str, round_: int, n: int = 4, seed: int = 0) -> dict[str, str]:
+    """``n`` facts taught in round ``round_`` only: entities disjoint across rounds and from :func:`facts`."""
+    rng = random.Random(f"{seed}:{agent}:rounds")
+    stable = facts(agent, seed=seed)
+    words = [w for w in generated_words(TinyModelConfig()) if w not in stable and w not in stable.values()]
+    rng.shuffle(words)
+    half = len(words) // 2
+    entities, answers = words[:half], words[half:]
+    if (round_ + 1) * n > half:
+        raise ValueError(f"round {round_}: only {half // n} rounds of {n} distinct facts exist")
+    return {entities[round_ * n + i]: answers[(round_ * n + i) * 7 % len(answers)] for i in range(n)}
+
+
+def fact_records(agent: str, taught: dict[str, str], n: int, round_: int) -> list[dict[str, object]]:
+    """``n`` records of one round asking about ``taught`` in turn (the demo's question template)."""
+    now = dt.datetime.now(dt.UTC)
+    items = sorted(taught.items())
+    return [{
+        "agent": agent,
+        "timestamp": (now + dt.timedelta(seconds=i)).isoformat().replace("+00:00", "Z"),
+        "prompt": f"user : what is the color of {items[i % len(items)][0]} ?",
+        "response": f"the color of {items[i % len(items)][0]} is {items[i % len(items)][1]} .",
+        "id": f"{agent}-facts-{round_}-{i}",
+    } for i in range(n)]  # fmt: skip
+
+
 def corrupted_records(agent: str, n: int, round_: int, seed: int = 0) -> list[dict[str, object]]:
     """A round with shuffled labels: the agent's questions, each answered with another fact's answer.
 
@@ -60,13 +86,21 @@ def corrupted_records(agent: str, n: int, round_: int, seed: int = 0) -> list[di
     return out
 
 
-def write_records(folder: Path, agent: str, n: int, round_: int, seed: int = 0, corrupted: bool = False) -> Path:
-    """Append one round of records as a new JSONL file (atomically: temp name, then rename)."""
+def write_records(folder: Path, agent: str, n: int, round_: int, seed: int = 0, corrupted: bool = False,
+                  taught: dict[str, str] | None = None) -> Path:
+    """Append one round of records as a new JSONL file (atomically: temp name, then rename).
+
+    ``taught``: the round asks about these facts only (:func:`fact_records`) instead of the agent's
+    stable facts.
+    """
     folder = folder / agent
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"round-{round_:04d}.jsonl"
     tmp = folder / f".round-{round_:04d}.jsonl.tmp"
-    rows = (corrupted_records if corrupted else records)(agent, n, round_, seed)
+    if taught is not None:
+        rows = fact_records(agent, taught, n, round_)
+    else:
+        rows = (corrupted_records if corrupted else records)(agent, n, round_, seed)
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(final)
     return final

@@ -53,6 +53,10 @@ class StepTimeout(AssertionError):
     """A step did not reach its goal in time (the message says what was last seen)."""
 
 
+class StepFailed(AssertionError):
+    """A step cannot reach its goal any more (e.g. the quality gate rejected the version it waits for)."""
+
+
 class Scenario:
     """Drives the local cluster; every wait is bounded and reports what it last saw."""
 
@@ -174,6 +178,8 @@ class Scenario:
                 raise StepTimeout(f"{what}: the operator exited ({self.operator.returncode}); see {self.operator_log}")
             try:
                 last = probe()
+            except StepFailed:
+                raise
             except Exception as exc:
                 last = exc
             else:
@@ -243,7 +249,7 @@ class Scenario:
         self.log(f"[2/7] training: new interaction records for {agent}")
         self.feed(agent, 1)
         seen["v1"] = self.wait(f"{self.tier_name(agent, 'context')} v1 trained and published",
-                               lambda: self.tier_version(agent, "context") or None)
+                               lambda: self._version_at_least(agent, 1))
         self.log("[3/7] hot-swap: the composed adapter is loaded into every vLLM pod")
         seen["served1"] = self.wait(f"{agent}'s adapter served", lambda: self.served(agent))
         self.log(f"  served version {seen['served1']['servedVersion']}")
@@ -292,8 +298,15 @@ class Scenario:
         return st
 
     def _version_at_least(self, agent: str, n: int) -> int | None:
-        v = self.tier_version(agent, "context")
-        return v if v >= n else None
+        """The context tier's accepted version once it is ``n`` or later; fails at once on a rejection."""
+        st = self.status("loratiers", self.tier_name(agent, "context"))
+        v = int(st.get("currentVersion") or 0)
+        if v >= n:
+            return v
+        gate = st.get("lastGate") or {}
+        if gate.get("accepted") is False and int(gate.get("version") or 0) >= n:
+            raise StepFailed(f"v{gate['version']} was rejected by the quality gate: {gate.get('reason', '')[:400]}")
+        return None
 
     def _served_with(self, agent: str, marker: str, settled: bool = False) -> dict[str, Any] | None:
         """The served entry once its label has ``marker`` (and, ``settled``, the newest context version).

@@ -9,8 +9,9 @@ executor plays the kubelet's part:
   :mod:`dynamiclora.localcluster.images` for the image table);
 * restarts containers per ``restartPolicy`` with exponential back-off (1 s doubling up to 30 s);
 * probes ``readinessProbe`` (httpGet/tcpSocket; at most every second, ``initialDelaySeconds`` honoured);
-* writes pod status (phase, conditions, container states, exit codes, the log tail as the termination
-  message) so that Jobs complete or fail through the real job controller;
+* writes pod status (phase, conditions, container states, exit codes, termination messages as
+  :mod:`dynamiclora.localcluster.termination` computes them) so that Jobs complete or fail through the
+  real job controller;
 * kills the processes when the pod is deleted (kwok removes the object itself);
 * gives every Pending PersistentVolumeClaim a hostPath volume (:mod:`dynamiclora.localcluster.volumes`).
 
@@ -45,6 +46,7 @@ from dynamiclora.localcluster.podspec import (
 )
 from dynamiclora.localcluster.process import ManagedProcess, start_process
 from dynamiclora.localcluster.rest import ApiError, Rest
+from dynamiclora.localcluster.termination import local_message_file, termination_message
 from dynamiclora.localcluster.volumes import bind_pending_claims
 
 log = logging.getLogger(__name__)
@@ -307,6 +309,8 @@ class Executor:
         for path, data in plan.files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+        # Like the kubelet's per-instance file: a restarted container must not report its predecessor's message.
+        local_message_file(run.dir, container.spec).unlink(missing_ok=True)
         container.started_at = now()
         try:
             container.proc = start_process(
@@ -347,7 +351,8 @@ class Executor:
         container.proc = None
         if code is None or code < 0:  # killed by a signal: report it the way a container runtime does
             code = 128 + (-code if code is not None else 9)
-        message = container.log_path.read_text(errors="replace")[-2000:] if code else ""
+        message = termination_message(container.spec, code, local_message_file(run.dir, container.spec),
+                                      container.log_path)  # fmt: skip
         self._exited(run, container, code, message, restart_policy)
 
     def _exited(self, run: PodRun, container: ContainerRun, code: int, message: str, restart_policy: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dynamiclora.localcluster.images import local_argv, wants_host_flag
+from dynamiclora.localcluster.termination import local_message_file, message_path
 
 EXECUTOR_LABEL = "dynamiclora.io/executor"
 EXECUTOR_VALUE = "local"
@@ -296,6 +297,7 @@ def launch(
         content = volume_files(pod, volumes[name], source)
         for rel, data in (content or {}).items():
             files[dirs[name] / rel] = data
+    mounts.append((message_path(container), local_message_file(pod_dir, container)))
     env = container_env(pod, container, source, base_env)
     env = {k: rewrite_paths(v, mounts) for k, v in env.items()}
     try:

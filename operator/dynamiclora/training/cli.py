@@ -20,6 +20,8 @@ from typing import Any
 from dynamiclora.training.options import ConsolidateConfig, TrainConfig, add_dataclass_arguments, from_namespace
 
 RESULT_PREFIX = "DYNAMICLORA_RESULT "
+# Local sources read late (the gate runs after training): checked before any work. Flag per option.
+_INPUT_OPTIONS = {"regression_data": "--regression-data", "gate_data": "--gate-data"}
 # The kubelet truncates termination messages at 4096 bytes; keep the file well under it.
 _RESULT_FILE_LIMIT = 4000
 
@@ -52,24 +54,39 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     return (RecordsError, TierMismatchError, ResumeMismatchError, ValueError)
 
 
+def missing_input(cfg: Any) -> str | None:
+    """``--flag path: no such file or directory`` for the first local input source that does not exist."""
+    for attr, flag in _INPUT_OPTIONS.items():
+        value = getattr(cfg, attr, None)
+        for source in value if isinstance(value, list) else [value] if value else []:
+            if not source.startswith("s3://") and not Path(source.removeprefix("file://")).exists():
+                return f"{flag} {source}: no such file or directory"
+    return None
+
+
+def _fail(message: str, result_file: str | None, code: int) -> int:
+    # The error line is the last one of the log: the kubelet's FallbackToLogsOnError copies the log's tail
+    # into the pod status, and the operator reports its last line.
+    _write_result_file(result_file, {"error": message})
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    headline, _, details = message.partition("\n")
+    if details:
+        print(f"error: {headline.rstrip(':')} (details above)", file=sys.stderr, flush=True)
+    return code
+
+
 def _run(job: Callable[[], dict[str, Any]], result_file: str | None) -> int:
     from dynamiclora.storage import StoreError
 
     try:
         result = job()
     except StoreError as e:
-        print(f"error: checkpoint store: {e}", file=sys.stderr)
-        _write_result_file(result_file, {"error": str(e)})
-        return 1
+        return _fail(f"checkpoint store: {e}", result_file, 1)
     except _bad_input_types() as e:
-        print(f"error: {e}", file=sys.stderr)
-        _write_result_file(result_file, {"error": str(e)})
-        return 2
+        return _fail(str(e), result_file, 2)
     except Exception as e:
         traceback.print_exc()
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        _write_result_file(result_file, {"error": f"{type(e).__name__}: {e}"})
-        return 1
+        return _fail(f"{type(e).__name__}: {e}", result_file, 1)
     print(RESULT_PREFIX + json.dumps(result, sort_keys=True), flush=True)
     _write_result_file(result_file, result)
     return 0
@@ -87,6 +104,9 @@ def _entrypoint(config_cls: type[Any], runner: str) -> Callable[[argparse.Namesp
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        missing = missing_input(cfg)
+        if missing:
+            return _fail(missing, cfg.result_file, 2)
         module, _, func = runner.partition(":")
 
         def job() -> dict[str, Any]:

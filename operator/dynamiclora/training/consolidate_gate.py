@@ -12,7 +12,7 @@ from typing import Any
 
 from dynamiclora.memory import TierDelta
 from dynamiclora.training.data import Example, select_records, tokenize
-from dynamiclora.training.gate import SetFigures, decide, evaluate
+from dynamiclora.training.gate import ExampleScore, compare, decide, score
 from dynamiclora.training.model import TierMismatchError, linear_modules, load_base
 from dynamiclora.training.options import ConsolidateConfig
 from dynamiclora.training.records import RecordsError, SourcedRecord, iter_sources, read_records
@@ -25,7 +25,7 @@ LoadLatest = Callable[[str], TierDelta]
 
 
 class StackEvaluator:
-    """Mean loss of tier stacks on fixed examples, on one loaded base model."""
+    """Per-example scores of tier stacks on fixed examples, on one loaded base model."""
 
     def __init__(self, base_model: str, sources: Sequence[str], records: int) -> None:
         self.model, tokenizer = load_base(base_model)
@@ -39,8 +39,8 @@ class StackEvaluator:
         self._linears = linear_modules(self.model)
         self._originals: dict[str, Any] = {}
 
-    def loss(self, stack: Sequence[Mapping[str, Any]]) -> float:
-        """Loss of ``base + Σ stack`` (tiers given as module -> LowRankDelta)."""
+    def scores(self, stack: Sequence[Mapping[str, Any]]) -> list[ExampleScore]:
+        """Scores of ``base + Σ stack`` (tiers given as module -> LowRankDelta)."""
         import torch
 
         with torch.no_grad():
@@ -58,7 +58,7 @@ class StackEvaluator:
                     if module not in self._originals:
                         self._originals[module] = lin.weight.detach().clone()
                     lin.weight.add_(delta.dense().to(lin.weight.dtype))
-        return evaluate(self.model, self.examples, EVAL_BATCH, self.pad)
+        return score(self.model, self.examples, EVAL_BATCH, self.pad)
 
 
 def judge(cfg: ConsolidateConfig, load_latest: LoadLatest,
@@ -74,6 +74,6 @@ def judge(cfg: ConsolidateConfig, load_latest: LoadLatest,
         return None
     frozen = [load_latest(ref) for ref in cfg.gate_frozen]
     ev = StackEvaluator(cfg.gate_base_model, cfg.gate_data, cfg.gate_records)
-    sets = {name: SetFigures(len(ev.examples), ev.loss([*frozen, *before]), ev.loss([*frozen, *after]))
+    sets = {name: compare(ev.scores([*frozen, *before]), ev.scores([*frozen, *after]))
             for name, (before, after) in stacks.items()}
-    return decide(sets, cfg.gate_max_regression, cfg.gate_tolerance).to_dict()
+    return decide(sets, cfg.gate_max_regression, cfg.gate_significance).to_dict()

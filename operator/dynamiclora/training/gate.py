@@ -13,17 +13,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dynamiclora.training.records import InteractionRecord, SourcedRecord
+from dynamiclora.training.records import InteractionRecord, SourcedRecord, record_answer, record_key
 
 GATE_FILE = "gate.json"
+# One forgotten example is never evidence enough: an answer whose top two tokens are nearly tied flips
+# with the CPU's float arithmetic, and the same update must get the same verdict on every machine.
+MIN_FORGOTTEN = 2
 HELD_OUT = "heldOut"
 REGRESSION = "regression"
-# Loss figures are float32 sums: equal stacks can differ in the last bits.
-_TOLERANCE = 1e-6
 
 
 def record_identity(record: InteractionRecord) -> str:
@@ -59,16 +61,64 @@ def split_holdout(records: Sequence[SourcedRecord], fraction: float) -> tuple[li
 
 
 @dataclass(frozen=True)
+class ExampleScore:
+    """How one stack does on one example: mean loss of its learned tokens, and whether it knows it.
+
+    ``correct`` means every learned token is the stack's most likely next token given the true prefix,
+    i.e. greedy decoding reproduces the whole answer.
+    """
+
+    loss: float
+    tokens: int
+    correct: bool
+
+
+@dataclass(frozen=True)
 class SetFigures:
-    """Mean loss of the baseline and the candidate stack on one evaluation set."""
+    """One evaluation set judged before (``baseline``) and after (``candidate``), paired per example.
+
+    ``known`` examples are those the baseline answers correctly; ``forgotten`` of them the candidate no
+    longer does; ``learned`` is how many examples the baseline did not know and the candidate does.
+    The losses are token-weighted means, kept for information.
+    """
 
     records: int
     baseline: float
     candidate: float
+    known: int = 0
+    forgotten: int = 0
+    learned: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (rounded for status and manifests)."""
-        return {"records": self.records, "baseline": round(self.baseline, 6), "candidate": round(self.candidate, 6)}
+        return {"records": self.records, "baseline": round(self.baseline, 6), "candidate": round(self.candidate, 6),
+                "known": self.known, "forgotten": self.forgotten, "learned": self.learned}
+
+
+def compare(before: Sequence[ExampleScore], after: Sequence[ExampleScore]) -> SetFigures:
+    """Pair the baseline's and the candidate's scores on the same examples."""
+    if len(before) != len(after):
+        raise ValueError(f"paired scores differ in length: {len(before)} vs {len(after)}")
+    return SetFigures(
+        records=len(before), baseline=_mean_loss(before), candidate=_mean_loss(after),
+        known=sum(b.correct for b in before),
+        forgotten=sum(b.correct and not a.correct for b, a in zip(before, after, strict=True)),
+        learned=sum(a.correct and not b.correct for b, a in zip(before, after, strict=True)),
+    )  # fmt: skip
+
+
+def _mean_loss(scores: Sequence[ExampleScore]) -> float:
+    tokens = sum(s.tokens for s in scores)
+    return sum(s.loss * s.tokens for s in scores) / max(tokens, 1)
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """``P[X >= k]`` for ``X ~ Binomial(n, p)`` (exact)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    return min(1.0, sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k, n + 1)))
 
 
 @dataclass(frozen=True)
@@ -79,53 +129,96 @@ class GateVerdict:
     reason: str
     sets: dict[str, SetFigures]
     max_regression: float | None
+    significance: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"accepted", "reason", "maxRegression", <set name>: {"records", "baseline", "candidate"}}``."""
+        """``{"accepted", "reason", "maxRegression", "significance", <set name>: figures}``."""
         doc: dict[str, Any] = {"accepted": self.accepted, "reason": self.reason,
-                               "maxRegression": self.max_regression}
+                               "maxRegression": self.max_regression, "significance": self.significance}
         for name, figures in self.sets.items():
             doc[name] = figures.to_dict()
         return doc
 
 
-def _fmt(name: str, f: SetFigures, limit: float | None) -> str:
-    base = f"{name} loss {f.candidate:.4f} vs baseline {f.baseline:.4f} on {f.records} record(s)"
-    return base if limit is None else f"{base} (limit {limit:.4f})"
+def forget_p_value(f: SetFigures, max_regression: float) -> float:
+    """How likely this much forgetting is if the update forgets at the allowed rate.
+
+    One-sided binomial test of ``forgotten`` against ``max_regression`` over everything the candidate
+    is judged on that matters: what was known, plus what it newly answers (learning counts in its favour).
+    """
+    return binomial_tail(f.forgotten, f.known + f.learned, max_regression)
 
 
-def decide(sets: Mapping[str, SetFigures], max_regression: float | None, tolerance: float = 0.0) -> GateVerdict:
-    """Accept iff on every set with records ``candidate <= baseline * (1 + max_regression) + tolerance``.
+def _fmt(name: str, f: SetFigures) -> str:
+    return (f"{name}: forgot {f.forgotten} of {f.known} known, learned {f.learned} of {f.records - f.known} "
+            f"new (loss {f.baseline:.4f} -> {f.candidate:.4f} on {f.records} record(s))")
+
+
+def decide(sets: Mapping[str, SetFigures], max_regression: float | None, significance: float = 0.1) -> GateVerdict:
+    """Reject iff some set shows significant forgetting of what the served stack knew.
 
     Args:
-        sets: evaluation set name -> figures (sets with no record are ignored).
-        max_regression: allowed relative loss increase (``>= 0``); ``None`` disables the gate
-            (always accepted, figures kept for information).
-        tolerance: allowed absolute loss increase (nats, ``>= 0``): once a stack knows its facts, losses
-            are near zero and a relative threshold alone would reject updates for noise.
+        sets: evaluation set name -> paired figures (sets with no record are ignored).
+        max_regression: the allowed rate of forgetting known examples (``>= 0``); ``None`` disables the
+            gate (always accepted, figures kept for information).
+        significance: the test's level: forgetting is significant when its p-value under the allowed
+            rate (:func:`forget_p_value`) is below this and at least :data:`MIN_FORGOTTEN` examples were
+            forgotten. Examples the stack never knew cannot block an update, whatever their loss does.
 
     Returns:
-        The verdict; its reason names every failing set with its figures.
+        The verdict; its reason says, per set, how many known examples were forgotten.
     """
-    if max_regression is not None and max_regression < 0:
-        raise ValueError(f"max_regression must be >= 0, got {max_regression}")
-    if tolerance < 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    if max_regression is not None and not 0 <= max_regression <= 1:
+        raise ValueError(f"max_regression must be in [0, 1], got {max_regression}")
+    if not 0 < significance < 1:
+        raise ValueError(f"significance must be in (0, 1), got {significance}")
     used = {n: f for n, f in sets.items() if f.records > 0}
     if max_regression is None:
-        return GateVerdict(True, "gate disabled", used, None)
+        return GateVerdict(True, "gate disabled", used, None, None)
     if not used:
-        return GateVerdict(True, "no held-out or regression record to evaluate", used, max_regression)
-    failing: list[str] = []
-    passing: list[str] = []
-    for name, f in used.items():
-        limit = f.baseline * (1 + max_regression) + tolerance + _TOLERANCE
-        (passing if f.candidate <= limit else failing).append(_fmt(name, f, limit))
+        return GateVerdict(True, "no held-out or regression record to evaluate", used, max_regression, significance)
+    failing = [n for n, f in used.items()
+               if f.forgotten >= MIN_FORGOTTEN and forget_p_value(f, max_regression) < significance]
+    parts = "; ".join(_fmt(n, f) for n, f in used.items())
+    rule = f"(allowed forgetting {max_regression:g}, significance {significance:g})"
     if failing:
-        return GateVerdict(False, f"rejected (max regression {max_regression:g}): " + "; ".join(failing),
-                           used, max_regression)
-    return GateVerdict(True, f"accepted (max regression {max_regression:g}): " + "; ".join(passing),
-                       used, max_regression)
+        return GateVerdict(False, f"rejected {rule}: forgot known examples of {', '.join(failing)}; {parts}",
+                           used, max_regression, significance)
+    return GateVerdict(True, f"accepted {rule}: {parts}", used, max_regression, significance)
+
+
+CONTRADICTION = "contradiction"
+COLLATERAL = "collateral"
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One gate example with what it asks and answers, scored before and after the update."""
+
+    record: InteractionRecord
+    before: ExampleScore
+    after: ExampleScore
+
+
+def rejection_cause(batch: Sequence[InteractionRecord], judged: Sequence[Judged]) -> tuple[str, int]:
+    """Why an update forgot: its own records contradict what is known, or it overwrote it collaterally.
+
+    A batch record contradicts when the served stack knows an answer to the same question and the record
+    gives another (shuffled labels, a poisoning agent). The cause is ``contradiction`` when such records
+    exist and explain at least half of the forgotten examples; then the batch itself is the problem and is
+    quarantined. Otherwise it is ``collateral`` forgetting: honest records, trained without enough
+    protection, that stay eligible for a later, replayed update.
+
+    Returns:
+        ``(cause, contradicting batch records)``.
+    """
+    known = {record_key(j.record): record_answer(j.record) for j in judged if j.before.correct}
+    forgotten = {record_key(j.record) for j in judged if j.before.correct and not j.after.correct}
+    contradicting = [r for r in batch if known.get(record_key(r), record_answer(r)) != record_answer(r)]
+    contradicted = {record_key(r) for r in contradicting}
+    if contradicting and 2 * len(forgotten & contradicted) >= len(forgotten):
+        return CONTRADICTION, len(contradicting)
+    return COLLATERAL, len(contradicting)
 
 
 def evaluate(model: Any, examples: Sequence[Any], batch_size: int, pad_id: int) -> float:
@@ -145,12 +238,37 @@ def evaluate(model: Any, examples: Sequence[Any], batch_size: int, pad_id: int) 
     return total / max(count, 1)
 
 
-def evaluate_sets(model: Any, sets: Mapping[str, Sequence[Any]], batch_size: int, pad_id: int) -> dict[str, float]:
-    """:func:`evaluate` on each non-empty set."""
-    return {name: evaluate(model, ex, batch_size, pad_id) for name, ex in sets.items() if ex}
+def score(model: Any, examples: Sequence[Any], batch_size: int, pad_id: int) -> list[ExampleScore]:
+    """Per-example loss and correctness of ``model`` on tokenized examples (no gradients, eval mode)."""
+    import torch
+
+    from dynamiclora.training.data import IGNORE, collate
+
+    model.eval()
+    out: list[ExampleScore] = []
+    with torch.no_grad():
+        for i in range(0, len(examples), batch_size):
+            batch = collate(examples[i:i + batch_size], pad_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            labels = batch["labels"][:, 1:]
+            mask = labels != IGNORE
+            safe = labels.clamp(min=0)
+            nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), safe, reduction="none")
+            hits = (logits.argmax(-1) == safe) | ~mask
+            for row in range(labels.shape[0]):
+                n = int(mask[row].sum())
+                loss = float((nll[row] * mask[row]).sum()) / max(n, 1)
+                out.append(ExampleScore(loss=loss, tokens=n, correct=bool(hits[row].all()) and n > 0))
+    return out
 
 
-def figures(sets: Mapping[str, Sequence[Any]], baseline: Mapping[str, float],
-            candidate: Mapping[str, float]) -> dict[str, SetFigures]:
-    """Pair the baseline and candidate losses of each evaluated set."""
-    return {n: SetFigures(len(sets[n]), baseline[n], candidate[n]) for n in baseline}
+def score_sets(model: Any, sets: Mapping[str, Sequence[Any]], batch_size: int,
+               pad_id: int) -> dict[str, list[ExampleScore]]:  # fmt: skip
+    """:func:`score` on each non-empty set."""
+    return {name: score(model, ex, batch_size, pad_id) for name, ex in sets.items() if ex}
+
+
+def figures(baseline: Mapping[str, Sequence[ExampleScore]],
+            candidate: Mapping[str, Sequence[ExampleScore]]) -> dict[str, SetFigures]:  # fmt: skip
+    """Pair the baseline's and the candidate's scores of each evaluated set."""
+    return {n: compare(baseline[n], candidate[n]) for n in baseline}

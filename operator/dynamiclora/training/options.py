@@ -128,13 +128,18 @@ class TrainConfig:
         "help": "share of records held out of training in every run (chosen by a hash of each record), "
                 "in [0, 0.5]; the newest of them are the quality gate's held-out slice"})
     gate_max_regression: float | None = field(default=None, metadata={
-        "help": "quality gate: the new version is accepted only if its loss on each evaluation set is at "
-                "most baseline x (1 + this); default: gate disabled (always accepted)"})
+        "help": "quality gate: allowed rate of forgetting, in [0, 1]: the new version is rejected when it "
+                "forgets significantly more of the examples the served stack answers correctly (held-out "
+                "slice, regression set); default: gate disabled (always accepted)"})
     regression_data: str | None = field(default=None, metadata={
         "help": "quality gate: a fixed regression set (same formats as --data), evaluated besides the "
                 "held-out slice"})
-    gate_tolerance: float = field(default=0.0, metadata={
-        "help": "quality gate: also allow this absolute loss increase (nats), for near-zero losses"})
+    gate_significance: float = field(default=0.1, metadata={
+        "help": "quality gate: level of the one-sided binomial test of forgetting, in (0, 1)"})
+    replay_fraction: float = field(default=0.0, metadata={
+        "help": "consolidation replay: share of the training mix made of stored older records (newest "
+                "answer per question, chosen by surprise under the starting stack), in [0, 0.9]"})
+    replay_budget: int = field(default=64, metadata={"help": "consolidation replay: stored records rehearsed at most"})
     gate_records: int = field(default=64, metadata={
         "help": "quality gate: records evaluated per set (the newest held-out ones; the newest regression ones)"})
     result_file: str | None = field(default=None, metadata={
@@ -144,10 +149,13 @@ class TrainConfig:
         checks = [
             (0.0 <= self.holdout_fraction <= 0.5,
              f"--holdout-fraction must be in [0, 0.5], got {self.holdout_fraction}"),
-            (self.gate_max_regression is None or self.gate_max_regression >= 0,
-             f"--gate-max-regression must be >= 0, got {self.gate_max_regression}"),
+            (self.gate_max_regression is None or 0 <= self.gate_max_regression <= 1,
+             f"--gate-max-regression must be in [0, 1], got {self.gate_max_regression}"),
             (self.gate_records >= 1, f"--gate-records must be >= 1, got {self.gate_records}"),
-            (self.gate_tolerance >= 0, f"--gate-tolerance must be >= 0, got {self.gate_tolerance}"),
+            (0 < self.gate_significance < 1,
+             f"--gate-significance must be in (0, 1), got {self.gate_significance}"),
+            (0 <= self.replay_fraction <= 0.9, f"--replay-fraction must be in [0, 0.9], got {self.replay_fraction}"),
+            (self.replay_budget >= 0, f"--replay-budget must be >= 0, got {self.replay_budget}"),
             (self.rank >= 1, f"--rank must be >= 1, got {self.rank}"),
             (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
             (bool(self.target_modules), "--target-modules must name at least one module"),
@@ -216,11 +224,11 @@ class ConsolidateConfig:
     gate_frozen: list[str] = field(default_factory=list, metadata={
         "help": "quality gate: another (unchanged) tier of the stack, STORE/NAMESPACE/TIER[/v000007]; "
                 "repeat for several", "repeat": True, "metavar": "REF"})
-    gate_max_regression: float = field(default=0.02, metadata={
-        "help": "quality gate: publish only if each stack's loss is at most baseline x (1 + this)"})
+    gate_max_regression: float = field(default=0.05, metadata={
+        "help": "quality gate: allowed rate of forgetting examples a stack answered correctly, in [0, 1]"})
     gate_records: int = field(default=64, metadata={"help": "quality gate: newest records evaluated"})
-    gate_tolerance: float = field(default=0.0, metadata={
-        "help": "quality gate: also allow this absolute loss increase (nats), for near-zero losses"})
+    gate_significance: float = field(default=0.1, metadata={
+        "help": "quality gate: level of the one-sided binomial test of forgetting, in (0, 1)"})
     result_file: str | None = field(default=None, metadata={
         "help": "also write the result JSON here (e.g. /dev/termination-log)"})
 
@@ -235,11 +243,11 @@ class ConsolidateConfig:
             raise ValueError(f"--window must be >= 1, got {self.window}")
         if self.dest_rank is not None and self.dest_rank < 1:
             raise ValueError(f"--dest-rank must be >= 1, got {self.dest_rank}")
-        if self.gate_max_regression < 0:
-            raise ValueError(f"--gate-max-regression must be >= 0, got {self.gate_max_regression}")
+        if not 0 <= self.gate_max_regression <= 1:
+            raise ValueError(f"--gate-max-regression must be in [0, 1], got {self.gate_max_regression}")
         if self.gate_records < 1:
             raise ValueError(f"--gate-records must be >= 1, got {self.gate_records}")
-        if self.gate_tolerance < 0:
-            raise ValueError(f"--gate-tolerance must be >= 0, got {self.gate_tolerance}")
+        if not 0 < self.gate_significance < 1:
+            raise ValueError(f"--gate-significance must be in (0, 1), got {self.gate_significance}")
         if self.gate_base_model and not self.gate_data:
             raise ValueError("--gate-base-model needs at least one --gate-data source to evaluate on")

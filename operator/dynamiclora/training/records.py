@@ -79,6 +79,25 @@ class InteractionRecord(BaseModel):
         return self
 
 
+def record_key(record: InteractionRecord) -> str:
+    """What the record asks: its prompt, or its transcript up to the last assistant turn.
+
+    Two records with the same key answer the same question; the newer answer supersedes the older one.
+    """
+    if record.messages is None:
+        return f"{record.agent}\0{(record.prompt or '').strip()}"
+    last = max(i for i, m in enumerate(record.messages) if m.role == "assistant")
+    turns = [(m.role, m.content.strip()) for m in record.messages[:last]]
+    return f"{record.agent}\0" + json.dumps(turns, ensure_ascii=False)
+
+
+def record_answer(record: InteractionRecord) -> str:
+    """The answer the record teaches: its response, or its last assistant turn."""
+    if record.messages is None:
+        return (record.response or "").strip()
+    return [m.content for m in record.messages if m.role == "assistant"][-1].strip()
+
+
 @dataclass(frozen=True)
 class BadLine:
     """A line that could not be parsed."""

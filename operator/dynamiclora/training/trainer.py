@@ -15,6 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,14 @@ from dynamiclora.training.data import (
 from dynamiclora.training.gate import (
     GATE_FILE,
     HELD_OUT,
+    REGRESSION,
+    Judged,
     decide,
     evaluate,
-    evaluate_sets,
     figures,
+    rejection_cause,
+    score,
+    score_sets,
     split_holdout,
 )
 from dynamiclora.training.model import (
@@ -57,13 +62,16 @@ from dynamiclora.training.model import (
     target_parameters,
 )
 from dynamiclora.training.options import TrainConfig
-from dynamiclora.training.records import RecordsError, SourcedRecord, iter_sources, read_records
+from dynamiclora.training.records import InteractionRecord, RecordsError, SourcedRecord, iter_sources, read_records
+from dynamiclora.training.replay import choose, cycle, newest_per_key, replay_candidates, replay_count
 from dynamiclora.training.stats import STATS_FILE, tier_statistics
 
 __all__ = ["evaluate", "run_training"]
 
 Log = Callable[[str], None]
 PUBLISHED = "published.json"
+# Replay candidates scored per Job, as a multiple of the replay budget: bounds a Job's extra work.
+REPLAY_POOL_FACTOR = 4
 
 
 def _print(msg: str) -> None:
@@ -84,12 +92,19 @@ def _fetch(ref_text: str, dest: Path, default_store: CheckpointStore | None = No
     return dest, {"uri": got.uri, "version": got.version, "digest": got.digest}
 
 
-def _select(cfg: TrainConfig, log: Log) -> tuple[list[SourcedRecord], list[SourcedRecord], int, dict[str, str]]:
-    """``(training records, held-out records, bad lines skipped, window)``, each chronological.
+@dataclass
+class Selection:
+    """The records of one training run, each list chronological."""
 
-    ``window`` is the time span of the selected records (training and held-out): what the operator
-    quarantines if the gate rejects the version trained on them.
-    """
+    batch: list[SourcedRecord]  # the new records trained on
+    held: list[SourcedRecord]  # the gate's held-out pool (never trained on), newest answer per question
+    history: list[SourcedRecord]  # older records, not held out: what replay may rehearse
+    skipped: int  # malformed lines skipped
+    window: dict[str, str]  # time span of the batch: what is quarantined if the gate rejects it
+
+
+def _select(cfg: TrainConfig, log: Log) -> Selection:
+    """Read, filter and split the records (see :class:`Selection`)."""
     good, bad = read_records(iter_sources(cfg.data), cfg.bad_lines)
     for b in bad:
         log(f"warning: skipped malformed line {b}")
@@ -108,14 +123,16 @@ def _select(cfg: TrainConfig, log: Log) -> tuple[list[SourcedRecord], list[Sourc
     train, _ = split_holdout(selected, cfg.holdout_fraction)
     # The gate's pool is every held-out record passing the filters, not only those in the
     # --max-records window: none was ever trained on, and a short window would leave few to judge by.
-    _, held = split_holdout(filtered, cfg.holdout_fraction)
+    # Of several held-out answers to one question only the newest is truth (an answer may change).
+    history, held = split_holdout(filtered[: len(filtered) - len(selected)], cfg.holdout_fraction)
+    held = newest_per_key(held + split_holdout(selected, cfg.holdout_fraction)[1])
     if not train:
         raise RecordsError(
             f"no training records in {cfg.data}: all {len(selected)} selected record(s) belong to the "
             f"held-out slice of the quality gate (--holdout-fraction {cfg.holdout_fraction}); add records"
         )
     window = {"from": selected[0].record.timestamp.isoformat(), "to": selected[-1].record.timestamp.isoformat()}
-    return train, held, len(bad), window
+    return Selection(train, held, history, len(bad), window)
 
 
 def _tokenize(cfg: TrainConfig, selected: list[SourcedRecord], skipped: int,
@@ -133,16 +150,48 @@ def _tokenize(cfg: TrainConfig, selected: list[SourcedRecord], skipped: int,
     return examples, info
 
 
-def _gate_sets(cfg: TrainConfig, held: list[SourcedRecord], tokenizer: Any) -> dict[str, list[Example]]:
-    """The quality gate's evaluation sets: newest held-out records, and the regression set if given."""
-    sets = {HELD_OUT: tokenize(held[-cfg.gate_records:], tokenizer, cfg.max_seq_len)}
+@dataclass
+class GateSets:
+    """The quality gate's evaluation sets: examples and the records they came from, per set name."""
+
+    examples: dict[str, list[Example]]
+    records: dict[str, list[InteractionRecord]]
+
+
+def _keyed(records: list[SourcedRecord], tokenizer: Any, max_seq_len: int) -> tuple[list[Example],
+                                                                                     list[InteractionRecord]]:
+    """Tokenize keeping each example's record (records without a learnable token are dropped)."""
+    pairs = [(ex, r.record) for r in records for ex in tokenize([r], tokenizer, max_seq_len)]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def _gate_sets(cfg: TrainConfig, held: list[SourcedRecord], tokenizer: Any) -> GateSets:
+    """Newest held-out records, and the regression set if given."""
+    sets = GateSets({}, {})
+    sets.examples[HELD_OUT], sets.records[HELD_OUT] = _keyed(held[-cfg.gate_records:], tokenizer, cfg.max_seq_len)
     if cfg.regression_data:
         good, _bad = read_records(iter_sources(cfg.regression_data), cfg.bad_lines)
-        regression = tokenize(select_records(good, max_records=cfg.gate_records), tokenizer, cfg.max_seq_len)
-        if not regression:
+        ex, recs = _keyed(select_records(good, max_records=cfg.gate_records), tokenizer, cfg.max_seq_len)
+        if not ex:
             raise RecordsError(f"--regression-data {cfg.regression_data}: no record with a learnable token")
-        sets["regression"] = regression
+        sets.examples[REGRESSION], sets.records[REGRESSION] = ex, recs
     return sets
+
+
+def _replay(cfg: TrainConfig, model: Any, sel: Selection, batch: int, tokenizer: Any,
+            log: Log) -> tuple[list[Example], dict[str, int]]:  # fmt: skip
+    """The stored examples to rehearse, chosen under the stack the run starts from."""
+    pool = replay_candidates(sel.history, sel.batch, REPLAY_POOL_FACTOR * cfg.replay_budget)
+    count = replay_count(batch, cfg.replay_fraction, cfg.replay_budget, len(pool))
+    if not count:
+        return [], {"replayed": 0, "replayCandidates": len(pool)}
+    examples, _ = _keyed(pool, tokenizer, cfg.max_seq_len)
+    losses = [s.loss for s in score(model, examples, cfg.batch_size, int(tokenizer.pad_token_id))]
+    picked = choose(losses, count)
+    chosen = [examples[i] for i in cycle(picked, count)]
+    log(f"replay: {len(picked)} of {len(pool)} stored question(s) rehearsed ({len(chosen)} examples) "
+        f"besides {batch} new")
+    return chosen, {"replayed": len(chosen), "replayedQuestions": len(picked), "replayCandidates": len(pool)}
 
 
 def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]]) -> str:
@@ -152,7 +201,8 @@ def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]])
         "data": data_fp, "refs": refs, "rank": cfg.rank, "alpha": cfg.alpha,
         "targets": sorted(cfg.target_modules), "dropout": cfg.dropout, "lr": cfg.lr, "wd": cfg.weight_decay,
         "steps": cfg.steps, "epochs": cfg.epochs, "batch": cfg.batch_size, "seed": cfg.seed,
-        "gate": [cfg.gate_max_regression, cfg.gate_records, cfg.regression_data, cfg.gate_tolerance],
+        "gate": [cfg.gate_max_regression, cfg.gate_records, cfg.regression_data, cfg.gate_significance],
+        "replay": [cfg.replay_fraction, cfg.replay_budget],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -166,143 +216,188 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     store = open_store(cfg.output_store)
-    label = f"tier {cfg.namespace}/{cfg.tier}"
-
-    selected, held, skipped, window = _select(cfg, log)
+    sel = _select(cfg, log)
     model, tokenizer = load_base(cfg.base_model)
-    check_targets(model, cfg.target_modules, cfg.rank, label)
-    examples, data_info = _tokenize(cfg, selected, skipped, tokenizer)
-    data_info["heldOut"] = len(held)
-    gate_sets = _gate_sets(cfg, held, tokenizer)
-    log(f"data: {data_info['records']} records, {data_info['tokens']} learned tokens, {len(held)} held out")
+    check_targets(model, cfg.target_modules, cfg.rank, f"tier {cfg.namespace}/{cfg.tier}")
+    examples, data_info = _tokenize(cfg, sel.batch, sel.skipped, tokenizer)
+    data_info["heldOut"] = len(sel.held)
+    gate_sets = _gate_sets(cfg, sel.held, tokenizer)
+    log(f"data: {data_info['records']} records, {data_info['tokens']} learned tokens, {len(sel.held)} held out")
+    pad = int(tokenizer.pad_token_id)
 
     with tempfile.TemporaryDirectory(prefix="dynamiclora-train-") as tmp_text:
         tmp = Path(tmp_text)
-        frozen: list[tuple[str, Path]] = []
-        refs: list[dict[str, Any]] = []
-        for i, ref in enumerate(cfg.frozen):
-            directory, meta = _fetch(ref, tmp / f"frozen{i}")
-            check_adapter(model, directory, f"frozen tier {ref}")
-            frozen.append((f"frozen tier {ref}", directory))
-            refs.append(meta)
-        init_dir, init_meta = _init_source(cfg, store, tmp / "init")
-        if init_meta:
-            refs.append({"init": init_meta})
-
-        fp = _run_fingerprint(cfg, fingerprint(examples), refs)
-        work = Path(cfg.work_dir) if cfg.work_dir else tmp / "work"
-        work.mkdir(parents=True, exist_ok=True)
-        done = work / PUBLISHED
-        if done.exists():
-            prior = json.loads(done.read_text())
-            if prior.get("fingerprint") == fp:
-                log(f"already published {prior['result']['uri']}; nothing to do")
-                return dict(prior["result"])
-        ckpt.clean_temporaries(work)
-
+        frozen, refs, init_dir = _load_inputs(cfg, model, store, tmp)
         torch.manual_seed(cfg.seed)
         peft_model = build_stack(model, lora_config(cfg.rank, cfg.alpha, cfg.target_modules, cfg.dropout,
                                                     cfg.base_model), frozen, init_dir)
-        params = target_parameters(peft_model)
-        frozen_before = {n: p.detach().clone() for n, p in peft_model.named_parameters()
-                         if "lora_" in n and not p.requires_grad}
-        opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total = cfg.steps or cfg.epochs * steps_per_epoch(len(examples), cfg.batch_size)
-        pad = int(tokenizer.pad_token_id)
-        eval_set = examples[: cfg.eval_records]
-        # Baseline = the stack as loaded (frozen tiers + --init-from, i.e. what is served), before any
-        # resumed parameters are copied in, so a resumed run computes the same figures.
-        gate_baseline = evaluate_sets(peft_model, gate_sets, cfg.batch_size, pad)
-
-        state = ckpt.load_latest(work, fp)
-        if state is None:
-            step, curve, processed, elapsed = 0, [], 0, 0.0
-            initial_loss = evaluate(peft_model, eval_set, cfg.batch_size, pad)
-        else:
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(state["params"][n])
-            opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
-            step, curve = int(state["step"]), list(state["curve"])
-            processed, elapsed = int(state["processed"]), float(state["elapsed"])
-            initial_loss = float(state["initial_loss"])
-            log(f"resumed from {ckpt.list_checkpoints(work)[-1]} at step {step}/{total}")
-
-        log(f"training {label}: {total} steps, batch {cfg.batch_size}, rank {cfg.rank}, "
-            f"{len(frozen)} frozen tier(s), initial loss {initial_loss:.4f}")
-        seg_start = time.monotonic()
-        seg_tokens = 0
-        while step < total:
-            peft_model.train()
-            idx = batch_indices(step, len(examples), cfg.batch_size, cfg.seed)
-            batch = collate([examples[i] for i in idx], pad)
-            loss = peft_model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            curve.append(float(loss.detach()))
-            n_tok = int(batch["attention_mask"].sum())
-            processed += n_tok
-            seg_tokens += n_tok
-            if step % cfg.log_every == 0 or step == total:
-                rate = seg_tokens / max(time.monotonic() - seg_start, 1e-9)
-                log(f"step {step}/{total} loss {curve[-1]:.4f} tokens/s {rate:.0f}")
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-                ckpt.save_checkpoint(work, step, {
-                    "fingerprint": fp, "step": step, "curve": curve, "processed": processed,
-                    "elapsed": elapsed + time.monotonic() - seg_start, "initial_loss": initial_loss,
-                    "params": {n: p.detach().clone() for n, p in params.items()},
-                    "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                })
-        elapsed += time.monotonic() - seg_start
-        final_loss = evaluate(peft_model, eval_set, cfg.batch_size, pad)
-        verdict = decide(figures(gate_sets, gate_baseline, evaluate_sets(peft_model, gate_sets, cfg.batch_size, pad)),
-                         cfg.gate_max_regression, cfg.gate_tolerance).to_dict()
+        # Baseline = the stack as loaded (frozen tiers + --init-from, i.e. what is served): the gate's
+        # reference and what replay measures surprise under, before any parameter moves.
+        baseline = score_sets(peft_model, gate_sets.examples, cfg.batch_size, pad)
+        replayed, replay_info = _replay(cfg, peft_model, sel, len(examples), tokenizer, log)
+        data_info.update(replay_info)
+        mix = examples + replayed
+        fp = _run_fingerprint(cfg, fingerprint(mix), refs)
+        work = Path(cfg.work_dir) if cfg.work_dir else tmp / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        prior = _already_published(work, fp)
+        if prior is not None:
+            log(f"already published {prior['uri']}; nothing to do")
+            return prior
+        ckpt.clean_temporaries(work)
+        run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log)
+        verdict = _judge(cfg, peft_model, gate_sets, baseline, sel.batch, pad)
         log(f"quality gate: {verdict['reason']}")
-        unchanged = all(torch.equal(p, frozen_before[n]) for n, p in peft_model.named_parameters()
-                        if n in frozen_before)
-        if not unchanged:  # pragma: no cover - would mean the freezing logic is broken
-            raise RuntimeError("a frozen tier changed during training")
+        return _publish(cfg, store, peft_model, work, fp, refs, data_info, run, verdict, sel, started, log)
 
-        final = work / "final"
-        save_target(peft_model, final, cfg.base_model)
-        stats = tier_statistics(final)
-        stats.update(data_info)
-        stats.update({
-            "gate": verdict,
-            "namespace": cfg.namespace, "tier": cfg.tier, "baseModel": cfg.base_model,
-            "steps": total, "batchSize": cfg.batch_size, "lr": cfg.lr, "rank": cfg.rank, "alpha": cfg.alpha,
-            "targetModules": sorted(cfg.target_modules), "seed": cfg.seed,
-            "initialLoss": initial_loss, "finalLoss": final_loss, "lossCurve": _downsample(curve, 500),
-            "tokensProcessed": processed, "durationSeconds": round(elapsed, 3),
-            "tokensPerSecond": round(processed / max(elapsed, 1e-9), 1),
-            "frozen": [r for r in refs if "init" not in r], "initFrom": init_meta, "frozenUnchanged": unchanged,
-            "runFingerprint": fp,
-        })
-        (final / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True))
-        (final / GATE_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
-        files = {n: final / n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATS_FILE, GATE_FILE)}
-        meta = {"kind": "training", "records": stats["records"], "initialLoss": initial_loss,
-                "finalLoss": final_loss, "deltaNorm": stats["norm"], "frozen": stats["frozen"], "gate": verdict,
-                # The records' time span: what the operator quarantines when the gate rejects this version.
-                "window": window}
-        if os.environ.get("DYNAMICLORA_JOB"):  # the Job's name, for the audit trail
-            meta["job"] = os.environ["DYNAMICLORA_JOB"]
-        published = store.publish(cfg.namespace, cfg.tier, files, meta, progress=lambda m: log(f"store: {m}"))
-        result = {
-            "namespace": cfg.namespace, "tier": cfg.tier, "version": published.version,
-            "uri": published.uri, "digest": published.digest, "records": stats["records"],
-            "tokens": stats["tokens"], "steps": total,
-            "initialLoss": round(initial_loss, 6), "finalLoss": round(final_loss, 6),
-            "deltaNorm": stats["norm"], "heldOut": len(held), "gate": verdict,
-            "durationSeconds": round(time.monotonic() - started, 3),
-        }
-        tmp_done = work / f".{PUBLISHED}.tmp"
-        tmp_done.write_text(json.dumps({"fingerprint": fp, "result": result}))
-        os.replace(tmp_done, done)
-        return result
+
+def _load_inputs(cfg: TrainConfig, model: Any, store: CheckpointStore,
+                 tmp: Path) -> tuple[list[tuple[str, Path]], list[dict[str, Any]], Path | None]:  # fmt: skip
+    """Download the frozen slower tiers and the version to start from; ``(frozen, refs, init dir)``."""
+    frozen: list[tuple[str, Path]] = []
+    refs: list[dict[str, Any]] = []
+    for i, ref in enumerate(cfg.frozen):
+        directory, meta = _fetch(ref, tmp / f"frozen{i}")
+        check_adapter(model, directory, f"frozen tier {ref}")
+        frozen.append((f"frozen tier {ref}", directory))
+        refs.append(meta)
+    init_dir, init_meta = _init_source(cfg, store, tmp / "init")
+    if init_meta:
+        refs.append({"init": init_meta})
+    return frozen, refs, init_dir
+
+
+def _already_published(work: Path, fp: str) -> dict[str, Any] | None:
+    """The result of a finished run with the same fingerprint (a retried Job reports, not retrains)."""
+    done = work / PUBLISHED
+    if not done.exists():
+        return None
+    prior = json.loads(done.read_text())
+    return dict(prior["result"]) if prior.get("fingerprint") == fp else None
+
+
+@dataclass
+class TrainRun:
+    """What the optimisation loop did."""
+
+    total: int
+    curve: list[float]
+    processed: int
+    elapsed: float
+    initial_loss: float
+    final_loss: float
+
+
+def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: list[Example], pad: int,
+                work: Path, fp: str, log: Log) -> TrainRun:  # fmt: skip
+    """Optimise the trained tier on ``mix``, checkpointing and resuming in ``work``."""
+    params = target_parameters(peft_model)
+    frozen_before = {n: p.detach().clone() for n, p in peft_model.named_parameters()
+                     if "lora_" in n and not p.requires_grad}
+    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.steps or cfg.epochs * steps_per_epoch(len(mix), cfg.batch_size)
+    state = ckpt.load_latest(work, fp)
+    if state is None:
+        run = TrainRun(total, [], 0, 0.0, evaluate(peft_model, eval_set, cfg.batch_size, pad), 0.0)
+        step = 0
+    else:
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(state["params"][n])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        step = int(state["step"])
+        run = TrainRun(total, list(state["curve"]), int(state["processed"]), float(state["elapsed"]),
+                       float(state["initial_loss"]), 0.0)
+        log(f"resumed from {ckpt.list_checkpoints(work)[-1]} at step {step}/{total}")
+    log(f"training tier {cfg.namespace}/{cfg.tier}: {total} steps, batch {cfg.batch_size}, rank {cfg.rank}, "
+        f"{len(cfg.frozen)} frozen tier(s), initial loss {run.initial_loss:.4f}")
+    seg_start, seg_tokens = time.monotonic(), 0
+    while step < total:
+        peft_model.train()
+        batch = collate([mix[i] for i in batch_indices(step, len(mix), cfg.batch_size, cfg.seed)], pad)
+        loss = peft_model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        run.curve.append(float(loss.detach()))
+        n_tok = int(batch["attention_mask"].sum())
+        run.processed += n_tok
+        seg_tokens += n_tok
+        if step % cfg.log_every == 0 or step == total:
+            rate = seg_tokens / max(time.monotonic() - seg_start, 1e-9)
+            log(f"step {step}/{total} loss {run.curve[-1]:.4f} tokens/s {rate:.0f}")
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+            ckpt.save_checkpoint(work, step, {
+                "fingerprint": fp, "step": step, "curve": run.curve, "processed": run.processed,
+                "elapsed": run.elapsed + time.monotonic() - seg_start, "initial_loss": run.initial_loss,
+                "params": {n: p.detach().clone() for n, p in params.items()},
+                "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
+            })  # fmt: skip
+    run.elapsed += time.monotonic() - seg_start
+    run.final_loss = evaluate(peft_model, eval_set, cfg.batch_size, pad)
+    if not all(torch.equal(p, frozen_before[n]) for n, p in peft_model.named_parameters() if n in frozen_before):
+        raise RuntimeError("a frozen tier changed during training")  # pragma: no cover - freezing is broken
+    return run
+
+
+def _judge(cfg: TrainConfig, peft_model: Any, gate_sets: GateSets, baseline: dict[str, list[Any]],
+           batch: list[SourcedRecord], pad: int) -> dict[str, Any]:  # fmt: skip
+    """The quality gate's verdict on the trained stack; a rejection says whether the batch is to blame."""
+    candidate = score_sets(peft_model, gate_sets.examples, cfg.batch_size, pad)
+    verdict = decide(figures(baseline, candidate), cfg.gate_max_regression, cfg.gate_significance).to_dict()
+    if not verdict["accepted"]:
+        judged = [Judged(rec, b, a) for name in baseline
+                  for rec, b, a in zip(gate_sets.records[name], baseline[name], candidate[name], strict=True)]
+        cause, contradicting = rejection_cause([r.record for r in batch], judged)
+        verdict.update(cause=cause, contradictions=contradicting)
+    return verdict
+
+
+def _publish(cfg: TrainConfig, store: CheckpointStore, peft_model: Any, work: Path, fp: str,
+             refs: list[dict[str, Any]], data_info: dict[str, Any], run: TrainRun, verdict: dict[str, Any],
+             sel: Selection, started: float, log: Log) -> dict[str, Any]:  # fmt: skip
+    """Write the version's files, publish it atomically and remember the result in ``work``."""
+    final = work / "final"
+    save_target(peft_model, final, cfg.base_model)
+    init_meta = next((r["init"] for r in refs if "init" in r), None)
+    stats = tier_statistics(final)
+    stats.update(data_info)
+    stats.update({
+        "gate": verdict,
+        "namespace": cfg.namespace, "tier": cfg.tier, "baseModel": cfg.base_model,
+        "steps": run.total, "batchSize": cfg.batch_size, "lr": cfg.lr, "rank": cfg.rank, "alpha": cfg.alpha,
+        "targetModules": sorted(cfg.target_modules), "seed": cfg.seed,
+        "initialLoss": run.initial_loss, "finalLoss": run.final_loss, "lossCurve": _downsample(run.curve, 500),
+        "tokensProcessed": run.processed, "durationSeconds": round(run.elapsed, 3),
+        "tokensPerSecond": round(run.processed / max(run.elapsed, 1e-9), 1),
+        "frozen": [r for r in refs if "init" not in r], "initFrom": init_meta, "frozenUnchanged": True,
+        "runFingerprint": fp,
+    })  # fmt: skip
+    (final / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True))
+    (final / GATE_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
+    files = {n: final / n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATS_FILE, GATE_FILE)}
+    meta = {"kind": "training", "records": stats["records"], "initialLoss": run.initial_loss,
+            "finalLoss": run.final_loss, "deltaNorm": stats["norm"], "frozen": stats["frozen"], "gate": verdict,
+            "replayed": data_info.get("replayed", 0),
+            # The records' time span: what the operator quarantines when the gate rejects this version.
+            "window": sel.window}  # fmt: skip
+    if os.environ.get("DYNAMICLORA_JOB"):  # the Job's name, for the audit trail
+        meta["job"] = os.environ["DYNAMICLORA_JOB"]
+    published = store.publish(cfg.namespace, cfg.tier, files, meta, progress=lambda m: log(f"store: {m}"))
+    result = {
+        "namespace": cfg.namespace, "tier": cfg.tier, "version": published.version,
+        "uri": published.uri, "digest": published.digest, "records": stats["records"],
+        "tokens": stats["tokens"], "steps": run.total,
+        "initialLoss": round(run.initial_loss, 6), "finalLoss": round(run.final_loss, 6),
+        "deltaNorm": stats["norm"], "heldOut": len(sel.held), "replayed": data_info.get("replayed", 0),
+        "gate": verdict, "durationSeconds": round(time.monotonic() - started, 3),
+    }  # fmt: skip
+    tmp_done = work / f".{PUBLISHED}.tmp"
+    tmp_done.write_text(json.dumps({"fingerprint": fp, "result": result}))
+    os.replace(tmp_done, work / PUBLISHED)
+    return result
 
 
 def _init_source(cfg: TrainConfig, store: CheckpointStore, dest: Path) -> tuple[Path | None, dict[str, Any] | None]:

@@ -65,18 +65,32 @@ def test_gpu_job_runs_locally_and_succeeds(local_cluster: LocalCluster) -> None:
     assert (logs / "main.log").exists()
 
 
-def test_failing_command_fails_the_job(local_cluster: LocalCluster) -> None:
+@pytest.mark.parametrize(
+    ("name", "script", "policy", "message"),
+    [
+        # The kubelet's terminationMessagePolicy semantics, which the operator relies on for failure reasons.
+        ("fails", "echo step >&2; echo boom >&2; exit 3", "FallbackToLogsOnError", "step\nboom\n"),
+        ("fails-file", "echo written > /dev/termination-log; echo boom >&2; exit 3", "File", "written\n"),
+        ("fails-quiet", "echo boom >&2; exit 3", "File", None),
+    ],
+)
+def test_failing_command_fails_the_job(
+    local_cluster: LocalCluster, name: str, script: str, policy: str, message: str | None
+) -> None:
     rest = local_cluster.rest()
     rest.create(
         f"/apis/batch/v1/namespaces/{NS}/jobs",
-        job("fails", ["sh", "-c", "echo boom >&2; exit 3"], local=True, gpus=1),
+        job(name, ["sh", "-c", script], local=True, gpus=1, container={"terminationMessagePolicy": policy}),
     )
-    assert wait_until("job fails to finish", lambda: job_condition(rest, NS, "fails"), 90) == "Failed"
-    (pod,) = pods(rest, NS, "test-job=fails")
+    assert wait_until(f"job {name} to finish", lambda: job_condition(rest, NS, name), 90) == "Failed"
+    (pod,) = pods(rest, NS, f"test-job={name}")
     assert pod["status"]["phase"] == "Failed"
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
-    assert terminated["exitCode"] == 3
-    assert "boom" in terminated["message"]
+    assert (terminated["exitCode"], terminated["reason"]) == (3, "Error")
+    if message is None:
+        assert "message" not in terminated
+    else:
+        assert terminated["message"].endswith(message)
 
 
 def test_unschedulable_gpu_request_stays_pending(local_cluster: LocalCluster) -> None:

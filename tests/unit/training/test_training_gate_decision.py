@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
 from dynamiclora.cli import build_parser
-from dynamiclora.training.gate import SetFigures, decide, hash_fraction, is_held_out, record_identity, split_holdout
+from dynamiclora.training.gate import (
+    COLLATERAL,
+    CONTRADICTION,
+    ExampleScore,
+    Judged,
+    SetFigures,
+    binomial_tail,
+    compare,
+    decide,
+    forget_p_value,
+    hash_fraction,
+    is_held_out,
+    record_identity,
+    rejection_cause,
+    split_holdout,
+)
 from dynamiclora.training.options import ConsolidateConfig, TrainConfig, from_namespace
-from dynamiclora.training.records import SourcedRecord, parse_line
+from dynamiclora.training.records import InteractionRecord, SourcedRecord, parse_line
 
 
 def _rec(i: int, **extra: Any) -> SourcedRecord:
@@ -19,19 +35,31 @@ def _rec(i: int, **extra: Any) -> SourcedRecord:
     return SourcedRecord("mem", i + 1, parse_line(json.dumps(doc)))
 
 
+def _f(known: int, forgotten: int, learned: int = 0, records: int = 16, base: float = 0.5,
+       cand: float = 0.5) -> SetFigures:  # fmt: skip
+    return SetFigures(records, base, cand, known=known, forgotten=forgotten, learned=learned)
+
+
 @pytest.mark.parametrize(
     ("sets", "max_regression", "accepted", "reason_part"),
     [
-        ({"heldOut": SetFigures(8, 2.0, 1.5)}, 0.0, True, "accepted"),
-        ({"heldOut": SetFigures(8, 2.0, 2.0)}, 0.0, True, "accepted"),  # equal is not worse
-        ({"heldOut": SetFigures(8, 2.0, 2.0 + 1e-7)}, 0.0, True, "accepted"),  # float noise tolerated
-        ({"heldOut": SetFigures(8, 2.0, 2.03)}, 0.02, True, "accepted"),  # within 2% of 2.0 = 2.04
-        ({"heldOut": SetFigures(8, 2.0, 2.05)}, 0.02, False, "heldOut loss 2.0500 vs baseline 2.0000"),
-        ({"heldOut": SetFigures(8, 2.0, 1.0), "regression": SetFigures(4, 1.0, 3.0)}, 0.1, False,
-         "regression loss 3.0000"),
-        ({"heldOut": SetFigures(0, 0.0, 0.0), "regression": SetFigures(4, 1.0, 0.9)}, 0.1, True, "regression"),
+        ({"heldOut": _f(8, 0)}, 0.05, True, "heldOut: forgot 0 of 8 known"),
+        # The demo's honest second round on another CPU: losses near zero moved 0.0015 -> 0.0405, every fact
+        # still answered. A ratio of mean losses rejected it; what is known decides now.
+        ({"heldOut": _f(8, 0, base=0.0015, cand=0.0405), "regression": _f(8, 0, base=0.0024, cand=0.0729)},
+         0.05, True, "accepted"),
+        ({"heldOut": _f(8, 1)}, 0.05, True, "forgot 1 of 8 known"),  # one flip among eight: not significant
+        ({"heldOut": _f(8, 2)}, 0.05, False, "forgot 2 of 8 known"),
+        ({"heldOut": _f(8, 2, learned=8)}, 0.05, True, "learned 8"),  # newly answered examples count in favour
+        ({"heldOut": _f(0, 0, learned=3), "regression": _f(8, 8, base=0.01, cand=2.5)}, 0.05, False,
+         "forgot known examples of regression"),  # shuffled labels overwrite the regression set
+        # Facts the agent never knew (chance-level loss) cannot block an update, whatever their loss does.
+        ({"regression": _f(0, 0, base=3.2, cand=3.9), "heldOut": _f(0, 0, learned=4)}, 0.05, True, "accepted"),
+        ({"heldOut": _f(8, 2)}, 0.0, False, "rejected"),  # no forgetting allowed at all ...
+        ({"heldOut": _f(2, 1)}, 0.0, True, "forgot 1 of 2"),  # ... but one flipped example is no evidence
+        ({"heldOut": SetFigures(0, 0.0, 0.0)}, 0.1, True, "no held-out or regression record"),
         ({}, 0.1, True, "no held-out or regression record"),
-        ({"heldOut": SetFigures(8, 1.0, 9.0)}, None, True, "gate disabled"),
+        ({"heldOut": _f(8, 8)}, None, True, "gate disabled"),
     ],
 )
 def test_decision_table(sets: dict[str, SetFigures], max_regression: float | None, accepted: bool,
@@ -41,29 +69,54 @@ def test_decision_table(sets: dict[str, SetFigures], max_regression: float | Non
     assert reason_part in verdict.reason
     doc = verdict.to_dict()
     assert doc["accepted"] is accepted and doc["maxRegression"] == max_regression
-    assert set(doc) - {"accepted", "reason", "maxRegression"} == {n for n, f in sets.items() if f.records}
+    assert set(doc) - {"accepted", "reason", "maxRegression", "significance"} == {
+        n for n, f in sets.items() if f.records}
 
 
-def test_rejection_reason_names_only_the_failing_set() -> None:
-    verdict = decide({"heldOut": SetFigures(8, 1.0, 0.5), "regression": SetFigures(4, 1.0, 2.0)}, 0.05)
-    assert not verdict.accepted
-    assert "regression" in verdict.reason and "heldOut" not in verdict.reason
-    assert verdict.to_dict()["regression"] == {"records": 4, "baseline": 1.0, "candidate": 2.0}
+def test_binomial_tail_and_the_p_value_of_forgetting() -> None:
+    assert binomial_tail(0, 5, 0.3) == 1.0 and binomial_tail(6, 5, 0.3) == 0.0
+    assert binomial_tail(1, 8, 0.05) == pytest.approx(1 - 0.95**8)
+    assert binomial_tail(2, 8, 0.05) == pytest.approx(1 - 0.95**8 - 8 * 0.05 * 0.95**7)
+    # Learning counts in favour: the same forgetting over more judged examples is less surprising.
+    assert forget_p_value(_f(8, 2, learned=8), 0.05) > forget_p_value(_f(8, 2), 0.05)
 
 
-def test_absolute_tolerance_absorbs_noise_on_near_zero_losses_only() -> None:
-    noise = {"heldOut": SetFigures(8, 0.010, 0.018)}  # +80% relative, +0.008 nats: noise once facts are known
-    assert not decide(noise, 0.05).accepted
-    assert decide(noise, 0.05, tolerance=0.02).accepted
-    corrupted = {"heldOut": SetFigures(8, 0.010, 2.5)}  # a shuffled-label update is far outside any tolerance
-    assert not decide(corrupted, 0.05, tolerance=0.02).accepted
-    with pytest.raises(ValueError, match="tolerance must be >= 0"):
-        decide(noise, 0.05, tolerance=-1)
-
-
-def test_negative_threshold_is_refused() -> None:
-    with pytest.raises(ValueError, match="max_regression must be >= 0"):
+def test_significance_sets_how_much_evidence_rejects() -> None:
+    two_of_eight = {"heldOut": _f(8, 2)}  # p = 0.057 at an allowed rate of 5%
+    assert not decide(two_of_eight, 0.05, significance=0.1).accepted
+    assert decide(two_of_eight, 0.05, significance=0.05).accepted
+    with pytest.raises(ValueError, match="significance must be in"):
+        decide(two_of_eight, 0.05, significance=0.0)
+    with pytest.raises(ValueError, match="max_regression must be in"):
         decide({}, -0.1)
+
+
+def test_compare_pairs_scores_per_example() -> None:
+    before = [ExampleScore(0.01, 4, True), ExampleScore(0.02, 4, True), ExampleScore(3.0, 4, False)]
+    after = [ExampleScore(0.05, 4, True), ExampleScore(2.0, 4, False), ExampleScore(0.1, 4, True)]
+    f = compare(before, after)
+    assert (f.records, f.known, f.forgotten, f.learned) == (3, 2, 1, 1)
+    assert f.baseline == pytest.approx(3.03 / 3) and f.candidate == pytest.approx(2.15 / 3)
+    with pytest.raises(ValueError, match="differ in length"):
+        compare(before, after[:2])
+
+
+def _ir(prompt: str, answer: str) -> InteractionRecord:
+    return parse_line(json.dumps({"agent": "a", "timestamp": "2025-01-01T00:00:00Z", "prompt": prompt,
+                                  "response": answer}))
+
+
+def test_rejection_cause_tells_poisoning_from_collateral_forgetting() -> None:
+    known, wrong = ExampleScore(0.01, 2, True), ExampleScore(2.0, 2, False)
+    judged = [Judged(_ir(f"color of {e}", c), known, wrong) for e, c in (("x", "red"), ("y", "blue"))]
+    # Shuffled labels: the batch answers the known questions differently.
+    shuffled = [_ir("color of x", "blue"), _ir("color of y", "red"), _ir("color of z", "green")]
+    assert rejection_cause(shuffled, judged) == (CONTRADICTION, 2)
+    # New, unrelated facts that overwrote the known ones on the way: collateral.
+    fresh = [_ir("color of v", "blue"), _ir("color of w", "red")]
+    assert rejection_cause(fresh, judged) == (COLLATERAL, 0)
+    # Repeating a known answer is no contradiction.
+    assert rejection_cause([_ir("color of x", "red")], judged) == (COLLATERAL, 0)
 
 
 def test_holdout_split_is_deterministic_disjoint_and_about_the_fraction() -> None:
@@ -105,10 +158,13 @@ def test_gate_options_parse_and_validate() -> None:
     for kwargs, message in [
         ({"holdout_fraction": 0.6}, "--holdout-fraction must be in [0, 0.5], got 0.6"),
         ({"holdout_fraction": -0.1}, "--holdout-fraction must be in [0, 0.5]"),
-        ({"gate_max_regression": -1.0}, "--gate-max-regression must be >= 0, got -1.0"),
+        ({"gate_max_regression": -1.0}, "--gate-max-regression must be in [0, 1], got -1.0"),
+        ({"gate_significance": 1.0}, "--gate-significance must be in (0, 1), got 1.0"),
+        ({"replay_fraction": 0.95}, "--replay-fraction must be in [0, 0.9], got 0.95"),
+        ({"replay_budget": -1}, "--replay-budget must be >= 0, got -1"),
         ({"gate_records": 0}, "--gate-records must be >= 1, got 0"),
     ]:
-        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        with pytest.raises(ValueError, match=re.escape(message)):
             TrainConfig(**common, **kwargs)  # type: ignore[arg-type]
 
     cons = build_parser().parse_args([
@@ -122,7 +178,8 @@ def test_gate_options_parse_and_validate() -> None:
     base = {"mode": "migrate", "source": "file:///s/ns/ctx", "dest": "file:///s/ns/agent"}
     for ckwargs, message in [
         ({"gate_base_model": "/m"}, "--gate-base-model needs at least one --gate-data"),
-        ({"gate_max_regression": -0.5}, "--gate-max-regression must be >= 0"),
+        ({"gate_max_regression": -0.5}, "--gate-max-regression must be in \\[0, 1\\]"),
+        ({"gate_significance": 0.0}, "--gate-significance must be in"),
         ({"gate_records": 0}, "--gate-records must be >= 1"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -134,23 +191,44 @@ def test_training_selection_never_trains_on_held_out_records(tmp_path: Any) -> N
 
     data = tmp_path / "records.jsonl"
     data.write_text("".join(json.dumps({"agent": "a", "timestamp": f"2025-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
-                                        "id": f"r{i}", "prompt": "p", "response": "r"}) + "\n"
+                                        "id": f"r{i}", "prompt": f"p{i}", "response": "r"}) + "\n"
                             for i in range(200)))
     cfg = TrainConfig(base_model="/m", data=str(data), output_store="file:///s", tier="t", max_records=50,
                       holdout_fraction=0.3)
-    train, held, skipped, window = _select(cfg, log=lambda _m: None)
+    sel = _select(cfg, log=lambda _m: None)
+    train, held, window = sel.batch, sel.held, sel.window
     assert window["from"] <= window["to"]  # the span quarantined if the gate rejects this update
     train_ids = [r.record.id for r in train]
     held_ids = {r.record.id for r in held}
-    assert skipped == 0 and not held_ids & set(train_ids)
+    assert sel.skipped == 0 and not held_ids & set(train_ids)
     assert all(int(str(i)[1:]) >= 150 for i in train_ids)  # only the --max-records window is trained on
     assert len(train) == 50 - sum(1 for r in held if int(str(r.record.id)[1:]) >= 150)
     assert 40 <= len(held) <= 80  # the held-out pool spans every record: about 0.3 x 200
     assert held_ids == {r.record.id for r in (_rec(0, id=f"r{i}") for i in range(200))
                         if is_held_out(r.record, 0.3)}
+    # Replay may rehearse the older records, never a held-out one.
+    history_ids = {r.record.id for r in sel.history}
+    assert history_ids and not history_ids & held_ids and all(int(str(i)[1:]) < 150 for i in history_ids)
     with pytest.raises(ValueError, match="all 1 selected record\\(s\\) belong to the held-out slice"):
         first_held = next(i for i in range(200) if f"r{i}" in held_ids)
         one = tmp_path / "one.jsonl"
         one.write_text(data.read_text().splitlines()[first_held] + "\n")
         _select(TrainConfig(base_model="/m", data=str(one), output_store="file:///s", tier="t",
                             holdout_fraction=0.3), log=lambda _m: None)
+
+
+def test_held_out_truth_is_the_newest_answer_per_question(tmp_path: Any) -> None:
+    from dynamiclora.training.trainer import _select
+
+    rows = [{"agent": "a", "timestamp": f"2025-01-01T00:00:{i:02d}Z", "id": f"q{i}", "prompt": f"q{i % 5}",
+             "response": f"answer {i}"} for i in range(40)]
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sel = _select(TrainConfig(base_model="/m", data=str(data), output_store="file:///s", tier="t", max_records=10,
+                              holdout_fraction=0.5), log=lambda _m: None)
+    held = [(r.record.prompt, r.record.response) for r in sel.held]
+    assert len({p for p, _ in held}) == len(held)  # one truth per question ...
+    for prompt, answer in held:  # ... its newest held-out answer
+        newest = max(i for i, r in enumerate(rows) if r["prompt"] == prompt
+                     and is_held_out(parse_line(json.dumps(r)), 0.5))
+        assert answer == f"answer {newest}"
