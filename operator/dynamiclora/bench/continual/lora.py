@@ -102,6 +102,27 @@ def correct(model: Any, enc: Encoded, candidates: Sequence[int], pad: int, chunk
     return out
 
 
+def example_losses(model: Any, enc: Encoded, pad: int, chunk: int = 256) -> list[float]:
+    """Per example: cross-entropy of its answer under ``model`` as served (no gradients)."""
+    out = [math.nan] * len(enc.prompts)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for s in range(0, len(enc.prompts), chunk):
+            for group in by_length(enc, range(s, min(s + chunk, len(enc.prompts)))).values():
+                b = make_batch(enc, group, pad)
+                losses = F.cross_entropy(answer_logits(model, b), b.answers, reduction="none")
+                for i, v in zip(group, losses.tolist(), strict=True):
+                    out[i] = v
+    model.train(was_training)
+    return out
+
+
+def subset(enc: Encoded, idx: Sequence[int]) -> Encoded:
+    """The examples ``idx`` of ``enc``."""
+    return Encoded([enc.prompts[i] for i in idx], [enc.answers[i] for i in idx])
+
+
 def train_steps(
     model: Any,
     params: Sequence[nn.Parameter],

@@ -1,10 +1,13 @@
 """The compared methods, all on the same pretrained base, data, steps and batch size.
 
-* ``dynamiclora``: a slow tier (frozen while training) under a fast tier trained window after window;
-  after each window the memory core tracks phases, decays FREE components and migrates stable,
-  SCREENED components of the fast tier into the slow one (:func:`dynamiclora.memory.migrate`).
+* ``dynamiclora``: the tier stack ``slow + recent + fast``; each window trains the fast tier on top
+  of the served stack (slower tiers active and frozen) while replaying the stored records the stack
+  is most surprised by; after each window the memory core tracks phases, decays FREE components and
+  migrates stable components into the slow tier (:func:`dynamiclora.memory.migrate`).
 * ``seq_lora``: one adapter trained window after window.
 * ``replay``: ``seq_lora`` plus a small reservoir buffer of past examples mixed into every batch.
+* ``replay_full``: ``seq_lora`` plus replay from every stored record (newest answer per entity), with
+  the same replayed examples per step as ``replay``.
 * ``ewc``: ``seq_lora`` plus an online EWC penalty on the adapter weights.
 * ``joint``: one adapter trained on all windows at once (upper bound; no sequence, so no forgetting).
 """
@@ -23,9 +26,21 @@ from torch import Tensor
 from dynamiclora import memory as mem
 
 from .data import HELD_OUT, TEMPLATES, TRAIN_TEMPLATES, Encoded, Encoder, Fact, TaskSequence
-from .lora import activate, correct, get_tier, loss_on, make_batch, set_tier, tier_params, train_steps, with_tiers
+from .lora import (
+    activate,
+    correct,
+    example_losses,
+    get_tier,
+    loss_on,
+    make_batch,
+    set_tier,
+    subset,
+    tier_params,
+    train_steps,
+    with_tiers,
+)
 
-METHODS = ("dynamiclora", "seq_lora", "replay", "ewc", "joint")
+METHODS = ("dynamiclora", "seq_lora", "replay", "replay_full", "ewc", "joint")
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,8 @@ class TrainConfig:
     rank: int = field(default=8, metadata={"help": "rank of the trained adapter (fast tier)"})
     slow_rank: int = field(default=16, metadata={"help": "DynamicLoRA slow-tier rank"})
     replay_buffer: int = field(default=24, metadata={"help": "replay: buffered examples (reservoir)"})
-    replay_fraction: float = field(default=0.25, metadata={"help": "replay: share of each batch from the buffer"})
+    replay_fraction: float = field(default=0.25, metadata={
+        "help": "replay, replay_full and DynamicLoRA: share of each batch replayed from stored examples"})
     ewc_lambda: float = field(default=1.0, metadata={"help": "EWC: penalty weight (Fisher normalised to mean 1)"})
     fisher_batches: int = field(default=6, metadata={"help": "EWC: minibatches for the Fisher estimate"})
 
@@ -66,8 +82,15 @@ class MemoryConfig:
     recent_rank: int = field(default=16, metadata={
         "help": "fresh fast tier only: rank of a frozen 'recent' tier keeping the non-migrated remainder of "
                 "past windows (decaying as FREE); served, not active while training; 0 = none"})
-    recent_keep: float = field(default=0.5, metadata={"help": "share of the recent tier kept per window"})
-    recent_in_training: bool = field(default=False, metadata={"help": "recent tier active while training"})
+    recent_keep: float = field(default=0.3, metadata={"help": "share of the recent tier kept per window"})
+    recent_in_training: bool = field(default=True, metadata={
+        "help": "recent tier active (frozen) while the fast tier trains, i.e. train on top of the served stack"})
+    surprise_pool: int = field(default=96, metadata={
+        "help": "replay: stored records (newest answer per entity) with the highest loss under the served "
+                "stack, re-chosen every window, sampled for TrainConfig.replay_fraction of each batch; 0 = none"})
+    versions: str = field(default="context", metadata={
+        "help": "versions judged for migration: 'context' (what a window leaves in the context: the decayed "
+                "recent tier plus the fast state; needs the recent tier) or 'fast' (fast-tier states only)"})
     history: str = field(default="reset", metadata={
         "help": "after a migration, older versions: 'residual' (minus what moved), 'reset' (dropped), 'sliding'"})
     phases: mem.PhaseConfig = field(default_factory=mem.PhaseConfig, metadata={"help": "hysteresis and decay"})
@@ -75,6 +98,10 @@ class MemoryConfig:
     def __post_init__(self) -> None:
         if self.history not in ("residual", "reset", "sliding"):
             raise ValueError(f"MemoryConfig.history must be residual, reset or sliding, got {self.history!r}")
+        if self.versions not in ("fast", "context"):
+            raise ValueError(f"MemoryConfig.versions must be fast or context, got {self.versions!r}")
+        if self.surprise_pool < 0:
+            raise ValueError(f"MemoryConfig.surprise_pool must be >= 0, got {self.surprise_pool}")
         if self.fast not in ("fresh", "continue"):
             raise ValueError(f"MemoryConfig.fast must be fresh or continue, got {self.fast!r}")
         if self.candidate_rank < 1:
@@ -122,6 +149,17 @@ class Bench:
         """One row of the accuracy matrix: accuracy on every window's test facts."""
         return [self.accuracy(model, t) for t in self.test_sets]
 
+    def stored(self, k: int) -> Encoded:
+        """The record store before window ``k``: training records of windows ``< k``, newest answer per
+        entity, minus the entities window ``k`` trains (its answer supersedes a stored one)."""
+        latest: dict[str, Fact] = {}
+        for w in self.seq.windows[:k]:
+            for f in w.train:
+                latest[f.entity] = f
+        for f in self.seq.windows[k].train:
+            latest.pop(f.entity, None)
+        return self.enc.encode(list(latest.values()), TRAIN_TEMPLATES)
+
     def known(self, model: Any, facts: list[Fact]) -> list[bool]:
         """Per fact: answered correctly in at least half of all templates."""
         enc = self.enc.encode(facts, list(range(len(TEMPLATES))))
@@ -151,8 +189,8 @@ def _final_by_kind(bench: Bench, model: Any) -> dict[str, float]:
 
 
 def run_sequential(bench: Bench, cfg: TrainConfig, variant: str) -> MethodResult:
-    """``seq_lora``, ``replay`` or ``ewc``: one adapter trained window after window."""
-    if variant not in ("seq_lora", "replay", "ewc"):
+    """``seq_lora``, ``replay``, ``replay_full`` or ``ewc``: one adapter trained window after window."""
+    if variant not in ("seq_lora", "replay", "replay_full", "ewc"):
         raise ValueError(f"unknown sequential variant {variant!r}")
     model = with_tiers(bench.base, {"adapter": cfg.rank}, "adapter", bench.seed)
     params = tier_params(model, "adapter")
@@ -168,6 +206,8 @@ def run_sequential(bench: Bench, cfg: TrainConfig, variant: str) -> MethodResult
         if variant == "ewc" and k > 0:
             penalty = _ewc_penalty(params, fisher, anchor, cfg.ewc_lambda)
         replay = Encoded([p for p, _ in buffer], [a for _, a in buffer]) if variant == "replay" and buffer else None
+        if variant == "replay_full" and k > 0:
+            replay = bench.stored(k)
         train_steps(model, params, data, cfg.steps_per_window, cfg.batch_size, cfg.lr, gen, bench.enc.pad,
                     penalty=penalty, replay=replay, replay_fraction=cfg.replay_fraction)
         if variant == "ewc":
@@ -230,10 +270,14 @@ def run_dynamiclora(bench: Bench, cfg: TrainConfig, mcfg: MemoryConfig) -> Metho
     """The tier stack ``slow + recent + fast``; per window: consolidation after training the fast tier.
 
     Default schedule (``MemoryConfig`` documents the alternatives measured in docs/continual.md):
-    the fast (context) tier starts fresh each window and is trained with the slow tier active and
-    frozen; consolidation (:func:`_consolidate`) migrates what the last fast-tier versions agree on
-    into the slow tier; the remainder moves to the frozen ``recent`` tier, where it decays (kept share
-    ``recent_keep`` per window, like FREE components) instead of vanishing.
+    the fast (context) tier starts fresh each window and is trained on top of the served stack (slow
+    and recent tiers active and frozen), so it learns what the stack still gets wrong instead of being
+    added afterwards to tiers it never saw; each batch mixes in stored records of earlier windows that
+    the stack is most surprised by (highest loss; newest answer per entity, so a superseded answer is
+    never replayed; ``MemoryConfig.surprise_pool`` of them, ``TrainConfig.replay_fraction`` of each
+    batch, the ``replay`` baseline's per-step budget). Consolidation (:func:`_consolidate`) migrates
+    what the last versions agree on into the slow tier; the remainder moves to the frozen ``recent``
+    tier, where it decays (kept share ``recent_keep`` per window, like FREE components).
     """
     ranks = {"slow": cfg.slow_rank, "fast": cfg.rank}
     recent = mcfg.recent_rank > 0 and mcfg.fast == "fresh"
@@ -248,23 +292,41 @@ def run_dynamiclora(bench: Bench, cfg: TrainConfig, mcfg: MemoryConfig) -> Metho
     history: list[mem.TierDelta] = []
     R: list[list[float]] = []
     moved: list[int] = []
-    for data in bench.train_sets:
+    for k, data in enumerate(bench.train_sets):
+        replay = None
+        if k and mcfg.surprise_pool:
+            # Surprise = loss under the stack as served now (before the fast tier is reset).
+            activate(model, served)
+            store = bench.stored(k)
+            losses = example_losses(model, store, bench.enc.pad)
+            top = sorted(range(len(losses)), key=lambda i: -losses[i])[:mcfg.surprise_pool]
+            replay = subset(store, top)
         if mcfg.fast == "fresh":
             # Same initialisation every window: versions differ only by what their window taught.
             set_tier(model, "fast", {}, torch.Generator().manual_seed(bench.seed + 7919))
         before = get_tier(model, "fast")
         activate(model, served if mcfg.recent_in_training else ["slow", "fast"])
-        train_steps(model, params, data, cfg.steps_per_window, cfg.batch_size, cfg.lr, gen, bench.enc.pad)
+        train_steps(model, params, data, cfg.steps_per_window, cfg.batch_size, cfg.lr, gen, bench.enc.pad,
+                    replay=replay, replay_fraction=cfg.replay_fraction)
         state = get_tier(model, "fast")
-        history.append(state if mcfg.fast == "fresh" else mem.tier_sub(state, before))
-        fast, slow, n = _consolidate(history, state, get_tier(model, "slow"), tracker, policy, mcfg, cfg,
-                                     interactions=len(data.prompts))
+        old_recent = get_tier(model, "recent") if recent else {}
+        if recent and mcfg.versions == "context":
+            # The context this window leaves behind: the decayed recent tier plus the new fast state.
+            version = mem.tier_add([old_recent, state], [mcfg.recent_keep, 1.0])
+        else:
+            version = state if mcfg.fast == "fresh" else mem.tier_sub(state, before)
+        history.append(version)
+        fast, slow, n, moved_tier = _consolidate(history, state, get_tier(model, "slow"), tracker, policy, mcfg,
+                                                 cfg, interactions=len(data.prompts))
         if recent:
             # The remainder leaves the context tier for the recent tier, where it decays like FREE
             # components and is truncated to the tier's rank (oldest, weakest content goes first).
-            old = mem.tier_scaled(get_tier(model, "recent"), mcfg.recent_keep)
-            set_tier(model, "recent", {m: mem.truncate(d, mcfg.recent_rank).delta
-                                       for m, d in mem.tier_add([old, fast]).items()}, gen)
+            if mcfg.versions == "context":
+                # What moved came from the context (recent + fast): it leaves it entirely.
+                ctx = mem.tier_sub(version, moved_tier)
+            else:
+                ctx = mem.tier_add([mem.tier_scaled(old_recent, mcfg.recent_keep), fast])
+            set_tier(model, "recent", {m: mem.truncate(d, mcfg.recent_rank).delta for m, d in ctx.items()}, gen)
             fast = {}
         set_tier(model, "fast", fast, gen)
         set_tier(model, "slow", slow, gen)
@@ -297,15 +359,16 @@ def run_dynamiclora(bench: Bench, cfg: TrainConfig, mcfg: MemoryConfig) -> Metho
 def _consolidate(
     history: list[mem.TierDelta], state: mem.TierDelta, slow: mem.TierDelta, tracker: mem.PhaseTracker,
     policy: mem.MigrationPolicy, mcfg: MemoryConfig, cfg: TrainConfig, interactions: int,
-) -> tuple[mem.TierDelta, mem.TierDelta, int]:
+) -> tuple[mem.TierDelta, mem.TierDelta, int, mem.TierDelta]:
     """Migrate what the recent fast-tier versions agree on into the slow tier; decay FREE components.
 
-    Returns ``(new fast tier, new slow tier, components migrated)``.
+    Returns ``(new fast tier, new slow tier, components migrated, what moved)``.
     """
     need = policy.stability.versions_needed()
     moved_n = 0
     new_slow = slow
     fast = state
+    moved: mem.TierDelta = {}
     if len(history) >= need:
         window = history[-need:]
         # Facts in superposition make single versions' components mixtures; the consensus of the
@@ -327,4 +390,4 @@ def _consolidate(
     tracker.observe(slow, new_slow)
     new_slow = mem.apply_decay(new_slow, tracker, interactions=interactions)
     new_slow = {m: mem.truncate(d, cfg.slow_rank).delta for m, d in new_slow.items()}
-    return fast, new_slow, moved_n
+    return fast, new_slow, moved_n, moved
