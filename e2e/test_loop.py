@@ -187,12 +187,12 @@ def test_operator_killed_during_consolidation_publishes_exactly_once(scenario: S
 # --- issue 10: never serve a regression ------------------------------------------------------------
 
 
-def _settled(sc: Scenario, ctx: str) -> str | None:
-    """Alice's served label once no consolidation runs and it includes the newest accepted context version."""
+def _settled(sc: Scenario, ctx: str, agent: str = "alice") -> str | None:
+    """The agent's served label once no consolidation runs and it has the newest accepted context version."""
     if sc.status("migrationpolicies", "support-consolidation").get("activeJobs"):
         return None
     current = int(sc.status("loratiers", ctx).get("currentVersion") or 0)
-    entry = sc.served("alice")
+    entry = sc.served(agent)
     label = str((entry or {}).get("servedVersion", ""))
     return label if label.startswith(f"c{current}.") else None
 
@@ -295,3 +295,25 @@ def test_pin_rolls_back_and_unpin_resumes_and_the_audit_trail_survives_restart(s
         assert word in out.stdout, out.stdout
     verified = subprocess.run([*history, "--verify"], capture_output=True, text=True, timeout=120)
     assert verified.returncode == 0 and "hash chain valid" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_an_agent_learns_round_after_round_and_keeps_what_it_learned(scenario: Scenario) -> None:
+    """Issues 14 and 21: bob is taught four new facts a round, four rounds, then one answer changes.
+
+    Bob's regression set holds facts he was never taught (so they cannot block him), and every honest
+    round must be accepted; through vLLM he must then answer every fact of every round, the first
+    round's included, with the changed answer for the changed fact, after at least one migration.
+    """
+    sc = scenario
+    taught = sc.run_rounds("bob", rounds=4)
+    ctx, agent_tier = sc.tier_name("bob", "context"), sc.tier_name("bob", "agent")
+    st = sc.status("loratiers", ctx)
+    trained = [h for h in st["history"] if h["source"] == "training"]
+    assert len(trained) == 5 and all(h["accepted"] for h in trained), trained
+    assert not st.get("quarantine"), st.get("quarantine")
+    sc.wait("a migration moved bob's stable content up", lambda: sc.tier_version("bob", "agent") or None)
+    sc.wait("consolidations done and bob served with his newest version", lambda: _settled(sc, ctx, "bob"))
+    answers = {entity: sc.answer("bob", entity) for entity in taught}
+    wrong = {e: (answers[e], a) for e, a in taught.items() if answers[e] != a}
+    assert not wrong, f"bob answers {len(taught) - len(wrong)} of {len(taught)}; (got, expected): {wrong}"
+    assert sc.status("loratiers", agent_tier)["history"][0]["source"] == "migration"

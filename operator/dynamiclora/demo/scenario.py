@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from dynamiclora.api.crd import render_crds
-from dynamiclora.demo.data import facts, write_records, write_regression_set
+from dynamiclora.demo.data import facts, round_facts, write_records, write_regression_set
 from dynamiclora.tinymodel import TinyModelConfig, ensure_tiny_model
 
 T = TypeVar("T")
@@ -79,7 +79,7 @@ class Scenario:
             "rank": 8, "alpha": 16, "targetModules": ALL_MODULES,
             "plasticity": {"learningRate": 0.005, "screenThreshold": 0.6, "freeThreshold": 0.3},
             "retention": {"keepVersions": 20},  # the e2e pins back to version 1
-            "training": {"minSamples": 16, "maxSteps": 40, "batchSize": 8, "checkpointEvery": 20, "backoffLimit": 1,
+            "training": {"minSamples": 16, "maxSteps": 80, "batchSize": 8, "checkpointEvery": 40, "backoffLimit": 1,
                          "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"nvidia.com/gpu": 1}}},
         }  # fmt: skip
         return [
@@ -197,6 +197,59 @@ class Scenario:
         kind = "corrupted (shuffled-label)" if corrupted else "interaction"
         self.log(f"  fed {self.cfg.records_per_round} {kind} records for {agent} -> {path}")
         return path
+
+    def teach(self, agent: str, round_: int, taught: dict[str, str]) -> int:
+        """Feed one round of records about ``taught``; returns how many records the agent has in all."""
+        root = self.pvc_root / "ckpt" / "dl"
+        write_regression_set(root / "regression", agent)
+        path = write_records(root / "interactions", agent, 32, round_, taught=taught)
+        self.log(f"  taught {agent} {len(taught)} fact(s) in 32 records -> {path}")
+        return sum(1 for f in path.parent.glob("*.jsonl") for line in f.read_text().splitlines() if line.strip())
+
+    def trained_on(self, agent: str, records: int, after: int) -> int | None:
+        """The accepted training version that consumed ``records`` records (newer than ``after``).
+
+        Fails at once (:class:`StepFailed`) when the gate rejected that training, with its reason.
+        """
+        st = self.status("loratiers", self.tier_name(agent, "context"))
+        if int(st.get("recordsConsumed") or 0) < records or st.get("activeJob"):
+            return None
+        trained = [h for h in st.get("history", []) if h.get("source") == "training" and int(h["version"]) > after]
+        if not trained:
+            return None
+        newest = trained[-1]
+        if newest.get("accepted") is False:
+            gate = st.get("lastGate") or {}
+            raise StepFailed(f"v{newest['version']} was rejected by the quality gate: {gate.get('reason', '')[:400]}")
+        return int(newest["version"])
+
+    def served_context(self, agent: str) -> int:
+        """The context version in the agent's served label (``c3.a1`` -> 3), 0 when nothing is served."""
+        label = str((self.served(agent) or {}).get("servedVersion") or "")
+        return int(label.split(".")[0][1:]) if label.startswith("c") else 0
+
+    def answer(self, agent: str, entity: str) -> str:
+        """What the agent answers, greedily through vLLM, to the demo's question about ``entity``."""
+        prompt = f"user : what is the color of {entity} ? the color of {entity} is"
+        return str(self.complete(agent, prompt, max_tokens=2).text).strip().split(" ")[0].strip(" .")
+
+    def run_rounds(self, agent: str, rounds: int, flip_round: bool = True) -> dict[str, str]:
+        """Teach ``agent`` new facts round after round (and change one answer); returns what it should know."""
+        taught: dict[str, str] = {}
+        ctx = self.tier_name(agent, "context")
+        for r in range(rounds + (1 if flip_round else 0)):
+            new = round_facts(agent, r)
+            if r == rounds:  # an answer that changed: the first round's first fact gets another answer
+                entity = sorted(round_facts(agent, 0))[0]
+                new = {entity: sorted(round_facts(agent, 1).values())[0]}
+            taught.update(new)
+            after = int(self.status("loratiers", ctx).get("latestVersion") or 0)
+            total = self.teach(agent, 100 + r, new)
+            v = self.wait(f"round {r + 1}: {ctx} trained on {total} records and accepted",
+                          lambda: self.trained_on(agent, total, after))  # noqa: B023 - waited on at once
+            self.wait(f"round {r + 1}: {agent} served with context v{v} or later",
+                      lambda: self.served_context(agent) >= v or None)  # noqa: B023
+        return taught
 
     def tier_name(self, agent: str, level: str) -> str:
         return f"{self.cfg.swarm}-{agent}-{level}"
