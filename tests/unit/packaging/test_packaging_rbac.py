@@ -29,7 +29,7 @@ VERBS: dict[str, frozenset[str]] = {
     "Job": APPLIED,
     "Service": APPLIED,
     "PersistentVolumeClaim": APPLIED,
-    "Pod": frozenset({"get", "list", "watch"}),  # read for pod IPs and readiness (hot-swap)
+    "Pod": frozenset({"get", "list", "watch"}),  # pod IPs and readiness (hot-swap); failed Jobs' messages
     "Secret": frozenset({"get"}),  # the vLLM API key Secret, by name (controllers/handlers.py)
     "Event": frozenset({"create"}),
 }
