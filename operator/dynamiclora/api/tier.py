@@ -372,6 +372,9 @@ class LoRATierStatus(ApiModel):
         default=None, description="Time of the last rate sample.", json_schema_extra={"format": "date-time"}
     )
     failed_attempts: int | None = Field(default=None, ge=0, description="Consecutive failed training Jobs.")
+    collateral_retries: int | None = Field(
+        default=None, ge=0, description="Retries, with more replay, of records whose update forgot collaterally."
+    )
     last_training_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     active_job: str | None = Field(default=None, description="Name of the running training/consolidation Job.")
     history: list[VersionRecord] = Field(

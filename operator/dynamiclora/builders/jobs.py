@@ -149,6 +149,12 @@ class TrainingInputs:
     frozen: list[tuple[str, int]] = field(default_factory=list)  # (tier name, version), slower tiers
     seed: int = 0
     exclude_windows: list[str] = field(default_factory=list)  # "FROM/TO" of quarantined (rejected) records
+    replay_boost: int = 0  # retries of an update rejected for collateral forgetting: each rehearses more
+
+
+def replay_fraction(base: float, boost: int) -> float:
+    """The replay share of a (re)try: each retry of a collaterally forgetting update rehearses more."""
+    return min(0.9, base + 0.2 * boost) if base > 0 else 0.0
 
 
 def build_training_job(
@@ -175,8 +181,8 @@ def build_training_job(
         "--batch-size", str(t.batch_size),
         "--checkpoint-every", str(t.checkpoint_every),
         "--max-records", str(max(inputs.new_records, 1)),
-        "--replay-fraction", f"{t.replay_fraction:g}",
-        "--replay-budget", str(t.replay_budget),
+        "--replay-fraction", f"{replay_fraction(t.replay_fraction, inputs.replay_boost):g}",
+        "--replay-budget", str(t.replay_budget * (1 + inputs.replay_boost)),
         "--bad-lines", inputs.bad_records,
         "--seed", str(inputs.seed),
         "--threads", str(settings.trainer_threads),

@@ -7,6 +7,7 @@ from typing import Any
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 
 # Reasons users and alerts match on (conditions and events), so they are spelled in one place.
+REASON_UPDATE_RETRIED = "UpdateRetried"
 REASON_INPUT_MISSING = "InputMissing"
 REASON_JOB_FAILED = "JobFailed"
 REASON_TRAINING_FAILING = "TrainingFailing"

@@ -26,6 +26,7 @@ from dynamiclora.controllers.conditions import (
     REASON_NO_VERSION_YET,
     REASON_TRAINING_FAILED,
     REASON_TRAINING_FAILING,
+    REASON_UPDATE_RETRIED,
     REASON_VERSION_AVAILABLE,
     get_condition,
     set_condition,
@@ -38,6 +39,7 @@ from dynamiclora.metrics import JOB_SECONDS, JOBS, TIER_LAST_TRAINED, TIER_PENDI
 from dynamiclora.settings import OperatorSettings
 
 MAX_TRAINING_ATTEMPTS = 3
+MAX_COLLATERAL_RETRIES = 2
 
 
 @dataclass
@@ -106,7 +108,8 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
         state = job_state(job) if job else "Gone"
         if state == "Complete":
             assert job is not None
-            st["recordsConsumed"] = int(job["metadata"].get("annotations", {}).get(ANNOTATION_TRAIN_RECORDS, 0))
+            _consume(tier, st, old, int(job["metadata"].get("annotations", {}).get(ANNOTATION_TRAIN_RECORDS, 0)),
+                     events)
             st["lastTrainingTime"] = now_rfc3339()
             st["failedAttempts"] = 0
             st.pop("activeJob", None)
@@ -147,6 +150,28 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
             else "Pending"
         )  # fmt: skip
     return TierOutcome(st, events)
+
+
+def _consume(tier: LoRATier, st: Obj, old: Obj, job_records: int, events: list[Event]) -> None:
+    """Count the Job's records as trained on, unless its update is to be retried with more replay.
+
+    A version the gate rejected for collateral forgetting (honest records that overwrote what is known)
+    leaves its records pending, so the next Job trains them again, protected by more replay
+    (:func:`dynamiclora.builders.jobs.build_training_job`), up to :data:`MAX_COLLATERAL_RETRIES` times.
+    """
+    gate = st.get("lastGate") or {}
+    retries = int(old.get("collateralRetries") or 0)
+    retry = (gate.get("accepted") is False and gate.get("cause") == "collateral"
+             and int(gate.get("version") or 0) == int(st.get("latestVersion") or 0)
+             and retries < MAX_COLLATERAL_RETRIES and tier.spec.training.replay_fraction > 0)  # fmt: skip
+    if retry:
+        st["collateralRetries"] = retries + 1
+        events.append(Event("Normal", REASON_UPDATE_RETRIED,
+                            f"v{gate['version']} forgot known examples collaterally: its records are trained again "
+                            f"with more replay (retry {retries + 1} of {MAX_COLLATERAL_RETRIES})"))  # fmt: skip
+        return
+    st["recordsConsumed"] = job_records
+    st.pop("collateralRetries", None)
 
 
 def _ready(conditions: list[Obj], current: int | None, gen: int | None) -> list[Obj]:
@@ -248,6 +273,7 @@ def _maybe_train(
         frozen=frozen,
         seed=next_version,
         exclude_windows=[f"{w['from']}/{w['to']}" for w in st.get("quarantine", [])],
+        replay_boost=int(st.get("collateralRetries") or 0),
     )
     job = build_training_job(body, tier.spec, inputs, job_name, settings)
     created = kube.create(job)

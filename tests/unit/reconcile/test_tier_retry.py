@@ -1,0 +1,106 @@
+"""A version rejected for collateral forgetting is retried with more replay; a contradicting one is quarantined."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynamiclora.controllers.conditions import write_status
+from dynamiclora.controllers.swarm import reconcile_swarm
+from dynamiclora.controllers.tier import MAX_COLLATERAL_RETRIES, reconcile_tier
+from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.uri import open_store
+
+from .fakekube import FakeKube
+
+NS = "default"
+TIER = "support-alice-context"
+
+
+def _pass(kube: FakeKube, settings: OperatorSettings) -> Any:
+    body = kube.get("LoRATier", NS, TIER)
+    assert body is not None
+    out = reconcile_tier(kube, settings, body)
+    write_status(kube, body, out.status)
+    return out
+
+
+def _records(settings: OperatorSettings, n: int) -> None:
+    d = Path(settings.pvc_mount_root) / "ckpt/dl/interactions/alice"
+    d.mkdir(parents=True, exist_ok=True)
+    with (d / "batch.jsonl").open("a") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"agent": "alice", "timestamp": "2026-11-22T00:00:00Z", "prompt": f"q{i}",
+                                 "response": "a"}) + "\n")  # fmt: skip
+
+
+def _finish(kube: FakeKube, settings: OperatorSettings, tmp: Path, gate: dict[str, Any]) -> str:
+    """The running Job publishes a version with ``gate`` and completes; returns the Job's name."""
+    (job,) = [j for j in kube.list("Job", NS) if not j.get("status")]
+    f = tmp / "adapter_config.json"
+    f.write_text("{}")
+    window = {"from": "2026-11-22T00:00:00+00:00", "to": "2026-11-22T00:00:00+00:00"}
+    open_store(f"file://{settings.pvc_mount_root}/ckpt/dl").publish(
+        NS, TIER, {"adapter_config.json": f}, {"kind": "training", "gate": gate, "window": window})
+    name = str(job["metadata"]["name"])
+    kube.objects[("Job", NS, name)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    return name
+
+
+def _args(kube: FakeKube) -> list[str]:
+    (job,) = [j for j in kube.list("Job", NS) if not j.get("status")]
+    return list(job["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def _opt(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+ACCEPTED = {"accepted": True, "reason": "ok"}
+COLLATERAL = {"accepted": False, "reason": "forgot", "cause": "collateral"}
+
+
+def test_collateral_rejection_retrains_the_same_records_with_more_replay(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    reconcile_swarm(kube, settings, kube.add(swarm_body))
+    _records(settings, 20)
+    _pass(kube, settings)
+    _finish(kube, settings, tmp_path, ACCEPTED)
+    assert _pass(kube, settings).status["recordsConsumed"] == 20
+    _records(settings, 20)
+    _pass(kube, settings)
+    first = _args(kube)
+    assert (_opt(first, "--replay-fraction"), _opt(first, "--max-records")) == ("0.5", "20")
+
+    for retry in range(1, MAX_COLLATERAL_RETRIES + 1):
+        _finish(kube, settings, tmp_path, COLLATERAL)
+        out = _pass(kube, settings)
+        st = out.status
+        assert st["recordsConsumed"] == 20 and st["collateralRetries"] == retry  # the records stay pending ...
+        assert not st.get("quarantine")  # ... and are not quarantined
+        assert "UpdateRetried" in {e.reason for e in out.events}
+        args = _args(kube)  # ... and the same pass starts the retry, rehearsing more
+        assert _opt(args, "--max-records") == "20"
+        assert float(_opt(args, "--replay-fraction")) == pytest.approx(0.5 + 0.2 * retry)
+        assert int(_opt(args, "--replay-budget")) == int(_opt(first, "--replay-budget")) * (1 + retry)
+
+    _finish(kube, settings, tmp_path, COLLATERAL)  # retries exhausted: consumed, rehearsed by later updates
+    st = _pass(kube, settings).status
+    assert st["recordsConsumed"] == 40 and "collateralRetries" not in st and not st.get("quarantine")
+
+
+def test_contradicting_rejection_is_quarantined_and_not_retried(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    reconcile_swarm(kube, settings, kube.add(swarm_body))
+    _records(settings, 20)
+    _pass(kube, settings)
+    _finish(kube, settings, tmp_path, {"accepted": False, "reason": "forgot", "cause": "contradiction"})
+    st = _pass(kube, settings).status
+    assert st["recordsConsumed"] == 20 and "collateralRetries" not in st
+    assert [q["version"] for q in st["quarantine"]] == [1]
+    assert st["lastGate"]["cause"] == "contradiction"
