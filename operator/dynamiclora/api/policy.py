@@ -75,6 +75,9 @@ class Bandwidth(ApiModel):
     max_energy_fraction: float = Field(
         default=0.25, gt=0, le=1, description="Largest fraction of the source tier's energy moved in one step."
     )
+    max_concurrent_jobs: int = Field(
+        default=2, ge=1, le=50, description="Consolidation Jobs of this policy running at the same time."
+    )
 
 
 class EmergencyBypass(ApiModel):
@@ -179,6 +182,10 @@ class MigrationPolicyStatus(ApiModel):
     period_start: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     migrations_this_period: int = Field(default=0, ge=0)
     bypasses_this_period: int = Field(default=0, ge=0)
+    reservations: dict[str, int] = Field(
+        default_factory=dict,
+        description="Consolidation Job in flight -> migrations reserved for it from the period's budget.",
+    )
     active_jobs: list[str] = Field(default_factory=list, description="Consolidation Jobs in flight.")
     evaluated: dict[str, int] = Field(
         default_factory=dict, description="Source tier (or shared target) -> newest input version already evaluated."

@@ -1,8 +1,10 @@
 """MigrationPolicy reconciliation: decide which consolidations to run, launch them, record outcomes.
 
 Stability itself is judged inside the consolidation Job (it needs the tensors); the operator decides
-*when* a tier pair is due (its source advanced since the last evaluation), hands the Job the bandwidth
-left in the current period, and records every decision the Job reports. Job names are deterministic
+*when* a tier pair is due (its source advanced since the last evaluation), launches at most
+``bandwidth.maxConcurrentJobs`` Jobs at a time, reserves for each migration Job its share of the
+period's budget that no other Job holds (see :class:`Budget`), and records every decision the Job
+reports, including the launches the limits held back (``Throttled``). Job names are deterministic
 (policy, target tier, input version), so a restarted operator re-adopts a running Job instead of starting
 a second one, and the Job itself publishes at most one new version per input (see ``consolidate``).
 """
@@ -123,11 +125,72 @@ def _migrate_args(pol: MigrationPolicy, remaining: int, bypass_left: int) -> lis
     return args
 
 
+@dataclass
+class Budget:
+    """What one pass may still launch: Job slots, and migrations of the period neither used nor reserved.
+
+    Every migration Job reserves its ``--max-migrations`` from the period's budget when it is launched
+    (persisted in ``status.reservations``) and releases it when it finishes, when what it really moved is
+    counted in ``migrationsThisPeriod``; so the Jobs of one period never move more than the budget
+    together, however many sources are due at once.
+    """
+
+    limit: int
+    used: int
+    reserved: dict[str, int]  # Job -> migrations reserved for it (the status's map, updated in place)
+    cap: int
+    active: list[str]  # Jobs in flight, including those launched by this pass
+    share: int = 0  # per-Job grant this pass: the available budget split over the free slots
+
+    def __post_init__(self) -> None:
+        self.share = -(-self.available() // max(self.cap - len(self.active), 1))
+
+    def available(self) -> int:
+        return max(self.limit - self.used - sum(self.reserved.values()), 0)
+
+    def grant(self) -> int:
+        return min(self.share, self.available())
+
+    def reserve(self, job: str, grant: int) -> None:
+        self.reserved[job] = grant
+
+
+def _blocked(budget: Budget, cand: Candidate, bypass_left: int, pol: MigrationPolicy) -> str | None:
+    """Why ``cand`` cannot be launched now (``None`` when it can); stable text, so a repeat is not recorded."""
+    b = pol.spec.bandwidth
+    if len(budget.active) >= budget.cap:
+        return f"concurrency cap: {budget.cap} consolidation Job(s) in flight (bandwidth.maxConcurrentJobs)"
+    if cand.inputs.mode == "migrate" and budget.grant() <= 0 and bypass_left <= 0:
+        return f"bandwidth exhausted: {b.max_migrations_per_period} migrations per {b.period} used or reserved"
+    return None
+
+
+def _throttle(cand: Candidate, reason: str, st: Obj, decisions: list[Obj]) -> None:
+    """Record a launch the limits held back, once per reason (it is retried every evaluation)."""
+    d = _decision(cand, "Throttled", reason)
+    pair = (d["sourceTier"], d["targetTier"])
+    last = next((x for x in reversed(decisions) if (x.get("sourceTier"), x.get("targetTier")) == pair), None)
+    if last and last.get("outcome") == "Throttled" and last.get("reason") == reason:
+        return
+    decisions.append(d)
+    st["migrationsThrottled"] = int(st.get("migrationsThrottled", 0)) + 1
+    MIGRATIONS.labels("Throttled").inc()
+
+
+def _last_done(decisions: list[Obj]) -> dict[str, int]:
+    """Target tier -> position of its newest finished consolidation in ``decisions``.
+
+    Due candidates are launched in that order (never consolidated first), so a source that is due at
+    every evaluation cannot starve the others when the limits admit only a few Jobs at a time.
+    """
+    return {str(d.get("targetTier")): i for i, d in enumerate(decisions) if d.get("outcome") != "Throttled"}
+
+
 def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> PolicyOutcome:
     """One pass: collect finished Jobs, then launch the consolidations that are due."""
     pol = parse(MigrationPolicy, body)
     meta = body["metadata"]
-    ns, name = meta["namespace"], meta["name"]
+    ns = meta["namespace"]
     gen = generation(body)
     old: Obj = dict(body.get("status") or {})
     st: Obj = {k: v for k, v in old.items() if k != "conditions"}
@@ -138,11 +201,51 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
 
     period_start = parse_time(old.get("periodStart"))
     if period_start is None or (now - period_start).total_seconds() >= duration_s(pol.spec.bandwidth.period):
+        # Reservations of Jobs still running carry over: what they move is counted when they finish.
         st.update(periodStart=now_rfc3339(), migrationsThisPeriod=0, bypassesThisPeriod=0)
 
     swarms = _swarms(kube, ns, pol)
     stores = {sn: store_uri(sw.spec.storage, settings) for sn, sw in swarms.items()}
+    active, busy_targets, evaluated = _collect(kube, ns, old, stores, st, decisions, events)
+    st["reservations"] = {j: int(n) for j, n in dict(old.get("reservations") or {}).items() if j in active}
 
+    if pol.spec.suspend:
+        st["phase"] = "Suspended"
+    else:
+        last = parse_time(old.get("lastEvaluationTime"))
+        if last is None or (now - last).total_seconds() >= duration_s(pol.spec.interval):
+            st["lastEvaluationTime"] = now_rfc3339()
+            budget = Budget(pol.spec.bandwidth.max_migrations_per_period, int(st.get("migrationsThisPeriod", 0)),
+                            st["reservations"], pol.spec.bandwidth.max_concurrent_jobs, active)  # fmt: skip
+            bypass = pol.spec.emergency_bypass
+            bypass_left = bypass.max_per_period - int(st.get("bypassesThisPeriod", 0)) if bypass.enabled else 0
+            due = [(swarm_name, sw, cand) for swarm_name, sw in swarms.items() for pair in pol.spec.pairs
+                   for cand in _candidates(kube, settings, ns, swarm_name, sw, pol, pair)
+                   if evaluated.get(cand.key, 0) < cand.version]  # fmt: skip
+            done = _last_done(decisions)
+            for swarm_name, sw, cand in sorted(due, key=lambda t: done.get(t[2].inputs.target_tier, -1)):
+                job_name = consolidation_job_name(meta["name"], cand.inputs.target_tier, cand.version)
+                if job_name in active or cand.inputs.target_tier in busy_targets:
+                    continue
+                if reason := _blocked(budget, cand, bypass_left, pol):
+                    _throttle(cand, reason, st, decisions)  # not evaluated: retried at the next evaluation
+                    continue
+                grant = budget.grant()
+                if cand.inputs.mode == "migrate":
+                    budget.reserve(job_name, grant)
+                events += _launch(kube, settings, body, pol, stores[swarm_name], swarm_name, sw, cand, job_name,
+                                  _migrate_args(pol, grant, bypass_left) if cand.inputs.mode == "migrate" else [])
+                active.append(job_name)
+                busy_targets.add(cand.inputs.target_tier)
+                evaluated[cand.key] = cand.version
+        st["phase"] = "Active"
+    st["evaluated"] = evaluated
+    return PolicyOutcome(_finish(st, pol, gen, conditions, active, decisions), events)
+
+
+def _collect(kube: Kube, ns: str, old: Obj, stores: dict[str, str], st: Obj, decisions: list[Obj],
+             events: list[Event]) -> tuple[list[str], set[str], dict[str, int]]:  # fmt: skip
+    """Record the Jobs that finished since the last pass; (Jobs still running, their targets, evaluated)."""
     active: list[str] = []
     busy_targets: set[str] = set()
     evaluated: dict[str, int] = dict(old.get("evaluated", {}))
@@ -161,60 +264,35 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
         key, inputs = annotations.get(ANNOTATION_KEY), annotations.get(ANNOTATION_INPUTS, "")
         if key and store:
             evaluated[key] = _input_version(store, ns, [t for t in inputs.split(",") if t])
+    return active, busy_targets, evaluated
 
-    if pol.spec.suspend:
-        st["phase"] = "Suspended"
-    else:
-        last = parse_time(old.get("lastEvaluationTime"))
-        due = last is None or (now - last).total_seconds() >= duration_s(pol.spec.interval)
-        if due:
-            st["lastEvaluationTime"] = now_rfc3339()
-            remaining = pol.spec.bandwidth.max_migrations_per_period - int(st.get("migrationsThisPeriod", 0))
-            bypass = pol.spec.emergency_bypass
-            bypass_left = bypass.max_per_period - int(st.get("bypassesThisPeriod", 0)) if bypass.enabled else 0
-            for swarm_name, sw in swarms.items():
-                for pair in pol.spec.pairs:
-                    for cand in _candidates(kube, settings, ns, swarm_name, sw, pol, pair):
-                        if evaluated.get(cand.key, 0) >= cand.version:
-                            continue
-                        job_name = consolidation_job_name(name, cand.inputs.target_tier, cand.version)
-                        if job_name in active or cand.inputs.target_tier in busy_targets:
-                            continue
-                        if cand.inputs.mode == "migrate" and remaining <= 0 and bypass_left <= 0:
-                            decisions.append(_decision(cand, "Throttled", "bandwidth exhausted for this period"))
-                            st["migrationsThrottled"] = int(st.get("migrationsThrottled", 0)) + 1
-                            MIGRATIONS.labels("Throttled").inc()
-                            evaluated[cand.key] = cand.version
-                            continue
-                        args = list(cand.inputs.args)
-                        if cand.inputs.mode == "migrate":
-                            args += _migrate_args(pol, remaining, bypass_left)
-                        if pol.spec.dry_run:
-                            args.append("--dry-run")
-                        store = stores[swarm_name]
-                        args += consolidation_gate_args(kube, settings, ns, sw, cand.inputs)
-                        args += ["--result-file", result_path(store, ns, job_name), "--base-model",
-                                 sw.spec.base_model.name]  # fmt: skip
-                        inputs = ConsolidationInputs(cand.inputs.mode, cand.inputs.target_tier, cand.inputs.storage,
-                                                     cand.inputs.source_tier, cand.inputs.agent_tiers,
-                                                     cand.inputs.weights, args)  # fmt: skip
-                        job = build_consolidation_job(body, inputs, job_name, CONSOLIDATOR, settings)
-                        job["metadata"]["labels"]["dynamiclora.io/swarm"] = swarm_name
-                        job["metadata"]["annotations"][ANNOTATION_KEY] = cand.key
-                        job["metadata"]["annotations"][ANNOTATION_INPUTS] = ",".join(
-                            [cand.inputs.source_tier] if cand.inputs.source_tier else cand.inputs.agent_tiers
-                        )
-                        job["spec"]["template"]["metadata"]["labels"]["dynamiclora.io/swarm"] = swarm_name
-                        if kube.create(job) is not None:
-                            JOBS.labels("consolidation", "started").inc()
-                            events.append(Event("Normal", "ConsolidationStarted",
-                                                f"Job {job_name}: {cand.inputs.mode} into {cand.inputs.target_tier}"))
-                        active.append(job_name)
-                        busy_targets.add(cand.inputs.target_tier)
-                        evaluated[cand.key] = cand.version
-        st["phase"] = "Active"
-    st["evaluated"] = evaluated
 
+def _launch(kube: Kube, settings: OperatorSettings, body: Obj, pol: MigrationPolicy, store: str, swarm_name: str,
+            sw: Swarm, cand: Candidate, job_name: str, extra: list[str]) -> list[Event]:  # fmt: skip
+    """Create the consolidation Job for ``cand`` (idempotent: an existing Job of that name is adopted)."""
+    ns = body["metadata"]["namespace"]
+    args = list(cand.inputs.args) + extra
+    if pol.spec.dry_run:
+        args.append("--dry-run")
+    args += consolidation_gate_args(kube, settings, ns, sw, cand.inputs)
+    args += ["--result-file", result_path(store, ns, job_name), "--base-model", sw.spec.base_model.name]
+    c = cand.inputs
+    inputs = ConsolidationInputs(c.mode, c.target_tier, c.storage, c.source_tier, c.agent_tiers, c.weights, args)
+    job = build_consolidation_job(body, inputs, job_name, CONSOLIDATOR, settings)
+    job["metadata"]["labels"]["dynamiclora.io/swarm"] = swarm_name
+    job["metadata"]["annotations"][ANNOTATION_KEY] = cand.key
+    job["metadata"]["annotations"][ANNOTATION_INPUTS] = ",".join(
+        [cand.inputs.source_tier] if cand.inputs.source_tier else cand.inputs.agent_tiers
+    )
+    job["spec"]["template"]["metadata"]["labels"]["dynamiclora.io/swarm"] = swarm_name
+    if kube.create(job) is None:
+        return []
+    JOBS.labels("consolidation", "started").inc()
+    return [Event("Normal", "ConsolidationStarted", f"Job {job_name}: {c.mode} into {c.target_tier}")]
+
+
+def _finish(st: Obj, pol: MigrationPolicy, gen: int | None, conditions: list[Obj], active: list[str],
+            decisions: list[Obj]) -> Obj:  # fmt: skip
     st["activeJobs"] = active
     st["migrationsPending"] = len(active)
     st["decisions"] = decisions[-DECISION_LIMIT:]
@@ -224,7 +302,7 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
         f"{len(active)} consolidation Job(s) in flight; dry run" if pol.spec.dry_run
         else f"{len(active)} consolidation Job(s) in flight", gen,
     )  # fmt: skip
-    return PolicyOutcome(st, events)
+    return st
 
 
 def _swarms(kube: Kube, ns: str, pol: MigrationPolicy) -> dict[str, Swarm]:

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dynamiclora.api.swarm import Swarm
@@ -24,6 +24,7 @@ from dynamiclora.builders.jobs import store_uri
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.promotion import served_version_of
+from dynamiclora.controllers.stack_consistency import Versions, settle
 from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.settings import OperatorSettings
@@ -67,31 +68,55 @@ def desired_stacks(
 ) -> list[AgentStack]:
     """Each agent's stack from the LoRATiers' current state (tiers without a version are skipped).
 
-    ``tiers`` is the namespace's LoRATiers by name when the caller listed them already.
+    ``tiers`` is the namespace's LoRATiers by name when the caller listed them already. Versions are
+    then settled against half-applied migrations (see ``stack_consistency``); pinned tiers are not.
     """
     ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
     default_store = store_uri(sw.spec.storage, settings)
     if tiers is None:  # one list for the whole namespace instead of a GET per tier (two tiers per agent)
         tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
+    versions = _versions_memo()  # shared tiers sit in every agent's stack: list each once per pass
     stacks = []
     for agent in sw.spec.agents:
         stack = AgentStack(agent.name)
         for tier_name in stack_tier_names(swarm, sw, agent.name):
             tier = tiers.get(tier_name)
-            if tier is None:
+            if tier is None or (entry := _entry(tier, tier_name, ns, default_store, settings)) is None:
                 continue
-            version = served_version_of(tier)
-            if version is None:
-                continue
-            storage = tier["spec"].get("storage")
-            store = default_store
-            if storage:
-                from dynamiclora.api.common import Storage
-
-                store = store_uri(Storage.model_validate(storage), settings)
-            stack.entries.append(StackEntry(tier_name, tier["spec"]["level"], version, store, ns))
+            if not tier["spec"].get("pinnedVersion"):  # a pin is the user's explicit choice
+                settled = settle(entry, stack.entries, versions)
+                if settled is None:
+                    continue
+                entry = replace(entry, version=settled)
+            stack.entries.append(entry)
         stacks.append(stack)
     return stacks
+
+
+def _entry(tier: Obj, name: str, ns: str, default_store: str, settings: OperatorSettings) -> StackEntry | None:
+    version = served_version_of(tier)
+    if version is None:
+        return None
+    storage = tier["spec"].get("storage")
+    store = default_store
+    if storage:
+        from dynamiclora.api.common import Storage
+
+        store = store_uri(Storage.model_validate(storage), settings)
+    return StackEntry(name, tier["spec"]["level"], version, store, ns)
+
+
+def _versions_memo() -> Versions:
+    seen: dict[tuple[str, str, str], list[int]] = {}
+
+    def versions(store: str, ns: str, tier: str) -> list[int]:
+        from dynamiclora.storage.uri import open_store
+
+        if (store, ns, tier) not in seen:
+            seen[store, ns, tier] = open_store(store).list_versions(ns, tier)
+        return seen[store, ns, tier]
+
+    return versions
 
 
 def served_root(sw: Swarm, settings: OperatorSettings) -> Path:

@@ -215,26 +215,36 @@ def test_policy_launches_migrations_and_records_decisions(
     assert len(kube.list("Job", NS)) == 1
 
 
+def _max_migrations(job: dict[str, Any]) -> int:
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return int(args[args.index("--max-migrations") + 1])
+
+
 def test_policy_dry_run_and_bandwidth(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any],
                                       tmp_path: Path) -> None:  # fmt: skip
     _swarm(kube, settings, swarm_body)
-    _policy(kube, dryRun=True, bandwidth={"maxMigrationsPerPeriod": 0, "period": "1h"})
+    _policy(kube, dryRun=True, bandwidth={"maxMigrationsPerPeriod": 0, "period": "1h", "maxConcurrentJobs": 2})
     for tier in ("support-alice-context", "support-bob-context"):
         for _ in range(2):
             _publish(settings, tier, tmp_path)
     out = _policy_pass(kube, settings)
-    # Bandwidth 0 and no bypass: both are throttled without a Job.
+    # Bandwidth 0 and no bypass: both are throttled without a Job, with the reason, recorded once.
     assert not kube.list("Job", NS)
     assert [d["outcome"] for d in out.status["decisions"]] == ["Throttled", "Throttled"]
+    assert all("bandwidth exhausted" in d["reason"] for d in out.status["decisions"])
+    assert len(_policy_pass(kube, settings).status["decisions"]) == 2 and out.status["migrationsThrottled"] == 2
     body = kube.get("MigrationPolicy", NS, "p")
     assert body is not None
     body["spec"]["bandwidth"]["maxMigrationsPerPeriod"] = 5
     kube.objects[("MigrationPolicy", NS, "p")]["spec"] = body["spec"]
-    kube.objects[("MigrationPolicy", NS, "p")]["status"]["evaluated"] = {}
-    _policy_pass(kube, settings)
+    # Throttled sources were not marked evaluated: the next evaluation launches them.
+    out = _policy_pass(kube, settings)
     jobs = kube.list("Job", NS)
     assert len(jobs) == 2
     assert all("--dry-run" in j["spec"]["template"]["spec"]["containers"][0]["args"] for j in jobs)
+    # The two Jobs share the period's budget instead of each getting all of it.
+    grants = {j["metadata"]["name"]: _max_migrations(j) for j in jobs}
+    assert sorted(grants.values()) == [2, 3] and out.status["reservations"] == grants
 
 
 def test_retention_keeps_current_served_and_pinned_versions(

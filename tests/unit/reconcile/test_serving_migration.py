@@ -1,0 +1,109 @@
+"""Serving never composes a half-applied migration (in-memory Kube, real filesystem checkpoint store).
+
+A migration Job publishes the destination (agent tier) first and the source residual (context tier)
+second; each tier's status catches up on its own. Whatever has been published and observed so far, an
+agent's composed stack must pair the old destination with a pre-migration source, or the new
+destination with the residual (or newer): never the moved components twice, nor not at all.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from dynamiclora.api.swarm import Swarm
+from dynamiclora.controllers.serving import desired_stacks
+from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.uri import open_store
+
+from .fakekube import FakeKube
+from .test_reconcile import NS, _publish, _store, _swarm, _tier_pass
+
+CTX, AGENT = "support-alice-context", "support-alice-agent"
+
+
+def _migration_meta(settings: OperatorSettings, source_version: int, kind: str) -> dict[str, Any]:
+    """What ``consolidate`` records on both outputs of one migration (see training/consolidate.py)."""
+    src = open_store(_store(settings)).get(NS, CTX, source_version)
+    return {"kind": kind, "derivedFrom": [{"uri": src.uri, "digest": src.digest}],
+            "destBase": 1 if kind == "migration" else "n/a", "migrated": 2, "job": "mig-p-support-alice-agent-2"}
+
+
+def _composed(kube: FakeKube, settings: OperatorSettings, live: dict[str, Any], statuses: dict[str, int]) -> Any:
+    for tier, version in statuses.items():
+        kube.objects[("LoRATier", NS, tier)]["status"] = {"currentVersion": version}
+    stack = desired_stacks(kube, settings, live, Swarm.model_validate(live))[0]
+    return {e.tier: e.version for e in stack.entries}
+
+
+def test_a_half_applied_migration_is_never_composed(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    live = _swarm(kube, settings, swarm_body)
+    for _ in range(2):
+        _publish(settings, CTX, tmp_path, {"kind": "training"})  # c1, c2: c2 is the migration's input
+    _publish(settings, AGENT, tmp_path, {"kind": "training"})  # a1: the destination before the migration
+    old = {CTX: 2, AGENT: 1}
+    assert _composed(kube, settings, live, old) == old
+
+    # The race: the Job published the destination (a2) and not yet the residual; the agent tier's status
+    # may already show a2, but a2 + c2 would serve the migrated components twice.
+    assert _publish(settings, AGENT, tmp_path, _migration_meta(settings, 2, "migration")) == 2
+    for agent_status in (1, 2):
+        assert _composed(kube, settings, live, {CTX: 2, AGENT: agent_status}) == old
+
+    # The residual (c3) is published; every order in which the two statuses catch up composes either
+    # the old pair or the new one, and a lagging destination status is pulled forward, not left behind.
+    assert _publish(settings, CTX, tmp_path, _migration_meta(settings, 2, "migration-source")) == 3
+    new = {CTX: 3, AGENT: 2}
+    for ctx_status, agent_status in itertools.product((2, 3), (1, 2)):
+        got = _composed(kube, settings, live, {CTX: ctx_status, AGENT: agent_status})
+        assert got in (old, new), (ctx_status, agent_status, got)
+        assert got == (new if ctx_status == 3 else old)
+
+    # Training on top of the residual (c4) keeps the migration: "the residual or newer".
+    _publish(settings, CTX, tmp_path, {"kind": "training"})
+    assert _composed(kube, settings, live, {CTX: 4, AGENT: 2}) == {CTX: 4, AGENT: 2}
+
+
+def test_statuses_from_the_tier_reconciler_never_mix_a_migration(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    live = _swarm(kube, settings, swarm_body)
+    for _ in range(2):
+        _publish(settings, CTX, tmp_path, {"kind": "training"})
+    _publish(settings, AGENT, tmp_path, {"kind": "training"})
+    for tier in (CTX, AGENT):
+        _tier_pass(kube, settings, tier)
+
+    def stack() -> dict[str, int]:
+        return {e.tier: e.version for e in desired_stacks(kube, settings, live, Swarm.model_validate(live))[0].entries}
+
+    _publish(settings, AGENT, tmp_path, _migration_meta(settings, 2, "migration"))
+    _tier_pass(kube, settings, AGENT)  # the operator observes the destination before the residual exists
+    assert kube.objects[("LoRATier", NS, AGENT)]["status"]["currentVersion"] == 2
+    assert stack() == {CTX: 2, AGENT: 1}
+    # A training Job on the source slips in before the residual: still the old destination.
+    _publish(settings, CTX, tmp_path, {"kind": "training"})
+    _tier_pass(kube, settings, CTX)
+    assert stack() == {CTX: 3, AGENT: 1}
+    _publish(settings, CTX, tmp_path, _migration_meta(settings, 2, "migration-source"))
+    _tier_pass(kube, settings, CTX)
+    assert stack() == {CTX: 4, AGENT: 2}
+
+
+def test_a_migration_that_created_the_destination_waits_for_its_residual(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    live = _swarm(kube, settings, swarm_body)
+    for _ in range(2):
+        _publish(settings, CTX, tmp_path, {"kind": "training"})
+    _publish(settings, AGENT, tmp_path, _migration_meta(settings, 2, "migration"))
+    assert _composed(kube, settings, live, {CTX: 2, AGENT: 1}) == {CTX: 2}  # nothing before a1 to serve
+    # An explicit pin is the user's choice and is composed as pinned.
+    kube.objects[("LoRATier", NS, AGENT)]["spec"]["pinnedVersion"] = 1
+    assert _composed(kube, settings, live, {CTX: 2, AGENT: 1}) == {CTX: 2, AGENT: 1}
+    del kube.objects[("LoRATier", NS, AGENT)]["spec"]["pinnedVersion"]
+    _publish(settings, CTX, tmp_path, _migration_meta(settings, 2, "migration-source"))
+    assert _composed(kube, settings, live, {CTX: 3, AGENT: 1}) == {CTX: 3, AGENT: 1}
