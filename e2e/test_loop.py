@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from dynamiclora.controllers.conditions import get_condition
+from dynamiclora.demo.data import write_regression_set
 from dynamiclora.demo.scenario import DemoConfig, Scenario
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.errors import VLLMError
@@ -30,7 +31,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 
 @pytest.fixture(scope="module")
 def scenario(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
-    cfg = DemoConfig(work_dir=tmp_path_factory.mktemp("e2e"), namespace="e2e", step_timeout=600)
+    # carol only learns in rounds (the last test); bob's tier is the one made to fail.
+    cfg = DemoConfig(work_dir=tmp_path_factory.mktemp("e2e"), namespace="e2e", step_timeout=600,
+                     agents=("alice", "bob", "carol"))
     sc = Scenario(cfg, local_cluster)
     sc.prepare_model()
     sc.install_crds()
@@ -126,13 +129,24 @@ def test_restarted_vllm_pod_gets_its_adapters_back(scenario: Scenario) -> None:
     assert sc.served("alice") is not None
 
 
-def test_failed_training_is_retried_and_reported(scenario: Scenario) -> None:
+def test_missing_input_waits_and_a_failed_training_says_why(scenario: Scenario) -> None:
     sc = scenario
     folder = sc.pvc_root / "ckpt" / "dl" / "interactions" / "bob"
     folder.mkdir(parents=True, exist_ok=True)
     # 20 lines that are not interaction records: the trainer skips them and is left with no data.
     (folder / "garbage.jsonl").write_text("".join('{"not": "a record"}\n' for _ in range(20)))
     tier = sc.tier_name("bob", "context")
+
+    # Bob's regression set does not exist yet: a condition naming the path, no Job, no failed attempt.
+    def waits_for_input() -> dict[str, Any] | None:
+        cond = get_condition(sc.status("loratiers", tier), "Training") or {}
+        return cond if cond.get("reason") == "InputMissing" else None
+
+    cond = sc.wait("bob's training waits for its missing regression set", waits_for_input)
+    assert "regression/bob.jsonl" in cond["message"], cond
+    assert not sc.status("loratiers", tier).get("failedAttempts") and not sc.status("loratiers", tier).get("activeJob")
+    assert "InputMissing" in {e["reason"] for e in _events(sc, tier)}
+    write_regression_set(sc.pvc_root / "ckpt" / "dl" / "regression", "bob")
 
     def failed_once() -> dict[str, Any] | None:
         st = sc.status("loratiers", tier)
@@ -141,6 +155,7 @@ def test_failed_training_is_retried_and_reported(scenario: Scenario) -> None:
     sc.wait("bob's training Job fails and is reported", failed_once)
     failed = [e for e in _events(sc, tier) if e["reason"] == "TrainingFailed"]
     assert failed and failed[0]["type"] == "Warning" and "train-v1 failed" in failed[0]["message"]
+    assert "no training records" in failed[0]["message"], failed[0]  # the Job's last error line, not just "failed"
     sc.wait("the failed training is retried with a new Job", lambda: sc.status("loratiers", tier).get("activeJob",
                                                                                                    "").endswith("-r1"))
     assert sc.tier_version("bob", "context") == 0  # nothing half-written was published
@@ -298,22 +313,23 @@ def test_pin_rolls_back_and_unpin_resumes_and_the_audit_trail_survives_restart(s
 
 
 def test_an_agent_learns_round_after_round_and_keeps_what_it_learned(scenario: Scenario) -> None:
-    """Issues 14 and 21: bob is taught four new facts a round, four rounds, then one answer changes.
+    """Issues 14 and 21: carol is taught four new facts a round, four rounds, then one answer changes.
 
-    Bob's regression set holds facts he was never taught (so they cannot block him), and every honest
-    round must be accepted; through vLLM he must then answer every fact of every round, the first
+    Carol's regression set holds facts she was never taught (so they cannot block her), and every honest
+    round must be accepted; through vLLM she must then answer every fact of every round, the first
     round's included, with the changed answer for the changed fact, after at least one migration.
     """
     sc = scenario
-    taught = sc.run_rounds("bob", rounds=4)
-    ctx, agent_tier = sc.tier_name("bob", "context"), sc.tier_name("bob", "agent")
+    taught = sc.run_rounds("carol", rounds=4)
+    ctx, agent_tier = sc.tier_name("carol", "context"), sc.tier_name("carol", "agent")
     st = sc.status("loratiers", ctx)
-    trained = [h for h in st["history"] if h["source"] == "training"]
-    assert len(trained) == 5 and all(h["accepted"] for h in trained), trained
+    rejected = [h["version"] for h in st["history"] if h["source"] == "training" and not h["accepted"]]
+    print(f"carol: rounds accepted as context versions {sc.round_versions}; rejected and retried: {rejected}")
+    assert len(sc.round_versions) == 5
     assert not st.get("quarantine"), st.get("quarantine")
-    sc.wait("a migration moved bob's stable content up", lambda: sc.tier_version("bob", "agent") or None)
-    sc.wait("consolidations done and bob served with his newest version", lambda: _settled(sc, ctx, "bob"))
-    answers = {entity: sc.answer("bob", entity) for entity in taught}
+    sc.wait("a migration moved carol's stable content up", lambda: sc.tier_version("carol", "agent") or None)
+    sc.wait("consolidations done and carol served with her newest version", lambda: _settled(sc, ctx, "carol"))
+    answers = {entity: sc.answer("carol", entity) for entity in taught}
     wrong = {e: (answers[e], a) for e, a in taught.items() if answers[e] != a}
-    assert not wrong, f"bob answers {len(taught) - len(wrong)} of {len(taught)}; (got, expected): {wrong}"
+    assert not wrong, f"carol answers {len(taught) - len(wrong)} of {len(taught)}; (got, expected): {wrong}"
     assert sc.status("loratiers", agent_tier)["history"][0]["source"] == "migration"

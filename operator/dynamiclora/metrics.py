@@ -6,7 +6,10 @@ which is what a user wants to see on a dashboard; nothing is labelled per reques
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from dynamiclora.serving.metrics import REGISTRY
 
@@ -80,3 +83,38 @@ POD_LOADED_ADAPTERS = Gauge(
     "dynamiclora_pod_loaded_adapters", "Adapters loaded in one vLLM pod.", ["namespace", "swarm", "pod"],
     registry=REGISTRY,
 )
+
+TIER_GAUGES = (TIER_VERSION, TIER_SERVED_VERSION, TIER_ENERGY, TIER_SCREENED, TIER_TIME_SCALE, TIER_LAST_TRAINED,
+               TIER_PENDING_RECORDS)  # fmt: skip
+SWARM_GAUGES = (SWARM_DESIRED_PODS, SWARM_READY_PODS, AGENT_SERVED_PODS, POD_LOADED_ADAPTERS)
+# kind -> (its per-object metrics, the label naming the object)
+_PER_OBJECT: dict[str, tuple[tuple[MetricWrapperBase, ...], str]] = {
+    "LoRATier": ((*TIER_GAUGES, GATE_DECISIONS), "tier"), "Swarm": (SWARM_GAUGES, "swarm"),
+}
+
+
+def export_tier_status(namespace: str, tier: str, level: str, status: dict[str, object]) -> None:
+    """Mirror the status fields a dashboard plots; a field not in the status has no series."""
+    for gauge, key in ((TIER_ENERGY, "energy"), (TIER_SCREENED, "screenedFraction"),
+                       (TIER_TIME_SCALE, "effectiveTimeScaleSeconds")):  # fmt: skip
+        value = status.get(key)
+        if isinstance(value, int | float):
+            gauge.labels(namespace, tier, level).set(value)
+        else:  # the field went away (e.g. a version without it): so does its last value
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, tier, level)
+
+
+def forget_object(kind: str, namespace: str, name: str) -> None:
+    """Drop the series of a deleted LoRATier or Swarm, so a dashboard stops plotting its last value forever.
+
+    Series are found by their labels rather than rebuilt from the object, because the agents and pods
+    a Swarm had are not in its last body.
+    """
+    metrics, key = _PER_OBJECT.get(kind, ((), ""))
+    for metric in metrics:
+        # A counter exposes _total and _created samples per label set: remove each label set once.
+        stale = {tuple(s.labels.values()) for family in metric.collect() for s in family.samples
+                 if s.labels.get("namespace") == namespace and s.labels.get(key) == name}  # fmt: skip
+        for values in stale:
+            metric.remove(*values)

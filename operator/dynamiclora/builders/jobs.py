@@ -183,6 +183,8 @@ def build_training_job(
         "--max-records", str(max(inputs.new_records, 1)),
         "--replay-fraction", f"{replay_fraction(t.replay_fraction, inputs.replay_boost):g}",
         "--replay-budget", str(t.replay_budget * (1 + inputs.replay_boost)),
+        "--screen-threshold", f"{spec.plasticity.screen_threshold:g}",
+        "--free-threshold", f"{spec.plasticity.free_threshold:g}",
         "--bad-lines", inputs.bad_records,
         "--seed", str(inputs.seed),
         "--threads", str(settings.trainer_threads),

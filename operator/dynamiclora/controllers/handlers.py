@@ -29,7 +29,14 @@ from dynamiclora.controllers.serving import ServingUnavailable, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm, swarm_status
 from dynamiclora.controllers.tier import reconcile_tier
 from dynamiclora.kube import Kube, Obj
-from dynamiclora.metrics import AGENT_SERVED_PODS, POD_LOADED_ADAPTERS, RECONCILE_SECONDS, RECONCILES
+from dynamiclora.metrics import (
+    AGENT_SERVED_PODS,
+    POD_LOADED_ADAPTERS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    TIER_SERVED_VERSION,
+    forget_object,
+)
 from dynamiclora.settings import OperatorSettings
 
 log = logging.getLogger("dynamiclora.operator")
@@ -156,13 +163,19 @@ async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, ob
     if not served:
         return
     versions: dict[str, int] = {}
+    levels: dict[str, str] = {}
     for s in outcome.stacks:
         if s.agent in served:
             for e in s.entries:
                 versions[e.tier] = max(versions.get(e.tier, 0), e.version)
+                levels[e.tier] = e.level
     for tier, version in versions.items():
         body = live.get(tier)
-        if body and (body.get("status") or {}).get("servedVersion") != version:
+        if not body:
+            continue
+        # Set on every pass, not only on a change: a restarted operator finds the status already right.
+        TIER_SERVED_VERSION.labels(ns, tier, levels[tier]).set(version)
+        if (body.get("status") or {}).get("servedVersion") != version:
             await asyncio.to_thread(rt.kube.patch_status, "LoRATier", ns, tier, {"servedVersion": version})
 
 
@@ -269,10 +282,20 @@ async def _retry(rt: Runtime, kind: str, handle: Any, meta: Obj, delay: float) -
         await reconcile_now(rt, kind, handle, fresh)
 
 
+async def forget(rt: Runtime, kind: str, body: Obj) -> None:
+    """Drop a deleted object's metric series (under its lock, so a reconcile in flight finishes first)."""
+    meta = body["metadata"]
+    ns = meta.get("namespace", "")
+    async with rt.lock(kind, ns, meta["name"]):
+        forget_object(kind, ns, meta["name"])
+
+
 def _register_kind(plural: str, kind: str, handle: Any) -> None:
     async def on_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
         plain = _plain(body)
-        if needs_reconcile(type, plain):
+        if type == "DELETED":
+            await forget(_runtime(memo), kind, plain)
+        elif needs_reconcile(type, plain):
             await reconcile_now(_runtime(memo), kind, handle, plain)
 
     on_event.__name__ = on_event.__qualname__ = f"{plural}_event"

@@ -35,7 +35,12 @@ def gate_of(ref: VersionRef) -> dict[str, Any] | None:
 def is_accepted(ref: VersionRef) -> bool:
     """Versions published without a verdict (imports, older Jobs) count as accepted."""
     gate = gate_of(ref)
-    return gate is None or gate.get("accepted") is not False
+    return gate is None or verdict_accepted(gate)
+
+
+def verdict_accepted(gate: Mapping[str, Any]) -> bool:
+    """Only a JSON ``true`` accepts: a verdict a Job wrote badly (``"false"``, ``0``, missing) fails closed."""
+    return gate.get("accepted") is True
 
 
 def latest_accepted(store: CheckpointStore, ns: str, tier: str, versions: list[int] | None = None) -> VersionRef | None:
@@ -49,7 +54,7 @@ def latest_accepted(store: CheckpointStore, ns: str, tier: str, versions: list[i
 
 def gate_status(version: int, gate: Mapping[str, Any]) -> Obj:
     """The ``status.lastGate`` object for a verdict."""
-    out: Obj = {"version": version, "accepted": gate.get("accepted") is not False,
+    out: Obj = {"version": version, "accepted": verdict_accepted(gate),
                 "reason": str(gate.get("reason", ""))[:1024]}  # fmt: skip
     for key, prefix in (("heldOut", "heldOut"), ("regression", "regression")):
         figures = gate.get(key)
@@ -77,7 +82,7 @@ def quarantines(gate: Mapping[str, Any]) -> bool:
     rejected for collateral forgetting stays eligible, to be rehearsed by a later, replayed update.
     Verdicts from before the cause was recorded are quarantined, as they were then.
     """
-    return gate.get("accepted") is False and gate.get("cause") != "collateral"
+    return not verdict_accepted(gate) and gate.get("cause") != "collateral"
 
 
 def _figures(gate: Mapping[str, Any]) -> str:
@@ -126,7 +131,7 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
         ref = store.get(ns, name, v)
         history.append(history_entry(ref))
         gate = gate_of(ref) or {"accepted": True, "reason": "no gate verdict recorded (ungated version)"}
-        accepted = gate.get("accepted") is not False
+        accepted = verdict_accepted(gate)
         source = SOURCES.get(str(ref.manifest.metadata.get("kind")), "import")
         contributors = [{"tier": name, "version": v, "source": source, **({"agent": agent} if agent else {})}]
         msg = f"v{v} ({source}) {'promoted' if accepted else 'rejected'}: {_figures(gate)}"

@@ -35,7 +35,14 @@ from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
 from dynamiclora.kube import Kube, Obj, now_rfc3339
-from dynamiclora.metrics import JOB_SECONDS, JOBS, TIER_LAST_TRAINED, TIER_PENDING_RECORDS, TIER_VERSION
+from dynamiclora.metrics import (
+    JOB_SECONDS,
+    JOBS,
+    TIER_LAST_TRAINED,
+    TIER_PENDING_RECORDS,
+    TIER_VERSION,
+    export_tier_status,
+)
 from dynamiclora.settings import OperatorSettings
 
 MAX_TRAINING_ATTEMPTS = 3
@@ -149,6 +156,8 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
             else "Ready" if st.get("currentVersion")
             else "Pending"
         )  # fmt: skip
+    # From the status, not from this pass's reads: a restarted operator exports what is already known.
+    export_tier_status(ns, name, level.value, st)
     return TierOutcome(st, events)
 
 
@@ -207,13 +216,15 @@ def _apply_stats(st: Obj, store: object, ns: str, name: str, version: int) -> No
         stats = json.loads(store.read_file(ns, name, version, "stats.json"))  # type: ignore[attr-defined]
     except Exception:
         return
-    # Statistics are optional: consolidated versions or a single version may lack some of them.
-    if stats.get("energy") is not None:
-        st["energy"] = float(stats["energy"])
-    if stats.get("screenedFraction") is not None:
-        st["screenedFraction"] = min(max(float(stats["screenedFraction"]), 0.0), 1.0)
-    if stats.get("norm") is not None:
-        st["driftNorm"] = float(stats["norm"])
+    # Statistics are optional (a consolidated version carries no phases): a field the current version
+    # lacks is dropped, not left at an older version's value.
+    for key, field_ in (("energy", "energy"), ("screenedFraction", "screenedFraction"), ("norm", "driftNorm")):
+        if stats.get(key) is None:
+            st.pop(field_, None)
+        else:
+            st[field_] = float(stats[key])
+    if "screenedFraction" in st:
+        st["screenedFraction"] = min(max(st["screenedFraction"], 0.0), 1.0)
 
 
 def _maybe_train(

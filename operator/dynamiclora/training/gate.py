@@ -91,8 +91,13 @@ class SetFigures:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (rounded for status and manifests)."""
-        return {"records": self.records, "baseline": round(self.baseline, 6), "candidate": round(self.candidate, 6),
+        return {"records": self.records, "baseline": finite(self.baseline), "candidate": finite(self.candidate),
                 "known": self.known, "forgotten": self.forgotten, "learned": self.learned}
+
+
+def finite(value: float, digits: int = 6) -> float | None:
+    """``value`` rounded, or ``None`` when it is NaN or infinite (JSON, manifests and status refuse those)."""
+    return round(value, digits) if math.isfinite(value) else None
 
 
 def compare(before: Sequence[ExampleScore], after: Sequence[ExampleScore]) -> SetFigures:
@@ -173,6 +178,10 @@ def decide(sets: Mapping[str, SetFigures], max_regression: float | None, signifi
     if not 0 < significance < 1:
         raise ValueError(f"significance must be in (0, 1), got {significance}")
     used = {n: f for n, f in sets.items() if f.records > 0}
+    diverged = [n for n, f in used.items() if not math.isfinite(f.candidate)]
+    if diverged:  # NaN weights answer nothing; even a disabled gate must not promote them
+        return GateVerdict(False, f"rejected: the candidate's loss is not finite on {', '.join(diverged)} "
+                           "(training diverged; lower the learning rate)", used, max_regression, significance)
     if max_regression is None:
         return GateVerdict(True, "gate disabled", used, None, None)
     if not used:

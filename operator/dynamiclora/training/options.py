@@ -140,6 +140,11 @@ class TrainConfig:
         "help": "consolidation replay: share of the training mix made of stored older records (newest "
                 "answer per question, chosen by surprise under the starting stack), in [0, 0.9]"})
     replay_budget: int = field(default=64, metadata={"help": "consolidation replay: stored records rehearsed at most"})
+    screen_threshold: float | None = field(default=None, metadata={
+        "help": "phases: reinforcement above which a component becomes SCREENED (the tier's plasticity); with "
+                "--free-threshold, the version's statistics report its screened fraction and phase state"})
+    free_threshold: float | None = field(default=None, metadata={
+        "help": "phases: reinforcement below which a SCREENED component becomes FREE again (hysteresis)"})
     gate_records: int = field(default=64, metadata={
         "help": "quality gate: records evaluated per set (the newest held-out ones; the newest regression ones)"})
     result_file: str | None = field(default=None, metadata={
@@ -156,6 +161,12 @@ class TrainConfig:
              f"--gate-significance must be in (0, 1), got {self.gate_significance}"),
             (0 <= self.replay_fraction <= 0.9, f"--replay-fraction must be in [0, 0.9], got {self.replay_fraction}"),
             (self.replay_budget >= 0, f"--replay-budget must be >= 0, got {self.replay_budget}"),
+            ((self.screen_threshold is None) == (self.free_threshold is None),
+             "--screen-threshold and --free-threshold go together"),
+            (self.screen_threshold is None or self.free_threshold is None
+             or 0 <= self.free_threshold < self.screen_threshold <= 1,
+             f"--free-threshold must be below --screen-threshold, both in [0, 1], got {self.free_threshold} "
+             f"and {self.screen_threshold}"),
             (self.rank >= 1, f"--rank must be >= 1, got {self.rank}"),
             (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
             (bool(self.target_modules), "--target-modules must name at least one module"),

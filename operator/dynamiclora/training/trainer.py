@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from dynamiclora.memory.phases import PhaseConfig
 from dynamiclora.storage import CheckpointStore, open_store, parse_tier_ref
 from dynamiclora.storage.base import validate_name
 from dynamiclora.training import checkpoint as ckpt
@@ -43,6 +44,7 @@ from dynamiclora.training.gate import (
     decide,
     evaluate,
     figures,
+    finite,
     rejection_cause,
     score,
     score_sets,
@@ -248,7 +250,8 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log)
         verdict = _judge(cfg, peft_model, gate_sets, baseline, sel.batch, pad)
         log(f"quality gate: {verdict['reason']}")
-        return _publish(cfg, store, peft_model, work, fp, refs, data_info, run, verdict, sel, started, log)
+        stats = _statistics(cfg, peft_model, work, init_dir, data_info)
+        return _publish(cfg, store, work, fp, refs, stats, run, verdict, sel, started, log)
 
 
 def _load_inputs(cfg: TrainConfig, model: Any, store: CheckpointStore,
@@ -355,32 +358,45 @@ def _judge(cfg: TrainConfig, peft_model: Any, gate_sets: GateSets, baseline: dic
     return verdict
 
 
-def _publish(cfg: TrainConfig, store: CheckpointStore, peft_model: Any, work: Path, fp: str,
-             refs: list[dict[str, Any]], data_info: dict[str, Any], run: TrainRun, verdict: dict[str, Any],
-             sel: Selection, started: float, log: Log) -> dict[str, Any]:  # fmt: skip
-    """Write the version's files, publish it atomically and remember the result in ``work``."""
+def _statistics(cfg: TrainConfig, peft_model: Any, work: Path, init_dir: Path | None,
+                data_info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Save the trained tier into ``work/final`` and compute its statistics (phases from the version before)."""
     final = work / "final"
     save_target(peft_model, final, cfg.base_model)
-    init_meta = next((r["init"] for r in refs if "init" in r), None)
-    stats = tier_statistics(final)
+    phases = None
+    if cfg.screen_threshold is not None and cfg.free_threshold is not None:
+        phases = PhaseConfig(screen_threshold=cfg.screen_threshold, free_threshold=cfg.free_threshold)
+    stats = tier_statistics(final, phases=phases, previous=init_dir)
     stats.update(data_info)
+    return stats
+
+
+def _publish(cfg: TrainConfig, store: CheckpointStore, work: Path, fp: str, refs: list[dict[str, Any]],
+             stats: dict[str, Any], run: TrainRun, verdict: dict[str, Any], sel: Selection, started: float,
+             log: Log) -> dict[str, Any]:  # fmt: skip
+    """Write the version's files, publish it atomically and remember the result in ``work``."""
+    final = work / "final"
+    init_meta = next((r["init"] for r in refs if "init" in r), None)
     stats.update({
         "gate": verdict,
         "namespace": cfg.namespace, "tier": cfg.tier, "baseModel": cfg.base_model,
         "steps": run.total, "batchSize": cfg.batch_size, "lr": cfg.lr, "rank": cfg.rank, "alpha": cfg.alpha,
         "targetModules": sorted(cfg.target_modules), "seed": cfg.seed,
-        "initialLoss": run.initial_loss, "finalLoss": run.final_loss, "lossCurve": _downsample(run.curve, 500),
+        "initialLoss": finite(run.initial_loss), "finalLoss": finite(run.final_loss),
+        "lossCurve": _downsample(run.curve, 500),
         "tokensProcessed": run.processed, "durationSeconds": round(run.elapsed, 3),
         "tokensPerSecond": round(run.processed / max(run.elapsed, 1e-9), 1),
         "frozen": [r for r in refs if "init" not in r], "initFrom": init_meta, "frozenUnchanged": True,
         "runFingerprint": fp,
     })  # fmt: skip
-    (final / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True))
+    stats = _finite_doc(stats)
+    (final / STATS_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True, allow_nan=False))
     (final / GATE_FILE).write_text(json.dumps(verdict, indent=2, sort_keys=True))
     files = {n: final / n for n in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, STATS_FILE, GATE_FILE)}
-    meta = {"kind": "training", "records": stats["records"], "initialLoss": run.initial_loss,
-            "finalLoss": run.final_loss, "deltaNorm": stats["norm"], "frozen": stats["frozen"], "gate": verdict,
-            "replayed": data_info.get("replayed", 0),
+    meta = {"kind": "training", "records": stats["records"], "initialLoss": finite(run.initial_loss),
+            "finalLoss": finite(run.final_loss), "deltaNorm": stats["norm"], "frozen": stats["frozen"],
+            "gate": verdict,
+            "replayed": stats.get("replayed", 0),
             # The records' time span: what the operator quarantines when the gate rejects this version.
             "window": sel.window}  # fmt: skip
     if os.environ.get("DYNAMICLORA_JOB"):  # the Job's name, for the audit trail
@@ -390,8 +406,8 @@ def _publish(cfg: TrainConfig, store: CheckpointStore, peft_model: Any, work: Pa
         "namespace": cfg.namespace, "tier": cfg.tier, "version": published.version,
         "uri": published.uri, "digest": published.digest, "records": stats["records"],
         "tokens": stats["tokens"], "steps": run.total,
-        "initialLoss": round(run.initial_loss, 6), "finalLoss": round(run.final_loss, 6),
-        "deltaNorm": stats["norm"], "heldOut": len(sel.held), "replayed": data_info.get("replayed", 0),
+        "initialLoss": finite(run.initial_loss), "finalLoss": finite(run.final_loss),
+        "deltaNorm": stats["norm"], "heldOut": len(sel.held), "replayed": stats.get("replayed", 0),
         "gate": verdict, "durationSeconds": round(time.monotonic() - started, 3),
     }  # fmt: skip
     tmp_done = work / f".{PUBLISHED}.tmp"
@@ -422,8 +438,17 @@ def _init_source(cfg: TrainConfig, store: CheckpointStore, dest: Path) -> tuple[
     return dest, meta
 
 
-def _downsample(values: list[float], limit: int) -> list[float]:
-    if len(values) <= limit:
-        return [round(v, 6) for v in values]
-    stride = math.ceil(len(values) / limit)
-    return [round(v, 6) for v in values[::stride]]
+def _downsample(values: list[float], limit: int) -> list[float | None]:
+    stride = max(1, math.ceil(len(values) / limit))
+    return [finite(v) for v in values[::stride]]
+
+
+def _finite_doc(doc: Any) -> Any:
+    """``doc`` with every NaN or infinite float replaced by ``None``: readers refuse non-finite JSON."""
+    if isinstance(doc, float):
+        return finite(doc, 12)
+    if isinstance(doc, dict):
+        return {k: _finite_doc(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_finite_doc(v) for v in doc]
+    return doc

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.tiers import build_agent_tiers
 from dynamiclora.controllers.policy import result_path
@@ -216,3 +218,13 @@ def test_a_distrusted_agent_moves_the_shared_tier_less() -> None:
     pa = float((equal["q_proj"].dense() * a).sum() / (a * a).sum())
     pb = float((equal["q_proj"].dense() * b).sum() / (b * b).sum())
     assert abs(pa - pb) < 0.25 * max(pa, pb)
+
+
+@pytest.mark.parametrize("written", [False, "false", 0, None, "true", 1])
+def test_only_a_json_true_accepts_a_verdict(written: object) -> None:
+    from dynamiclora.controllers.promotion import gate_status, quarantines, verdict_accepted
+
+    gate = {"accepted": written, "reason": "written by a broken Job"}
+    assert verdict_accepted(gate) is False and gate_status(3, gate)["accepted"] is False
+    assert quarantines(gate)  # fails closed: treated as a rejection of its records
+    assert verdict_accepted({"accepted": True}) is True

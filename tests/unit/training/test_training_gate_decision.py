@@ -232,3 +232,13 @@ def test_held_out_truth_is_the_newest_answer_per_question(tmp_path: Any) -> None
         newest = max(i for i, r in enumerate(rows) if r["prompt"] == prompt
                      and is_held_out(parse_line(json.dumps(r)), 0.5))
         assert answer == f"answer {newest}"
+
+
+def test_a_diverged_candidate_is_rejected_even_with_the_gate_disabled() -> None:
+    nan = {"heldOut": SetFigures(4, 0.5, float("nan"))}
+    for max_regression in (0.05, None):
+        verdict = decide(nan, max_regression)
+        assert not verdict.accepted and "not finite" in verdict.reason
+    doc = decide(nan, 0.05).to_dict()
+    assert doc["heldOut"]["candidate"] is None  # manifests, status and the audit log refuse NaN
+    json.dumps(doc, allow_nan=False)
