@@ -14,6 +14,8 @@ REASON_TRAINING_FAILING = "TrainingFailing"
 REASON_TRAINING_FAILED = "TrainingFailed"
 REASON_VERSION_AVAILABLE = "VersionAvailable"
 REASON_NO_VERSION_YET = "NoVersionYet"
+REASON_STORAGE_UNAVAILABLE = "StorageUnavailable"
+REASON_RECORDS_UNAVAILABLE = "RecordsUnavailable"
 
 
 def set_condition(

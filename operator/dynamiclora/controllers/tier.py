@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from dynamiclora.api.common import Storage, TierLevel
 from dynamiclora.api.swarm import Swarm
@@ -34,6 +34,13 @@ from dynamiclora.controllers.conditions import (
 from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
+from dynamiclora.controllers.tier_storage import (
+    StorageUnavailable,
+    is_storage_error,
+    records_unavailable,
+    s3_client_for,
+    storage_unavailable,
+)
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import (
     JOB_SECONDS,
@@ -44,6 +51,7 @@ from dynamiclora.metrics import (
     export_tier_status,
 )
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.base import StoreError
 
 MAX_TRAINING_ATTEMPTS = 3
 MAX_COLLATERAL_RETRIES = 2
@@ -57,16 +65,11 @@ class TierOutcome:
     events: list[Event] = field(default_factory=list)
 
 
-def count_records(location: str) -> int:
-    """Non-empty lines of every ``*.jsonl`` under a folder (the operator mounts the storage PVC)."""
-    root = Path(location)
-    if not root.is_dir():
-        return 0
-    total = 0
-    for f in sorted(root.rglob("*.jsonl")):
-        with f.open("rb") as fh:
-            total += sum(1 for line in fh if line.strip())
-    return total
+def count_records(location: str, s3_client: Any = None) -> int:
+    """Records of an agent below its location: a folder on the mounted PVC or an S3 prefix."""
+    from dynamiclora.storage.record_count import count_records as count
+
+    return count(location, s3_client=s3_client)
 
 
 def _resolve(kube: Kube, tier: LoRATier, ns: str) -> tuple[Storage, Swarm | None]:
@@ -81,7 +84,19 @@ def _resolve(kube: Kube, tier: LoRATier, ns: str) -> tuple[Storage, Swarm | None
 
 
 def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOutcome:
-    """One pass over a tier; returns the status to write and the events to emit."""
+    """One pass over a tier; returns the status to write and the events to emit.
+
+    Storage the operator cannot read (credentials, endpoint) becomes a condition, not a failed reconcile.
+    """
+    try:
+        return _reconcile_tier(kube, settings, body)
+    except Exception as e:
+        if not is_storage_error(e):
+            raise
+        return TierOutcome(*storage_unavailable(body, e))
+
+
+def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOutcome:
     from dynamiclora.storage.uri import open_store
 
     tier = parse(LoRATier, body)
@@ -95,7 +110,7 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
     events: list[Event] = []
 
     storage, swarm = _resolve(kube, tier, ns)
-    store = open_store(store_uri(storage, settings))
+    store = open_store(store_uri(storage, settings), s3_client=s3_client_for(kube, ns, storage))
     promo = observe_versions(store, ns, name, tier.spec.agent, old, st, events)
     latest = promo.current
     if latest is not None:
@@ -247,7 +262,10 @@ def _maybe_train(
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     agent = tier.spec.agent or ""
     location = experience_location(storage, swarm.spec.experience.prefix, agent, settings)
-    total = count_records(location)
+    try:
+        total = count_records(location, s3_client_for(kube, ns, storage))
+    except (StoreError, StorageUnavailable) as e:  # the pass's other work (versions, Jobs) is kept
+        return records_unavailable(conditions, e, events, generation(body))
     consumed = int(st.get("recordsConsumed", 0))
     pending = max(total - consumed, 0)
     TIER_PENDING_RECORDS.labels(ns, name, tier.spec.level).set(pending)

@@ -26,19 +26,30 @@ _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 def s3_client_from_env(endpoint_url: str | None = None) -> Any:
     """A boto3 S3 client configured from the environment (see module docstring)."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return build_s3_client(endpoint_url, region)
+
+
+def build_s3_client(
+    endpoint_url: str | None, region: str, access_key_id: str | None = None, secret_access_key: str | None = None
+) -> Any:
+    """A boto3 S3 client for one storage; without keys boto3's default chain (env, workload identity) applies.
+
+    An unset ``endpoint_url`` falls back to ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL``, as the Jobs do.
+    """
     import boto3
     from botocore.config import Config
 
     endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     style = os.environ.get("DYNAMICLORA_S3_ADDRESSING_STYLE") or ("path" if endpoint else "auto")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     cfg = Config(
         s3={"addressing_style": style},
         retries={"max_attempts": 5, "mode": "standard"},
         connect_timeout=10,
         read_timeout=60,
     )
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=cfg)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=cfg,
+                        aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key)  # fmt: skip
 
 
 def _code(err: Exception) -> str:

@@ -30,7 +30,7 @@ VERBS: dict[str, frozenset[str]] = {
     "Service": APPLIED,
     "PersistentVolumeClaim": APPLIED,
     "Pod": frozenset({"get", "list", "watch"}),  # pod IPs and readiness (hot-swap); failed Jobs' messages
-    "Secret": frozenset({"get"}),  # the vLLM API key Secret, by name (controllers/handlers.py)
+    "Secret": frozenset({"get"}),  # the vLLM API key and S3 credentials Secrets, by name (handlers, tier_storage)
     "Event": frozenset({"create"}),
 }
 

@@ -1,0 +1,176 @@
+"""S3-only swarms: records in the bucket are counted with the Swarm's own S3 settings and start training.
+
+The storage names the moto server on loopback as its endpoint and a Secret with the keys to use; wrong or
+missing credentials are a condition on the tier, not a failed reconcile.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dynamiclora.api.common import Storage
+from dynamiclora.controllers import tier_storage
+from dynamiclora.controllers.conditions import get_condition, write_status
+from dynamiclora.controllers.tier import TierOutcome, reconcile_tier
+from dynamiclora.settings import OperatorSettings
+
+from .fakekube import FakeKube
+
+NS = "default"
+TIER = "support-bob-context"
+SECRET = "s3-creds"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients() -> Iterator[None]:
+    """Clients and Secrets are cached process-wide; each test starts from what it configures."""
+    tier_storage._clients.clear()
+    tier_storage._secrets.clear()
+    yield
+    tier_storage._clients.clear()
+    tier_storage._secrets.clear()
+
+
+def _secret(kube: FakeKube, key_id: str, secret: str) -> None:
+    data = {"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+    kube.add({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NS},
+              "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})  # fmt: skip
+    tier_storage._secrets.clear()
+
+
+def _swarm(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], bucket: str, endpoint: str) -> None:
+    from dynamiclora.controllers.swarm import reconcile_swarm
+
+    s3 = {"bucket": bucket, "prefix": "dl", "endpoint": endpoint, "credentialsSecretRef": {"name": SECRET}}
+    swarm_body["spec"]["storage"] = {"s3": s3}
+    reconcile_swarm(kube, settings, kube.add(swarm_body))
+
+
+def _records(client: Any, bucket: str, name: str, n: int) -> None:
+    lines = (json.dumps({"agent": "bob", "timestamp": "2026-11-22T00:00:00Z", "prompt": f"q{i}", "response": "a"})
+             for i in range(n))  # fmt: skip
+    client.put_object(Bucket=bucket, Key=f"dl/interactions/bob/{name}", Body="\n".join(lines).encode() + b"\n")
+
+
+def _pass(kube: FakeKube, settings: OperatorSettings) -> TierOutcome:
+    body = kube.get("LoRATier", NS, TIER)
+    assert body is not None
+    out = reconcile_tier(kube, settings, body)
+    write_status(kube, body, out.status)
+    return out
+
+
+def _condition(out: TierOutcome, type_: str) -> tuple[str, str, str]:
+    c = get_condition(out.status, type_)
+    assert c is not None
+    return c["status"], c["reason"], c["message"]
+
+
+def test_records_in_the_bucket_start_training(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], s3_client: Any, s3_bucket: str,
+    moto_s3_endpoint: str,
+) -> None:  # fmt: skip
+    _secret(kube, "testing", "testing")
+    _swarm(kube, settings, swarm_body, s3_bucket, moto_s3_endpoint)
+    _records(s3_client, s3_bucket, "batch-1.jsonl", 10)
+
+    out = _pass(kube, settings)
+    assert _condition(out, "Training") == ("False", "WaitingForRecords", "10/16 new interaction records")
+    assert out.status["recordsSeen"] == 10 and not kube.list("Job", NS)
+
+    # The tier's client is the one built from the Swarm's storage: watch what it downloads.
+    client = tier_storage.s3_client_for(kube, NS, Storage.model_validate(swarm_body["spec"]["storage"]))
+    gets: list[str] = []
+    client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
+    _records(s3_client, s3_bucket, "batch-2.jsonl", 10)
+    out = _pass(kube, settings)
+    assert gets == ["dl/interactions/bob/batch-2.jsonl"]  # batch-1 is unchanged: its count is cached
+    assert out.status["activeJob"] == f"{TIER}-train-v1" and out.status["recordsSeen"] == 20
+    assert [e.reason for e in out.events] == ["TrainingStarted"]
+    (job,) = kube.list("Job", NS)
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == moto_s3_endpoint
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == SECRET
+
+
+def test_missing_secret_is_a_condition(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], s3_bucket: str, moto_s3_endpoint: str
+) -> None:
+    _swarm(kube, settings, swarm_body, s3_bucket, moto_s3_endpoint)
+    out = _pass(kube, settings)
+    status, reason, message = _condition(out, "Ready")
+    assert (status, reason) == ("False", "StorageUnavailable")
+    assert f"Secret {NS}/{SECRET} (spec.storage.s3.credentialsSecretRef) does not exist" in message
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "StorageUnavailable")]
+    assert not _pass(kube, settings).events  # the same problem again: no second event
+
+    _secret(kube, "testing", "testing")
+    out = _pass(kube, settings)
+    assert _condition(out, "Ready")[1] == "NoVersionYet" and not out.events
+
+
+@pytest.fixture
+def iam_user(s3_client: Any, moto_s3_endpoint: str) -> Iterator[tuple[str, str]]:
+    """Keys of an IAM user allowed everything on S3, with moto checking credentials until the test ends."""
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=moto_s3_endpoint, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+    iam.create_user(UserName="tenant")
+    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="tenant", PolicyName="s3", PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName="tenant")["AccessKey"]
+
+    def auth(count: str) -> None:
+        req = urllib.request.Request(f"{moto_s3_endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                     headers={"Content-Type": "text/plain"})  # fmt: skip
+        urllib.request.urlopen(req, timeout=10).read()
+
+    auth("0")
+    try:
+        yield key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        auth("inf")
+
+
+def test_wrong_credentials_are_a_condition_then_recover(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], s3_client: Any, s3_bucket: str,
+    moto_s3_endpoint: str, iam_user: tuple[str, str],
+) -> None:  # fmt: skip
+    key_id, secret = iam_user
+    _secret(kube, key_id, "not-the-secret")
+    _swarm(kube, settings, swarm_body, s3_bucket, moto_s3_endpoint)
+    out = _pass(kube, settings)
+    status, reason, message = _condition(out, "Ready")
+    assert (status, reason) == ("False", "StorageUnavailable")
+    assert "SignatureDoesNotMatch" in message and "check spec.storage.s3.credentialsSecretRef" in message
+    assert not kube.list("Job", NS)
+
+    _secret(kube, key_id, secret)  # the Secret is fixed: the next pass uses the new keys
+    out = _pass(kube, settings)
+    assert _condition(out, "Ready")[1] == "NoVersionYet"
+    assert _condition(out, "Training")[:2] == ("False", "WaitingForRecords")
+
+
+def test_unreadable_records_keep_the_rest_of_the_pass(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], s3_client: Any, s3_bucket: str,
+    moto_s3_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from dynamiclora.storage import record_count
+
+    monkeypatch.setattr(record_count, "MAX_OBJECT_BYTES", 1000)
+    _secret(kube, "testing", "testing")
+    _swarm(kube, settings, swarm_body, s3_bucket, moto_s3_endpoint)
+    _records(s3_client, s3_bucket, "huge.jsonl", 100)
+    out = _pass(kube, settings)
+    status, reason, message = _condition(out, "Training")
+    assert (status, reason) == ("False", "RecordsUnavailable")
+    assert f"s3://{s3_bucket}/dl/interactions/bob/huge.jsonl has" in message and "split it" in message
+    assert _condition(out, "Ready")[1] == "NoVersionYet"  # the store was observed as usual
+    assert [e.reason for e in out.events] == ["RecordsUnavailable"] and not kube.list("Job", NS)
