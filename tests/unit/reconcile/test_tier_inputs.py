@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from dynamiclora.controllers.conditions import get_condition, write_status
+from dynamiclora.controllers.conditions import get_condition
 from dynamiclora.controllers.inputs import input_exists
-from dynamiclora.controllers.tier import reconcile_tier
+from dynamiclora.controllers.tier import TierOutcome
 from dynamiclora.settings import OperatorSettings
 
 from .fakekube import FakeKube
+from .passes import tier_pass
 
 NS = "default"
 TIER = "support-bob-context"
@@ -37,12 +38,8 @@ def _setup(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any
     _records(settings)
 
 
-def _pass(kube: FakeKube, settings: OperatorSettings) -> Any:
-    body = kube.get("LoRATier", NS, TIER)
-    assert body is not None
-    out = reconcile_tier(kube, settings, body)
-    write_status(kube, body, out.status)
-    return out
+def _pass(kube: FakeKube, settings: OperatorSettings) -> TierOutcome:
+    return tier_pass(kube, settings, TIER, NS)
 
 
 def _args(kube: FakeKube) -> list[str]:

@@ -8,24 +8,20 @@ from typing import Any
 
 import pytest
 
-from dynamiclora.controllers.conditions import write_status
 from dynamiclora.controllers.swarm import reconcile_swarm
-from dynamiclora.controllers.tier import MAX_COLLATERAL_RETRIES, reconcile_tier
+from dynamiclora.controllers.tier import MAX_COLLATERAL_RETRIES, TierOutcome
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage.uri import open_store
 
 from .fakekube import FakeKube
+from .passes import tier_pass
 
 NS = "default"
 TIER = "support-alice-context"
 
 
-def _pass(kube: FakeKube, settings: OperatorSettings) -> Any:
-    body = kube.get("LoRATier", NS, TIER)
-    assert body is not None
-    out = reconcile_tier(kube, settings, body)
-    write_status(kube, body, out.status)
-    return out
+def _pass(kube: FakeKube, settings: OperatorSettings) -> TierOutcome:
+    return tier_pass(kube, settings, TIER, NS)
 
 
 def _records(settings: OperatorSettings, n: int) -> None:

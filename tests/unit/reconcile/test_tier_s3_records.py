@@ -16,11 +16,12 @@ import pytest
 
 from dynamiclora.api.common import Storage
 from dynamiclora.controllers import tier_storage
-from dynamiclora.controllers.conditions import get_condition, write_status
-from dynamiclora.controllers.tier import TierOutcome, reconcile_tier
+from dynamiclora.controllers.conditions import get_condition
+from dynamiclora.controllers.tier import TierOutcome
 from dynamiclora.settings import OperatorSettings
 
 from .fakekube import FakeKube
+from .passes import tier_pass
 
 NS = "default"
 TIER = "support-bob-context"
@@ -59,11 +60,7 @@ def _records(client: Any, bucket: str, name: str, n: int) -> None:
 
 
 def _pass(kube: FakeKube, settings: OperatorSettings) -> TierOutcome:
-    body = kube.get("LoRATier", NS, TIER)
-    assert body is not None
-    out = reconcile_tier(kube, settings, body)
-    write_status(kube, body, out.status)
-    return out
+    return tier_pass(kube, settings, TIER, NS)
 
 
 def _condition(out: TierOutcome, type_: str) -> tuple[str, str, str]:
