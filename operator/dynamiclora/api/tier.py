@@ -372,6 +372,10 @@ class LoRATierStatus(ApiModel):
         default=None, description="Time of the last rate sample.", json_schema_extra={"format": "date-time"}
     )
     failed_attempts: int | None = Field(default=None, ge=0, description="Consecutive failed training Jobs.")
+    last_failure_time: str | None = Field(
+        default=None, description="When the last training Job failed (the backoff counts from it).",
+        json_schema_extra={"format": "date-time"},
+    )
     collateral_retries: int | None = Field(
         default=None, ge=0, description="Retries, with more replay, of records whose update forgot collaterally."
     )

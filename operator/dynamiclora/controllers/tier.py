@@ -55,6 +55,32 @@ from dynamiclora.storage.base import StoreError
 
 MAX_TRAINING_ATTEMPTS = 3
 MAX_COLLATERAL_RETRIES = 2
+# After MAX_TRAINING_ATTEMPTS quick retries, training keeps trying with exponential backoff: transient causes
+# (a GPU that frees up, an S3 outage, a full disk) must not stop a tier for good.
+BACKOFF_BASE_SECONDS = 60.0
+BACKOFF_CAP_SECONDS = 3600.0
+
+
+def training_backoff(attempts: int) -> float:
+    """Seconds to wait after ``attempts`` consecutive failed Jobs before the next one."""
+    if attempts < MAX_TRAINING_ATTEMPTS:
+        return 0.0
+    return float(min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - MAX_TRAINING_ATTEMPTS)))
+
+
+def _backing_off(st: Obj) -> bool:
+    last = parse_time(st.get("lastFailureTime"))
+    wait = training_backoff(int(st.get("failedAttempts", 0)))
+    return bool(wait and last and (dt.datetime.now(dt.UTC) - last).total_seconds() < wait)
+
+
+def _reset_on_new_generation(old: Obj, st: Obj, conditions: list[Obj], gen: int | None) -> list[Obj]:
+    """A changed spec (a fix, usually) gets fresh attempts at once instead of waiting out the backoff."""
+    if old.get("observedGeneration") in (None, gen) or not old.get("failedAttempts"):
+        return conditions
+    st.pop("failedAttempts", None)
+    st.pop("lastFailureTime", None)
+    return set_condition(conditions, "Degraded", False, "SpecChanged", "the spec changed: training retries", gen)
 
 
 @dataclass
@@ -109,6 +135,7 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
     gen = generation(body)
     events: list[Event] = []
 
+    conditions = _reset_on_new_generation(old, st, conditions, gen)
     storage, swarm = _resolve(kube, tier, ns)
     store = open_store(store_uri(storage, settings), s3_client=s3_client_for(kube, ns, storage))
     promo = observe_versions(store, ns, name, tier.spec.agent, old, st, events)
@@ -151,8 +178,10 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
             why = failure_reason(kube, job) if job is not None and state == "Failed" else ""
             msg += f": {why}" if why else ""
             conditions = set_condition(conditions, "Training", False, REASON_JOB_FAILED, msg, gen)
+            st["lastFailureTime"] = now_rfc3339()
             if attempts >= MAX_TRAINING_ATTEMPTS:
-                conditions = set_condition(conditions, "Degraded", True, REASON_TRAINING_FAILING, msg, gen)
+                retry = f"; retrying in {training_backoff(attempts):.0f}s (a spec change retries at once)"
+                conditions = set_condition(conditions, "Degraded", True, REASON_TRAINING_FAILING, msg + retry, gen)
             events.append(Event("Warning", REASON_TRAINING_FAILED, msg))
 
     if tier.spec.suspend:
@@ -270,7 +299,7 @@ def _maybe_train(
     pending = max(total - consumed, 0)
     TIER_PENDING_RECORDS.labels(ns, name, tier.spec.level).set(pending)
     _update_rate(st, old, total, tier.spec.plasticity.learning_rate)
-    if int(st.get("failedAttempts", 0)) >= MAX_TRAINING_ATTEMPTS:
+    if _backing_off(st):  # the Degraded condition says when the next attempt comes
         return conditions
     if pending < tier.spec.training.min_samples:
         return set_condition(

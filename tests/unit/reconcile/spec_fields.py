@@ -19,7 +19,9 @@ from dynamiclora.api.policy import MigrationPolicySpec
 from dynamiclora.api.swarm import SwarmSpec
 from dynamiclora.api.tier import LoRATierSpec
 
-SPECS: dict[str, type[BaseModel]] = {"Swarm": SwarmSpec, "LoRATier": LoRATierSpec, "MigrationPolicy": MigrationPolicySpec}
+SPECS: dict[str, type[BaseModel]] = {
+    "Swarm": SwarmSpec, "LoRATier": LoRATierSpec, "MigrationPolicy": MigrationPolicySpec,
+}
 
 
 @dataclass(frozen=True)

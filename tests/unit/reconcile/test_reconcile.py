@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from dynamiclora.controllers.common import InvalidSpec
 from dynamiclora.controllers.conditions import get_condition, write_status
 from dynamiclora.controllers.policy import reconcile_policy, result_path
 from dynamiclora.controllers.swarm import reconcile_swarm
-from dynamiclora.controllers.tier import reconcile_tier
+from dynamiclora.controllers.tier import reconcile_tier, training_backoff
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage.uri import open_store
 
@@ -156,9 +157,31 @@ def test_tier_training_failures_are_retried_then_reported(
         assert any(e.reason == "TrainingFailed" and e.type == "Warning" for e in out.events), attempt
     assert names == [f"{name}-train-v1", f"{name}-train-v1-r1", f"{name}-train-v1-r2"]
     st = _tier(kube, name)["status"]
-    assert st["phase"] == "Failed" and get_condition(st, "Degraded")["reason"] == "TrainingFailing"
+    degraded = get_condition(st, "Degraded")
+    assert st["phase"] == "Failed" and degraded["reason"] == "TrainingFailing"
+    assert "retrying in 60s" in degraded["message"]  # never gives up silently
     _tier_pass(kube, settings, name)
-    assert len(kube.list("Job", NS)) == 3  # gives up until the user intervenes
+    assert len(kube.list("Job", NS)) == 3  # backs off ...
+
+    def fail_after(seconds: float) -> str:
+        body = kube.objects[("LoRATier", NS, name)]
+        body["status"]["lastFailureTime"] = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds)).strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+        _tier_pass(kube, settings, name)
+        job = _tier(kube, name)["status"]["activeJob"]
+        kube.objects[("Job", NS, job)]["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+        _tier_pass(kube, settings, name)
+        return str(job)
+
+    assert fail_after(61) == f"{name}-train-v1-r3"  # ... then retries slowly, doubling the wait
+    assert "retrying in 120s" in get_condition(_tier(kube, name)["status"], "Degraded")["message"]
+    assert training_backoff(20) == 3600.0  # capped
+
+    body = kube.objects[("LoRATier", NS, name)]  # a spec change (a fix, usually) retries at once
+    body["metadata"]["generation"] = int(body["metadata"].get("generation", 1)) + 1
+    out = _tier_pass(kube, settings, name)
+    assert out.status["activeJob"] == f"{name}-train-v1" and "failedAttempts" not in out.status
+    assert get_condition(out.status, "Degraded")["status"] == "False"
 
 
 def _policy(kube: FakeKube, **spec: Any) -> dict[str, Any]:

@@ -21,7 +21,8 @@ def _schema_node(leaf: Leaf) -> dict[str, Any]:
     node = SCHEMAS[leaf.kind]
     for key in leaf.keys:
         node = node["items"] if key == "[]" else node["properties"][key]
-    return node
+    out: dict[str, Any] = node
+    return out
 
 
 def test_every_kind_has_leaves() -> None:

@@ -213,7 +213,8 @@ def test_degraded_condition_carries_the_last_reason(
     out = _pass(kube, settings)
     degraded = get_condition(out.status, "Degraded")
     assert degraded is not None and degraded["reason"] == "TrainingFailing"
-    assert degraded["message"] == f"Job {JOB}-r2 failed (attempt 3): error: attempt 2"
+    retry = "retrying in 60s (a spec change retries at once)"
+    assert degraded["message"] == f"Job {JOB}-r2 failed (attempt 3): error: attempt 2; {retry}"
     assert out.status["phase"] == "Failed"
 
 
