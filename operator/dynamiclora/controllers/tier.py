@@ -241,15 +241,17 @@ def _retain(store: object, ns: str, tier: LoRATier, old: Obj, st: Obj, events: l
     """Apply the retention policy; the current, served and pinned versions (and young ones) are kept."""
     name = tier.metadata.name or ""
     keep = tier.spec.retention.keep_versions
-    if len(store.list_versions(ns, name)) <= keep:  # type: ignore[attr-defined]
+    versions = store.list_versions(ns, name)  # type: ignore[attr-defined]
+    if len(versions) <= keep:
         return
     protected = {v for v in (st.get("currentVersion"), old.get("servedVersion"), tier.spec.pinned_version) if v}
     if tier.spec.retention.keep_for:
+        # Ages come from the versions' own manifests: the status history holds only the newest few.
         horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=duration_s(tier.spec.retention.keep_for))
-        for h in st.get("history", []):
-            created = parse_time(h.get("created"))
+        for v in versions[:-keep]:
+            created = parse_time(store.get(ns, name, v).manifest.created)  # type: ignore[attr-defined]
             if created and created >= horizon:
-                protected.add(int(h["version"]))
+                protected.add(int(v))
     report = store.retain(ns, name, keep_last=keep, protected=frozenset(int(v) for v in protected))  # type: ignore[attr-defined]
     if report.deleted:
         events.append(Event("Normal", "RetentionApplied", f"deleted versions {report.deleted} (keep {keep})"))

@@ -568,8 +568,6 @@ def test_field_changes_what_the_operator_produces(leaf: Leaf, make_ctx: Callable
                          "give it the state it acts in (CASES), or list it in KNOWN_DECORATIVE with why")  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="product defect: keepFor only protects versions still in status.history "
-                   "(HISTORY_LIMIT 20 newest), so with keepVersions >= 20 it protects nothing")  # fmt: skip
 def test_keep_for_protects_young_versions_outside_the_status_history(make_ctx: Callable[[bool], Ctx]) -> None:
     def keep_20_for_a_week(w: World, ctx: Ctx) -> None:
         w.tier_spec["retention"] = {"keepVersions": 20, "keepFor": "168h"}
