@@ -148,6 +148,7 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
             q = [w for w in st.get("quarantine", []) if int(w.get("version", 0)) != v]
             q.append({"version": v, "from": str(window["from"]), "to": str(window["to"])})
             st["quarantine"] = q[-QUARANTINE_LIMIT:]
+        _release(audit, ref, st, events)
         if created:
             GATE_DECISIONS.labels(ns, name, "promoted" if accepted else "rejected").inc()
         if created or old.get("latestVersion") is None or v > int(old.get("latestVersion") or 0):
@@ -164,6 +165,28 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
     if st["latestVersion"] is None:
         st.pop("latestVersion")
     return Promotion(current, versions[-1] if versions else None)
+
+
+def _release(audit: Any, ref: VersionRef, st: Obj, events: list[Event]) -> None:
+    """Lift the quarantine windows a training Job re-examined and found agreeing with the served stack."""
+    released = ref.manifest.metadata.get("released")
+    if not isinstance(released, list) or not released:
+        return
+    job = ref.manifest.metadata.get("job")
+    kept = []
+    for w in st.get("quarantine", []):
+        window = f"{w.get('from')}/{w.get('to')}"
+        if window not in released:
+            kept.append(w)
+            continue
+        msg = (f"records of rejected v{w.get('version')} ({window}) now agree with what the served stack "
+               f"answers: released from quarantine by v{ref.version}'s Job")
+        _, created = audit.append("quarantine-release", id=f"release/v{ref.version}/{window}",
+                                  version=int(w.get("version") or 0) or None,
+                                  actor=f"job/{job}" if job else "operator", message=msg)  # fmt: skip
+        if created:
+            events.append(Event("Normal", "QuarantineReleased", msg))
+    st["quarantine"] = kept
 
 
 def observe_pin(store: CheckpointStore, ns: str, name: str, pinned: int | None, generation: int | None,

@@ -46,6 +46,7 @@ AuditKind = Literal[
     "pin",
     "unpin",
     "training-failed",
+    "quarantine-release",
 ]
 AUDIT_KINDS: tuple[str, ...] = get_args(AuditKind)
 MAX_ID_CHARS = 256

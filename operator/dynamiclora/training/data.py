@@ -149,6 +149,7 @@ def parse_windows(windows: Sequence[str]) -> list[tuple[datetime, datetime]]:
     return out
 
 
-def drop_windows(records: Sequence[SourcedRecord], windows: Sequence[tuple[datetime, datetime]]) -> list[SourcedRecord]:
-    """Records whose timestamp falls in none of the (inclusive) windows."""
-    return [r for r in records if not any(a <= r.record.timestamp <= b for a, b in windows)]
+def drop_windows(records: Sequence[SourcedRecord], windows: Sequence[tuple[datetime, datetime]],
+                 keep: bool = False) -> list[SourcedRecord]:  # fmt: skip
+    """Records whose timestamp falls in none of the (inclusive) windows (``keep``: in one of them)."""
+    return [r for r in records if any(a <= r.record.timestamp <= b for a, b in windows) == keep]

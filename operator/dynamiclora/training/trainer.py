@@ -74,6 +74,8 @@ Log = Callable[[str], None]
 PUBLISHED = "published.json"
 # Replay candidates scored per Job, as a multiple of the replay budget: bounds a Job's extra work.
 REPLAY_POOL_FACTOR = 4
+# Records of a quarantined window scored when it is re-examined (the newest): bounds a Job's extra work.
+REEXAMINE_RECORDS = 64
 
 
 def _print(msg: str) -> None:
@@ -103,6 +105,7 @@ class Selection:
     history: list[SourcedRecord]  # older records, not held out: what replay may rehearse
     skipped: int  # malformed lines skipped
     window: dict[str, str]  # time span of the batch: what is quarantined if the gate rejects it
+    quarantined: dict[str, list[SourcedRecord]]  # --exclude-window text -> its records, re-examined
 
 
 def _select(cfg: TrainConfig, log: Log) -> Selection:
@@ -111,6 +114,8 @@ def _select(cfg: TrainConfig, log: Log) -> Selection:
     for b in bad:
         log(f"warning: skipped malformed line {b}")
     filtered = select_records(good, cfg.agent, cfg.since, cfg.min_reward)
+    quarantined = {text: drop_windows(filtered, [w], keep=True)
+                   for text, w in zip(cfg.exclude_window, parse_windows(cfg.exclude_window), strict=True)}
     if cfg.exclude_window:  # quarantined windows (rejected updates): neither trained on nor judged by
         before = len(filtered)
         filtered = drop_windows(filtered, parse_windows(cfg.exclude_window))
@@ -134,7 +139,7 @@ def _select(cfg: TrainConfig, log: Log) -> Selection:
             f"held-out slice of the quality gate (--holdout-fraction {cfg.holdout_fraction}); add records"
         )
     window = {"from": selected[0].record.timestamp.isoformat(), "to": selected[-1].record.timestamp.isoformat()}
-    return Selection(train, held, history, len(bad), window)
+    return Selection(train, held, history, len(bad), window, quarantined)
 
 
 def _tokenize(cfg: TrainConfig, selected: list[SourcedRecord], skipped: int,
@@ -178,6 +183,25 @@ def _gate_sets(cfg: TrainConfig, held: list[SourcedRecord], tokenizer: Any) -> G
             raise RecordsError(f"--regression-data {cfg.regression_data}: no record with a learnable token")
         sets.examples[REGRESSION], sets.records[REGRESSION] = ex, recs
     return sets
+
+
+def _reexamine(cfg: TrainConfig, model: Any, sel: Selection, tokenizer: Any, log: Log) -> list[str]:
+    """Quarantined windows whose records the served stack now answers as they do, released.
+
+    A window was quarantined because its records contradicted what the agent knew. Once most of them
+    agree with what the served stack answers (the user corrected the regression set, or the world really
+    changed and honest records taught it), they are no contradiction any more. A poisoned window never
+    agrees, so it stays quarantined; a window with nothing left to judge stays too.
+    """
+    released: list[str] = []
+    for window, records in sel.quarantined.items():
+        examples, _ = _keyed(records[-REEXAMINE_RECORDS:], tokenizer, cfg.max_seq_len)
+        agree = sum(s.correct for s in score(model, examples, cfg.batch_size, int(tokenizer.pad_token_id)))
+        if examples and 2 * agree > len(examples):
+            released.append(window)
+        log(f"quarantine {window}: the served stack agrees with {agree} of {len(examples)} record(s)"
+            f"{': released' if window in released else ''}")
+    return released
 
 
 def _replay(cfg: TrainConfig, model: Any, sel: Selection, batch: int, tokenizer: Any,
@@ -236,6 +260,7 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         # Baseline = the stack as loaded (frozen tiers + --init-from, i.e. what is served): the gate's
         # reference and what replay measures surprise under, before any parameter moves.
         baseline = score_sets(peft_model, gate_sets.examples, cfg.batch_size, pad)
+        data_info["released"] = _reexamine(cfg, peft_model, sel, tokenizer, log)
         replayed, replay_info = _replay(cfg, peft_model, sel, len(examples), tokenizer, log)
         data_info.update(replay_info)
         mix = examples + replayed
@@ -396,7 +421,7 @@ def _publish(cfg: TrainConfig, store: CheckpointStore, work: Path, fp: str, refs
     meta = {"kind": "training", "records": stats["records"], "initialLoss": finite(run.initial_loss),
             "finalLoss": finite(run.final_loss), "deltaNorm": stats["norm"], "frozen": stats["frozen"],
             "gate": verdict,
-            "replayed": stats.get("replayed", 0),
+            "replayed": stats.get("replayed", 0), "released": stats.get("released", []),
             # The records' time span: what the operator quarantines when the gate rejects this version.
             "window": sel.window}  # fmt: skip
     if os.environ.get("DYNAMICLORA_JOB"):  # the Job's name, for the audit trail

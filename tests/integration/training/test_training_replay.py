@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from trainhelpers import write_facts
 
+from dynamiclora.storage import open_store
 from dynamiclora.training.options import TrainConfig
 from dynamiclora.training.trainer import run_training
 
@@ -56,3 +57,22 @@ def test_replay_turns_a_collateral_rejection_into_an_accepted_update(sharp_model
     held = gate["heldOut"]
     assert held["forgotten"] <= 1 < plain["gate"]["heldOut"]["forgotten"], held  # measured: 0 vs 3 of 8
     assert held["learned"] >= 1 and held["candidate"] < held["baseline"], held
+
+
+def test_quarantined_windows_are_released_only_when_the_served_stack_agrees(sharp_model_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    data = tmp_path / "records"
+    data.mkdir()
+    write_facts(data / "round-1.jsonl", range(96))  # facts about names 0-7, 00:00:00-00:01:35
+    store_uri = f"file://{tmp_path}/store"
+    v1 = _train(sharp_model_dir, data, store_uri, steps=120)
+    assert v1["gate"]["accepted"]
+    write_facts(data / "round-2.jsonl", range(96, 192), first_name=8)  # new facts, 00:01:36-00:03:11
+    write_facts(data / "round-3.jsonl", range(192, 288), rotate=1)  # names 0-7, every answer wrong
+    agreeing = "2025-01-01T00:00:00Z/2025-01-01T00:01:35Z"  # quarantined once, but v1 answers them so
+    poisoned = "2025-01-01T00:03:12Z/2025-01-01T00:04:47Z"
+    v2 = _train(sharp_model_dir, data, store_uri, steps=40, lr=0.003, max_records=96,
+                init_from=f"{store_uri}/{NS}/{TIER}/v000001", exclude_window=[agreeing, poisoned])
+    meta = open_store(store_uri).get(NS, TIER, v2["version"]).manifest.metadata
+    assert meta["window"]["from"].startswith("2025-01-01T00:01:36")  # trained on round 2: both stayed excluded
+    assert meta["released"] == [agreeing]  # the shuffled window stays quarantined

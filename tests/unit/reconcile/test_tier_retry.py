@@ -100,3 +100,31 @@ def test_contradicting_rejection_is_quarantined_and_not_retried(
     assert st["recordsConsumed"] == 20 and "collateralRetries" not in st
     assert [q["version"] for q in st["quarantine"]] == [1]
     assert st["lastGate"]["cause"] == "contradiction"
+
+
+def test_a_released_window_leaves_the_quarantine_and_is_audited(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    from dynamiclora.storage.audit import AuditLog
+
+    reconcile_swarm(kube, settings, kube.add(swarm_body))
+    _records(settings, 20)
+    _pass(kube, settings)
+    _finish(kube, settings, tmp_path, {"accepted": False, "reason": "forgot", "cause": "contradiction"})
+    st = _pass(kube, settings).status
+    (q,) = st["quarantine"]
+    window = f"{q['from']}/{q['to']}"
+    _records(settings, 20)
+    _pass(kube, settings)
+    args = _args(kube)
+    assert args[args.index("--exclude-window") + 1] == window  # the next Job re-examines it
+    f = tmp_path / "adapter_config.json"
+    open_store(f"file://{settings.pvc_mount_root}/ckpt/dl").publish(
+        NS, TIER, {"adapter_config.json": f}, {"kind": "training", "gate": ACCEPTED, "released": [window]})
+    out = _pass(kube, settings)
+    assert out.status["quarantine"] == []
+    assert "QuarantineReleased" in {e.reason for e in out.events}
+    store = open_store(f"file://{settings.pvc_mount_root}/ckpt/dl")
+    (release,) = [r for r in AuditLog(store, NS, TIER).records() if r.kind == "quarantine-release"]
+    assert release.version == 1 and window in release.message
+    assert not [e for e in _pass(kube, settings).events if e.reason == "QuarantineReleased"]  # once
