@@ -275,6 +275,9 @@ def _launch(kube: Kube, settings: OperatorSettings, body: Obj, pol: MigrationPol
     if pol.spec.dry_run:
         args.append("--dry-run")
     args += consolidation_gate_args(kube, settings, ns, sw, cand.inputs)
+    target = kube.get("LoRATier", ns, cand.inputs.target_tier)
+    if target is not None:  # stored at the destination's own rank: room for what moves up, not the source's
+        args += ["--dest-rank", str(int(target.get("spec", {}).get("rank") or 0) or 16)]
     args += ["--result-file", result_path(store, ns, job_name), "--base-model", sw.spec.base_model.name]
     c = cand.inputs
     inputs = ConsolidationInputs(c.mode, c.target_tier, c.storage, c.source_tier, c.agent_tiers, c.weights, args)

@@ -75,7 +75,7 @@ def desired_stacks(
     default_store = store_uri(sw.spec.storage, settings)
     if tiers is None:  # one list for the whole namespace instead of a GET per tier (two tiers per agent)
         tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
-    versions = _versions_memo()  # shared tiers sit in every agent's stack: list each once per pass
+    versions = versions_memo()  # shared tiers sit in every agent's stack: list each once per pass
     stacks = []
     for agent in sw.spec.agents:
         stack = AgentStack(agent.name)
@@ -106,7 +106,7 @@ def _entry(tier: Obj, name: str, ns: str, default_store: str, settings: Operator
     return StackEntry(name, tier["spec"]["level"], version, store, ns)
 
 
-def _versions_memo() -> Versions:
+def versions_memo() -> Versions:
     seen: dict[tuple[str, str, str], list[int]] = {}
 
     def versions(store: str, ns: str, tier: str) -> list[int]:

@@ -48,6 +48,8 @@ def _manifest(store: str, ns: str, tier: str, version: int) -> VersionRef:
 
 
 def manifest(store: str, ns: str, tier: str, version: int) -> VersionRef | None:
+    if version < 1:  # a tier with no version yet
+        return None
     try:
         return _manifest(store, ns, tier, version)
     except StoreError:

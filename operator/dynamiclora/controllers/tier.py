@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynamiclora.api.common import Storage, TierLevel
@@ -34,6 +34,7 @@ from dynamiclora.controllers.conditions import (
 from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
+from dynamiclora.controllers.stack_consistency import settle
 from dynamiclora.controllers.tier_storage import (
     StorageUnavailable,
     is_storage_error,
@@ -321,7 +322,7 @@ def _maybe_train(
     next_version = max(int(current or 0), int(st.get("latestVersion") or 0)) + 1
     attempts = int(st.get("failedAttempts", 0))
     job_name = training_job_name(name, next_version) + (f"-r{attempts}" if attempts else "")
-    frozen = _frozen_tiers(kube, ns, swarm, body["metadata"]["name"], tier)
+    frozen = _frozen_tiers(kube, ns, swarm, tier, store_uri(storage, settings), int(current) if current else None)
     inputs = TrainingInputs(
         model_path=model_path(swarm, settings),
         storage=storage,
@@ -357,17 +358,33 @@ def _input_missing(conditions: list[Obj], missing: list[str], events: list[Event
     return set_condition(conditions, "Training", False, REASON_INPUT_MISSING, msg, gen)
 
 
-def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier_name: str, tier: LoRATier) -> list[tuple[str, int]]:
-    """The slower tiers of the agent's stack that have a version, to load frozen while training."""
-    swarm_name = tier.spec.swarm_ref or ""
-    names = stack_tier_names(swarm_name, swarm, tier.spec.agent or "")
-    out = []
-    for n in names[names.index(tier_name) + 1 :] if tier_name in names else []:
+def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier: LoRATier, store: str,
+                  init: int | None) -> list[tuple[str, int]]:  # fmt: skip
+    """The slower tiers of the agent's stack to load frozen while training from version ``init``.
+
+    Exactly the stack serving composes with that version (:func:`settle`): a migration publishes the
+    slower tier and the residual one after the other, and each tier's status catches up on its own, so a
+    residual trained without its migrated destination (or the reverse) would learn what the served
+    stack already holds, or lose it.
+    """
+    from dynamiclora.controllers.serving import StackEntry, versions_memo
+
+    names = stack_tier_names(tier.spec.swarm_ref or "", swarm, tier.spec.agent or "")
+    name = tier.metadata.name or ""
+    if name not in names:
+        return []
+    versions = versions_memo()
+    faster = [StackEntry(name, str(tier.spec.level), int(init or 0), store, ns)]
+    for n in names[names.index(name) + 1 :]:
         other = kube.get("LoRATier", ns, n)
-        version = served_version_of(other) if other else None
-        if version:
-            out.append((n, int(version)))
-    return out
+        if other is None:
+            continue
+        entry = StackEntry(n, str(other["spec"]["level"]), int(served_version_of(other) or 0), store, ns)
+        if not other["spec"].get("pinnedVersion"):  # a pin is the user's explicit choice
+            entry = replace(entry, version=settle(entry, faster, versions) or 0)
+        if entry.version:
+            faster.append(entry)
+    return [(e.tier, e.version) for e in faster[1:]]
 
 
 def _update_rate(st: Obj, old: Obj, total: int, learning_rate: float) -> None:

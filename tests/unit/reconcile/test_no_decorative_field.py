@@ -63,7 +63,7 @@ KNOWN_DECORATIVE: dict[str, str] = {
     **{f"Swarm spec.contextTier.plasticity.{f}": f"copied to the context tiers, where {_PHASE_DYNAMICS}"
        for f in _PLASTICITY},
     **{f"Swarm spec.agentTier.{f}": _AGENT_TIERS_NEVER_TRAIN for f in (
-        "rank", "alpha", "targetModules", "plasticity.learningRate", "plasticity.screenThreshold",
+        "alpha", "targetModules", "plasticity.learningRate", "plasticity.screenThreshold",
         "plasticity.freeThreshold", *(f"plasticity.{p}" for p in _PLASTICITY), "training.image",
         "training.resources.requests", "training.resources.limits", "training.minSamples", "training.schedule",
         "training.maxSteps", "training.batchSize", "training.checkpointEvery", "training.backoffLimit",

@@ -107,3 +107,28 @@ def test_a_migration_that_created_the_destination_waits_for_its_residual(
     del kube.objects[("LoRATier", NS, AGENT)]["spec"]["pinnedVersion"]
     _publish(settings, CTX, tmp_path, _migration_meta(settings, 2, "migration-source"))
     assert _composed(kube, settings, live, {CTX: 3, AGENT: 1}) == {CTX: 3, AGENT: 1}
+
+
+def test_training_freezes_exactly_the_stack_serving_composes_with_its_start_version(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    """Found by the e2e: a residual trained with no agent tier learned back what the agent tier held."""
+    from dynamiclora.api.tier import LoRATier
+    from dynamiclora.controllers.tier import _frozen_tiers
+
+    live = _swarm(kube, settings, swarm_body)
+    sw = Swarm.model_validate(live)
+    ctx = LoRATier.model_validate(kube.objects[("LoRATier", NS, CTX)])
+    for _ in range(2):
+        _publish(settings, CTX, tmp_path, {"kind": "training"})
+    _publish(settings, AGENT, tmp_path, _migration_meta(settings, 2, "migration"))  # a1 created by the move
+    _publish(settings, CTX, tmp_path, _migration_meta(settings, 2, "migration-source"))  # c3, the residual
+
+    def frozen(init: int, agent_status: int | None) -> list[tuple[str, int]]:
+        kube.objects[("LoRATier", NS, AGENT)]["status"] = {"currentVersion": agent_status} if agent_status else {}
+        return _frozen_tiers(kube, NS, sw, ctx, _store(settings), init)
+
+    # From the residual: the destination belongs to the stack even before the agent tier's status shows it.
+    assert frozen(3, None) == frozen(3, 1) == [(AGENT, 1)]
+    # From the pre-migration version: never the destination that already holds its components.
+    assert frozen(2, None) == frozen(2, 1) == []
