@@ -71,6 +71,7 @@ class Scenario:
         self.model_dir = cfg.work_dir / "model"
         self.pvc_root = Path(cluster.state) / "pvc" / cfg.namespace
         self.round_versions: list[int] = []  # the accepted context version of each round of run_rounds
+        self.round_learned: list[int] = []  # facts of each round answered right after it was served
 
     # --- objects ---------------------------------------------------------------------------------
     def manifests(self) -> list[dict[str, Any]]:
@@ -80,7 +81,7 @@ class Scenario:
             "rank": 8, "alpha": 16, "targetModules": ALL_MODULES,
             "plasticity": {"learningRate": 0.005, "screenThreshold": 0.6, "freeThreshold": 0.3},
             "retention": {"keepVersions": 20},  # the e2e pins back to version 1
-            "training": {"minSamples": 16, "maxSteps": 80, "batchSize": 8, "checkpointEvery": 40, "backoffLimit": 1,
+            "training": {"minSamples": 16, "maxSteps": 160, "batchSize": 8, "checkpointEvery": 80, "backoffLimit": 1,
                          "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"nvidia.com/gpu": 1}}},
         }  # fmt: skip
         return [
@@ -239,7 +240,7 @@ class Scenario:
     def run_rounds(self, agent: str, rounds: int, flip_round: bool = True) -> dict[str, str]:
         """Teach ``agent`` new facts round after round (and change one answer); returns what it should know."""
         taught: dict[str, str] = {}
-        self.round_versions = []
+        self.round_versions, self.round_learned = [], []
         ctx = self.tier_name(agent, "context")
         for r in range(rounds + (1 if flip_round else 0)):
             new = round_facts(agent, r)
@@ -254,6 +255,9 @@ class Scenario:
             self.round_versions.append(v)
             self.wait(f"round {r + 1}: {agent} served with context v{v} or later",
                       lambda: self.served_context(agent) >= v or None)  # noqa: B023
+            learned = sum(self.answer(agent, e) == a for e, a in new.items())
+            self.round_learned.append(learned)
+            self.log(f"  round {r + 1}: {agent} answers {learned} of the {len(new)} fact(s) it was just taught")
         return taught
 
     def tier_name(self, agent: str, level: str) -> str:
