@@ -113,6 +113,7 @@ class Promotion:
 
     current: VersionRef | None  # newest accepted
     latest: int | None  # newest published
+    versions: list[int]  # every published version, as listed this pass
 
 
 def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | None, old: Obj, st: Obj,
@@ -164,7 +165,7 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
     st["latestVersion"] = versions[-1] if versions else None
     if st["latestVersion"] is None:
         st.pop("latestVersion")
-    return Promotion(current, versions[-1] if versions else None)
+    return Promotion(current, versions[-1] if versions else None, versions)
 
 
 def _release(audit: Any, ref: VersionRef, st: Obj, events: list[Event]) -> None:

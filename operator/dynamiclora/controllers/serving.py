@@ -24,7 +24,7 @@ from dynamiclora.builders.jobs import store_uri
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.promotion import served_version_of
-from dynamiclora.controllers.stack_consistency import Versions, settle
+from dynamiclora.controllers.stack_consistency import StackEntry, settle, versions_memo
 from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.settings import OperatorSettings
@@ -34,15 +34,6 @@ LEVEL_LETTER = {"context": "c", "agent": "a", "swarm": "s", "domain": "d", "foun
 
 class ServingUnavailable(Exception):
     """The swarm cannot be served yet or as configured (reported as a condition)."""
-
-
-@dataclass(frozen=True)
-class StackEntry:
-    tier: str
-    level: str
-    version: int
-    store: str  # checkpoint-store URI of the tier
-    namespace: str  # namespace of the tier in the store (its Kubernetes namespace)
 
 
 @dataclass
@@ -104,19 +95,6 @@ def _entry(tier: Obj, name: str, ns: str, default_store: str, settings: Operator
 
         store = store_uri(Storage.model_validate(storage), settings)
     return StackEntry(name, tier["spec"]["level"], version, store, ns)
-
-
-def versions_memo() -> Versions:
-    seen: dict[tuple[str, str, str], list[int]] = {}
-
-    def versions(store: str, ns: str, tier: str) -> list[int]:
-        from dynamiclora.storage.uri import open_store
-
-        if (store, ns, tier) not in seen:
-            seen[store, ns, tier] = open_store(store).list_versions(ns, tier)
-        return seen[store, ns, tier]
-
-    return versions
 
 
 def served_root(sw: Swarm, settings: OperatorSettings) -> Path:

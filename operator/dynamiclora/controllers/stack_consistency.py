@@ -15,15 +15,26 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dynamiclora.controllers.promotion import is_accepted
 from dynamiclora.storage.base import StoreError, VersionRef, parse_version_dir
 
-if TYPE_CHECKING:
-    from dynamiclora.controllers.serving import StackEntry as Entry
-
 MIGRATION, RESIDUAL = "migration", "migration-source"
+
+
+@dataclass(frozen=True)
+class StackEntry:
+    """One tier version of an agent's stack (what serving composes and training freezes)."""
+
+    tier: str
+    level: str
+    version: int
+    store: str  # checkpoint-store URI of the tier
+    namespace: str  # namespace of the tier in the store (its Kubernetes namespace)
+
+
+Entry = StackEntry
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,20 @@ def link_of(ref: VersionRef) -> Link | None:
 
 
 Versions = Callable[[str, str, str], list[int]]  # (store, namespace, tier) -> published versions
+
+
+def versions_memo() -> Versions:
+    """Version listing memoised for one pass: shared tiers sit in every agent's stack, list each once."""
+    seen: dict[tuple[str, str, str], list[int]] = {}
+
+    def versions(store: str, ns: str, tier: str) -> list[int]:
+        from dynamiclora.storage.uri import open_store
+
+        if (store, ns, tier) not in seen:
+            seen[store, ns, tier] = open_store(store).list_versions(ns, tier)
+        return seen[store, ns, tier]
+
+    return versions
 
 
 def applied(source: Entry, link: Link, versions: Versions) -> bool:

@@ -34,7 +34,7 @@ from dynamiclora.controllers.conditions import (
 from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
-from dynamiclora.controllers.stack_consistency import settle
+from dynamiclora.controllers.stack_consistency import StackEntry, settle, versions_memo
 from dynamiclora.controllers.tier_storage import (
     StorageUnavailable,
     is_storage_error,
@@ -149,7 +149,7 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
         TIER_VERSION.labels(ns, name, level.value).set(latest.version)
     observe_pin(store, ns, name, tier.spec.pinned_version, gen, st.get("currentVersion"), old, st, events)
     if promo.latest is not None:
-        _retain(store, ns, tier, old, st, events)
+        _retain(store, store_uri(storage, settings), promo.versions, tier, old, st, events)
 
     # Work in flight.
     active = old.get("activeJob")
@@ -238,21 +238,34 @@ def _ready(conditions: list[Obj], current: int | None, gen: int | None) -> list[
     return set_condition(conditions, "Ready", False, REASON_NO_VERSION_YET, "no version published yet", gen)
 
 
-def _retain(store: object, ns: str, tier: LoRATier, old: Obj, st: Obj, events: list[Event]) -> None:
+# (store URI, namespace, tier, version) -> creation time. Versions are immutable, so a version's age is
+# read from its manifest once, not on every resync of a tier that keeps young versions past keepVersions.
+_CREATED: dict[tuple[str, str, str, int], dt.datetime | None] = {}
+_CREATED_LIMIT = 100_000
+
+
+def _created(store: object, uri: str, ns: str, name: str, version: int) -> dt.datetime | None:
+    key = (uri, ns, name, version)
+    if key not in _CREATED:
+        if len(_CREATED) >= _CREATED_LIMIT:
+            _CREATED.clear()
+        _CREATED[key] = parse_time(store.get(ns, name, version).manifest.created)  # type: ignore[attr-defined]
+    return _CREATED[key]
+
+
+def _retain(store: object, uri: str, versions: list[int], tier: LoRATier, old: Obj, st: Obj,
+            events: list[Event]) -> None:  # fmt: skip
     """Apply the retention policy; the current, served and pinned versions (and young ones) are kept."""
     name = tier.metadata.name or ""
+    ns = tier.metadata.namespace or ""
     keep = tier.spec.retention.keep_versions
-    versions = store.list_versions(ns, name)  # type: ignore[attr-defined]
     if len(versions) <= keep:
         return
     protected = {v for v in (st.get("currentVersion"), old.get("servedVersion"), tier.spec.pinned_version) if v}
     if tier.spec.retention.keep_for:
         # Ages come from the versions' own manifests: the status history holds only the newest few.
         horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=duration_s(tier.spec.retention.keep_for))
-        for v in versions[:-keep]:
-            created = parse_time(store.get(ns, name, v).manifest.created)  # type: ignore[attr-defined]
-            if created and created >= horizon:
-                protected.add(int(v))
+        protected |= {v for v in versions[:-keep] if (c := _created(store, uri, ns, name, v)) and c >= horizon}
     report = store.retain(ns, name, keep_last=keep, protected=frozenset(int(v) for v in protected))  # type: ignore[attr-defined]
     if report.deleted:
         events.append(Event("Normal", "RetentionApplied", f"deleted versions {report.deleted} (keep {keep})"))
@@ -367,8 +380,6 @@ def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier: LoRATier, store: str,
     residual trained without its migrated destination (or the reverse) would learn what the served
     stack already holds, or lose it.
     """
-    from dynamiclora.controllers.serving import StackEntry, versions_memo
-
     names = stack_tier_names(tier.spec.swarm_ref or "", swarm, tier.spec.agent or "")
     name = tier.metadata.name or ""
     if name not in names:

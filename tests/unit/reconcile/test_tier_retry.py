@@ -55,6 +55,16 @@ def _opt(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
+def _contradicted_first_batch(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any],
+                              tmp: Path) -> dict[str, Any]:  # fmt: skip
+    """The first training's version is rejected as contradicting what is known; returns the tier's status."""
+    reconcile_swarm(kube, settings, kube.add(swarm_body))
+    _records(settings, 20)
+    _pass(kube, settings)
+    _finish(kube, settings, tmp, {"accepted": False, "reason": "forgot", "cause": "contradiction"})
+    return dict(_pass(kube, settings).status)
+
+
 ACCEPTED = {"accepted": True, "reason": "ok"}
 COLLATERAL = {"accepted": False, "reason": "forgot", "cause": "collateral"}
 
@@ -92,11 +102,7 @@ def test_collateral_rejection_retrains_the_same_records_with_more_replay(
 def test_contradicting_rejection_is_quarantined_and_not_retried(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
 ) -> None:
-    reconcile_swarm(kube, settings, kube.add(swarm_body))
-    _records(settings, 20)
-    _pass(kube, settings)
-    _finish(kube, settings, tmp_path, {"accepted": False, "reason": "forgot", "cause": "contradiction"})
-    st = _pass(kube, settings).status
+    st = _contradicted_first_batch(kube, settings, swarm_body, tmp_path)
     assert st["recordsConsumed"] == 20 and "collateralRetries" not in st
     assert [q["version"] for q in st["quarantine"]] == [1]
     assert st["lastGate"]["cause"] == "contradiction"
@@ -107,12 +113,7 @@ def test_a_released_window_leaves_the_quarantine_and_is_audited(
 ) -> None:
     from dynamiclora.storage.audit import AuditLog
 
-    reconcile_swarm(kube, settings, kube.add(swarm_body))
-    _records(settings, 20)
-    _pass(kube, settings)
-    _finish(kube, settings, tmp_path, {"accepted": False, "reason": "forgot", "cause": "contradiction"})
-    st = _pass(kube, settings).status
-    (q,) = st["quarantine"]
+    (q,) = _contradicted_first_batch(kube, settings, swarm_body, tmp_path)["quarantine"]
     window = f"{q['from']}/{q['to']}"
     _records(settings, 20)
     _pass(kube, settings)
