@@ -62,7 +62,7 @@ class S3Scenario(Scenario):
                  "baseModel": {"name": "tiny-llama", "path": str(self.model_dir)},
                  "agents": [{"name": AGENT, "domain": "support"}],
                  "contextTier": tier,
-                 "agentTier": {**tier, "rank": 8},
+                 "agentTier": {"rank": 8},
                  "inference": {"replicas": 1, "maxLoras": 2, "maxCpuLoras": 4, "maxLoraRank": 16,
                                "maxModelLen": 256, "dtype": "float32",
                                "extraArgs": ["--enforce-eager", "--max-num-seqs", "8"],

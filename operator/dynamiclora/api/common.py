@@ -36,6 +36,10 @@ def cel(rule: str, message: str, *, reason: str | None = None, field_path: str |
     return entry
 
 
+# A Swarm's name names its Service (an RFC 1035 label) and is a label value: both limit it to 63.
+SWARM_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_SWARM_NAME = 63
+
 class ApiModel(BaseModel):
     """Base of every API object: camelCase on the wire, unknown fields rejected."""
 

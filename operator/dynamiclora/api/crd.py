@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from dynamiclora import GROUP, VERSION
+from dynamiclora.api.common import MAX_SWARM_NAME, SWARM_NAME_PATTERN, cel
 from dynamiclora.api.policy import MigrationPolicySpec, MigrationPolicyStatus
 from dynamiclora.api.swarm import SwarmSpec, SwarmStatus
 from dynamiclora.api.tier import LoRATierSpec, LoRATierStatus
@@ -34,6 +35,7 @@ class Kind:
     status: type[BaseModel]
     columns: tuple[dict[str, Any], ...]
     description: str
+    rules: tuple[dict[str, Any], ...] = ()  # CEL validations of the whole object (e.g. of metadata.name)
 
 
 def _col(name: str, path: str, typ: str = "string", priority: int = 0, description: str = "") -> dict[str, Any]:
@@ -56,6 +58,10 @@ KINDS: tuple[Kind, ...] = (
         spec=SwarmSpec,
         status=SwarmStatus,
         description="A team of LLM agents served by vLLM multi-LoRA pods with a hierarchical LoRA memory.",
+        rules=(cel(f"size(self.metadata.name) <= {MAX_SWARM_NAME} && "
+                   f"self.metadata.name.matches('{SWARM_NAME_PATTERN}')",
+                   f"a Swarm name must be at most {MAX_SWARM_NAME} characters, start with a letter and hold only "
+                   "lowercase letters, digits and '-' (no dots): it names the Swarm's Service and is a label value"),),
         columns=(
             _col("Model", ".spec.baseModel.name"),
             _col("Agents", ".status.agentCount", "integer"),
@@ -169,7 +175,7 @@ def crd(kind: Kind) -> dict[str, Any]:
     """The CustomResourceDefinition of one kind."""
     spec_schema = openapi_schema(kind.spec)
     status_schema = openapi_schema(kind.status)
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "description": kind.description,
         "required": ["spec"],
@@ -181,6 +187,8 @@ def crd(kind: Kind) -> dict[str, Any]:
             "status": status_schema,
         },
     }
+    if kind.rules:
+        schema["x-kubernetes-validations"] = list(kind.rules)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",

@@ -63,7 +63,8 @@ class StabilityDetector(ApiModel):
         default=2, ge=1, le=100, description="Stable windows in a row required before migrating."
     )
     min_energy_fraction: float = Field(
-        default=0.01, ge=0, le=1, description="Ignore components carrying less than this fraction of the tier's energy."
+        default=0.01, ge=0, le=1,
+        description="Components carrying less than this share of their module's energy are never judged stable.",
     )
 
 
@@ -85,7 +86,8 @@ class EmergencyBypass(ApiModel):
 
     enabled: bool = Field(default=False, description="Allow bypassing bandwidth limits.")
     min_stability: float = Field(
-        default=0.98, gt=0, le=1, description="Stability score above which a component bypasses the limits."
+        default=0.98, gt=0, le=1,
+        description="A stable component whose newest stability score reaches this bypasses the bandwidth limits.",
     )
     max_per_period: int = Field(default=2, ge=0, le=100, description="Bypasses allowed per period.")
 

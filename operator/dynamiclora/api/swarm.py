@@ -13,7 +13,6 @@ from dynamiclora.api.common import (
     DNS_SUBDOMAIN,
     ApiModel,
     Condition,
-    ConsensusRule,
     ObjectMeta,
     PvcStorage,
     Resources,
@@ -21,7 +20,14 @@ from dynamiclora.api.common import (
     Storage,
     cel,
 )
-from dynamiclora.api.tier import DEFAULT_TARGET_MODULES, Plasticity, QualityGate, Retention, TrainingTemplate
+from dynamiclora.api.tier import (
+    DEFAULT_TARGET_MODULES,
+    GateLimits,
+    Plasticity,
+    QualityGate,
+    Retention,
+    TrainingTemplate,
+)
 
 DEFAULT_VLLM_IMAGE = "vllm/vllm-openai-cpu:v0.32.0"
 # vLLM 0.32 accepts only these values for --max-lora-rank.
@@ -90,7 +96,7 @@ class Agent(ApiModel):
 
 
 class TierTemplate(ApiModel):
-    """Shape of the per-agent tiers (context, agent) the Swarm creates."""
+    """Shape of the agents' context tiers, the tiers that train on interaction records."""
 
     rank: int = Field(default=16, ge=1, le=512, description="LoRA rank.")
     alpha: float = Field(default=32.0, gt=0, le=4096, description="LoRA alpha.")
@@ -102,6 +108,21 @@ class TierTemplate(ApiModel):
     retention: Retention = Field(default_factory=Retention, description="Checkpoint retention.")
     quality_gate: QualityGate = Field(
         default_factory=QualityGate, description="Quality gate of the tiers' new versions."
+    )
+
+
+class AgentTierTemplate(ApiModel):
+    """Shape of the agents' agent tiers.
+
+    An agent tier never trains on records: it changes only by migrations from the agent's context tier,
+    so its adapter takes the context tier's ``alpha`` and ``targetModules`` and it has no training or
+    plasticity settings. Its quality gate judges each migration on the records the context tier holds out.
+    """
+
+    rank: int = Field(default=16, ge=1, le=512, description="LoRA rank migrations store the tier at.")
+    retention: Retention = Field(default_factory=Retention, description="Checkpoint retention.")
+    quality_gate: GateLimits = Field(
+        default_factory=GateLimits, description="Quality gate of the migrations into the tier."
     )
 
 
@@ -137,10 +158,6 @@ class Inference(ApiModel):
         default_factory=dict,
         description="Extra environment variables of the vLLM container (e.g. VLLM_CPU_KVCACHE_SPACE on CPU nodes).",
     )
-    fold_shared_tiers: bool = Field(
-        default=False,
-        description="Fold the foundation and domain tiers into the served base weights instead of the adapter.",
-    )
 
 
 class Experience(ApiModel):
@@ -157,17 +174,17 @@ class Experience(ApiModel):
 
 
 class Consensus(ApiModel):
-    """How the swarm tier combines its agents' updates."""
+    """How this swarm's agents weigh in the consensus of its swarm tier.
 
-    rule: ConsensusRule = Field(default=ConsensusRule.RESONANCE, description="resonance, mean or ties.")
-    min_agents: int = Field(default=2, ge=1, description="Agents that must contribute before a consensus update.")
-    outlier_threshold: float = Field(
-        default=0.0,
-        ge=-1,
-        le=1,
-        description="Agents whose update aligns with the consensus below this cosine are excluded.",
+    The rule, the quorum and the outlier cut are the MigrationPolicy's (``spec.consensus``), which runs
+    the consensus Jobs.
+    """
+
+    trust_weighting: bool = Field(
+        default=True,
+        description="Scale each agent's trustWeight by its record at the quality gate (agents whose updates "
+        "keep being rejected lose influence); false uses trustWeight alone.",
     )
-    trust_weighting: bool = Field(default=True, description="Weight agents by their trust score.")
 
 
 class SwarmSpec(ApiModel):
@@ -190,13 +207,13 @@ class SwarmSpec(ApiModel):
         # A list-map makes the API server itself reject repeated names.
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    agent_tier: TierTemplate = Field(default_factory=lambda: TierTemplate(rank=16), description="Agent tiers.")
+    agent_tier: AgentTierTemplate = Field(default_factory=AgentTierTemplate, description="Agent tiers.")
     context_tier: TierTemplate = Field(default_factory=lambda: TierTemplate(rank=8), description="Context tiers.")
     shared_tiers: SharedTiers = Field(default_factory=SharedTiers, description="Shared tiers referenced by name.")
     inference: Inference = Field(default_factory=Inference, description="vLLM serving.")
     experience: Experience = Field(default_factory=Experience, description="Interaction records.")
     storage: Storage = Field(description="Checkpoint and experience storage.")
-    consensus: Consensus = Field(default_factory=Consensus, description="Consensus for the swarm tier.")
+    consensus: Consensus = Field(default_factory=Consensus, description="Agent weights in the swarm tier's consensus.")
 
     @model_validator(mode="after")
     def _unique_agents(self) -> SwarmSpec:

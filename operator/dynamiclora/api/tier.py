@@ -58,22 +58,27 @@ class Plasticity(ApiModel):
         default=0.3, ge=0, le=1, description="Reinforcement score below which a SCREENED component becomes FREE."
     )
     free_decay: float = Field(
-        default=0.1, ge=0, le=1, description="Fraction of a FREE component's magnitude lost per update."
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Share of a FREE component's magnitude lost per referenceInteractionsPerHour new records: "
+        "before each training Job the tier decays by the records the Job trains on.",
     )
     screened_decay: float = Field(
-        default=0.005, ge=0, le=1, description="Fraction of a SCREENED component's magnitude lost per update."
+        default=0.005, ge=0, le=1, description="The same share for SCREENED (protected) components."
     )
     reference_interactions_per_hour: float = Field(
         default=60.0,
         gt=0,
-        description="Interaction rate at which the tier runs at its base learning rate; the effective "
-        "time scale follows the observed rate relative to this one.",
+        le=1e9,
+        description="Records in one reference hour of use, the unit of freeDecay and screenedDecay: a busy tier "
+        "forgets in fewer minutes than a quiet one, and the same per record.",
     )
     energy_budget: float | None = Field(
         default=None,
         gt=0,
-        description="Homeostasis: maximum squared Frobenius norm of the tier; past it FREE components are "
-        "shed first. Unlimited when unset.",
+        description="Homeostasis: maximum squared Frobenius norm of the tier after each training Job; past it "
+        "FREE components are shed first, then SCREENED ones scaled. Unlimited when unset.",
     )
 
     @model_validator(mode="after")
@@ -134,7 +139,7 @@ class Retention(ApiModel):
     )
 
 
-class QualityGate(ApiModel):
+class GateLimits(ApiModel):
     """The check every new version passes before it is served (see README "Quality gate").
 
     The Job that produces a version scores the stack with it (candidate) and with the version it would
@@ -162,13 +167,18 @@ class QualityGate(ApiModel):
         description="Level of the one-sided binomial test: forgetting is a regression when its p-value under the "
         "allowed rate is below this (smaller = more evidence needed before rejecting).",
     )
+    eval_records: int = Field(default=64, ge=1, le=100_000, description="Newest held-out records evaluated.")
+
+
+class QualityGate(GateLimits):
+    """The quality gate of a tier that trains on records: the limits, and what it is judged on."""
+
     holdout_fraction: float = Field(
         default=0.1,
         ge=0,
         le=0.5,
         description="Share of interaction records held out from training (chosen per record, deterministically).",
     )
-    eval_records: int = Field(default=64, ge=1, le=100_000, description="Newest held-out records evaluated.")
     regression_set: str | None = Field(
         default=None,
         max_length=1024,
@@ -186,10 +196,6 @@ class LoRATierSpec(ApiModel):
                 cel(
                     "(self.level in ['context', 'agent']) == has(self.agent)",
                     "spec.agent is required for context and agent tiers and forbidden for shared tiers",
-                ),
-                cel(
-                    "!has(self.parentTier) || self.parentTier != ''",
-                    "spec.parentTier must not be empty when set",
                 ),
                 cel(
                     "has(self.agent) == has(oldSelf.agent) && (!has(self.agent) || self.agent == oldSelf.agent)",
@@ -221,16 +227,6 @@ class LoRATierSpec(ApiModel):
         pattern=DNS_LABEL,
         max_length=63,
         description="Owner agent of a context or agent tier (immutable); unset for shared tiers.",
-    )
-    parent_tier: str | None = Field(
-        default=None,
-        pattern=DNS_SUBDOMAIN,
-        max_length=253,
-        description="The slower LoRATier that stable components of this tier migrate into.",
-    )
-    base_model: str | None = Field(
-        default=None,
-        description="Served name of the base model this tier adapts; filled from the Swarm when unset.",
     )
     rank: int = Field(default=16, ge=1, le=512, description="LoRA rank r.")
     alpha: float = Field(default=32.0, gt=0, le=4096, description="LoRA alpha; the delta is scaled by alpha/r.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.jobs import _storage_env_and_volumes, store_uri
-from dynamiclora.builders.names import EXECUTOR_LABEL, LABEL_SWARM, base_labels, inference_name
+from dynamiclora.builders.names import EXECUTOR_LABEL, LABEL_SWARM, base_labels, inference_name, volume_name
 from dynamiclora.controllers.served_s3 import ADAPTERS_MOUNT, local_adapters_dir, served_prefix
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.settings import OperatorSettings
@@ -64,8 +64,8 @@ def _volumes(sw: Swarm, settings: OperatorSettings) -> tuple[list[Obj], list[Obj
     if sw.spec.base_model.pvc:
         claims.add(sw.spec.base_model.pvc.claim_name)
     for claim in sorted(claims):
-        volumes.append({"name": f"pvc-{claim}"[:63], "persistentVolumeClaim": {"claimName": claim}})
-        mounts.append({"name": f"pvc-{claim}"[:63], "mountPath": f"{settings.pvc_mount_root}/{claim}"})
+        volumes.append({"name": volume_name("pvc", claim), "persistentVolumeClaim": {"claimName": claim}})
+        mounts.append({"name": volume_name("pvc", claim), "mountPath": f"{settings.pvc_mount_root}/{claim}"})
     if sw.spec.base_model.s3_uri:
         volumes.append({"name": "model", "emptyDir": {}})
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT})

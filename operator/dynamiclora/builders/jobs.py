@@ -13,6 +13,7 @@ from dynamiclora.builders.names import (
     LABEL_POLICY,
     LABEL_TIER,
     base_labels,
+    label_value,
 )
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.settings import OperatorSettings
@@ -185,12 +186,17 @@ def build_training_job(
         "--replay-budget", str(t.replay_budget * (1 + inputs.replay_boost)),
         "--screen-threshold", f"{spec.plasticity.screen_threshold:g}",
         "--free-threshold", f"{spec.plasticity.free_threshold:g}",
+        "--free-decay", f"{spec.plasticity.free_decay:g}",
+        "--screened-decay", f"{spec.plasticity.screened_decay:g}",
+        "--reference-interactions", f"{spec.plasticity.reference_interactions_per_hour:g}",
         "--bad-lines", inputs.bad_records,
         "--seed", str(inputs.seed),
         "--threads", str(settings.trainer_threads),
     ]  # fmt: skip
     if spec.agent:
         args += ["--agent", spec.agent]
+    if spec.plasticity.energy_budget is not None:
+        args += ["--energy-budget", f"{spec.plasticity.energy_budget:g}"]
     if inputs.init_version:
         args += ["--init-from", tier_ref(store, ns, tier, inputs.init_version)]
     for frozen_tier, version in inputs.frozen:
@@ -205,7 +211,7 @@ def build_training_job(
         name=job_name,
         namespace=ns,
         owner=body,
-        labels={**base_labels("trainer"), LABEL_TIER: tier},
+        labels={**base_labels("trainer"), LABEL_TIER: label_value(tier)},
         annotations={ANNOTATION_JOB_KIND: "training", ANNOTATION_TRAIN_RECORDS: str(inputs.total_records)},
         template=t,
         args=args,
@@ -247,8 +253,8 @@ def build_consolidation_job(
         name=job_name,
         namespace=ns,
         owner=policy,
-        labels={**base_labels("consolidator"), LABEL_POLICY: policy["metadata"]["name"],
-                LABEL_TIER: inputs.target_tier},
+        labels={**base_labels("consolidator"), LABEL_POLICY: label_value(policy["metadata"]["name"]),
+                LABEL_TIER: label_value(inputs.target_tier)},
         annotations={ANNOTATION_JOB_KIND: "consolidation"},
         template=template,
         args=args,

@@ -7,7 +7,7 @@ import json
 
 from dynamiclora import API_VERSION
 from dynamiclora.api.common import TierLevel
-from dynamiclora.api.swarm import Agent, Swarm, TierTemplate
+from dynamiclora.api.swarm import Agent, Swarm
 from dynamiclora.builders.names import (
     ANNOTATION_SPEC_HASH,
     LABEL_AGENT,
@@ -19,26 +19,26 @@ from dynamiclora.builders.names import (
 from dynamiclora.kube import Obj, owner_reference
 
 
-def _tier(body: Obj, sw: Swarm, agent: Agent, level: TierLevel, tpl: TierTemplate, parent: str | None) -> Obj:
-    swarm = body["metadata"]["name"]
-    gate = tpl.quality_gate.wire()
+def _tier_spec(swarm: str, sw: Swarm, agent: Agent, level: TierLevel) -> Obj:
+    """The spec of one generated tier; an agent tier takes the context tier's adapter shape (it only
+    receives migrated context components, so both must target the same modules)."""
+    ctx, tpl = sw.spec.context_tier, sw.spec.agent_tier
+    gate = (ctx.quality_gate if level is TierLevel.CONTEXT else tpl.quality_gate).wire()
     if agent.regression_set:
         gate["regressionSet"] = agent.regression_set
-    spec: Obj = {
-        "level": level.value,
-        "swarmRef": swarm,
-        "agent": agent.name,
-        "baseModel": sw.spec.base_model.name,
-        "rank": tpl.rank,
-        "alpha": tpl.alpha,
-        "targetModules": list(tpl.target_modules),
-        "plasticity": tpl.plasticity.wire(),
-        "training": tpl.training.wire(),
-        "retention": tpl.retention.wire(),
-        "qualityGate": gate,
-    }
-    if parent:
-        spec["parentTier"] = parent
+    spec: Obj = {"level": level.value, "swarmRef": swarm, "agent": agent.name, "alpha": ctx.alpha,
+                 "targetModules": list(ctx.target_modules), "qualityGate": gate}
+    if level is TierLevel.CONTEXT:
+        spec |= {"rank": ctx.rank, "plasticity": ctx.plasticity.wire(), "training": ctx.training.wire(),
+                 "retention": ctx.retention.wire()}
+    else:
+        spec |= {"rank": tpl.rank, "retention": tpl.retention.wire()}
+    return spec
+
+
+def _tier(body: Obj, sw: Swarm, agent: Agent, level: TierLevel) -> Obj:
+    swarm = body["metadata"]["name"]
+    spec = _tier_spec(swarm, sw, agent, level)
     # The Swarm owns the pin of generated tiers (server-side apply under our field manager), so removing
     # it from the Swarm removes it from the tier: normal promotion resumes.
     pin = getattr(agent.pinned_versions, level.value, None) if agent.pinned_versions else None
@@ -68,13 +68,10 @@ def _tier(body: Obj, sw: Swarm, agent: Agent, level: TierLevel, tpl: TierTemplat
 
 
 def build_agent_tiers(body: Obj, sw: Swarm) -> list[Obj]:
-    """For every agent: its context tier (parent: agent tier) and agent tier (parent: swarm tier)."""
-    swarm = body["metadata"]["name"]
+    """For every agent: its context tier and its agent tier (migrations go context -> agent -> swarm)."""
     out: list[Obj] = []
     for agent in sw.spec.agents:
-        agent_tier = agent_tier_name(swarm, agent.name, TierLevel.AGENT)
-        out.append(_tier(body, sw, agent, TierLevel.CONTEXT, sw.spec.context_tier, agent_tier))
-        out.append(_tier(body, sw, agent, TierLevel.AGENT, sw.spec.agent_tier, sw.spec.shared_tiers.swarm))
+        out += [_tier(body, sw, agent, TierLevel.CONTEXT), _tier(body, sw, agent, TierLevel.AGENT)]
     return out
 
 

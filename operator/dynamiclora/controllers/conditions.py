@@ -16,6 +16,7 @@ REASON_VERSION_AVAILABLE = "VersionAvailable"
 REASON_NO_VERSION_YET = "NoVersionYet"
 REASON_STORAGE_UNAVAILABLE = "StorageUnavailable"
 REASON_RECORDS_UNAVAILABLE = "RecordsUnavailable"
+REASON_TIER_NAME_CONFLICT = "TierNameConflict"  # a generated LoRATier name is taken by another Swarm
 
 
 def set_condition(

@@ -77,10 +77,15 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
     storage = sw.spec.storage
     store = store_uri(storage, settings)
     out: list[Candidate] = []
+    # Only tiers this Swarm really owns: another Swarm's tier can carry the same generated name (the
+    # Swarm reports that conflict), and its records and versions are not this Swarm's to move.
+    live = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns, {"dynamiclora.io/swarm": swarm_name})}
     if dst.per_agent:
         for agent in sw.spec.agents:
             s_name = agent_tier_name(swarm_name, agent.name, src)
             d_name = agent_tier_name(swarm_name, agent.name, dst)
+            if s_name not in live or d_name not in live:
+                continue
             v = _version(store, ns, s_name)
             if v is None or v < pol.spec.stability.window:
                 continue
@@ -92,10 +97,9 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
         return out
     if src.per_agent:
         tiers, weights = [], []
-        live = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns, {"dynamiclora.io/swarm": swarm_name})}
         for agent in sw.spec.agents:
             name = agent_tier_name(swarm_name, agent.name, src)
-            v = _version(store, ns, name)
+            v = _version(store, ns, name) if name in live else None
             if v is not None:
                 tiers.append(name)
                 # Trust = the user's weight scaled by the agent's record at the quality gate, so an agent
@@ -104,7 +108,8 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
                 weights.append(agent_trust(live, swarm_name, agent) if trusted else agent.trust_weight)
         if len(tiers) >= pol.spec.consensus.min_agents:
             inputs = ConsolidationInputs("consensus", target, storage, agent_tiers=tiers, weights=weights,
-                                         args=["--rule", str(pol.spec.consensus.rule)])  # fmt: skip
+                                         args=["--rule", str(pol.spec.consensus.rule), "--outlier-threshold",
+                                               f"{pol.spec.consensus.outlier_threshold:g}"])  # fmt: skip
             out.append(Candidate(f"consensus:{target}", _input_version(store, ns, tiers), inputs))
         return out
     source = {TierLevel.SWARM: sw.spec.shared_tiers.swarm, TierLevel.DOMAIN: sw.spec.shared_tiers.domain}.get(src)
@@ -118,10 +123,12 @@ def _migrate_args(pol: MigrationPolicy, remaining: int, bypass_left: int) -> lis
     args = [
         "--method", str(s.method), "--threshold", f"{s.threshold:g}", "--min-consecutive",
         str(s.min_consecutive_windows), "--window", str(s.window), "--max-migrations", str(max(remaining, 0)),
-        "--max-energy-fraction", f"{b.max_energy_fraction:g}",
+        "--max-energy-fraction", f"{b.max_energy_fraction:g}", "--min-energy-fraction", f"{s.min_energy_fraction:g}",
     ]  # fmt: skip
     bypass = pol.spec.emergency_bypass.enabled and bypass_left > 0
     args.append("--emergency-bypass" if bypass else "--no-emergency-bypass")
+    if bypass:
+        args += ["--bypass-min-stability", f"{pol.spec.emergency_bypass.min_stability:g}"]
     return args
 
 

@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.inference import build_service, build_statefulset, selector_labels
-from dynamiclora.builders.names import LABEL_SWARM, inference_name
+from dynamiclora.builders.names import LABEL_AGENT, LABEL_SWARM, inference_name, swarm_name_problem
 from dynamiclora.builders.tiers import build_agent_tiers
-from dynamiclora.controllers.common import generation, parse
+from dynamiclora.controllers.common import InvalidSpec, generation, parse
+from dynamiclora.controllers.conditions import REASON_TIER_NAME_CONFLICT, get_condition, set_condition
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.metrics import SWARM_DESIRED_PODS, SWARM_READY_PODS
 from dynamiclora.settings import OperatorSettings
 
 APPLY_CONCURRENCY = 24
+# Present (status True) while a generated LoRATier name is owned by another Swarm.
+CONDITION_TIER_NAME_CONFLICT = "TierNameConflict"
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,17 @@ class ReadyPod:
 
 @dataclass
 class SwarmObservation:
-    """What ``reconcile_swarm`` found and applied."""
+    """What ``reconcile_swarm`` found and applied.
+
+    ``swarm`` is what is served: agents whose generated tier names another Swarm owns are left out (their
+    stacks would compose that Swarm's adapters); ``agent_count`` counts every agent of the spec.
+    """
 
     swarm: Swarm
     body: Obj
+    agent_count: int = 0
+    tier_conflicts: dict[str, str] = field(default_factory=dict)  # generated tier name -> the Swarm owning it
+    conflicting_agents: list[str] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)
     deleted_tiers: list[str] = field(default_factory=list)
     replicas: int = 0
@@ -71,21 +81,75 @@ def up_to_date(desired: Obj, live: Obj) -> bool:
     return contains(desired["spec"], live.get("spec")) and contains(desired["metadata"], live.get("metadata"))
 
 
+def _other_swarm(tier: Obj, swarm: str) -> str | None:
+    """The Swarm other than ``swarm`` that owns ``tier`` (by ownerReference or the swarm label), if any.
+
+    An ownerReference to a Swarm of the same name but another uid is this Swarm's deleted predecessor
+    (names are unique in a namespace): its tiers are taken over.
+    """
+    meta = tier.get("metadata", {})
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("kind") == "Swarm" and ref.get("name") != swarm:
+            return str(ref.get("name"))
+    label = (meta.get("labels") or {}).get(LABEL_SWARM)
+    return str(label) if label and label != swarm else None
+
+
+def _tier_conflicts(kube: Kube, ns: str, swarm: str, desired: list[Obj], live: dict[str, Obj]) -> dict[str, str]:
+    """Generated tier names owned by another Swarm ("a-b"/"c" and "a"/"b-c" give the same name)."""
+    names = [t["metadata"]["name"] for t in desired]
+    conflicts = {n: other for n in names if n in live and (other := _other_swarm(live[n], swarm))}
+    missing = [n for n in names if n not in live]
+    if missing:  # another Swarm's tier is not under our label: one list of the namespace finds it
+        named = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
+        for n in missing:
+            if n in named and (other := _other_swarm(named[n], swarm)):
+                conflicts[n] = other
+    return conflicts
+
+
+def conflict_message(obs: SwarmObservation) -> str:
+    """What the TierNameConflict condition and event say."""
+    owned = ", ".join(f"{t} (owned by Swarm {o})" for t, o in sorted(obs.tier_conflicts.items()))
+    return (f"generated LoRATier names already belong to another Swarm: {owned}; agents not reconciled: "
+            f"{', '.join(obs.conflicting_agents)} (rename the agent or the Swarm)")[:1000]  # fmt: skip
+
+
 def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmObservation:
     """Apply the swarm's children, prune per-agent tiers of removed agents, observe its pods.
 
+    A generated LoRATier whose name another Swarm's tier already has is not applied (nor is the rest of
+    that agent): the conflict is reported (``obs.tier_conflicts``, a Warning event) and the other agents
+    are reconciled as usual.
+
     Raises:
-        InvalidSpec: the spec does not validate (the API server's schema should prevent it).
+        InvalidSpec: the spec does not validate, or the name cannot name the Swarm's Service (the API
+            server's schema should prevent both).
     """
-    sw = parse(Swarm, body)
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    obs = SwarmObservation(swarm=sw, body=body)
+    if problem := swarm_name_problem(name):
+        raise InvalidSpec(f"metadata.name {name!r} {problem}")
+    sw = parse(Swarm, body)
+    obs = SwarmObservation(swarm=sw, body=body, agent_count=len(sw.spec.agents))
 
     desired_tiers = build_agent_tiers(body, sw)
     live_tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns, {LABEL_SWARM: name})}
+    obs.tier_conflicts = _tier_conflicts(kube, ns, name, desired_tiers, live_tiers)
+    blocked = {t["metadata"]["labels"][LABEL_AGENT] for t in desired_tiers
+               if t["metadata"]["name"] in obs.tier_conflicts}  # fmt: skip
+    if blocked:
+        obs.conflicting_agents = sorted(blocked)
+        served = [a for a in sw.spec.agents if a.name not in blocked]
+        obs.swarm = sw.model_copy(update={"spec": sw.spec.model_copy(update={"agents": served})})
+        msg = conflict_message(obs)
+        old = get_condition(body.get("status"), CONDITION_TIER_NAME_CONFLICT) or {}
+        if (old.get("status"), old.get("message")) != ("True", msg):  # one event per new conflict, not per pass
+            kube.event(body, "Warning", REASON_TIER_NAME_CONFLICT, msg)
     pending = []
     for child in [build_service(body, sw), build_statefulset(body, sw, settings), *desired_tiers]:
+        if child["kind"] == "LoRATier" and child["metadata"]["labels"][LABEL_AGENT] in blocked:
+            continue  # never overwrite another Swarm's tier
         live = live_tiers.get(child["metadata"]["name"]) if child["kind"] == "LoRATier" else None
         if live is not None and up_to_date(child, live):
             continue  # one list call instead of a write per agent on every resync
@@ -115,12 +179,28 @@ def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmO
     return obs
 
 
+def _conflict_conditions(body: Obj, obs: SwarmObservation, conditions: list[Obj]) -> list[Obj]:
+    """TierNameConflict while generated tier names are taken (then not Ready either), else no such condition."""
+    if not obs.tier_conflicts:
+        return [c for c in conditions if c["type"] != CONDITION_TIER_NAME_CONFLICT]
+    gen, msg = generation(body), conflict_message(obs)
+    out = set_condition(conditions, CONDITION_TIER_NAME_CONFLICT, True, REASON_TIER_NAME_CONFLICT, msg, gen)
+    ready = next((c for c in out if c["type"] == "Ready"), None)
+    if ready is None or ready["status"] == "True":  # the conflicting agents are not served
+        old = get_condition(body.get("status"), "Ready")  # its transition time, not the one of this pass
+        out = set_condition([c for c in out if c["type"] != "Ready"] + ([old] if old else []),
+                            "Ready", False, REASON_TIER_NAME_CONFLICT, msg, gen)  # fmt: skip
+    return out
+
+
 def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list[Obj], conditions: list[Obj]) -> Obj:
     """The status object for a reconciled swarm."""
-    n_agents = len(obs.swarm.spec.agents)
+    n_agents = obs.agent_count or len(obs.swarm.spec.agents)
+    conditions = _conflict_conditions(body, obs, conditions)
     served = sum(1 for a in agents if a.get("servedOnPods", 0) and a.get("servedOnPods") == len(obs.ready_pods))
     ready_cond = next((c for c in conditions if c["type"] == "Ready"), None)
     degraded = next((c for c in conditions if c["type"] == "Degraded" and c["status"] == "True"), None)
+    degraded = degraded or get_condition({"conditions": conditions}, CONDITION_TIER_NAME_CONFLICT)
     if degraded:
         phase = "Degraded"
     elif ready_cond and ready_cond["status"] == "True":

@@ -334,7 +334,7 @@ def _maybe_train(
     # accepted one: deriving the name from ``current`` would re-adopt the rejected version's finished Job.
     next_version = max(int(current or 0), int(st.get("latestVersion") or 0)) + 1
     attempts = int(st.get("failedAttempts", 0))
-    job_name = training_job_name(name, next_version) + (f"-r{attempts}" if attempts else "")
+    job_name = training_job_name(name, next_version, attempts)
     frozen = _frozen_tiers(kube, ns, swarm, tier, store_uri(storage, settings), int(current) if current else None)
     inputs = TrainingInputs(
         model_path=model_path(swarm, settings),

@@ -97,7 +97,7 @@ class Scenario:
                  "agents": [{"name": a, "domain": "support", "regressionSet": f"regression/{a}.jsonl"}
                             for a in self.cfg.agents],
                  "contextTier": tier_tpl,
-                 "agentTier": {**tier_tpl, "rank": 16, "alpha": 16},
+                 "agentTier": {"rank": 16, "retention": tier_tpl["retention"]},
                  "sharedTiers": {"swarm": f"{sw}-swarm"},
                  "inference": {"replicas": 1, "maxLoras": 4, "maxCpuLoras": 8, "maxLoraRank": 64,
                                "maxModelLen": 256, "dtype": "float32",

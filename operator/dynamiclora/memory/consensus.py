@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
 from .decompose import truncate
-from .lowrank import LowRankDelta, TierDelta, concat, inner
+from .lowrank import LowRankDelta, TierDelta, concat, inner, tier_energy, tier_inner
 
 
 class ConsensusRule(enum.StrEnum):
@@ -48,6 +48,9 @@ class ConsensusConfig:
     alignment_full: float = field(
         default=0.8, metadata={"help": "resonance: full weight above this x median alignment"}
     )
+    outlier_threshold: float | None = field(default=None, metadata={
+        "help": "agents whose whole-tier cosine with the first consensus is below this are excluded and the "
+                "consensus recomputed without them; None = keep every agent"})
 
     def __post_init__(self) -> None:
         if self.rank is not None and self.rank < 1:
@@ -63,6 +66,8 @@ class ConsensusConfig:
                 "ConsensusConfig needs 0 <= alignment_floor < alignment_full <= 1, got "
                 f"{self.alignment_floor}, {self.alignment_full}"
             )
+        if self.outlier_threshold is not None and not -1.0 <= self.outlier_threshold <= 1.0:
+            raise ValueError(f"ConsensusConfig.outlier_threshold must be in [-1, 1], got {self.outlier_threshold}")
 
 
 @dataclass(frozen=True)
@@ -83,17 +88,19 @@ class ConsensusReport:
         modules: per-module weights/alignment/error.
         agent_weights: mean effective weight of each agent over modules (sum 1).
         truncation_error: root of the summed squared per-module truncation errors.
+        excluded: agents left out as outliers (``ConsensusConfig.outlier_threshold``), by index.
     """
 
     rule: ConsensusRule
     modules: dict[str, ModuleConsensus]
     agent_weights: list[float]
     truncation_error: float
+    excluded: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-able summary."""
         return {"rule": str(self.rule), "agentWeights": [round(w, 6) for w in self.agent_weights],
-                "truncationError": self.truncation_error}
+                "truncationError": self.truncation_error, "excluded": list(self.excluded)}
 
 
 RuleResult = tuple[LowRankDelta, list[float], list[float]]
@@ -221,7 +228,38 @@ def consensus(
         raise ValueError(f"consensus got {n} deltas but {trust.numel()} weights")
     if bool((trust < 0).any()) or float(trust.sum()) <= 0 or not bool(torch.isfinite(trust).all()):
         raise ValueError(f"consensus weights must be finite, >= 0 and not all zero, got {trust.tolist()}")
-    trust = trust / trust.sum()
+    out, report = _combine(deltas, rule, trust / trust.sum(), cfg)
+    if cfg.outlier_threshold is None:
+        return out, report
+    excluded = outliers(deltas, out, cfg.outlier_threshold)
+    if not excluded or len(excluded) == n:  # nobody to drop, or nobody left to agree with
+        return out, report
+    kept = trust.clone()
+    kept[excluded] = 0.0
+    if float(kept.sum()) <= 0:
+        return out, report
+    out, report = _combine(deltas, rule, kept / kept.sum(), cfg)
+    return out, replace(report, excluded=excluded)
+
+
+def outliers(deltas: Sequence[Mapping[str, LowRankDelta]], center: Mapping[str, LowRankDelta],
+             threshold: float) -> list[int]:
+    """Agents whose whole-tier cosine with ``center`` is below ``threshold`` (an empty delta never is)."""
+    center_energy = tier_energy(center)
+    out = []
+    for i, d in enumerate(deltas):
+        e = tier_energy(d)
+        if e <= 0 or center_energy <= 0:
+            continue
+        if tier_inner(d, center) / (e * center_energy) ** 0.5 < threshold:
+            out.append(i)
+    return out
+
+
+def _combine(deltas: Sequence[Mapping[str, LowRankDelta]], rule: ConsensusRule, trust: Tensor,
+             cfg: ConsensusConfig) -> tuple[TierDelta, ConsensusReport]:
+    """One pass of ``rule`` over every module with normalised ``trust``."""
+    n = len(deltas)
     out: TierDelta = {}
     modules: dict[str, ModuleConsensus] = {}
     err_sq = 0.0

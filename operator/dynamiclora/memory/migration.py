@@ -41,6 +41,10 @@ class MigrationPolicy:
         default=None,
         metadata={"help": "a stable component above this share of its tier's energy is critical; None = only `force`"},
     )
+    bypass_min_stability: float | None = field(
+        default=None,
+        metadata={"help": "a stable component whose newest stability score reaches this is critical; None = off"},
+    )
     dest_rank: int | None = field(
         default=None, metadata={"help": "destination tier's rank; None = its current max (source's if empty)"}
     )
@@ -56,6 +60,10 @@ class MigrationPolicy:
         if self.bypass_energy_fraction is not None and not 0.0 < self.bypass_energy_fraction <= 1.0:
             raise ValueError(
                 f"MigrationPolicy.bypass_energy_fraction must be in (0, 1], got {self.bypass_energy_fraction}"
+            )
+        if self.bypass_min_stability is not None and not 0.0 < self.bypass_min_stability <= 1.0:
+            raise ValueError(
+                f"MigrationPolicy.bypass_min_stability must be in (0, 1], got {self.bypass_min_stability}"
             )
         if self.dest_rank is not None and self.dest_rank < 1:
             raise ValueError(f"MigrationPolicy.dest_rank must be >= 1, got {self.dest_rank}")
@@ -117,6 +125,14 @@ class MigrationReport:
         }
 
 
+def _critical(c: ComponentStability, energy_fraction: float, policy: MigrationPolicy) -> bool:
+    """Critical = very energetic, or judged stable with a score at or above the bypass level."""
+    if policy.bypass_energy_fraction is not None and energy_fraction >= policy.bypass_energy_fraction:
+        return True
+    level = policy.bypass_min_stability
+    return level is not None and bool(c.scores) and c.scores[-1] >= level
+
+
 def _decide(
     stable: list[ComponentStability], total: float, policy: MigrationPolicy, force: Collection[tuple[str, int]]
 ) -> list[ComponentDecision]:
@@ -127,8 +143,7 @@ def _decide(
     for c in sorted(stable, key=lambda c: -c.sigma):
         e = c.sigma**2
         frac = e / total if total > 0 else 0.0
-        threshold = policy.bypass_energy_fraction
-        critical = (c.module, c.index) in force or (threshold is not None and frac >= threshold)
+        critical = (c.module, c.index) in force or _critical(c, frac, policy)
         if moved_count >= policy.max_migrations:
             reason = f"count limit: {policy.max_migrations} per step"
         elif moved_energy + e > budget * (1 + 1e-9):

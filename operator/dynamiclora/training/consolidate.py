@@ -124,7 +124,8 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     assert cfg.source is not None  # checked by ConsolidateConfig
     src, dest = parse_tier_ref(cfg.source), parse_tier_ref(cfg.dest)
     stability = StabilityConfig(method=cfg.method, threshold=cfg.threshold,  # type: ignore[arg-type]
-                                min_consecutive=cfg.min_consecutive, window_length=cfg.window_length)
+                                min_consecutive=cfg.min_consecutive, window_length=cfg.window_length,
+                                min_energy_fraction=cfg.min_energy_fraction)
     versions = io.versions(src)
     if src.version is not None:
         versions = [v for v in versions if v <= src.version]
@@ -145,7 +146,8 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
         dest_targets = list(dest_meta.target_modules)
     policy = MigrationPolicy(
         stability=stability, max_migrations=cfg.max_migrations, max_energy_fraction=cfg.max_energy_fraction,
-        emergency_bypass=cfg.emergency_bypass, dest_rank=dest_rank, dry_run=cfg.dry_run,
+        emergency_bypass=cfg.emergency_bypass, bypass_min_stability=cfg.bypass_min_stability,
+        dest_rank=dest_rank, dry_run=cfg.dry_run,
     )
     new_src, new_dest, report = migrate(window, source, dest_delta, policy)
     summary = report.to_dict()
@@ -194,7 +196,8 @@ def _consensus(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
         shared, shared_meta, _ = io.load(dest, base_version)
         rank = cfg.dest_rank or shared_meta.r
         shared_targets = list(shared_meta.target_modules)
-    combined, report = consensus([d for d, _, _ in loaded], cfg.rule, cfg.weights, ConsensusConfig(rank=rank))
+    combined, report = consensus([d for d, _, _ in loaded], cfg.rule, cfg.weights,
+                                 ConsensusConfig(rank=rank, outlier_threshold=cfg.outlier_threshold))
     new_shared: TierDelta = {}
     err_sq = report.truncation_error**2
     for module in sorted(set(shared) | set(combined)):
@@ -204,7 +207,7 @@ def _consensus(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
         err_sq += cut.error**2
     summary = {**report.to_dict(), "agents": [str(a) for a in agents], "truncationError": err_sq**0.5}
     io.log(f"consensus ({cfg.rule}) of {len(agents)} agent tier(s) -> {dest}: agent weights "
-           f"{summary['agentWeights']}")
+           f"{summary['agentWeights']}, outliers left out {summary['excluded']}")
     result: dict[str, Any] = {"mode": "consensus", "report": summary, "published": [], "changed": False}
     if cfg.dry_run:
         return result

@@ -148,8 +148,7 @@ def build_stack(model: Any, config: Any, frozen: Sequence[tuple[str, Path]], ini
         frozen: ``(label, adapter directory)`` of each frozen tier (checked with :func:`check_adapter`).
         init_dir: adapter directory to initialise the target from (same rank and targets), or None.
     """
-    from peft import get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import get_peft_model
 
     peft_model = get_peft_model(model, config, adapter_name=TARGET)
     names = [TARGET]
@@ -161,20 +160,29 @@ def build_stack(model: Any, config: Any, frozen: Sequence[tuple[str, Path]], ini
             raise TierMismatchError(f"{label}: cannot be loaded onto the base model ({e})") from e
         names.append(name)
     if init_dir is not None:
-        state = load_file(str(init_dir / ADAPTER_WEIGHTS))
-        # The init version may be stored at another scaling than the tier's config (a consolidation writes
-        # alpha = r, i.e. scaling 1): rescale B so that the loaded adapter is the same delta.
-        factor = _scaling(json.loads((init_dir / "adapter_config.json").read_text())) / _scaling(config)
-        if abs(factor - 1.0) > 1e-12:
-            state = {k: (v * factor if "lora_B" in k else v) for k, v in state.items()}
-        result = set_peft_model_state_dict(peft_model, state, adapter_name=TARGET)
-        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-        if unexpected:
-            raise TierMismatchError(f"{init_dir}: keys not in the tier: {unexpected[:5]}")
+        load_target(peft_model, init_dir)
     # The LoRA tuner accepts a list and sums every listed adapter in each layer's forward.
     peft_model.base_model.set_adapter(names)
     freeze_except(peft_model, TARGET)
     return peft_model
+
+
+def load_target(peft_model: Any, directory: Path) -> None:
+    """Set the trainable target adapter's weights from an adapter directory (same rank and targets)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(directory / ADAPTER_WEIGHTS))
+    # The version may be stored at another scaling than the tier's config (a consolidation writes
+    # alpha = r, i.e. scaling 1): rescale B so that the loaded adapter is the same delta.
+    factor = _scaling(json.loads((directory / "adapter_config.json").read_text())) / _scaling(
+        peft_model.peft_config[TARGET])
+    if abs(factor - 1.0) > 1e-12:
+        state = {k: (v * factor if "lora_B" in k else v) for k, v in state.items()}
+    result = set_peft_model_state_dict(peft_model, state, adapter_name=TARGET)
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if unexpected:
+        raise TierMismatchError(f"{directory}: keys not in the tier: {unexpected[:5]}")
 
 
 def target_parameters(peft_model: Any) -> dict[str, torch.Tensor]:

@@ -145,6 +145,16 @@ class TrainConfig:
                 "--free-threshold, the version's statistics report its screened fraction and phase state"})
     free_threshold: float | None = field(default=None, metadata={
         "help": "phases: reinforcement below which a SCREENED component becomes FREE again (hysteresis)"})
+    free_decay: float = field(default=0.0, metadata={
+        "help": "plasticity: share of a FREE component's magnitude lost per --reference-interactions new "
+                "records; the starting version decays by the records this run trains on (needs the thresholds)"})
+    screened_decay: float = field(default=0.0, metadata={
+        "help": "plasticity: the same for SCREENED components (at most --free-decay)"})
+    reference_interactions: float = field(default=60.0, metadata={
+        "help": "plasticity: records per reference hour, the unit the decay shares are given in"})
+    energy_budget: float | None = field(default=None, metadata={
+        "help": "homeostasis: largest squared Frobenius norm of the trained tier; beyond it FREE components "
+                "are shed first (needs the thresholds); default unlimited"})
     gate_records: int = field(default=64, metadata={
         "help": "quality gate: records evaluated per set (the newest held-out ones; the newest regression ones)"})
     result_file: str | None = field(default=None, metadata={
@@ -167,6 +177,15 @@ class TrainConfig:
              or 0 <= self.free_threshold < self.screen_threshold <= 1,
              f"--free-threshold must be below --screen-threshold, both in [0, 1], got {self.free_threshold} "
              f"and {self.screen_threshold}"),
+            (0 <= self.screened_decay <= self.free_decay <= 1,
+             f"--screened-decay and --free-decay must satisfy 0 <= screened <= free <= 1, got "
+             f"{self.screened_decay} and {self.free_decay}"),
+            (self.reference_interactions > 0,
+             f"--reference-interactions must be > 0, got {self.reference_interactions}"),
+            (self.energy_budget is None or self.energy_budget > 0,
+             f"--energy-budget must be > 0, got {self.energy_budget}"),
+            ((self.free_decay == 0 and self.energy_budget is None) or self.screen_threshold is not None,
+             "--free-decay and --energy-budget act on phases: give --screen-threshold and --free-threshold"),
             (self.rank >= 1, f"--rank must be >= 1, got {self.rank}"),
             (self.alpha > 0, f"--alpha must be > 0, got {self.alpha}"),
             (bool(self.target_modules), "--target-modules must name at least one module"),
@@ -215,14 +234,23 @@ class ConsolidateConfig:
     max_migrations: int = field(default=8, metadata={"help": "migrate: components moved per run"})
     max_energy_fraction: float = field(default=0.5, metadata={
         "help": "migrate: share of the source tier's energy moved per run, in (0, 1]"})
+    min_energy_fraction: float = field(default=0.01, metadata={
+        "help": "migrate: components carrying less than this share of their module's energy are never judged "
+                "stable, in [0, 1]"})
     emergency_bypass: bool = field(default=True, metadata={
-        "help": "migrate: let critical (very energetic) stable components bypass the limits"})
+        "help": "migrate: let critical stable components bypass the limits"})
+    bypass_min_stability: float | None = field(default=None, metadata={
+        "help": "migrate: a stable component whose newest stability score reaches this is critical, in (0, 1]; "
+                "default: only very energetic components are"})
     dest_rank: int | None = field(default=None, metadata={
         "help": "rank the destination is stored at (default: its current rank, else the inputs' rank)"})
     rule: Literal["resonance", "mean", "ties"] = field(default="resonance", metadata={
         "help": "consensus: combination rule"})
     weights: list[float] | None = field(default=None, metadata={
         "help": "consensus: trust weight per --agent-tier (space separated; default uniform)"})
+    outlier_threshold: float | None = field(default=None, metadata={
+        "help": "consensus: agents whose tier aligns with the first consensus below this cosine, in [-1, 1], "
+                "are left out of it; default: none are"})
     update_agents: bool = field(default=True, metadata={
         "help": "consensus: also publish each agent tier minus the consensus, so every agent's stack "
                 "output is unchanged while the shared part moves up"})
@@ -250,6 +278,12 @@ class ConsolidateConfig:
             raise ValueError("--mode consensus needs at least one --agent-tier")
         if self.weights is not None and len(self.weights) != len(self.agent_tier):
             raise ValueError(f"--weights has {len(self.weights)} values for {len(self.agent_tier)} --agent-tier")
+        if not 0 <= self.min_energy_fraction <= 1:
+            raise ValueError(f"--min-energy-fraction must be in [0, 1], got {self.min_energy_fraction}")
+        if self.bypass_min_stability is not None and not 0 < self.bypass_min_stability <= 1:
+            raise ValueError(f"--bypass-min-stability must be in (0, 1], got {self.bypass_min_stability}")
+        if self.outlier_threshold is not None and not -1 <= self.outlier_threshold <= 1:
+            raise ValueError(f"--outlier-threshold must be in [-1, 1], got {self.outlier_threshold}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"--window must be >= 1, got {self.window}")
         if self.dest_rank is not None and self.dest_rank < 1:

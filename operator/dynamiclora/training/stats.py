@@ -68,6 +68,11 @@ def track_phases(delta: TierDelta, config: PhaseConfig, previous: Path | None) -
     return tracker
 
 
+def saved_states(adapter_dir: Path, delta: TierDelta) -> dict[str, list[ComponentState]]:
+    """The phases a version recorded, re-attached to ``delta`` (its own components); empty when none."""
+    return _restore(delta, _saved_state(adapter_dir))
+
+
 def _saved_state(adapter_dir: Path) -> dict[str, list[dict[str, Any]]]:
     """The ``phaseState`` a version recorded (empty for versions published without one)."""
     try:

@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from dynamiclora.memory.phases import PhaseConfig
 from dynamiclora.storage import CheckpointStore, open_store, parse_tier_ref
 from dynamiclora.storage.base import validate_name
 from dynamiclora.training import checkpoint as ckpt
@@ -36,6 +35,7 @@ from dynamiclora.training.data import (
     steps_per_epoch,
     tokenize,
 )
+from dynamiclora.training.dynamics import decay_start, plasticity_of, regulate_end
 from dynamiclora.training.gate import (
     GATE_FILE,
     HELD_OUT,
@@ -229,6 +229,8 @@ def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]])
         "steps": cfg.steps, "epochs": cfg.epochs, "batch": cfg.batch_size, "seed": cfg.seed,
         "gate": [cfg.gate_max_regression, cfg.gate_records, cfg.regression_data, cfg.gate_significance],
         "replay": [cfg.replay_fraction, cfg.replay_budget],
+        "plasticity": [cfg.screen_threshold, cfg.free_threshold, cfg.free_decay, cfg.screened_decay,
+                       cfg.reference_interactions, cfg.energy_budget],
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -263,6 +265,8 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         data_info["released"] = _reexamine(cfg, peft_model, sel, tokenizer, log)
         replayed, replay_info = _replay(cfg, peft_model, sel, len(examples), tokenizer, log)
         data_info.update(replay_info)
+        if (decay := decay_start(cfg, peft_model, init_dir, len(sel.batch), tmp, log)) is not None:
+            data_info["decay"] = decay
         mix = examples + replayed
         fp = _run_fingerprint(cfg, fingerprint(mix), refs)
         work = Path(cfg.work_dir) if cfg.work_dir else tmp / "work"
@@ -273,6 +277,8 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
             return prior
         ckpt.clean_temporaries(work)
         run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log)
+        if (homeostasis := regulate_end(cfg, peft_model, init_dir, tmp, log)) is not None:
+            data_info["homeostasis"] = homeostasis
         verdict = _judge(cfg, peft_model, gate_sets, baseline, sel.batch, pad)
         log(f"quality gate: {verdict['reason']}")
         stats = _statistics(cfg, peft_model, work, init_dir, data_info)
@@ -388,10 +394,8 @@ def _statistics(cfg: TrainConfig, peft_model: Any, work: Path, init_dir: Path | 
     """Save the trained tier into ``work/final`` and compute its statistics (phases from the version before)."""
     final = work / "final"
     save_target(peft_model, final, cfg.base_model)
-    phases = None
-    if cfg.screen_threshold is not None and cfg.free_threshold is not None:
-        phases = PhaseConfig(screen_threshold=cfg.screen_threshold, free_threshold=cfg.free_threshold)
-    stats = tier_statistics(final, phases=phases, previous=init_dir)
+    plasticity = plasticity_of(cfg)
+    stats = tier_statistics(final, phases=plasticity.phases if plasticity else None, previous=init_dir)
     stats.update(data_info)
     return stats
 

@@ -103,12 +103,13 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         "spec.agent is required for context and agent tiers and forbidden for shared tiers",
     ),
     (
-        "tier-parent-empty",
-        "LoRATier",
-        SWARM_TIER,
-        setter("spec.parentTier", ""),
+        "swarm-name-is-a-service-name",
+        "Swarm",
+        SWARM,
+        setter("metadata.name", "support.v2"),
         False,
-        "spec.parentTier must not be empty when set",
+        "a Swarm name must be at most 63 characters, start with a letter and hold only lowercase letters, digits "
+        "and '-' (no dots): it names the Swarm's Service and is a label value",
     ),
     ("tier-agent-immutable", "LoRATier", AGENT_TIER, setter("spec.agent", "bob"), True, "spec.agent is immutable"),
     (
@@ -195,7 +196,7 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         "swarm-decay",
         "Swarm",
         SWARM,
-        setter("spec.agentTier.plasticity.screenedDecay", 0.9),
+        setter("spec.contextTier.plasticity.screenedDecay", 0.9),
         False,
         "plasticity.screenedDecay must not exceed plasticity.freeDecay",
     ),

@@ -87,9 +87,12 @@ def test_agent_tiers_and_stack(swarm_body: dict[str, Any]) -> None:
     names = [t["metadata"]["name"] for t in tiers]
     assert names == ["support-alice-context", "support-alice-agent", "support-bob-context", "support-bob-agent"]
     by_name = {t["metadata"]["name"]: t for t in tiers}
-    assert by_name["support-alice-context"]["spec"]["parentTier"] == "support-alice-agent"
-    assert by_name["support-alice-agent"]["spec"]["parentTier"] == "support-swarm"
     assert by_name["support-bob-context"]["spec"]["rank"] == 8
+    ctx, agent = by_name["support-alice-context"]["spec"], by_name["support-alice-agent"]["spec"]
+    # An agent tier only receives migrated context components: same adapter shape, nothing to train.
+    assert (agent["rank"], agent["alpha"], agent["targetModules"]) == (16, ctx["alpha"], ctx["targetModules"])
+    assert "training" not in agent and "plasticity" not in agent
+    assert agent["qualityGate"]["maxRegression"] == 0.02 and agent["retention"]["keepVersions"] == 20
     for t in tiers:  # every generated tier is valid under the API the user's tiers obey
         LoRATierSpec.model_validate(t["spec"])
         assert t["metadata"]["ownerReferences"][0]["uid"] == "uid-1"

@@ -53,33 +53,9 @@ TIER = "support-alice-context"  # the LoRATier the LoRATier cases change
 AGENT_KEYS = {"AWS_ACCESS_KEY_ID": "dGVzdGluZw==", "AWS_SECRET_ACCESS_KEY": "dGVzdGluZw=="}  # "testing"
 
 # "Kind path" -> why it reaches no consumer. Only shrinks: a listed field that starts acting fails the test.
-_PHASE_DYNAMICS = ("phase dynamics are not passed to training Jobs: build_training_job sends --lr, --screen-threshold "
-                   "and --free-threshold only")  # fmt: skip
-_AGENT_TIERS_NEVER_TRAIN = ("agent tiers never run training Jobs (reconcile_tier trains context tiers only; agent "
-                            "tiers change by migration, whose Jobs use the fixed CONSOLIDATOR template)")  # fmt: skip
-_PLASTICITY = ("freeDecay", "screenedDecay", "referenceInteractionsPerHour", "energyBudget")
 KNOWN_DECORATIVE: dict[str, str] = {
-    **{f"LoRATier spec.plasticity.{f}": _PHASE_DYNAMICS for f in _PLASTICITY},
-    **{f"Swarm spec.contextTier.plasticity.{f}": f"copied to the context tiers, where {_PHASE_DYNAMICS}"
-       for f in _PLASTICITY},
-    **{f"Swarm spec.agentTier.{f}": _AGENT_TIERS_NEVER_TRAIN for f in (
-        "alpha", "targetModules", "plasticity.learningRate", "plasticity.screenThreshold",
-        "plasticity.freeThreshold", *(f"plasticity.{p}" for p in _PLASTICITY), "training.image",
-        "training.resources.requests", "training.resources.limits", "training.minSamples", "training.schedule",
-        "training.maxSteps", "training.batchSize", "training.checkpointEvery", "training.backoffLimit",
-        "training.activeDeadlineSeconds", "training.replayFraction", "training.replayBudget",
-        "training.nodeSelector", "training.serviceAccountName", "qualityGate.holdoutFraction",
-        "qualityGate.regressionSet")},
     "Swarm spec.agents[].domain": "informative by design (its description says so)",
     "Swarm spec.agents[].description": "free text by design",
-    "Swarm spec.inference.foldSharedTiers": "read by nothing: serving always composes shared tiers into the adapter",
-    **{f"Swarm spec.consensus.{f}": "consensus runs from MigrationPolicy spec.consensus; the Swarm's is never read "
-       "(only spec.consensus.trustWeighting is)" for f in ("rule", "minAgents", "outlierThreshold")},
-    "LoRATier spec.parentTier": "migration targets are derived from level and Swarm (builders.names), not from it",
-    "LoRATier spec.baseModel": "Jobs and serving take the base model from the Swarm",
-    "MigrationPolicy spec.stability.minEnergyFraction": "not passed to consolidation Jobs (_migrate_args)",
-    "MigrationPolicy spec.emergencyBypass.minStability": "not passed to consolidation Jobs (_migrate_args)",
-    "MigrationPolicy spec.consensus.outlierThreshold": "not passed to consensus Jobs (only --rule is)",
 }
 
 
@@ -227,15 +203,20 @@ def _storage_cases(prefix: str, s3_setup: Setup, pvc_setup: Setup | None) -> dic
     }
 
 
-def _template_cases(kind_prefix: str, tier: str, keep: int) -> dict[str, Case]:
-    """Cases of a tier template (a LoRATier's spec, or a Swarm's contextTier/agentTier)."""
+def _template_cases(kind_prefix: str, tier: str, keep: int, trains: bool = True) -> dict[str, Case]:
+    """Cases of a tier template (a LoRATier's spec, a Swarm's contextTier, or its agentTier: no training)."""
+    kept = {
+        f"{kind_prefix}.retention.keepVersions": Case(_publish_more(tier, keep + 1)),
+        f"{kind_prefix}.retention.keepFor": Case(_publish_more(tier, keep + 1), "1h"),
+    }
+    if not trains:
+        return kept
     return {
+        **kept,
         f"{kind_prefix}.training.image": Case(value="ghcr.io/dynamiclora/trainer:other"),
         f"{kind_prefix}.training.serviceAccountName": Case(value="trainer"),
         f"{kind_prefix}.training.minSamples": Case(value=31),  # more than the 30 records there are
         f"{kind_prefix}.training.schedule": Case(_recently_trained(tier), "1h"),
-        f"{kind_prefix}.retention.keepVersions": Case(_publish_more(tier, keep + 1)),
-        f"{kind_prefix}.retention.keepFor": Case(_publish_more(tier, keep + 1), "1h"),
         f"{kind_prefix}.qualityGate.regressionSet": Case(value="regression/set.jsonl"),
     }
 
@@ -243,7 +224,7 @@ def _template_cases(kind_prefix: str, tier: str, keep: int) -> dict[str, Case]:
 CASES: dict[tuple[str, str], Case] = {
     **{("Swarm", p): c for p, c in {
         **_template_cases("spec.contextTier", "support-alice-context", 8),
-        **_template_cases("spec.agentTier", "support-alice-agent", 20),
+        **_template_cases("spec.agentTier", "support-alice-agent", 20, trains=False),
         # keepFor only sees versions in the status history (20 newest): with the example's keepVersions 20
         # it can protect nothing, a product defect reported separately; with fewer kept it acts.
         "spec.agentTier.retention.keepFor": Case(agent_tier_keeps_5, "1h"),
@@ -272,8 +253,6 @@ CASES: dict[tuple[str, str], Case] = {
         **_template_cases("spec", TIER, 8),
         "spec.swarmRef": Case(value="other-swarm"),
         "spec.agent": Case(value="bob"),
-        "spec.parentTier": Case(value="other-parent"),
-        "spec.baseModel": Case(value="other-model"),
         "spec.pinnedVersion": Case(_publish_more(TIER, 3), 2),
         **_storage_cases("spec.storage", tier_on_s3, tier_on_own_pvc),
     }.items()},
@@ -285,6 +264,7 @@ CASES: dict[tuple[str, str], Case] = {
         "spec.consensus.outlierThreshold": Case(consensus_pair),
         "spec.bandwidth.period": Case(budget_used_this_period, "10m"),
         "spec.emergencyBypass.maxPerPeriod": Case(bypass_enabled, 0),
+        "spec.emergencyBypass.minStability": Case(bypass_enabled, 0.5),
         "spec.interval": Case(evaluated_a_minute_ago, "5m"),
     }.items()},
 }
