@@ -83,8 +83,8 @@ bench-merge: ## Low-rank merge vs PEFT add_weighted_adapter(svd) at d=1024/2048/
 	$(PY) bench/merge.py --out bench/results/merge.json
 
 .PHONY: bench-continual
-bench-continual: ## Continual learning: DynamicLoRA vs seq LoRA/replay/EWC/joint, consensus rules (~10 min)
-	nice $(PY) bench/continual.py --out bench/results/continual.json
+bench-continual: ## Continual learning through the operator's reconcilers and Job entrypoints (~8 min)
+	nice $(PY) bench/jobs_continual.py --seeds 5 --out bench/results/continual_jobs.json
 
 .PHONY: bench-scale
 bench-scale: ## Operator convergence time and peak RSS for 10/100/1,000 agents on the local control plane

@@ -13,17 +13,27 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 # A Kubernetes resource quantity ("500m", "2Gi", 1). Quantities may be written as numbers in YAML.
 Quantity = Annotated[
-    int | str,
+    int | Annotated[str, Field(max_length=64)],
     Field(description="A Kubernetes quantity such as 500m, 2Gi or 1."),
 ]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+# A relative path inside a store or a volume: segments that do not start with a dot, so never "..".
+REL_PATH = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*/?$"
+# Bounds of free-form input: every string, list and map of the API has one (hostile input, etcd size).
+MAX_PATH = 512
+MAX_IMAGE = 512
+MAX_MAP = 32
+MAX_MAP_VALUE = 1024
+MAX_DURATION = "87600h"  # 10 years: beyond it a duration overflows the operator's clock arithmetic
+MAX_DURATION_SECONDS = 87600 * 3600
+MapValue = Annotated[str, Field(max_length=MAX_MAP_VALUE)]
 
 
 def cel(rule: str, message: str, *, reason: str | None = None, field_path: str | None = None) -> dict[str, Any]:
@@ -36,9 +46,42 @@ def cel(rule: str, message: str, *, reason: str | None = None, field_path: str |
     return entry
 
 
+def duration_seconds(text: str) -> float:
+    """Seconds of a duration such as ``1h30m`` (the DURATION pattern)."""
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    total, num = 0.0, ""
+    i = 0
+    while i < len(text):
+        if text[i].isdigit() or text[i] == ".":
+            num += text[i]
+            i += 1
+            continue
+        unit = "ms" if text[i : i + 2] == "ms" else text[i]
+        total += float(num) * units[unit]
+        num = ""
+        i += len(unit)
+    return total
+
+
+def _bounded_duration(text: str | None) -> str | None:
+    if text is not None and duration_seconds(text) > MAX_DURATION_SECONDS:
+        raise ValueError(f"duration {text} is longer than {MAX_DURATION} (10 years)")
+    return text
+
+
+# A duration such as 1h30m, at most 10 years (checked by the API server too: CEL duration()).
+Duration = Annotated[
+    str,
+    Field(pattern=DURATION, max_length=32, json_schema_extra={"x-kubernetes-validations": [
+        cel(f"duration(self) <= duration('{MAX_DURATION}')", f"must be at most {MAX_DURATION} (10 years)")]}),
+    AfterValidator(_bounded_duration),
+]
+
+
 # A Swarm's name names its Service (an RFC 1035 label) and is a label value: both limit it to 63.
 SWARM_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 MAX_SWARM_NAME = 63
+
 
 class ApiModel(BaseModel):
     """Base of every API object: camelCase on the wire, unknown fields rejected."""
@@ -130,10 +173,11 @@ class Resources(ApiModel):
     """Compute resources of a container, as in ``corev1.ResourceRequirements``."""
 
     requests: dict[str, Quantity] = Field(
-        default_factory=dict, description="Minimum resources, e.g. {cpu: 2, memory: 8Gi, nvidia.com/gpu: 1}."
+        default_factory=dict, max_length=MAX_MAP,
+        description="Minimum resources, e.g. {cpu: 2, memory: 8Gi, nvidia.com/gpu: 1}.",
     )
     limits: dict[str, Quantity] = Field(
-        default_factory=dict, description="Maximum resources; GPUs must be set here or in requests."
+        default_factory=dict, max_length=MAX_MAP, description="Maximum resources; GPUs must be set here or in requests."
     )
 
     def to_k8s(self) -> dict[str, dict[str, str]]:
@@ -155,13 +199,15 @@ class S3Storage(ApiModel):
     """An S3 (or S3-compatible) bucket."""
 
     bucket: str = Field(description="Bucket name.", min_length=3, max_length=63)
-    prefix: str = Field(default="dynamiclora", description="Key prefix under which everything is stored.")
+    prefix: str = Field(default="dynamiclora", pattern=REL_PATH, max_length=MAX_PATH,
+                        description="Key prefix under which everything is stored (no '..' segments).")
     endpoint: str | None = Field(
         default=None,
         description="Endpoint URL for S3-compatible stores (MinIO, Ceph); AWS when unset.",
         pattern=r"^https?://",
+        max_length=MAX_PATH,
     )
-    region: str = Field(default="us-east-1", description="Region name.")
+    region: str = Field(default="us-east-1", pattern=r"^[a-z0-9-]+$", max_length=64, description="Region name.")
     credentials_secret_ref: SecretRef | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; workload identity when unset.",
@@ -173,7 +219,8 @@ class PvcStorage(ApiModel):
 
     claim_name: str = Field(description="PVC name (must support ReadWriteMany when pods span nodes).",
                             pattern=DNS_SUBDOMAIN, max_length=253)
-    path: str = Field(default="dynamiclora", description="Folder inside the volume.")
+    path: str = Field(default="dynamiclora", pattern=REL_PATH, max_length=MAX_PATH,
+                      description="Folder inside the volume (relative, no '..' segments).")
 
 
 class Storage(ApiModel):

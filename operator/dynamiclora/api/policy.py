@@ -9,11 +9,11 @@ from pydantic import ConfigDict, Field, model_validator
 
 from dynamiclora.api.common import (
     DNS_SUBDOMAIN,
-    DURATION,
     LEVEL_ORDER_CEL,
     ApiModel,
     Condition,
     ConsensusRule,
+    Duration,
     ObjectMeta,
     TierLevel,
     cel,
@@ -72,7 +72,7 @@ class Bandwidth(ApiModel):
     """Limits that prevent migration avalanches."""
 
     max_migrations_per_period: int = Field(default=8, ge=0, le=10_000, description="Components moved per period.")
-    period: str = Field(default="1h", pattern=DURATION, description="Length of a bandwidth period.")
+    period: Duration = Field(default="1h", description="Length of a bandwidth period.")
     max_energy_fraction: float = Field(
         default=0.25, gt=0, le=1, description="Largest fraction of the source tier's energy moved in one step."
     )
@@ -96,7 +96,7 @@ class PolicyConsensus(ApiModel):
     """Consensus rule used when a migration targets a shared tier."""
 
     rule: ConsensusRule = Field(default=ConsensusRule.RESONANCE, description="resonance, mean or ties.")
-    min_agents: int = Field(default=2, ge=1, description="Agents whose patterns must agree.")
+    min_agents: int = Field(default=2, ge=1, le=2000, description="Agents whose patterns must agree.")
     outlier_threshold: float = Field(
         default=0.0, ge=-1, le=1, description="Agents aligning with the consensus below this cosine are excluded."
     )
@@ -118,7 +118,8 @@ class MigrationPolicySpec(ApiModel):
     )
 
     swarm_ref: str | None = Field(
-        default=None, pattern=DNS_SUBDOMAIN, description="Swarm whose tiers this policy governs; all when unset."
+        default=None, pattern=DNS_SUBDOMAIN, max_length=253,
+        description="Swarm whose tiers this policy governs; all when unset.",
     )
     pairs: list[TierPair] = Field(
         min_length=1, max_length=10, description="Tier level pairs patterns migrate along."
@@ -127,7 +128,7 @@ class MigrationPolicySpec(ApiModel):
     bandwidth: Bandwidth = Field(default_factory=Bandwidth, description="Migration bandwidth.")
     emergency_bypass: EmergencyBypass = Field(default_factory=EmergencyBypass, description="Emergency bypass.")
     consensus: PolicyConsensus = Field(default_factory=PolicyConsensus, description="Consensus for shared tiers.")
-    interval: str = Field(default="5m", pattern=DURATION, description="How often stability is evaluated.")
+    interval: Duration = Field(default="5m", description="How often stability is evaluated.")
     dry_run: bool = Field(default=False, description="Evaluate and record decisions without migrating.")
     suspend: bool = Field(default=False, description="Stop evaluating.")
 

@@ -11,8 +11,13 @@ from pydantic import ConfigDict, Field, model_validator
 from dynamiclora.api.common import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
+    MAX_IMAGE,
+    MAX_MAP,
+    MAX_PATH,
+    REL_PATH,
     ApiModel,
     Condition,
+    MapValue,
     ObjectMeta,
     PvcStorage,
     Resources,
@@ -22,7 +27,9 @@ from dynamiclora.api.common import (
 )
 from dynamiclora.api.tier import (
     DEFAULT_TARGET_MODULES,
+    MAX_VERSION,
     GateLimits,
+    ModuleName,
     Plasticity,
     QualityGate,
     Retention,
@@ -52,11 +59,17 @@ class BaseModelSpec(ApiModel):
         min_length=1, max_length=253, description="Served model name clients use (vLLM --served-model-name)."
     )
     path: str | None = Field(
-        default=None, pattern=r"^/", description="Weights baked into the inference image at this absolute path."
+        default=None,
+        pattern=r"^/",
+        max_length=MAX_PATH,
+        description="Weights baked into the inference image at this absolute path.",
     )
     pvc: PvcStorage | None = Field(default=None, description="Weights on a PersistentVolumeClaim.")
     s3_uri: str | None = Field(
-        default=None, pattern=r"^s3://[^/]+/.+", description="Weights in S3 (downloaded by an init container)."
+        default=None,
+        pattern=r"^s3://[^/]+/.+",
+        max_length=MAX_PATH,
+        description="Weights in S3 (downloaded by an init container).",
     )
 
     @model_validator(mode="after")
@@ -69,8 +82,10 @@ class BaseModelSpec(ApiModel):
 class PinnedVersions(ApiModel):
     """Versions an agent's own tiers are pinned to; a level left out follows normal promotion."""
 
-    context: int | None = Field(default=None, ge=1, description="Serve this version of the context tier.")
-    agent: int | None = Field(default=None, ge=1, description="Serve this version of the agent tier.")
+    context: int | None = Field(
+        default=None, ge=1, le=MAX_VERSION, description="Serve this version of the context tier."
+    )
+    agent: int | None = Field(default=None, ge=1, le=MAX_VERSION, description="Serve this version of the agent tier.")
 
 
 class Agent(ApiModel):
@@ -100,8 +115,11 @@ class TierTemplate(ApiModel):
 
     rank: int = Field(default=16, ge=1, le=512, description="LoRA rank.")
     alpha: float = Field(default=32.0, gt=0, le=4096, description="LoRA alpha.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1, description="Targeted linear modules."
+    target_modules: list[ModuleName] = Field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        min_length=1,
+        max_length=64,
+        description="Targeted linear modules.",
     )
     plasticity: Plasticity = Field(default_factory=Plasticity, description="Learning, decay and phases.")
     training: TrainingTemplate = Field(default_factory=TrainingTemplate, description="Training Job template.")
@@ -129,16 +147,22 @@ class AgentTierTemplate(ApiModel):
 class SharedTiers(ApiModel):
     """References to shared LoRATiers (declared in Git) in the same namespace."""
 
-    swarm: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="LoRATier of level swarm.")
-    domain: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="LoRATier of level domain.")
-    foundation: str | None = Field(default=None, pattern=DNS_SUBDOMAIN, description="LoRATier of level foundation.")
+    swarm: str | None = Field(
+        default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="LoRATier of level swarm."
+    )
+    domain: str | None = Field(
+        default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="LoRATier of level domain."
+    )
+    foundation: str | None = Field(
+        default=None, pattern=DNS_SUBDOMAIN, max_length=253, description="LoRATier of level foundation."
+    )
 
 
 class Inference(ApiModel):
     """The vLLM multi-LoRA StatefulSet."""
 
     replicas: int = Field(default=1, ge=0, le=64, description="Number of vLLM pods.")
-    image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1, description="vLLM server image.")
+    image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1, max_length=MAX_IMAGE, description="vLLM server image.")
     port: int = Field(default=8000, ge=1024, le=65535, description="HTTP port of the OpenAI-compatible API.")
     max_loras: int = Field(default=4, ge=1, le=256, description="Adapters active in one batch (--max-loras).")
     max_cpu_loras: int | None = Field(
@@ -147,14 +171,19 @@ class Inference(ApiModel):
     max_lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = Field(
         default=64, description="Largest adapter rank the server accepts (--max-lora-rank)."
     )
-    max_model_len: int | None = Field(default=None, ge=16, description="Context length (--max-model-len).")
+    max_model_len: int | None = Field(
+        default=None, ge=16, le=10_000_000, description="Context length (--max-model-len)."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="Weights dtype.")
     resources: Resources = Field(default_factory=Resources, description="Resources of each vLLM container.")
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the API key clients and the operator must present."
     )
-    extra_args: list[str] = Field(default_factory=list, description="Additional vLLM server arguments.")
-    env: dict[str, str] = Field(
+    extra_args: list[MapValue] = Field(
+        default_factory=list, max_length=64, description="Additional vLLM server arguments."
+    )
+    env: dict[str, MapValue] = Field(
+        max_length=MAX_MAP,
         default_factory=dict,
         description="Extra environment variables of the vLLM container (e.g. VLLM_CPU_KVCACHE_SPACE on CPU nodes).",
     )
@@ -166,7 +195,10 @@ class Experience(ApiModel):
     prefix: str = Field(
         default="interactions",
         min_length=1,
-        description="Folder/key prefix in the swarm's storage; records of agent A are under <prefix>/<A>/.",
+        max_length=MAX_PATH,
+        pattern=REL_PATH,
+        description="Folder/key prefix in the swarm's storage (no '..' segments); records of agent A are under "
+        "<prefix>/<A>/.",
     )
     bad_records: Literal["reject", "skip"] = Field(
         default="skip", description="What training does with malformed records."
@@ -193,8 +225,11 @@ class SwarmSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.baseModel.name == oldSelf.baseModel.name", "spec.baseModel.name is immutable",
-                    field_path=".baseModel.name"),
+                cel(
+                    "self.baseModel.name == oldSelf.baseModel.name",
+                    "spec.baseModel.name is immutable",
+                    field_path=".baseModel.name",
+                ),
             ]
         }
     )
@@ -238,24 +273,37 @@ class AgentStatus(ApiModel):
     name: str
     served_adapter: str | None = Field(default=None, description="vLLM model name of the agent's adapter.")
     served_version: str | None = Field(default=None, description="Composite version, e.g. c3-a2-s1.")
-    adapter_uri: str | None = Field(default=None, description="Checkpoint URI of the composed adapter.")
-    adapter_sha256: str | None = None
+    adapter_path: str | None = Field(
+        default=None, description="The composed adapter, <agent>/<key> under status.servedRoot."
+    )
     composition_error: float | None = Field(default=None, ge=0, description="Relative error of the composition.")
     trust: float | None = Field(
         default=None, ge=0, description="Trust score: user trustWeight x record of the agent at the quality gate."
     )
     pinned: bool | None = Field(default=None, description="Whether a pin decides what is served.")
+    served_on_pods: int | None = Field(
+        default=None, ge=0, description="Ready pods serving the agent's current version (servedVersion)."
+    )
+
+
+MAX_MISSING_LISTED = 10
 
 
 class PodStatus(ApiModel):
-    """Adapters loaded in one vLLM pod."""
+    """What one vLLM pod serves. Bounded: a pod's adapters are counted, not listed (agents x pods would
+    outgrow etcd's object limit); the agents' entries say where each one is served."""
 
     name: str
     pod_ip: str | None = Field(
         default=None, alias="podIP", description="The pod's IP (the operator addresses pods directly)."
     )
     ready: bool = False
-    loaded_adapters: list[str] = Field(default_factory=list)
+    loaded_adapters: int = Field(default=0, ge=0, description="This Swarm's adapters the pod serves as desired.")
+    missing_adapters: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_MISSING_LISTED,
+        description=f"Adapters the pod should serve but does not (the first {MAX_MISSING_LISTED}).",
+    )
 
 
 class SwarmStatus(ApiModel):
@@ -271,8 +319,11 @@ class SwarmStatus(ApiModel):
     ready_replicas: int | None = Field(default=None, ge=0)
     agent_count: int | None = Field(default=None, ge=0)
     served_agents: int | None = Field(default=None, ge=0, description="Agents served on every ready pod.")
-    agents: list[AgentStatus] = Field(default_factory=list)
-    pods: list[PodStatus] = Field(default_factory=list)
+    served_root: str | None = Field(
+        default=None, description="Where the composed adapters live: an agent's is <servedRoot>/<adapterPath>."
+    )
+    agents: list[AgentStatus] = Field(default_factory=list, max_length=2000)
+    pods: list[PodStatus] = Field(default_factory=list, max_length=64)
 
 
 class Swarm(ApiModel):

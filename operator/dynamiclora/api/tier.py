@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
 from dynamiclora.api.common import (
     DNS_LABEL,
     DNS_SUBDOMAIN,
-    DURATION,
+    MAX_IMAGE,
+    MAX_MAP,
     ApiModel,
     Condition,
+    Duration,
+    MapValue,
     ObjectMeta,
     Resources,
     Storage,
     TierLevel,
     cel,
 )
+
+MAX_VERSION = 999_999_999  # versions are stored as v000000001: 9 digits
+# A targeted linear module's name (or name suffix), as PEFT's target_modules takes it.
+ModuleName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.]+$")]
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/dynamiclora/trainer:0.1.0"
 DEFAULT_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -77,16 +84,24 @@ class Plasticity(ApiModel):
     energy_budget: float | None = Field(
         default=None,
         gt=0,
+        le=1e12,
         description="Homeostasis: maximum squared Frobenius norm of the tier after each training Job; past it "
         "FREE components are shed first, then SCREENED ones scaled. Unlimited when unset.",
+    )
+    plastic_rank: int | None = Field(
+        default=None,
+        ge=0,
+        le=512,
+        description="Protection of consolidated memory (opt-in): training keeps all but this many of the tier's "
+        "LoRA A rows orthogonal to the inputs the slower tiers of the stack respond to, so an update cannot change "
+        "how the stack answers them except through these plastic rows (how a changed answer gets through), e.g. 2. "
+        "Unset, or at least the tier's rank: no protection.",
     )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> Plasticity:
         if self.screen_threshold <= self.free_threshold:
-            raise ValueError(
-                "plasticity.screenThreshold must be greater than plasticity.freeThreshold (hysteresis)"
-            )
+            raise ValueError("plasticity.screenThreshold must be greater than plasticity.freeThreshold (hysteresis)")
         if self.screened_decay > self.free_decay:
             raise ValueError("plasticity.screenedDecay must not exceed plasticity.freeDecay")
         return self
@@ -95,7 +110,9 @@ class Plasticity(ApiModel):
 class TrainingTemplate(ApiModel):
     """How training Jobs of this tier are run."""
 
-    image: str = Field(default=DEFAULT_TRAINER_IMAGE, min_length=1, description="Trainer container image.")
+    image: str = Field(
+        default=DEFAULT_TRAINER_IMAGE, min_length=1, max_length=MAX_IMAGE, description="Trainer container image."
+    )
     resources: Resources = Field(
         default_factory=lambda: Resources(requests={"cpu": "1", "memory": "4Gi"}, limits={"nvidia.com/gpu": 1}),
         description="Resources of the training container; request nvidia.com/gpu for GPU nodes.",
@@ -103,17 +120,18 @@ class TrainingTemplate(ApiModel):
     min_samples: int = Field(
         default=32, ge=1, le=10_000_000, description="New interaction records needed before a training Job starts."
     )
-    schedule: str | None = Field(
+    schedule: Duration | None = Field(
         default=None,
         description="Optional minimum interval between trainings (e.g. 10m, 1h); unset trains as soon as "
         "minSamples new records exist.",
-        pattern=DURATION,
     )
     max_steps: int = Field(default=100, ge=1, le=1_000_000, description="Optimizer steps per training Job.")
     batch_size: int = Field(default=8, ge=1, le=4096, description="Records per optimizer step.")
-    checkpoint_every: int = Field(default=20, ge=1, description="Steps between resumable checkpoints.")
+    checkpoint_every: int = Field(default=20, ge=1, le=1_000_000, description="Steps between resumable checkpoints.")
     backoff_limit: int = Field(default=3, ge=0, le=20, description="Retries of a failed training Job.")
-    active_deadline_seconds: int = Field(default=3600, ge=60, description="Time limit of one training Job.")
+    active_deadline_seconds: int = Field(
+        default=3600, ge=60, le=30 * 86400, description="Time limit of one training Job."
+    )
     replay_fraction: float = Field(
         default=0.5,
         ge=0,
@@ -124,9 +142,14 @@ class TrainingTemplate(ApiModel):
     replay_budget: int = Field(
         default=64, ge=0, le=100_000, description="Consolidation replay: stored records rehearsed per Job at most."
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of training pods.")
+    node_selector: dict[str, MapValue] = Field(
+        default_factory=dict, max_length=MAX_MAP, description="Node selector of training pods."
+    )
     service_account_name: str | None = Field(
-        default=None, pattern=DNS_SUBDOMAIN, description="ServiceAccount of training pods (e.g. for workload identity)."
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="ServiceAccount of training pods (e.g. for workload identity).",
     )
 
 
@@ -134,8 +157,8 @@ class Retention(ApiModel):
     """Which checkpoint versions are kept. The current, served and pinned versions are always kept."""
 
     keep_versions: int = Field(default=10, ge=1, le=10_000, description="Newest versions kept.")
-    keep_for: str | None = Field(
-        default=None, pattern=DURATION, description="Also keep every version younger than this (e.g. 168h)."
+    keep_for: Duration | None = Field(
+        default=None, description="Also keep every version younger than this (e.g. 168h), at most 10 years."
     )
 
 
@@ -231,7 +254,7 @@ class LoRATierSpec(ApiModel):
     rank: int = Field(default=16, ge=1, le=512, description="LoRA rank r.")
     alpha: float = Field(default=32.0, gt=0, le=4096, description="LoRA alpha; the delta is scaled by alpha/r.")
     dropout: float = Field(default=0.0, ge=0, lt=1, description="LoRA dropout used when training.")
-    target_modules: list[str] = Field(
+    target_modules: list[ModuleName] = Field(
         default_factory=lambda: list(DEFAULT_TARGET_MODULES),
         min_length=1,
         max_length=64,
@@ -246,6 +269,7 @@ class LoRATierSpec(ApiModel):
     pinned_version: int | None = Field(
         default=None,
         ge=1,
+        le=MAX_VERSION,
         description="Serve exactly this version (rollback/roll-forward); unset follows the latest accepted one.",
     )
     quality_gate: QualityGate = Field(
@@ -369,7 +393,8 @@ class LoRATierStatus(ApiModel):
     )
     failed_attempts: int | None = Field(default=None, ge=0, description="Consecutive failed training Jobs.")
     last_failure_time: str | None = Field(
-        default=None, description="When the last training Job failed (the backoff counts from it).",
+        default=None,
+        description="When the last training Job failed (the backoff counts from it).",
         json_schema_extra={"format": "date-time"},
     )
     collateral_retries: int | None = Field(

@@ -197,6 +197,8 @@ def build_training_job(
         args += ["--agent", spec.agent]
     if spec.plasticity.energy_budget is not None:
         args += ["--energy-budget", f"{spec.plasticity.energy_budget:g}"]
+    if spec.plasticity.plastic_rank is not None and spec.plasticity.plastic_rank < spec.rank:
+        args += ["--plastic-rank", str(spec.plasticity.plastic_rank)]
     if inputs.init_version:
         args += ["--init-from", tier_ref(store, ns, tier, inputs.init_version)]
     for frozen_tier, version in inputs.frozen:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from dynamiclora.api.common import duration_seconds
 from dynamiclora.api.validate import validate_document
 from dynamiclora.kube import Obj
 
@@ -88,21 +89,7 @@ def parse_time(s: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
-def duration_s(text: str) -> float:
-    """Seconds of a duration such as ``1h30m`` (the API's DURATION pattern)."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    total, num = 0.0, ""
-    i = 0
-    while i < len(text):
-        if text[i].isdigit() or text[i] == ".":
-            num += text[i]
-            i += 1
-            continue
-        unit = "ms" if text[i : i + 2] == "ms" else text[i]
-        total += float(num) * units[unit]
-        num = ""
-        i += len(unit)
-    return total
+duration_s = duration_seconds
 
 
 def job_state(job: Obj) -> str:

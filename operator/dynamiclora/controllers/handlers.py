@@ -113,10 +113,11 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
     pods: list[Obj] = [{"name": p["metadata"]["name"], "podIP": p.get("status", {}).get("podIP"), "ready": False}
                        for p in obs.pods]  # fmt: skip
     events: list[Event] = []
+    served_root: str | None = None
     try:
         api_key = await _api_key(rt, ns, body["spec"])
         outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key)
-        agents = outcome.agents
+        agents, served_root = outcome.agents, outcome.served_root
         ready_names = {p["name"] for p in outcome.pods}
         pods = outcome.pods + [p for p in pods if p["name"] not in ready_names]
         if outcome.failures:
@@ -149,8 +150,8 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
     for a in agents:
         AGENT_SERVED_PODS.labels(ns, name, a["name"]).set(a.get("servedOnPods", 0))
     for p in pods:
-        POD_LOADED_ADAPTERS.labels(ns, name, p["name"]).set(len(p.get("loadedAdapters", [])))
-    status = swarm_status(body, obs, agents, pods, conditions)
+        POD_LOADED_ADAPTERS.labels(ns, name, p["name"]).set(int(p.get("loadedAdapters", 0)))
+    status = swarm_status(body, obs, agents, pods, conditions, served_root)
     await asyncio.to_thread(write_status, rt.kube, body, status)
     await _emit(rt, body, events)
     RECONCILES.labels("Swarm", "ok").inc()

@@ -210,6 +210,10 @@ class S3Publisher:
     def prefix(self) -> str:
         return served_prefix(self.namespace, self.swarm)
 
+    def root_uri(self) -> str:
+        """The URI under which every agent's adapter is published as ``<agent>/<key>``."""
+        return self.backend.describe(self.prefix)
+
     def restore(self, dest: Path, agent: str, key: str) -> bool:
         """Fetch ``dest`` (``<scratch>/<ns>/<swarm>/<agent>/<key>``) from the bucket when published."""
         return not dest.exists() and fetch_published(self.backend, self.prefix, dest.parent.parent, agent, key)

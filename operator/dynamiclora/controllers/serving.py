@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from dynamiclora.api.swarm import Swarm
+from dynamiclora.api.swarm import MAX_MISSING_LISTED, Swarm
 from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import store_uri
 from dynamiclora.builders.names import served_adapter_name
@@ -162,6 +162,7 @@ class ServingOutcome:
     swapped: list[str] = field(default_factory=list)
     # "<pod>/<adapter>" the pod's adapter-sync sidecar has not mirrored yet (retried, not a failure)
     pending: dict[str, str] = field(default_factory=dict)
+    served_root: str | None = None  # where the composed adapters live: <servedRoot>/<agent>/<key>
 
 
 async def sync_serving(
@@ -200,6 +201,9 @@ async def sync_serving(
         if settings.local_executor:  # local pods share one host folder (see served_s3.local_adapters_dir)
             mount = served_s3.local_adapters_dir(settings.scratch_dir, ns, swarm)
         pub = served_s3.S3Publisher(backend, ns, swarm, adapters_mount or mount)
+        out.served_root = pub.root_uri()
+    elif root is not None:
+        out.served_root = str(root / ns / swarm)
     for stack in stacks:
         assert root is not None
         dest = root / ns / swarm / stack.agent / stack.key
@@ -210,15 +214,15 @@ async def sync_serving(
             model_path(sw, settings),
         )  # fmt: skip
         name = served_adapter_name(swarm, stack.agent)
-        uri, pod_path = str(dest), None
+        pod_path = None
         if pub is not None:
-            uri, pod_path = await asyncio.to_thread(pub.publish, dest, stack.agent, stack.key)
+            _uri, pod_path = await asyncio.to_thread(pub.publish, dest, stack.agent, stack.key)
         desired[name] = AdapterSpec.from_dir(name, dest, stack.label, served_path=pod_path)
         out.agents.append({
             "name": stack.agent,
             "servedAdapter": name,
             "servedVersion": stack.label,
-            "adapterUri": uri,
+            "adapterPath": f"{stack.agent}/{stack.key}",
             "compositionError": float(str(report.get("relativeError", 0.0))),
         })  # fmt: skip
     if pub is not None:
@@ -246,7 +250,9 @@ async def sync_serving(
             ok = [n for n in desired if n not in result.failed]
             for n in ok:
                 served_on[n] = served_on.get(n, 0) + 1
-            out.pods.append({"name": pod.name, "podIP": pod.ip, "ready": True, "loadedAdapters": sorted(ok)})
+            missing = sorted(n for n in desired if n in result.failed)
+            out.pods.append({"name": pod.name, "podIP": pod.ip, "ready": True, "loadedAdapters": len(ok),
+                             "missingAdapters": missing[:MAX_MISSING_LISTED]})  # fmt: skip
     for agent in out.agents:
         agent["servedOnPods"] = served_on.get(agent["servedAdapter"], 0)
     return out

@@ -1,8 +1,11 @@
-"""Keep a composed stack off half-applied migrations.
+"""Keep a composed stack off half-applied migrations and consensus steps.
 
 A migration Job publishes two versions, one after the other: the destination (manifest kind
 ``migration``, now holding the moved components), then the source residual (kind ``migration-source``,
-now without them). Both record the same ``derivedFrom`` (the source version the Job read). Each tier's
+now without them). Both record the same ``derivedFrom`` (the source version the Job read). A consensus
+Job is the same with several sources: the shared tier (kind ``consensus``, ``derivedFrom`` every agent
+version it combined) first, then each agent's residual (kind ``consensus-agent``, ``derivedFrom`` that
+agent's version), unless it ran without updating the agents (``updatesAgents: false``). Each tier's
 status follows its own store independently, so until both versions are published *and* observed, the
 tiers' newest versions can pair the new destination with the old source (the moved components counted
 twice) or the old destination with the residual (counted not at all). Serving therefore settles the
@@ -21,6 +24,7 @@ from dynamiclora.controllers.promotion import is_accepted
 from dynamiclora.storage.base import StoreError, VersionRef, parse_version_dir
 
 MIGRATION, RESIDUAL = "migration", "migration-source"
+CONSENSUS, CONSENSUS_RESIDUAL = "consensus", "consensus-agent"
 
 
 @dataclass(frozen=True)
@@ -39,12 +43,13 @@ Entry = StackEntry
 
 @dataclass(frozen=True)
 class Link:
-    """The source version a migration version was derived from."""
+    """A source version a migration or consensus version was derived from, and its residual's kind."""
 
     namespace: str
     tier: str
     version: int
-    derived_from: tuple[tuple[str, str], ...]  # (uri, digest) pairs as recorded, for exact matching
+    derived_from: tuple[tuple[str, str], ...]  # (uri, digest) pairs as the residual records them
+    residual: str = RESIDUAL
 
 
 @functools.lru_cache(maxsize=4096)
@@ -74,18 +79,25 @@ def _derived(md: dict[str, Any]) -> tuple[tuple[str, str], ...] | None:
     return tuple((str(i.get("uri", "")), str(i.get("digest", ""))) for i in inputs)
 
 
-def link_of(ref: VersionRef) -> Link | None:
-    """For a migration destination version: the source version it moved components out of."""
+def _link(item: tuple[str, str], derived: tuple[tuple[str, str], ...], residual: str) -> Link | None:
+    # ``<store root>/<namespace>/<tier>/v000007``: only the tail, the root differs between observers.
+    parts = item[0].rstrip("/").rsplit("/", 3)
+    version = parse_version_dir(parts[-1]) if len(parts) == 4 else None
+    return Link(parts[1], parts[2], version, derived, residual) if version is not None else None
+
+
+def links_of(ref: VersionRef) -> list[Link]:
+    """The source versions a migration or consensus version took content from (whose residuals must follow)."""
     md = ref.manifest.metadata
     derived = _derived(md)
-    if md.get("kind") != MIGRATION or derived is None or len(derived) != 1:
-        return None
-    # ``<store root>/<namespace>/<tier>/v000007``: only the tail, the root differs between observers.
-    parts = derived[0][0].rstrip("/").rsplit("/", 3)
-    version = parse_version_dir(parts[-1]) if len(parts) == 4 else None
-    if version is None:
-        return None
-    return Link(parts[1], parts[2], version, derived)
+    if derived is None:
+        return []
+    if md.get("kind") == MIGRATION and len(derived) == 1:
+        link = _link(derived[0], derived, RESIDUAL)
+        return [link] if link else []
+    if md.get("kind") == CONSENSUS and md.get("updatesAgents", True) is not False:
+        return [link for item in derived if (link := _link(item, (item,), CONSENSUS_RESIDUAL))]
+    return []
 
 
 Versions = Callable[[str, str, str], list[int]]  # (store, namespace, tier) -> published versions
@@ -106,28 +118,31 @@ def versions_memo() -> Versions:
 
 
 def applied(source: Entry, link: Link, versions: Versions) -> bool:
-    """Whether the composed source version already is (or descends from) the migration's residual."""
+    """Whether the composed source version already is (or descends from) the step's residual."""
     for v in versions(source.store, source.namespace, source.tier):
         if link.version < v <= source.version:
             ref = manifest(source.store, source.namespace, source.tier, v)
             md = ref.manifest.metadata if ref else {}
-            if md.get("kind") == RESIDUAL and _derived(md) == link.derived_from:
+            if md.get("kind") == link.residual and _derived(md) == link.derived_from:
                 return True
     return False
 
 
+def _composed_links(ref: VersionRef, faster: dict[tuple[str, str], Entry]) -> list[tuple[Link, Entry]]:
+    """The version's links whose source tier is in the stack (another agent's residual is not ours to wait for)."""
+    return [(link, faster[link.namespace, link.tier]) for link in links_of(ref)
+            if (link.namespace, link.tier) in faster]  # fmt: skip
+
+
 def _consistent(ref: VersionRef, faster: dict[tuple[str, str], Entry], versions: Versions) -> bool:
-    """A migration version is consistent only with its own residual (or newer) on the source side."""
-    link = link_of(ref)
-    source = faster.get((link.namespace, link.tier)) if link else None
-    return link is None or source is None or applied(source, link, versions)
+    """A migration or consensus version is consistent only with its residuals (or newer) on the source side."""
+    return all(applied(source, link, versions) for link, source in _composed_links(ref, faster))
 
 
 def _pulls_forward(ref: VersionRef, faster: dict[tuple[str, str], Entry], versions: Versions) -> bool:
-    """A newer migration whose residual the source side already composes (the status lags behind)."""
-    link = link_of(ref)
-    source = faster.get((link.namespace, link.tier)) if link else None
-    return link is not None and source is not None and is_accepted(ref) and applied(source, link, versions)
+    """A newer migration or consensus whose residuals the source side already composes (the status lags)."""
+    links = _composed_links(ref, faster)
+    return bool(links) and is_accepted(ref) and all(applied(source, link, versions) for link, source in links)
 
 
 def settle(entry: Entry, faster: list[Entry], versions: Versions) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from dynamiclora.api.swarm import Swarm
+from dynamiclora.api.swarm import Swarm, SwarmStatus
 from dynamiclora.builders.inference import build_service, build_statefulset, selector_labels
 from dynamiclora.builders.names import LABEL_AGENT, LABEL_SWARM, inference_name, swarm_name_problem
 from dynamiclora.builders.tiers import build_agent_tiers
@@ -193,8 +193,9 @@ def _conflict_conditions(body: Obj, obs: SwarmObservation, conditions: list[Obj]
     return out
 
 
-def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list[Obj], conditions: list[Obj]) -> Obj:
-    """The status object for a reconciled swarm."""
+def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list[Obj], conditions: list[Obj],
+                 served_root: str | None = None) -> Obj:  # fmt: skip
+    """The status object for a reconciled swarm (validated by the API's SwarmStatus, bounds included)."""
     n_agents = obs.agent_count or len(obs.swarm.spec.agents)
     conditions = _conflict_conditions(body, obs, conditions)
     served = sum(1 for a in agents if a.get("servedOnPods", 0) and a.get("servedOnPods") == len(obs.ready_pods))
@@ -209,14 +210,15 @@ def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list
         phase = "Progressing"
     else:
         phase = "Pending"
-    return {
+    return SwarmStatus.model_validate({
         "observedGeneration": generation(body),
+        "servedRoot": served_root,
         "phase": phase,
         "conditions": conditions,
         "replicas": obs.replicas,
         "readyReplicas": len(obs.ready_pods),
         "agentCount": n_agents,
         "servedAgents": served,
-        "agents": [{k: v for k, v in a.items() if k != "servedOnPods"} for a in agents],
+        "agents": agents,
         "pods": pods,
-    }
+    }).wire()

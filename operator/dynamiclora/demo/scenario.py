@@ -270,10 +270,10 @@ class Scenario:
         """The agent's entry in the Swarm status once every ready pod serves it."""
         st = self.status("swarms", self.cfg.swarm)
         entry = next((a for a in st.get("agents", []) if a.get("name") == agent), None)
-        name = f"{self.cfg.swarm}-{agent}"
         pods = [p for p in st.get("pods", []) if p.get("ready")]
-        if entry and pods and all(name in p.get("loadedAdapters", []) for p in pods):
-            return dict(entry)
+        if entry and pods and entry.get("servedOnPods") == len(pods):
+            # The status keeps each adapter relative to servedRoot (bounded status); callers want the URI.
+            return {**entry, "adapterUri": f"{st.get('servedRoot')}/{entry.get('adapterPath')}"}
         return None
 
     def pod_ips(self) -> list[str]:

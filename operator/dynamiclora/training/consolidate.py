@@ -221,6 +221,7 @@ def _consensus(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
         return result
     base = cfg.base_model or loaded[0][1].base_model_name_or_path
     meta = {"kind": "consensus", "rule": cfg.rule, "derivedFrom": inputs, "destBase": base_version,
+            "updatesAgents": cfg.update_agents,
             "agentWeights": summary["agentWeights"], "truncationError": summary["truncationError"],
             **({"gate": result["gate"]} if "gate" in result else {}), **_job()}
     if dest_done:

@@ -155,6 +155,10 @@ class TrainConfig:
     energy_budget: float | None = field(default=None, metadata={
         "help": "homeostasis: largest squared Frobenius norm of the trained tier; beyond it FREE components "
                 "are shed first (needs the thresholds); default unlimited"})
+    plastic_rank: int | None = field(default=None, metadata={
+        "help": "protection: keep the trained tier's LoRA A rows, all but the last PLASTIC_RANK, orthogonal to "
+                "the input directions the --frozen tiers respond to, so the update leaves how the stack "
+                "answers those inputs to the slower tiers; default: no protection"})
     gate_records: int = field(default=64, metadata={
         "help": "quality gate: records evaluated per set (the newest held-out ones; the newest regression ones)"})
     result_file: str | None = field(default=None, metadata={
@@ -162,6 +166,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         checks = [
+            (self.plastic_rank is None or self.plastic_rank >= 0,
+             f"--plastic-rank must be >= 0, got {self.plastic_rank}"),
             (0.0 <= self.holdout_fraction <= 0.5,
              f"--holdout-fraction must be in [0, 0.5], got {self.holdout_fraction}"),
             (self.gate_max_regression is None or 0 <= self.gate_max_regression <= 1,

@@ -64,6 +64,7 @@ from dynamiclora.training.model import (
     target_parameters,
 )
 from dynamiclora.training.options import TrainConfig
+from dynamiclora.training.protection import Protection, protection
 from dynamiclora.training.records import InteractionRecord, RecordsError, SourcedRecord, iter_sources, read_records
 from dynamiclora.training.replay import choose, cycle, newest_per_key, replay_candidates, replay_count
 from dynamiclora.training.stats import STATS_FILE, tier_statistics
@@ -229,6 +230,7 @@ def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]])
         "steps": cfg.steps, "epochs": cfg.epochs, "batch": cfg.batch_size, "seed": cfg.seed,
         "gate": [cfg.gate_max_regression, cfg.gate_records, cfg.regression_data, cfg.gate_significance],
         "replay": [cfg.replay_fraction, cfg.replay_budget],
+        "protection": cfg.plastic_rank,
         "plasticity": [cfg.screen_threshold, cfg.free_threshold, cfg.free_decay, cfg.screened_decay,
                        cfg.reference_interactions, cfg.energy_budget],
     }
@@ -267,6 +269,9 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         data_info.update(replay_info)
         if (decay := decay_start(cfg, peft_model, init_dir, len(sel.batch), tmp, log)) is not None:
             data_info["decay"] = decay
+        protect = _protection(cfg, peft_model, frozen, log)
+        if protect is not None:
+            data_info["protection"] = protect.summary()
         mix = examples + replayed
         fp = _run_fingerprint(cfg, fingerprint(mix), refs)
         work = Path(cfg.work_dir) if cfg.work_dir else tmp / "work"
@@ -276,7 +281,7 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
             log(f"already published {prior['uri']}; nothing to do")
             return prior
         ckpt.clean_temporaries(work)
-        run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log)
+        run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect)
         if (homeostasis := regulate_end(cfg, peft_model, init_dir, tmp, log)) is not None:
             data_info["homeostasis"] = homeostasis
         verdict = _judge(cfg, peft_model, gate_sets, baseline, sel.batch, pad)
@@ -322,8 +327,21 @@ class TrainRun:
     final_loss: float
 
 
+def _protection(cfg: TrainConfig, peft_model: Any, frozen: list[tuple[str, Path]], log: Log) -> Protection | None:
+    """Protect what the frozen slower tiers answer (see :mod:`dynamiclora.training.protection`)."""
+    if cfg.plastic_rank is None:
+        return None
+    protect = protection([d for _, d in frozen], target_parameters(peft_model), cfg.rank, cfg.plastic_rank)
+    if protect is not None:
+        protect.apply(target_parameters(peft_model))
+        info = protect.summary()
+        log(f"protection: {info['protectedDirections']} input direction(s) of the slower tiers in {info['modules']} "
+            f"module(s); {info['constrainedRows']} of {cfg.rank} rows constrained")
+    return protect
+
+
 def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: list[Example], pad: int,
-                work: Path, fp: str, log: Log) -> TrainRun:  # fmt: skip
+                work: Path, fp: str, log: Log, protect: Protection | None = None) -> TrainRun:  # fmt: skip
     """Optimise the trained tier on ``mix``, checkpointing and resuming in ``work``."""
     params = target_parameters(peft_model)
     frozen_before = {n: p.detach().clone() for n, p in peft_model.named_parameters()
@@ -354,6 +372,8 @@ def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if protect is not None:
+            protect.apply(params)
         step += 1
         run.curve.append(float(loss.detach()))
         n_tok = int(batch["attention_mask"].sum())

@@ -200,6 +200,13 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         False,
         "plasticity.screenedDecay must not exceed plasticity.freeDecay",
     ),
+    *[
+        (f"{kind.lower()}-duration-10-years", kind, base, setter(path, "87601h"), False,
+         "must be at most 87600h (10 years)")
+        for kind, base, path in (("LoRATier", SWARM_TIER, "spec.retention.keepFor"),
+                                 ("Swarm", SWARM, "spec.contextTier.training.schedule"),
+                                 ("MigrationPolicy", POLICY, "spec.interval"))
+    ],
     (
         "swarm-storage-one-of",
         "Swarm",
@@ -227,6 +234,8 @@ SCHEMA_CASES: list[tuple[str, dict[str, Any], Mutation, list[str]]] = [
         ["spec.pairs", "Required value"],
     ),
     ("unknown-field", SWARM, setter("spec.bogusField", 1), ['unknown field "spec.bogusField"']),
+    ("path-escape", SWARM, setter("spec.experience.prefix", "../bob"), ["spec.experience.prefix", "should match"]),
+    ("unbounded", SWARM, setter("spec.inference.extraArgs", ["--x"] * 65), ["spec.inference.extraArgs", "65"]),
 ]
 
 

@@ -168,7 +168,7 @@ async def test_s3_only_swarm_is_served_through_the_sidecar(
     key = first.stacks[0].key
     assert first.failures == {} and list(first.pending) == [f"support-inference-0/{name}"]
     assert first.agents[0]["servedOnPods"] == 0
-    assert first.agents[0]["adapterUri"] == f"{s3_store_uri}/served/team/support/alice/{key}"
+    assert f"{first.served_root}/{first.agents[0]['adapterPath']}" == f"{s3_store_uri}/served/team/support/alice/{key}"
     scratch = tmp_path / "scratch" / "served" / "team" / "support" / "alice" / key
     fp = Fingerprint.read(scratch)
     assert fp is not None  # composed with a PEFT fingerprint, which the swap verifies against vLLM

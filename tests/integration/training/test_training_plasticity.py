@@ -23,9 +23,10 @@ NS = "team"
 
 def _train(model: Path, data: Path, store_uri: str, tier: str, **extra: Any) -> dict[str, Any]:
     extra.setdefault("lr", 0.01)
+    extra.setdefault("gate_max_regression", 0.05)
     cfg = TrainConfig(base_model=str(model), data=str(data), output_store=store_uri, namespace=NS, tier=tier,
                       rank=4, batch_size=8, seed=1, checkpoint_every=0, holdout_fraction=0.2,
-                      gate_max_regression=0.05, screen_threshold=0.6, free_threshold=0.3, **extra)
+                      screen_threshold=0.6, free_threshold=0.3, **extra)
     return run_training(cfg, log=lambda _m: None)
 
 
@@ -65,3 +66,47 @@ def test_decay_and_energy_budget_change_the_published_version(sharp_model_dir: P
     homeostasis = _stats(store_uri, "capped", 1)["homeostasis"]
     assert homeostasis["energyBefore"] > budget and homeostasis["energyAfter"] == pytest.approx(budget, rel=1e-4)
     assert capped["deltaNorm"] ** 2 == pytest.approx(budget, rel=1e-3)
+
+
+def test_protection_keeps_the_update_off_the_inputs_the_slower_tier_answers(
+    sharp_model_dir: Path, tmp_path: Path
+) -> None:
+    from dynamiclora.memory import decompose
+
+    data = tmp_path / "records"
+    data.mkdir()
+    write_facts(data / "round-1.jsonl", range(96))
+    store_uri = f"file://{tmp_path}/store"
+    _train(sharp_model_dir, data, store_uri, "slow", steps=60)  # stands in for the agent tier
+    write_facts(data / "round-2.jsonl", range(96, 192), first_name=8)
+    frozen = [f"{store_uri}/{NS}/slow/v000001"]
+    common: dict[str, Any] = {"steps": 40, "max_records": 96, "frozen": frozen, "gate_max_regression": None}
+    _train(sharp_model_dir, data, store_uri, "shielded", plastic_rank=0, **common)
+    _train(sharp_model_dir, data, store_uri, "plastic", plastic_rank=2, **common)
+    _train(sharp_model_dir, data, store_uri, "open", **common)
+    assert _stats(store_uri, "shielded", 1)["protection"]["constrainedRows"] == 4
+    assert "protection" not in _stats(store_uri, "open", 1)
+
+    store = open_store(store_uri)
+    slow = _delta(store, "slow", tmp_path)
+
+    def leak(tier: str) -> float:
+        """How much of the update acts on the slower tier's input directions (0: none)."""
+        update = _delta(store, tier, tmp_path)
+        num = den = 0.0
+        for module, d in update.items():
+            w, v = d.dense().double(), decompose(slow[module], rtol=0.05).V.double()
+            num += float((w @ v).norm() ** 2)
+            den += float(w.norm() ** 2)
+        return (num / den) ** 0.5
+
+    assert leak("shielded") < 1e-4 < 0.05 < leak("open"), (leak("shielded"), leak("open"))
+    assert 1e-4 < leak("plastic") < leak("open")  # two plastic rows may still reach them
+
+
+def _delta(store: Any, tier: str, tmp: Path) -> Any:
+    from dynamiclora.memory import load_adapter
+
+    dest = tmp / f"dl-{tier}"
+    store.download(NS, tier, 1, dest)
+    return load_adapter(dest)[0]

@@ -132,3 +132,39 @@ def test_training_freezes_exactly_the_stack_serving_composes_with_its_start_vers
     assert frozen(3, None) == frozen(3, 1) == [(AGENT, 1)]
     # From the pre-migration version: never the destination that already holds its components.
     assert frozen(2, None) == frozen(2, 1) == []
+
+
+def test_a_consensus_is_composed_for_an_agent_only_with_that_agents_residual(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    """The shared tier is published before the agents' remainders: never serve the shared part twice."""
+    live = _swarm(kube, settings, swarm_body)
+    shared, bob_agent = "support-swarm", "support-bob-agent"
+    kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "LoRATier",
+              "metadata": {"name": shared, "namespace": NS}, "spec": {"level": "swarm", "swarmRef": "support"}})
+    store = open_store(_store(settings))
+    for tier in (AGENT, bob_agent):
+        _publish(settings, tier, tmp_path, {"kind": "training"})  # a1 of each agent
+    inputs = [{"uri": (r := store.get(NS, t, 1)).uri, "digest": r.digest} for t in (AGENT, bob_agent)]
+    _publish(settings, shared, tmp_path, {"kind": "consensus", "derivedFrom": inputs, "destBase": None})  # s1
+
+    def stacks(agent_versions: dict[str, int]) -> dict[str, dict[str, int]]:
+        for tier, version in {**agent_versions, shared: 1}.items():
+            kube.objects[("LoRATier", NS, tier)]["status"] = {"currentVersion": version}
+        return {s.agent: {e.tier: e.version for e in s.entries if e.tier != CTX}
+                for s in desired_stacks(kube, settings, live, Swarm.model_validate(live))}
+
+    # No remainder yet: s1 holds what a1 holds, so neither agent is served with it.
+    assert stacks({AGENT: 1, bob_agent: 1}) == {"alice": {AGENT: 1}, "bob": {bob_agent: 1}}
+    # Alice's remainder lands (a2 = a1 minus the shared part): alice gets s1, bob still waits for his.
+    _publish(settings, AGENT, tmp_path, {"kind": "consensus-agent", "derivedFrom": inputs[:1], "destBase": "n/a"})
+    assert stacks({AGENT: 2, bob_agent: 1}) == {"alice": {AGENT: 2, shared: 1}, "bob": {bob_agent: 1}}
+    assert stacks({AGENT: 1, bob_agent: 1})["alice"] == {AGENT: 1}  # the status lags: the old pair
+
+    # A consensus that left the agents unchanged adds to them: served at once.
+    _publish(settings, shared, tmp_path, {"kind": "consensus", "derivedFrom": inputs, "destBase": 1,
+                                          "updatesAgents": False})  # fmt: skip
+    kube.objects[("LoRATier", NS, shared)]["status"] = {"currentVersion": 2}
+    got = {s.agent: {e.tier: e.version for e in s.entries} for s in
+           desired_stacks(kube, settings, live, Swarm.model_validate(live))}
+    assert got["bob"][shared] == 2

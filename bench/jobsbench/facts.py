@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from dynamiclora.tinymodel import TinyModelConfig, generated_words, vocabulary
+from dynamiclora.tinymodel import TinyModelConfig, generated_words
 
 TEMPLATES: tuple[str, ...] = (
     "what is the color of {x} ? answer :",
@@ -153,34 +153,3 @@ def build_sequence(cfg: DataConfig, model_cfg: TinyModelConfig, pool: WordPool, 
 
 def _other(answers: list[str], answer: str, rng: random.Random) -> str:
     return rng.choice([a for a in answers if a != answer])
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """Token ids of prompts (right-padded batches are built from these) and answer ids."""
-
-    prompts: list[list[int]]
-    answers: list[int]
-
-
-class Encoder:
-    """Word-level encoding with the tiny model's vocabulary (one token per word, BOS first)."""
-
-    def __init__(self, model_cfg: TinyModelConfig) -> None:
-        self.ids = {w: i for i, w in enumerate(vocabulary(model_cfg))}
-        self.bos = self.ids["<s>"]
-        self.pad = self.ids["<pad>"]
-
-    def prompt(self, template: int, entity: str) -> list[int]:
-        """``<s>`` + the template's words with the entity filled in."""
-        words = TEMPLATES[template].format(x=entity).split()
-        missing = [w for w in words if w not in self.ids]
-        if missing:
-            raise ValueError(f"template {template} uses words outside the tiny vocabulary: {missing}")
-        return [self.bos] + [self.ids[w] for w in words]
-
-    def encode(self, facts: list[Fact], templates: tuple[int, ...] | list[int]) -> Encoded:
-        """Every fact in every listed template."""
-        prompts = [self.prompt(t, f.entity) for f in facts for t in templates]
-        answers = [self.ids[f.answer] for f in facts for _ in templates]
-        return Encoded(prompts, answers)

@@ -1,0 +1,23 @@
+"""Benchmark: continual learning measured through the product's own reconcilers and Job entrypoints.
+
+Unlike ``bench/continual.py`` (its own LoRA and schedule), every method here is the operator with a
+different Swarm spec: the tier and policy reconcilers decide and build every Job, and the Jobs run the
+``dynamiclora train`` / ``dynamiclora consolidate`` entrypoints in-process on a ``file://`` store. A
+tiny Llama is pretrained locally (no download). Methods: dynamiclora (context + agent tier, replay,
+migration), replay_full, seq_lora. See docs/benchmarks-jobs.md.
+
+Run: ``make bench-continual-jobs`` or
+``python bench/jobs_continual.py [--quick] [--seeds N] [--windows W] [--out PATH]``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from jobsbench.harness import main
+
+if __name__ == "__main__":
+    sys.exit(main())

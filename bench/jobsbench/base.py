@@ -1,0 +1,131 @@
+"""The pretrained tiny base model, interaction records of the fact windows, and served-stack scoring.
+
+Pretraining the base is not a product step (a real deployment starts from a pretrained LLM), so it is
+plain full-parameter torch training here, on records tokenized by the product's own
+:func:`dynamiclora.training.data.tokenize` so the base learns the answer format the Jobs train on
+(answer word, then end of sequence). Scoring uses the product's :func:`dynamiclora.training.gate.score`:
+an example is known when greedy decoding reproduces its whole answer, as the quality gate judges it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynamiclora.tinymodel import TinyModelConfig, build_model, build_tokenizer, save_tiny_model
+from dynamiclora.training.data import Example, collate, tokenize
+from dynamiclora.training.gate import score
+from dynamiclora.training.model import build_stack, load_base, lora_config
+from dynamiclora.training.records import InteractionRecord, SourcedRecord
+from jobsbench.facts import HELD_OUT, TEMPLATES, TRAIN_TEMPLATES, Fact
+
+EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+def fact_record(fact: Fact, template: int, agent: str, when: dt.datetime, rid: str) -> dict[str, Any]:
+    """One interaction record (the product's JSONL format) teaching ``fact`` in ``template``."""
+    return {"agent": agent, "timestamp": when.isoformat().replace("+00:00", "Z"), "id": rid,
+            "prompt": TEMPLATES[template].format(x=fact.entity), "response": fact.answer}
+
+
+def window_records(facts: Sequence[Fact], window: int, agent: str,
+                   templates: Sequence[int] = TRAIN_TEMPLATES) -> list[dict[str, Any]]:  # fmt: skip
+    """Records of one window: one per fact and training template, timestamped inside the window's hour."""
+    start = EPOCH + dt.timedelta(hours=window)
+    out = []
+    for i, (f, t) in enumerate((f, t) for f in facts for t in templates):
+        out.append(fact_record(f, t, agent, start + dt.timedelta(seconds=i), f"w{window}-{f.entity}-t{t}"))
+    return out
+
+
+def write_records(directory: Path, name: str, records: Sequence[dict[str, Any]]) -> Path:
+    """Write ``records`` as ``directory/name.jsonl`` (what an agent's experience folder holds)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def examples(facts: Sequence[Fact], template: int, tokenizer: Any, agent: str = "bench") -> list[Example]:
+    """The facts in one template, tokenized by the product (one example per fact, same order)."""
+    recs = [SourcedRecord("eval", i, InteractionRecord.model_validate(
+        fact_record(f, template, agent, EPOCH, f"eval-{i}"))) for i, f in enumerate(facts)]
+    out = tokenize(recs, tokenizer, 256)
+    if len(out) != len(facts):  # pragma: no cover - every fact has a learnable answer token
+        raise RuntimeError("a fact lost its answer in tokenization")
+    return out
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Full-parameter pretraining of the tiny base on facts disjoint from the benchmark's."""
+
+    entities: int = 160
+    steps: int = 500
+    batch: int = 64
+    lr: float = 3e-3
+    seed: int = 0
+
+
+def pretrain_base(path: Path, model_cfg: TinyModelConfig, facts: Sequence[Fact], cfg: PretrainConfig) -> Path:
+    """Pretrain a fresh tiny Llama on ``facts`` in every template and save it (Hugging Face format)."""
+    tokenizer = build_tokenizer(model_cfg)
+    recs = [SourcedRecord("pretrain", i, InteractionRecord.model_validate(r)) for i, r in enumerate(
+        fact_record(f, t, "pretrain", EPOCH, f"p{i}-{t}") for i, f in enumerate(facts)
+        for t in range(len(TEMPLATES)))]
+    data = tokenize(recs, tokenizer, 256)
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    pad = int(tokenizer.pad_token_id)
+    for _ in range(cfg.steps):
+        idx = torch.randint(len(data), (cfg.batch,), generator=gen).tolist()
+        loss = model(**collate([data[i] for i in idx], pad)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    return save_tiny_model(path, model_cfg, model)
+
+
+@dataclass(frozen=True)
+class AdapterDir:
+    """A published tier version downloaded to a directory, with its LoRA shape."""
+
+    path: Path
+    rank: int
+    alpha: float
+    targets: list[str]
+
+
+def served_stack(base_dir: Path, tiers: Sequence[AdapterDir]) -> tuple[Any, Any]:
+    """The stack as served (every tier active), built with the product's :func:`build_stack`.
+
+    The fastest tier is loaded as the stack's target, the others frozen, exactly as a training Job loads
+    what it starts from; with no tier at all the bare base model is returned.
+    """
+    model, tokenizer = load_base(str(base_dir))
+    if not tiers:
+        return model, tokenizer
+    top, rest = tiers[0], tiers[1:]
+    cfg = lora_config(top.rank, top.alpha, top.targets, 0.0, str(base_dir))
+    stack = build_stack(model, cfg, [(f"tier {t.path}", t.path) for t in rest], top.path)
+    stack.eval()
+    return stack, tokenizer
+
+
+def accuracy(model: Any, tokenizer: Any, facts: Sequence[Fact], template: int = HELD_OUT) -> float:
+    """Share of ``facts`` the model knows in ``template`` (NaN for no fact)."""
+    if not facts:
+        return math.nan
+    scores = score(model, examples(facts, template, tokenizer), 64, int(tokenizer.pad_token_id))
+    return sum(s.correct for s in scores) / len(scores)

@@ -1,0 +1,188 @@
+"""Seeds, aggregation (mean and 95% interval, paired differences), the JSON result and the docs table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynamiclora.tinymodel import TinyModelConfig
+from jobsbench.base import PretrainConfig, pretrain_base
+from jobsbench.facts import (
+    DataConfig,
+    WordPool,
+    answer_words,
+    build_sequence,
+    pretrain_facts,
+    split_entities,
+)
+from jobsbench.methods import METHODS, JobsConfig, run_method
+from jobsbench.metrics import interval
+
+Log = Callable[[str], None]
+SCALARS = ("acc", "bwt", "forgetting", "flip_new_when_taught", "flip_stale_final")
+KINDS = ("recurring", "transient", "flipped")
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: seeds, data shape, the shared Job settings and the base's pretraining."""
+
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    data: DataConfig = field(default_factory=DataConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    methods: tuple[str, ...] = METHODS
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("RunConfig.seeds must not be empty")
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {list(METHODS)}")
+
+
+def quick_config(seeds: list[int] | None = None, windows: int = 3) -> RunConfig:
+    """A small configuration for tests and smoke runs (fewer steps, windows and pretraining steps)."""
+    return RunConfig(seeds=seeds or [1], data=DataConfig(windows=windows),
+                     jobs=JobsConfig(steps=60), pretrain=PretrainConfig(steps=200))  # fmt: skip
+
+
+def run(cfg: RunConfig, log: Log = _print, workdir: Path | None = None) -> dict[str, Any]:
+    """Pretrain the base once, then for every seed run every method on the same windows; aggregate."""
+    t0 = time.perf_counter()
+    model_cfg = TinyModelConfig()
+    answers = answer_words(model_cfg, cfg.data.answers)
+    pre_entities, bench_entities = split_entities(model_cfg, cfg.data.answers, cfg.pretrain.entities)
+    root = Path(tempfile.mkdtemp(prefix="jobsbench-", dir=workdir))
+    try:
+        base = pretrain_base(root / "base", model_cfg, pretrain_facts(pre_entities, answers), cfg.pretrain)
+        log(f"pretrained the base in {time.perf_counter() - t0:.0f}s")
+        per_seed: list[dict[str, Any]] = []
+        for seed in cfg.seeds:
+            ts = time.perf_counter()
+            rng = random.Random(seed)
+            seq = build_sequence(cfg.data, model_cfg, WordPool(bench_entities, rng), rng)
+            entry: dict[str, Any] = {"seed": seed, "methods": {}}
+            for name in cfg.methods:
+                tm = time.perf_counter()
+                res = run_method(name, seq, base, cfg.jobs, root / f"seed{seed}" / name, log)
+                res["seconds"] = round(time.perf_counter() - tm, 1)
+                entry["methods"][name] = res
+                log(f"seed {seed} {name:12s} acc={res['acc']:.3f} bwt={res['bwt']:+.3f} "
+                    f"by kind {({k: round(v, 3) for k, v in res['final_by_kind'].items()})} "
+                    f"rejected {res['rejected_training_jobs']}/{res['training_jobs']} ({res['seconds']:.0f}s)")
+            entry["seconds"] = round(time.perf_counter() - ts, 1)
+            per_seed.append(entry)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result = aggregate(per_seed, cfg.methods)
+    result["meta"] = {
+        "seconds": round(time.perf_counter() - t0, 1), "seeds": cfg.seeds, "config": asdict(cfg),
+        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "platform": platform.platform(),
+        "load_average_end": os.getloadavg(),
+        "driven": "dynamiclora.controllers.tier.reconcile_tier and controllers.policy.reconcile_policy on an "
+                  "in-memory Kubernetes API; their Jobs run in-process through `dynamiclora train` / "
+                  "`dynamiclora consolidate` (dynamiclora.cli parser and handlers) on a file:// store",
+    }
+    result["per_seed"] = per_seed
+    return result
+
+
+def _values(per_seed: list[dict[str, Any]], name: str, key: str) -> list[float]:
+    out = []
+    for s in per_seed:
+        m = s["methods"][name]
+        out.append(float(m["final_by_kind"].get(key, float("nan")) if key in KINDS else m[key]))
+    return out
+
+
+def aggregate(per_seed: list[dict[str, Any]], methods: tuple[str, ...]) -> dict[str, Any]:
+    """Mean and 95% interval per method and metric, and paired differences of DynamicLoRA to each peer."""
+    keys = (*SCALARS, *KINDS)
+    out: dict[str, Any] = {"methods": {n: {k: interval(_values(per_seed, n, k)) for k in keys} for n in methods}}
+    diffs: dict[str, Any] = {}
+    if "dynamiclora" in methods:
+        for peer in (m for m in methods if m != "dynamiclora"):
+            diffs[f"dynamiclora-{peer}"] = {
+                k: interval([a - b for a, b in zip(_values(per_seed, "dynamiclora", k), _values(per_seed, peer, k),
+                                                   strict=True)])
+                for k in keys
+            }
+    out["paired_differences"] = diffs
+    return out
+
+
+def _fmt(iv: dict[str, float], signed: bool = False) -> str:
+    mean, ci = iv["mean"], iv["ci95"]
+    m = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return m if ci != ci else f"{m} ± {ci:.3f}"  # ci != ci: NaN (one seed)
+
+
+def markdown_table(result: dict[str, Any], command: str) -> str:
+    """Results (mean ± 95% interval over seeds) as markdown for docs/benchmarks-jobs.md."""
+    meta = result["meta"]
+    lines = [
+        f"Reproduce: `{command}` ({len(meta['seeds'])} seeds, {meta['seconds'] / 60:.1f} min on {meta['cpus']} "
+        f"shared CPU cores).", "",
+        "| method | ACC | BWT | forgetting | recurring | transient | flipped (new answer) | stale flip answer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["methods"].items():
+        lines.append(f"| `{name}` | {_fmt(r['acc'])} | {_fmt(r['bwt'], True)} | {_fmt(r['forgetting'])} | "
+                     f"{_fmt(r['recurring'])} | {_fmt(r['transient'])} | {_fmt(r['flipped'])} | "
+                     f"{_fmt(r['flip_stale_final'])} |")
+    if result["paired_differences"]:
+        lines += ["", "| paired difference | ACC | BWT | recurring | transient | flipped |",
+                  "|---|---|---|---|---|---|"]
+        for pair, d in result["paired_differences"].items():
+            lines.append(f"| `{pair}` | {_fmt(d['acc'], True)} | {_fmt(d['bwt'], True)} | "
+                         f"{_fmt(d['recurring'], True)} | {_fmt(d['transient'], True)} | {_fmt(d['flipped'], True)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI of ``bench/jobs_continual.py``."""
+    ap = argparse.ArgumentParser(description="Continual learning through the product's Jobs and reconcilers")
+    ap.add_argument("--quick", action="store_true", help="small configuration (fewer steps, 3 windows)")
+    ap.add_argument("--seeds", type=int, default=None, help="number of seeds 1..N (default 3; quick 1)")
+    ap.add_argument("--windows", type=int, default=None, help="task windows (default 5; quick 3)")
+    ap.add_argument("--no-gate", action="store_true", help="disable the quality gate of every tier")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/continual_jobs.json"), help="JSON output")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the bench process")
+    args = ap.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        ap.error("--seeds must be >= 1")
+    torch.set_num_threads(args.threads)
+    seeds = list(range(1, (args.seeds or (1 if args.quick else 3)) + 1))
+    windows = args.windows or (3 if args.quick else 5)
+    cfg = quick_config(seeds, windows) if args.quick else RunConfig(seeds=seeds, data=DataConfig(windows=windows))
+    jobs = JobsConfig(**{**asdict(cfg.jobs), "gate": False}) if args.no_gate else cfg.jobs
+    cfg = RunConfig(seeds=cfg.seeds, data=cfg.data, jobs=jobs, pretrain=cfg.pretrain,
+                    methods=tuple(m for m in args.methods.split(",") if m))  # fmt: skip
+    result = run(cfg)
+    flags = [f for f, on in (("--quick", args.quick), ("--no-gate", args.no_gate)) if on]
+    command = " ".join(["python bench/jobs_continual.py", *flags, f"--seeds {len(seeds)}", f"--windows {windows}"])
+    result["meta"]["command"] = command
+    result["markdown"] = markdown_table(result, command)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=float, allow_nan=True) + "\n")
+    print(result["markdown"])
+    print(f"wrote {args.out}")
+    return 0

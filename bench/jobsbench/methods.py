@@ -1,0 +1,153 @@
+"""The compared methods: the same operator and Jobs, configured by a different Swarm spec.
+
+* ``dynamiclora``: the product as designed: a context tier (rank ``ctx_rank``) trained per window with
+  the default consolidation replay (``replayFraction`` 0.5, ``replayBudget`` 64), an agent tier (rank
+  ``agent_rank``) that stable components migrate into (a MigrationPolicy context -> agent with the
+  product defaults), the context tier trained with the agent tier loaded frozen.
+* ``dynamiclora_protected``: the same with the opt-in protection of the agent tier's inputs
+  (``plasticity.plasticRank`` 2): the ablation that shows what protection does.
+* ``replay_full``: one tier of rank ``ctx_rank + agent_rank`` (equal capacity), replay fraction 0.5 with a
+  budget covering every stored record, no migration.
+* ``seq_lora``: one tier of rank ``ctx_rank + agent_rank``, no replay, no migration.
+
+Everything else is shared: steps, batch, learning rate, alpha/rank, target modules, the quality gate
+(the product default, on for every method unless ``gate=False``), seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dynamiclora.api.tier import DEFAULT_TARGET_MODULES
+from dynamiclora.storage import open_store
+from jobsbench.base import AdapterDir, accuracy, served_stack, window_records, write_records
+from jobsbench.facts import TaskSequence
+from jobsbench.metrics import average_accuracy, backward_transfer, forgetting
+from jobsbench.operator_sim import AGENT, NAMESPACE, JobRun, Log, Obj, SimOperator
+
+METHODS: tuple[str, ...] = ("dynamiclora", "dynamiclora_protected", "replay_full", "seq_lora")
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    """What every method shares (written into the Swarm spec, hence into every Job's arguments)."""
+
+    steps: int = field(default=300, metadata={"help": "training.maxSteps: optimizer steps per training Job"})
+    batch: int = field(default=8, metadata={"help": "training.batchSize"})
+    lr: float = field(default=3e-3, metadata={"help": "plasticity.learningRate"})
+    ctx_rank: int = field(default=8, metadata={"help": "context tier rank (the Swarm default)"})
+    agent_rank: int = field(default=16, metadata={"help": "agent tier rank (the Swarm default)"})
+    alpha_per_rank: float = field(default=2.0, metadata={"help": "alpha = this x rank for every tier"})
+    targets: tuple[str, ...] = field(default=tuple(DEFAULT_TARGET_MODULES), metadata={"help": "targetModules"})
+    gate: bool = field(default=True, metadata={"help": "qualityGate.enabled for every tier"})
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch, self.ctx_rank, self.agent_rank) < 1 or self.lr <= 0:
+            raise ValueError("JobsConfig: steps, batch and ranks must be >= 1 and lr > 0")
+
+
+def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path, all_records: int) -> Obj:
+    """The Swarm spec of ``method`` (one agent); the operator derives both LoRATiers from it."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}")
+    tiered = method.startswith("dynamiclora")
+    rank = cfg.ctx_rank if tiered else cfg.ctx_rank + cfg.agent_rank
+    training: Obj = {"maxSteps": cfg.steps, "batchSize": cfg.batch, "minSamples": 1}
+    if method == "seq_lora":
+        training["replayFraction"] = 0.0
+    elif method == "replay_full":
+        training.update(replayFraction=0.5, replayBudget=max(all_records, 1))
+    gate = {"enabled": cfg.gate}
+    plasticity: Obj = {"learningRate": cfg.lr}
+    if method == "dynamiclora_protected":
+        plasticity["plasticRank"] = 2
+    context = {"rank": rank, "alpha": cfg.alpha_per_rank * rank, "targetModules": list(cfg.targets),
+               "plasticity": plasticity, "training": training, "qualityGate": gate}
+    return {"baseModel": {"name": "tiny-bench", "path": str(base_dir)}, "agents": [{"name": AGENT}],
+            "storage": {"pvc": {"claimName": "bench-store"}}, "contextTier": context,
+            "agentTier": {"rank": cfg.agent_rank, "qualityGate": gate}}  # fmt: skip
+
+
+def policy_spec(method: str) -> Obj | None:
+    """The MigrationPolicy of ``method``: context -> agent with the product defaults, for DynamicLoRA only."""
+    return {"pairs": [{"source": "context", "target": "agent"}]} if method.startswith("dynamiclora") else None
+
+
+def job_summary(run: JobRun) -> dict[str, Any]:
+    """What one Job did, for the result file."""
+    r = run.result
+    gate = r.get("gate") or {}
+    doc: dict[str, Any] = {"job": run.name, "kind": run.kind, "accepted": gate.get("accepted"),
+                           "cause": gate.get("cause"), "verdict": gate.get("reason")}
+    if run.kind == "training":
+        doc.update(version=r.get("version"), records=r.get("records"), replayed=r.get("replayed"),
+                   finalLoss=r.get("finalLoss"))
+    else:
+        report = r.get("report") or {}
+        doc.update(changed=r.get("changed"), migrated=report.get("migrated"), bypassed=report.get("bypassed"))
+    return doc
+
+
+def served(op: SimOperator, base_dir: Path, dest: Path) -> tuple[Any, Any]:
+    """The stack the operator serves now: each tier's ``currentVersion``, fastest first."""
+    store = open_store(op.store)
+    tiers: list[AdapterDir] = []
+    for level in ("context", "agent"):
+        version = op.current_version(level)
+        if version is None:
+            continue
+        directory = dest / level
+        store.download(NAMESPACE, op.tier(level)["metadata"]["name"], version, directory)
+        acfg = json.loads((directory / "adapter_config.json").read_text())
+        tiers.append(AdapterDir(directory, int(acfg["r"]), float(acfg["lora_alpha"]), list(acfg["target_modules"])))
+    return served_stack(base_dir, tiers)
+
+
+def _mean(xs: list[float]) -> float:
+    ys = [x for x in xs if not math.isnan(x)]
+    return sum(ys) / len(ys) if ys else math.nan
+
+
+def run_method(method: str, seq: TaskSequence, base_dir: Path, cfg: JobsConfig, root: Path,
+               log: Log) -> dict[str, Any]:  # fmt: skip
+    """Feed the windows to the operator one by one; after each, score the served stack on every window."""
+    all_records = sum(len(window_records(w.train, k, AGENT)) for k, w in enumerate(seq.windows))
+    op = SimOperator(root / "operator", swarm_spec(method, cfg, base_dir, all_records), policy_spec(method), log)
+    R: list[list[float]] = []
+    flip_new: list[float] = []
+    jobs: list[dict[str, Any]] = []
+    model: Any = None
+    tokenizer: Any = None
+    for k, w in enumerate(seq.windows):
+        write_records(op.experience_dir(), f"window-{k:03d}", window_records(w.train, k, AGENT))
+        op.new_period()
+        ran = op.settle()
+        jobs += [{"window": k, **job_summary(r)} for r in ran]
+        model, tokenizer = served(op, base_dir, root / f"served-{k}")
+        R.append([accuracy(model, tokenizer, t.test) for t in seq.windows])
+        flip_new.append(accuracy(model, tokenizer, w.flipped))
+        marks = [j["kind"][0] + ("+" if j["accepted"] else "-") for j in jobs if j["window"] == k]
+        log(f"  {method} window {k}: jobs {marks} row {[round(x, 2) for x in R[-1]]}")
+    latest = {f.entity: f for w in seq.windows for f in w.test}
+    by_kind: dict[str, list[Any]] = {}
+    for f in latest.values():
+        by_kind.setdefault(f.kind, []).append(f)
+    final_by_kind = {kind: accuracy(model, tokenizer, facts) for kind, facts in sorted(by_kind.items())}
+    # A flipped fact still answered with its superseded answer (stale memory), at the end.
+    stale = [old for w in seq.windows for old in w.train if old.kind == "flip"]
+    training = [j for j in jobs if j["kind"] == "training"]
+    return {
+        "acc": average_accuracy(R), "bwt": backward_transfer(R), "forgetting": forgetting(R), "R": R,
+        "final_by_kind": final_by_kind,
+        "flip_new_when_taught": _mean(flip_new),
+        "flip_stale_final": accuracy(model, tokenizer, stale),
+        "training_jobs": len(training),
+        "rejected_training_jobs": sum(1 for j in training if j["accepted"] is False),
+        "migrated_components": sum(int(j.get("migrated") or 0) for j in jobs if j["kind"] == "consolidation"),
+        "served_versions": {lvl: op.current_version(lvl) for lvl in ("context", "agent")},
+        "jobs": jobs,
+    }
