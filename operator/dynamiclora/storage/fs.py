@@ -3,11 +3,15 @@
 Atomicity comes from the filesystem: files are written to a temporary name in the same directory,
 fsynced and renamed; create-if-absent writes a complete temporary file and hard-links it to the final
 name (``link`` fails with ``EEXIST`` when the name exists, so exactly one writer wins and readers never
-see a partial object). Filesystems without hard links fall back to ``O_CREAT | O_EXCL``.
+see a partial object). Filesystems without hard links (common for ReadWriteMany volumes) take the name
+with an exclusive ``mkdir`` of ``<name>.taken`` and then rename the complete temporary file onto it: the
+name is never visible half-written, and a writer that dies in between leaves the name taken but absent
+(a version number is skipped, nothing half-published is ever read).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -18,6 +22,7 @@ from pathlib import Path
 from dynamiclora.storage.base import BlobInfo, BlobNotFoundError, StoreError, sha256_file
 
 _TMP_MARK = ".tmp-"
+_TAKEN = ".taken"  # suffix of the directory that reserves a name on filesystems without hard links
 
 
 def _fsync_dir(path: Path) -> None:
@@ -31,6 +36,17 @@ def _fsync_dir(path: Path) -> None:
         pass  # some filesystems refuse fsync on directories; the rename is still atomic
     finally:
         os.close(fd)
+
+
+def _remove_reservation(path: Path) -> None:
+    # None exists when hard links were available; a non-empty one is not a reservation.
+    with contextlib.suppress(OSError):
+        path.with_name(path.name + _TAKEN).rmdir()
+
+
+def _is_leftover(p: Path) -> bool:
+    """A crashed writer's temporary file or a name reservation: neither is an object."""
+    return (p.name.startswith(".") and _TMP_MARK in p.name) or (p.name.endswith(_TAKEN) and p.is_dir())
 
 
 class FsBackend:
@@ -86,22 +102,23 @@ class FsBackend:
             except OSError as e:
                 if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
                     raise
-                return self._create_exclusive(final, data)
+                return self._rename_exclusive(tmp, final)
             _fsync_dir(final.parent)
             return True
         finally:
             tmp.unlink(missing_ok=True)
 
     @staticmethod
-    def _create_exclusive(final: Path, data: bytes) -> bool:
+    def _rename_exclusive(tmp: Path, final: Path) -> bool:
+        """Without hard links: reserve the name with an exclusive mkdir, then rename the complete file onto it."""
         try:
-            fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.mkdir(final.with_name(final.name + _TAKEN))
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        if final.exists():  # written by a writer that still used hard links
+            return False
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
         return True
 
     def get_bytes(self, key: str) -> bytes:
@@ -144,13 +161,16 @@ class FsBackend:
         """Delete a key and prune empty parent directories up to the root."""
         path = self._path(key)
         path.unlink(missing_ok=True)
+        _remove_reservation(path)
         parent = path.parent
         while parent != self.root and parent.is_dir():
-            # Remove stale temporaries of crashed writers too, but only in a directory being emptied.
+            # Remove stale temporaries and reservations of crashed writers too, only in a directory being emptied.
             leftovers = list(parent.iterdir())
-            if leftovers and all(p.name.startswith(".") and _TMP_MARK in p.name for p in leftovers):
+            if leftovers and all(_is_leftover(p) for p in leftovers):
                 for p in leftovers:
-                    p.unlink(missing_ok=True)
+                    _remove_reservation(p.with_name(p.name.removesuffix(_TAKEN)))
+                    if not p.is_dir():
+                        p.unlink(missing_ok=True)
             try:
                 parent.rmdir()
             except OSError:
