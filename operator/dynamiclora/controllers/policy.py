@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from dynamiclora.api.common import TierLevel
 from dynamiclora.api.policy import MigrationPolicy, TierPair
@@ -29,6 +28,8 @@ from dynamiclora.controllers.promotion import agent_trust, latest_accepted
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import JOBS, MIGRATED_COMPONENTS, MIGRATIONS
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.base import StoreError
+from dynamiclora.storage.results import read_result, result_uri
 
 DECISION_LIMIT = 100
 ANNOTATION_KEY = "dynamiclora.io/evaluation-key"
@@ -54,8 +55,8 @@ class PolicyOutcome:
 
 
 def result_path(store: str, ns: str, job: str) -> str:
-    """Where a consolidation Job writes its result (on the storage PVC, read back by the operator)."""
-    return f"{store.removeprefix('file://')}/_jobs/{ns}/{job}.json"
+    """Where a consolidation Job writes its result: in its store, on the volume or in the bucket."""
+    return result_uri(store, ns, job)
 
 
 def _version(store: str, ns: str, tier: str) -> int | None:
@@ -351,8 +352,8 @@ def _record_job(
         return Event("Warning", "ConsolidationFailed", f"Job {job_name} {state.lower()}")
     JOBS.labels("consolidation", "succeeded").inc()
     try:
-        result = json.loads(Path(result_path(store, ns, job_name)).read_text())
-    except (OSError, ValueError) as exc:
+        result = json.loads(read_result(result_path(store, ns, job_name)))
+    except (OSError, ValueError, StoreError) as exc:
         return Event("Warning", "ResultMissing", f"Job {job_name} succeeded but its result is unreadable: {exc}")
     report = result.get("report", {})
     source = (job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0].get("args", [])

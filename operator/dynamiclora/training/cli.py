@@ -34,15 +34,13 @@ def _write_result_file(path: str | None, doc: dict[str, Any]) -> None:
     if path.startswith("/dev/") and len(text) > _RESULT_FILE_LIMIT:
         text = json.dumps({k: doc[k] for k in ("version", "uri", "digest", "error", "status", "gate") if k in doc})
     try:
-        target = Path(path)
         if path.startswith("/dev/"):
-            target.write_text(text)
-        else:  # readers (the operator) must never see a half-written result
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_text(text)
-            tmp.replace(target)
-    except OSError as e:
+            Path(path).write_text(text)
+        else:  # a file on the shared volume or an object in the bucket, replaced whole
+            from dynamiclora.storage.results import write_result
+
+            write_result(path, text)
+    except Exception as e:  # the result is a courtesy to the operator: the Job's outcome stands without it
         print(f"warning: cannot write result file {path}: {e}", file=sys.stderr)
 
 

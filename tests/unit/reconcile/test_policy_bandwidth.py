@@ -9,6 +9,7 @@ from typing import Any
 
 from dynamiclora.controllers.policy import result_path
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.results import write_result
 
 from .fakekube import FakeKube
 from .test_reconcile import NS, _max_migrations, _policy, _policy_pass, _publish, _store, _swarm
@@ -22,10 +23,9 @@ def _job_names(kube: FakeKube) -> list[str]:
 
 def _complete(kube: FakeKube, settings: OperatorSettings, job: str, migrated: int) -> None:
     """The consolidation Job reports ``migrated`` components and finishes."""
-    path = Path(result_path(_store(settings), NS, job))
-    path.parent.mkdir(parents=True, exist_ok=True)
     report = {"migrated": migrated, "bypassed": 0, "throttled": 0, "movedEnergyFraction": 0.1, "dryRun": False}
-    path.write_text(json.dumps({"mode": "migrate", "changed": True, "report": report}))
+    write_result(result_path(_store(settings), NS, job), json.dumps({"mode": "migrate", "changed": True,
+                                                                      "report": report}))
     kube.objects[("Job", NS, job)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
 
 

@@ -15,6 +15,7 @@ from dynamiclora.controllers.promotion import trust_score
 from dynamiclora.controllers.serving import desired_stacks
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage.audit import AuditLog
+from dynamiclora.storage.results import write_result
 from dynamiclora.storage.uri import open_store
 
 from .fakekube import FakeKube
@@ -180,9 +181,7 @@ def test_consolidation_is_gated_and_its_rejection_audited(
               "gate": {"accepted": False, "reason": "stack of support-bob-agent regressed",
                        "heldOut": {"records": 4, "baseline": 1.0, "candidate": 1.5}},
               "report": {"rule": "resonance", "agents": ["a", "b"], "weights": [1.0, 1.0]}}  # fmt: skip
-    path = Path(result_path(_store(settings), NS, name))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
+    write_result(result_path(_store(settings), NS, name), json.dumps(result))
     kube.objects[("Job", NS, name)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     out = _policy_pass(kube, settings)
     assert out.status["decisions"][-1]["outcome"] == "Rejected"

@@ -15,6 +15,7 @@ from dynamiclora.controllers.policy import reconcile_policy, result_path
 from dynamiclora.controllers.swarm import reconcile_swarm
 from dynamiclora.controllers.tier import reconcile_tier, training_backoff
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.results import write_result
 from dynamiclora.storage.uri import open_store
 
 from .fakekube import FakeKube
@@ -223,10 +224,9 @@ def test_policy_launches_migrations_and_records_decisions(
 
     # The Job reports 2 migrated + 1 throttled component and publishes a new source version.
     job = "mig-p-support-alice-agent-2"
-    path = Path(result_path(f"file://{settings.pvc_mount_root}/ckpt/dl", NS, job))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"mode": "migrate", "changed": True, "report": {
-        "migrated": 2, "bypassed": 0, "throttled": 1, "movedEnergyFraction": 0.2, "dryRun": False}}))
+    write_result(result_path(f"file://{settings.pvc_mount_root}/ckpt/dl", NS, job), json.dumps({
+        "mode": "migrate", "changed": True, "report": {
+            "migrated": 2, "bypassed": 0, "throttled": 1, "movedEnergyFraction": 0.2, "dryRun": False}}))
     _publish(settings, "support-alice-context", tmp_path, {"kind": "migration-source"})
     kube.objects[("Job", NS, job)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     out = _policy_pass(kube, settings)

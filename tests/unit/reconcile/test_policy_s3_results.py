@@ -1,0 +1,65 @@
+"""S3-only swarms: a consolidation Job's result reaches the operator through the bucket (issue 15).
+
+The result used to be a file on the storage PVC; with the store in a bucket the Job wrote it to a
+local path nobody read, so migrationsThisPeriod never grew and nothing was audited.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from dynamiclora.controllers.conditions import write_status
+from dynamiclora.controllers.policy import reconcile_policy
+from dynamiclora.controllers.swarm import reconcile_swarm
+from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.s3 import s3_client_from_env
+from dynamiclora.storage.uri import open_store
+from dynamiclora.training.cli import _write_result_file
+
+from .fakekube import FakeKube
+
+NS = "default"
+CTX = "support-alice-context"
+
+
+def test_a_migration_result_in_the_bucket_is_counted(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], s3_env: dict[str, str],
+    moto_s3_endpoint: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    bucket = f"dl-{uuid.uuid4().hex[:12]}"
+    s3_client_from_env().create_bucket(Bucket=bucket)
+    swarm_body["spec"]["storage"] = {"s3": {"bucket": bucket, "prefix": "dl", "endpoint": moto_s3_endpoint}}
+    reconcile_swarm(kube, settings, kube.add(swarm_body))
+    store = open_store(f"s3://{bucket}/dl")
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"energy": 1.0, "norm": 1.0}))
+    for _ in range(2):
+        store.publish(NS, CTX, {"stats.json": stats}, {"kind": "training"})
+    policy = kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",
+                       "metadata": {"name": "p", "namespace": NS},
+                       "spec": {"swarmRef": "support", "pairs": [{"source": "context", "target": "agent"}],
+                                "stability": {"window": 2}, "interval": "1ms"}})  # fmt: skip
+    write_status(kube, policy, reconcile_policy(kube, settings, policy).status)
+    [job] = [j for j in kube.list("Job", NS)
+             if j["metadata"]["labels"].get("dynamiclora.io/tier") == "support-alice-agent"]
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    target = args[args.index("--result-file") + 1]
+    assert target == f"s3://{bucket}/dl/_jobs/{NS}/{job['metadata']['name']}.json"
+
+    # The Job's own writer (the consolidate entrypoint's --result-file), then the Job completes.
+    _write_result_file(target, {"mode": "migrate", "changed": True, "report": {
+        "migrated": 3, "bypassed": 0, "throttled": 0, "movedEnergyFraction": 0.2, "dryRun": False}})
+    # In the bucket, where the operator's pod can read it (the Job's pod shares no filesystem with it).
+    key = f"dl/_jobs/{NS}/{job['metadata']['name']}.json"
+    assert json.loads(s3_client_from_env().get_object(Bucket=bucket, Key=key)["Body"].read())["changed"]
+    assert not Path("s3:").exists()
+    kube.objects[("Job", NS, job["metadata"]["name"])]["status"] = {
+        "conditions": [{"type": "Complete", "status": "True"}]}
+    live = kube.get("MigrationPolicy", NS, "p")
+    assert live is not None
+    out = reconcile_policy(kube, settings, live)
+    assert out.status["migrationsDone"] == 3 and out.status["migrationsThisPeriod"] == 3
+    assert not [e for e in out.events if e.reason == "ResultMissing"]
