@@ -61,6 +61,8 @@ MAX_COLLATERAL_RETRIES = 2
 BACKOFF_BASE_SECONDS = 60.0
 BACKOFF_CAP_SECONDS = 3600.0
 
+MAX_STATS_BYTES = 1 << 20  # stats.json read into the status: statistics, not data
+
 
 def training_backoff(attempts: int) -> float:
     """Seconds to wait after ``attempts`` consecutive failed Jobs before the next one."""
@@ -271,10 +273,24 @@ def _retain(store: object, uri: str, versions: list[int], tier: LoRATier, old: O
         events.append(Event("Normal", "RetentionApplied", f"deleted versions {report.deleted} (keep {keep})"))
 
 
-def _apply_stats(st: Obj, store: object, ns: str, name: str, version: int) -> None:
+def _read_stats(store: object, ns: str, name: str, version: int) -> Obj | None:
+    """The version's statistics; ``{}`` when it has none a status can hold; None when unreadable now."""
     try:
-        stats = json.loads(store.read_file(ns, name, version, "stats.json"))  # type: ignore[attr-defined]
+        entry = store.get(ns, name, version).manifest.files.get("stats.json")  # type: ignore[attr-defined]
+        # Bounded: statistics are kilobytes; a huge file must not exhaust the operator's memory.
+        if entry is None or entry.size > MAX_STATS_BYTES:
+            return {}
+        doc = json.loads(store.read_file(ns, name, version, "stats.json", max_bytes=MAX_STATS_BYTES))  # type: ignore[attr-defined]
+    except ValueError:
+        return {}
     except Exception:
+        return None  # e.g. the store is briefly unreachable: keep what the status shows
+    return doc if isinstance(doc, dict) else {}
+
+
+def _apply_stats(st: Obj, store: object, ns: str, name: str, version: int) -> None:
+    stats = _read_stats(store, ns, name, version)
+    if stats is None:
         return
     # Statistics are optional (a consolidated version carries no phases): a field the current version
     # lacks is dropped, not left at an older version's value.

@@ -264,8 +264,8 @@ class CheckpointStore(Protocol):
         """A published version; raises :class:`VersionNotFoundError`."""
         ...
 
-    def read_file(self, namespace: str, tier: str, version: int, name: str) -> bytes:
-        """One file of a version, verified against the manifest."""
+    def read_file(self, namespace: str, tier: str, version: int, name: str, max_bytes: int | None = None) -> bytes:
+        """One file of a version, verified against the manifest; ``StoreError`` beyond ``max_bytes``."""
         ...
 
     def download(self, namespace: str, tier: str, version: int, dest: Path) -> VersionRef:

@@ -192,13 +192,19 @@ class BlobCheckpointStore:
         except KeyError:
             raise StoreError(f"{ref.uri} has no file {name!r} (files: {sorted(ref.manifest.files)})") from None
 
-    def read_file(self, namespace: str, tier: str, version: int, name: str) -> bytes:
-        """One file of a published version, verified against its manifest sha256."""
+    def read_file(self, namespace: str, tier: str, version: int, name: str, max_bytes: int | None = None) -> bytes:
+        """One file of a published version, verified against its manifest sha256.
+
+        ``max_bytes`` bounds what a reader holds in memory: a larger file (as its manifest says, before
+        anything is read) raises :class:`StoreError` instead of being read.
+        """
         import hashlib
 
         ref = self.get(namespace, tier, version)
         entry = self._entry(ref, name)
         key = self._key(namespace, tier, version, name)
+        if max_bytes is not None and entry.size > max_bytes:
+            raise StoreError(f"{self.backend.describe(key)} is {entry.size} bytes, more than the {max_bytes} read")
         try:
             data = self.backend.get_bytes(key)
         except BlobNotFoundError as e:

@@ -109,3 +109,26 @@ async def test_a_serving_pass_exports_the_served_version_and_deletion_drops_the_
     assert _series("swarm", "support")  # set by the Swarm pass; a deleted tier leaves its swarm alone
     await forget(rt, "Swarm", {"metadata": {"namespace": NS, "name": "support"}})
     assert _series("swarm", "support") == []
+
+
+def test_an_oversized_statistics_file_is_not_read(
+    kube: FakeKube, settings: OperatorSettings, tier_with_a_version: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from dynamiclora.storage.store import BlobCheckpointStore
+
+    reads: list[int] = []
+    real = BlobCheckpointStore.read_file
+
+    def spy(self: BlobCheckpointStore, ns: str, tier: str, version: int, name: str,
+            max_bytes: int | None = None) -> bytes:  # fmt: skip
+        data = real(self, ns, tier, version, name, max_bytes)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(BlobCheckpointStore, "read_file", spy)
+    # Valid JSON padded past the bound (1 MiB): the tier's status drops the statistics instead of reading it.
+    _publish(settings, tmp_path, {"energy": 3.0, "norm": 3.0**0.5, **{f"k{i}": 0.0 for i in range(80_000)}})
+    st = _tier_pass(kube, settings)
+    assert st["currentVersion"] == 2 and "energy" not in st
+    assert all(n <= (1 << 20) for n in reads)
