@@ -64,9 +64,10 @@ from dynamiclora.training.model import (
     target_parameters,
 )
 from dynamiclora.training.options import TrainConfig
-from dynamiclora.training.protection import Protection, protection
+from dynamiclora.training.protection import Protection
 from dynamiclora.training.records import InteractionRecord, RecordsError, SourcedRecord, iter_sources, read_records
-from dynamiclora.training.replay import choose, cycle, newest_per_key, replay_candidates, replay_count
+from dynamiclora.training.rehearsal import keyed, protect_slower_tiers, replay_examples
+from dynamiclora.training.replay import newest_per_key
 from dynamiclora.training.stats import STATS_FILE, tier_statistics
 
 __all__ = ["evaluate", "run_training"]
@@ -74,7 +75,6 @@ __all__ = ["evaluate", "run_training"]
 Log = Callable[[str], None]
 PUBLISHED = "published.json"
 # Replay candidates scored per Job, as a multiple of the replay budget: bounds a Job's extra work.
-REPLAY_POOL_FACTOR = 4
 # Records of a quarantined window scored when it is re-examined (the newest): bounds a Job's extra work.
 REEXAMINE_RECORDS = 64
 
@@ -166,20 +166,15 @@ class GateSets:
     records: dict[str, list[InteractionRecord]]
 
 
-def _keyed(records: list[SourcedRecord], tokenizer: Any, max_seq_len: int) -> tuple[list[Example],
-                                                                                     list[InteractionRecord]]:
-    """Tokenize keeping each example's record (records without a learnable token are dropped)."""
-    pairs = [(ex, r.record) for r in records for ex in tokenize([r], tokenizer, max_seq_len)]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 def _gate_sets(cfg: TrainConfig, held: list[SourcedRecord], tokenizer: Any) -> GateSets:
     """Newest held-out records, and the regression set if given."""
     sets = GateSets({}, {})
-    sets.examples[HELD_OUT], sets.records[HELD_OUT] = _keyed(held[-cfg.gate_records:], tokenizer, cfg.max_seq_len)
+    sets.examples[HELD_OUT], sets.records[HELD_OUT] = keyed(held[-cfg.gate_records:], tokenizer, cfg.max_seq_len)
     if cfg.regression_data:
         good, _bad = read_records(iter_sources(cfg.regression_data), cfg.bad_lines)
-        ex, recs = _keyed(select_records(good, max_records=cfg.gate_records), tokenizer, cfg.max_seq_len)
+        ex, recs = keyed(select_records(good, max_records=cfg.gate_records), tokenizer, cfg.max_seq_len)
         if not ex:
             raise RecordsError(f"--regression-data {cfg.regression_data}: no record with a learnable token")
         sets.examples[REGRESSION], sets.records[REGRESSION] = ex, recs
@@ -196,7 +191,7 @@ def _reexamine(cfg: TrainConfig, model: Any, sel: Selection, tokenizer: Any, log
     """
     released: list[str] = []
     for window, records in sel.quarantined.items():
-        examples, _ = _keyed(records[-REEXAMINE_RECORDS:], tokenizer, cfg.max_seq_len)
+        examples, _ = keyed(records[-REEXAMINE_RECORDS:], tokenizer, cfg.max_seq_len)
         agree = sum(s.correct for s in score(model, examples, cfg.batch_size, int(tokenizer.pad_token_id)))
         if examples and 2 * agree > len(examples):
             released.append(window)
@@ -205,20 +200,8 @@ def _reexamine(cfg: TrainConfig, model: Any, sel: Selection, tokenizer: Any, log
     return released
 
 
-def _replay(cfg: TrainConfig, model: Any, sel: Selection, batch: int, tokenizer: Any,
-            log: Log) -> tuple[list[Example], dict[str, int]]:  # fmt: skip
-    """The stored examples to rehearse, chosen under the stack the run starts from."""
-    pool = replay_candidates(sel.history, sel.batch, REPLAY_POOL_FACTOR * cfg.replay_budget)
-    count = replay_count(batch, cfg.replay_fraction, cfg.replay_budget, len(pool))
-    if not count:
-        return [], {"replayed": 0, "replayCandidates": len(pool)}
-    examples, _ = _keyed(pool, tokenizer, cfg.max_seq_len)
-    losses = [s.loss for s in score(model, examples, cfg.batch_size, int(tokenizer.pad_token_id))]
-    picked = choose(losses, count)
-    chosen = [examples[i] for i in cycle(picked, count)]
-    log(f"replay: {len(picked)} of {len(pool)} stored question(s) rehearsed ({len(chosen)} examples) "
-        f"besides {batch} new")
-    return chosen, {"replayed": len(chosen), "replayedQuestions": len(picked), "replayCandidates": len(pool)}
+
+
 
 
 def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]]) -> str:
@@ -265,11 +248,12 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         # reference and what replay measures surprise under, before any parameter moves.
         baseline = score_sets(peft_model, gate_sets.examples, cfg.batch_size, pad)
         data_info["released"] = _reexamine(cfg, peft_model, sel, tokenizer, log)
-        replayed, replay_info = _replay(cfg, peft_model, sel, len(examples), tokenizer, log)
+        replayed, replay_info = replay_examples(cfg, peft_model, sel.history, sel.batch, len(examples), tokenizer,
+                                                log)
         data_info.update(replay_info)
         if (decay := decay_start(cfg, peft_model, init_dir, len(sel.batch), tmp, log)) is not None:
             data_info["decay"] = decay
-        protect = _protection(cfg, peft_model, frozen, log)
+        protect = protect_slower_tiers(cfg, peft_model, frozen, log)
         if protect is not None:
             data_info["protection"] = protect.summary()
         mix = examples + replayed
@@ -327,17 +311,6 @@ class TrainRun:
     final_loss: float
 
 
-def _protection(cfg: TrainConfig, peft_model: Any, frozen: list[tuple[str, Path]], log: Log) -> Protection | None:
-    """Protect what the frozen slower tiers answer (see :mod:`dynamiclora.training.protection`)."""
-    if cfg.plastic_rank is None:
-        return None
-    protect = protection([d for _, d in frozen], target_parameters(peft_model), cfg.rank, cfg.plastic_rank)
-    if protect is not None:
-        protect.apply(target_parameters(peft_model))
-        info = protect.summary()
-        log(f"protection: {info['protectedDirections']} input direction(s) of the slower tiers in {info['modules']} "
-            f"module(s); {info['constrainedRows']} of {cfg.rank} rows constrained")
-    return protect
 
 
 def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: list[Example], pad: int,
