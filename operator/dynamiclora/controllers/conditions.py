@@ -4,7 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
+from dynamiclora.api.policy import MigrationPolicyStatus
+from dynamiclora.api.swarm import SwarmStatus
+from dynamiclora.api.tier import LoRATierStatus
 from dynamiclora.kube import Kube, Obj, now_rfc3339
+
+# The API's status types: every status is validated against its kind's before it is written, so a key
+# the CRD would prune, or a value it would refuse, fails in the operator's tests instead of in etcd.
+STATUS_TYPES: dict[str, type[BaseModel]] = {
+    "LoRATier": LoRATierStatus, "MigrationPolicy": MigrationPolicyStatus, "Swarm": SwarmStatus,
+}
+
+
+def typed_status(kind: str, status: Obj) -> Obj:
+    """``status`` as the API's status type of ``kind`` writes it (validated; unset fields left out)."""
+    model = STATUS_TYPES.get(kind)
+    if model is None:
+        return status
+    return model.model_validate(status).model_dump(by_alias=True, exclude_unset=True, exclude_none=True, mode="json")
 
 # Reasons users and alerts match on (conditions and events), so they are spelled in one place.
 REASON_UPDATE_RETRIED = "UpdateRetried"
@@ -68,6 +87,7 @@ def write_status(kube: Kube, body: Obj, new: Obj, preserve: frozenset[str] = fro
     are nulled, except ``preserve`` (fields another controller owns).
     """
     old = body.get("status") or {}
+    new = typed_status(str(body.get("kind", "")), new)
     if not status_changed(old, new, preserve):
         return False
     patch = dict(new)
