@@ -97,8 +97,14 @@ def _ident(v: VersionRef) -> dict[str, Any]:
     return {"uri": v.uri, "digest": v.digest}
 
 
-def _resume_point(io: _Io, dest: TierRef, inputs: list[dict[str, Any]]) -> tuple[int | None, bool]:
-    """(destination version to start from, whether the destination output is already published)."""
+def _resume_point(io: _Io, dest: TierRef, inputs: list[dict[str, Any]],
+                  source: TierRef | None = None) -> tuple[int | None, bool]:  # fmt: skip
+    """(destination version to start from, whether the destination output is already published).
+
+    The start skips orphans: destination versions of a migration out of ``source`` whose residual was
+    never published (the Job died in between and was not retried). Serving never composes them, and a
+    migration built on one would carry its components twice once the orphan's source still holds them.
+    """
     versions = io.versions(dest)
     if not versions:
         return None, False
@@ -107,7 +113,30 @@ def _resume_point(io: _Io, dest: TierRef, inputs: list[dict[str, Any]]) -> tuple
     if md.get("derivedFrom") == inputs and md.get("destBase", "none") != "none":
         base = md["destBase"]
         return (int(base) if base is not None else None), True
-    return versions[-1], False
+    for v in reversed(versions):
+        if source is None or not _orphan(io, io.store(dest).get(dest.namespace, dest.tier, v).manifest.metadata,
+                                         source):
+            return v, False
+        io.log(f"{dest} v{v} is a migration whose residual was never published: not built upon")
+    return None, False
+
+
+def _orphan(io: _Io, md: dict[str, Any], source: TierRef) -> bool:
+    """A migration destination version derived from ``source`` whose residual ``source`` never received."""
+    derived = md.get("derivedFrom")
+    if md.get("kind") != "migration" or not isinstance(derived, list) or len(derived) != 1:
+        return False
+    tail = f"/{source.namespace}/{source.tier}/v"
+    uri = str(derived[0].get("uri", "")) if isinstance(derived[0], dict) else ""
+    if tail not in uri:
+        return False
+    origin = int(uri.rsplit("/v", 1)[-1]) if uri.rsplit("/v", 1)[-1].isdigit() else 0
+    for v in io.versions(source):
+        if v > origin:
+            other = io.store(source).get(source.namespace, source.tier, v).manifest.metadata
+            if other.get("kind") == "migration-source" and other.get("derivedFrom") == derived:
+                return False
+    return True
 
 
 def run_consolidation(cfg: ConsolidateConfig, log: Log = _print) -> dict[str, Any]:
@@ -136,7 +165,7 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     window = [d for d, _, _ in loaded]
     source, src_meta, src_ref = loaded[-1]
     inputs = [_ident(src_ref)]
-    base_version, dest_done = _resume_point(io, dest, inputs)
+    base_version, dest_done = _resume_point(io, dest, inputs, src)
     dest_delta: TierDelta = {}
     dest_targets: list[str] = []
     dest_rank = cfg.dest_rank or src_meta.r

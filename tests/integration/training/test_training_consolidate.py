@@ -114,3 +114,34 @@ def test_consolidate_bad_reference_is_clear(tmp_path: Path, capsys: pytest.Captu
                  "--dest", f"file://{tmp_path}/s/ns/agent"])
     assert code == 2
     assert "the tier has no published version" in capsys.readouterr().err
+
+
+def test_a_migration_never_builds_on_an_orphaned_destination(tmp_path: Path) -> None:
+    """A Job that died between the destination and the residual and was not retried leaves an orphan."""
+    store_uri = f"file://{tmp_path}/store"
+    gen = torch.Generator().manual_seed(1)
+    u, v = _unit(gen), _unit(gen)
+
+    def version(tag: str, scale: float = 2.0) -> None:
+        noise_b, noise_a = torch.randn(D, 2, generator=gen) * 0.02, torch.randn(2, D, generator=gen) * 0.02
+        _publish(store_uri, "ns", "ctx", {MOD: LowRankDelta(torch.cat([u * scale, noise_b], 1),
+                                                             torch.cat([v.T, noise_a], 0))}, tmp_path, tag)
+
+    for i in range(3):
+        version(str(i))
+    cfg = ConsolidateConfig(mode="migrate", source=f"{store_uri}/ns/ctx", dest=f"{store_uri}/ns/agent",
+                            max_energy_fraction=1.0)
+    assert run_consolidation(cfg, log=lambda _m: None)["changed"]  # agent v1, residual ctx v4
+    for i in range(3):
+        version(f"b{i}", 3.0)  # ctx v5-v7: the pattern comes back
+    second = run_consolidation(cfg, log=lambda _m: None)  # agent v2, residual ctx v8 ...
+    assert [p["version"] for p in second["published"]] == [2, 8]
+    store = open_store(store_uri)
+    assert isinstance(store, BlobCheckpointStore)
+    store.backend.delete("ns/ctx/v000008/MANIFEST.json")  # ... that the dying Job never published
+    for i in range(3):
+        version(f"c{i}", 4.0)  # ctx v9-v11
+    third = run_consolidation(cfg, log=lambda _m: None)
+    assert third["changed"] and third["published"][0]["version"] == 3
+    meta = json.loads(store.read_file("ns", "agent", 3, "stats.json"))
+    assert meta["destBase"] == 1  # built on the last consistent destination, not on the orphan v2
