@@ -17,6 +17,7 @@ from dynamiclora.builders.names import (
 )
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.training.options import TrainConfig, to_argv
 
 
 def store_uri(storage: Storage, settings: OperatorSettings) -> str:
@@ -42,17 +43,6 @@ def storage_path(storage: Storage, rel: str, settings: OperatorSettings) -> str:
     if rel.startswith(("s3://", "/")):
         return rel
     return f"{store_uri(storage, settings).removeprefix('file://').rstrip('/')}/{rel.lstrip('/')}"
-
-
-def gate_args(spec: LoRATierSpec, storage: Storage, settings: OperatorSettings) -> list[str]:
-    """Quality-gate options of a training Job (held-out slice, threshold, regression set)."""
-    g = spec.quality_gate
-    args = ["--holdout-fraction", f"{g.holdout_fraction:g}", "--gate-records", str(g.eval_records)]
-    if g.enabled:
-        args += ["--gate-max-regression", f"{g.max_regression:g}", "--gate-significance", f"{g.significance:g}"]
-    if g.regression_set:
-        args += ["--regression-data", storage_path(storage, g.regression_set, settings)]
-    return args
 
 
 def _storage_env_and_volumes(storage: Storage, settings: OperatorSettings) -> tuple[list[Obj], list[Obj], list[Obj]]:
@@ -158,57 +148,50 @@ def replay_fraction(base: float, boost: int) -> float:
     return min(0.9, base + 0.2 * boost) if base > 0 else 0.0
 
 
+def training_config(
+    body: Obj, spec: LoRATierSpec, inputs: TrainingInputs, job_name: str, settings: OperatorSettings
+) -> TrainConfig:
+    """The typed contract of a training Job: what ``dynamiclora train`` parses back from its arguments.
+
+    Built as the entrypoint's own config, so it is validated (``TrainConfig.__post_init__``) in the
+    operator, before a Job exists, and the arguments are rendered from it, never written by hand.
+    """
+    ns, tier = body["metadata"]["namespace"], body["metadata"]["name"]
+    store = store_uri(inputs.storage, settings)
+    t, p, g = spec.training, spec.plasticity, spec.quality_gate
+    protect = p.plastic_rank is not None and p.plastic_rank < spec.rank
+    return TrainConfig(
+        base_model=inputs.model_path,
+        data=experience_location(inputs.storage, inputs.experience_prefix, spec.agent or "", settings),
+        output_store=store, namespace=ns, tier=tier, agent=spec.agent or None,
+        frozen=[tier_ref(store, ns, name, version) for name, version in inputs.frozen],
+        init_from=tier_ref(store, ns, tier, inputs.init_version) if inputs.init_version else None,
+        rank=spec.rank, alpha=spec.alpha, target_modules=list(spec.target_modules), dropout=spec.dropout,
+        lr=p.learning_rate, steps=t.max_steps, batch_size=t.batch_size, checkpoint_every=t.checkpoint_every,
+        seed=inputs.seed, threads=settings.trainer_threads, work_dir=f"/work/{job_name}",
+        max_records=max(inputs.new_records, 1), exclude_window=list(inputs.exclude_windows),
+        bad_lines=inputs.bad_records,  # type: ignore[arg-type]  # the API's Literal["reject", "skip"]
+        replay_fraction=replay_fraction(t.replay_fraction, inputs.replay_boost),
+        replay_budget=t.replay_budget * (1 + inputs.replay_boost),
+        screen_threshold=p.screen_threshold, free_threshold=p.free_threshold, free_decay=p.free_decay,
+        screened_decay=p.screened_decay, reference_interactions=p.reference_interactions_per_hour,
+        energy_budget=p.energy_budget, plastic_rank=p.plastic_rank if protect else None,
+        holdout_fraction=g.holdout_fraction, gate_records=g.eval_records, gate_significance=g.significance,
+        gate_max_regression=g.max_regression if g.enabled else None,
+        regression_data=storage_path(inputs.storage, g.regression_set, settings) if g.regression_set else None,
+    )  # fmt: skip
+
+
 def build_training_job(
     body: Obj, spec: LoRATierSpec, inputs: TrainingInputs, job_name: str, settings: OperatorSettings
 ) -> Obj:
     """The Job that trains the next version of a tier on its agent's newest records."""
     ns = body["metadata"]["namespace"]
     tier = body["metadata"]["name"]
-    store = store_uri(inputs.storage, settings)
     t = spec.training
-    args = [
-        "train",
-        "--base-model", inputs.model_path,
-        "--data", experience_location(inputs.storage, inputs.experience_prefix, spec.agent or "", settings),
-        "--output-store", store,
-        "--namespace", ns,
-        "--tier", tier,
-        "--rank", str(spec.rank),
-        "--alpha", str(spec.alpha),
-        "--dropout", str(spec.dropout),
-        "--target-modules", *spec.target_modules,
-        "--lr", str(spec.plasticity.learning_rate),
-        "--steps", str(t.max_steps),
-        "--batch-size", str(t.batch_size),
-        "--checkpoint-every", str(t.checkpoint_every),
-        "--max-records", str(max(inputs.new_records, 1)),
-        "--replay-fraction", f"{replay_fraction(t.replay_fraction, inputs.replay_boost):g}",
-        "--replay-budget", str(t.replay_budget * (1 + inputs.replay_boost)),
-        "--screen-threshold", f"{spec.plasticity.screen_threshold:g}",
-        "--free-threshold", f"{spec.plasticity.free_threshold:g}",
-        "--free-decay", f"{spec.plasticity.free_decay:g}",
-        "--screened-decay", f"{spec.plasticity.screened_decay:g}",
-        "--reference-interactions", f"{spec.plasticity.reference_interactions_per_hour:g}",
-        "--bad-lines", inputs.bad_records,
-        "--seed", str(inputs.seed),
-        "--threads", str(settings.trainer_threads),
-    ]  # fmt: skip
-    if spec.agent:
-        args += ["--agent", spec.agent]
-    if spec.plasticity.energy_budget is not None:
-        args += ["--energy-budget", f"{spec.plasticity.energy_budget:g}"]
-    if spec.plasticity.plastic_rank is not None and spec.plasticity.plastic_rank < spec.rank:
-        args += ["--plastic-rank", str(spec.plasticity.plastic_rank)]
-    if inputs.init_version:
-        args += ["--init-from", tier_ref(store, ns, tier, inputs.init_version)]
-    for frozen_tier, version in inputs.frozen:
-        args += ["--frozen", tier_ref(store, ns, frozen_tier, version)]
+    args = ["train", *to_argv(training_config(body, spec, inputs, job_name, settings))]
     extra_volumes: list[Obj] = [{"name": "work", "emptyDir": {}}]
     extra_mounts: list[Obj] = [{"name": "work", "mountPath": "/work"}]
-    args += gate_args(spec, inputs.storage, settings)
-    for window in inputs.exclude_windows:
-        args += ["--exclude-window", window]
-    args += ["--work-dir", f"/work/{job_name}"]
     return _job(
         name=job_name,
         namespace=ns,

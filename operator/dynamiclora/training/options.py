@@ -66,6 +66,36 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type[Any]) -> 
         parser.add_argument(flag, **kwargs)
 
 
+def to_argv(cfg: Any) -> list[str]:
+    """The command line that :func:`add_dataclass_arguments` parses back into ``cfg`` (the Job contract).
+
+    Every set field is written, defaults included: a Job may run an image of another version than the
+    operator's, whose defaults may differ. ``None`` and empty repeatable lists are left out (they are
+    those fields' defaults everywhere).
+    """
+    hints = typing.get_type_hints(type(cfg))
+    out: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp, _optional = _unwrap_optional(hints[f.name])
+        if tp is bool:
+            out.append(flag if value else "--no-" + flag[2:])
+        elif typing.get_origin(tp) is list:
+            items = [_text(v) for v in value]
+            out += [x for v in items for x in (flag, v)] if f.metadata.get("repeat") else [flag, *items]
+        else:
+            out += [flag, _text(value)]
+    return out
+
+
+def _text(value: Any) -> str:
+    # repr keeps every digit of a float (what ``float()`` reads back is the same number); "g" would round.
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
     """Build the dataclass from parsed options (repeatable list options default to empty)."""
     values: dict[str, Any] = {}

@@ -16,10 +16,13 @@ from dynamiclora.builders.jobs import (
     build_consolidation_job,
     build_training_job,
     tier_ref,
+    training_config,
 )
 from dynamiclora.builders.names import dns_name, training_job_name
 from dynamiclora.builders.tiers import build_agent_tiers, stack_tier_names
+from dynamiclora.cli import build_parser
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.training.options import TrainConfig, from_namespace
 
 
 def _owned(body: dict[str, Any]) -> dict[str, Any]:
@@ -120,6 +123,10 @@ def test_training_job(swarm_body: dict[str, Any], settings: OperatorSettings) ->
     assert _arg(args, "--frozen") == f"{store}/default/support-alice-agent/v000002"
     assert _arg(args, "--max-records") == "20"
     assert _arg(args, "--steps") == "30" and _arg(args, "--batch-size") == "4"
+    # The contract: the entrypoint's own parser reads back exactly the config the operator built.
+    cfg = from_namespace(TrainConfig, build_parser().parse_args(args))
+    assert cfg == training_config(tier_body, spec, inputs, name, settings)
+    assert cfg.gate_max_regression == 0.05 and cfg.screen_threshold == 0.6 and cfg.work_dir == f"/work/{name}"
     assert job["metadata"]["annotations"]["dynamiclora.io/records"] == "50"
     assert job["spec"]["backoffLimit"] == 3
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
