@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from dynamiclora.api.common import Storage
 from dynamiclora.api.tier import LoRATierSpec, TrainingTemplate
@@ -17,7 +18,7 @@ from dynamiclora.builders.names import (
 )
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.settings import OperatorSettings
-from dynamiclora.training.options import TrainConfig, to_argv
+from dynamiclora.training.options import ConsolidateConfig, TrainConfig, to_argv
 
 
 def store_uri(storage: Storage, settings: OperatorSettings) -> str:
@@ -217,7 +218,20 @@ class ConsolidationInputs:
     source_tier: str | None = None
     agent_tiers: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
-    args: list[str] = field(default_factory=list)  # detector / bandwidth options
+    options: dict[str, Any] = field(default_factory=dict)  # further ConsolidateConfig fields (detector, gate...)
+
+
+def consolidation_config(ns: str, inputs: ConsolidationInputs, settings: OperatorSettings) -> ConsolidateConfig:
+    """The typed contract of a consolidation Job (validated here, rendered into its arguments)."""
+    store = store_uri(inputs.storage, settings)
+    return ConsolidateConfig(
+        mode=inputs.mode,  # type: ignore[arg-type]  # "migrate" or "consensus", set by the policy
+        dest=tier_ref(store, ns, inputs.target_tier),
+        source=tier_ref(store, ns, inputs.source_tier) if inputs.source_tier else None,
+        agent_tier=[tier_ref(store, ns, t) for t in inputs.agent_tiers],
+        weights=list(inputs.weights) or None,
+        **inputs.options,
+    )
 
 
 def build_consolidation_job(
@@ -225,15 +239,7 @@ def build_consolidation_job(
 ) -> Obj:
     """The Job that migrates stable components upward (or combines agents by consensus)."""
     ns = policy["metadata"]["namespace"]
-    store = store_uri(inputs.storage, settings)
-    args = ["consolidate", "--mode", inputs.mode, "--dest", tier_ref(store, ns, inputs.target_tier)]
-    if inputs.source_tier:
-        args += ["--source", tier_ref(store, ns, inputs.source_tier)]
-    for t in inputs.agent_tiers:
-        args += ["--agent-tier", tier_ref(store, ns, t)]
-    if inputs.weights:
-        args += ["--weights", *(f"{w:g}" for w in inputs.weights)]
-    args += list(inputs.args)
+    args = ["consolidate", *to_argv(consolidation_config(ns, inputs, settings))]
     return _job(
         name=job_name,
         namespace=ns,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from dynamiclora.api.common import TierLevel
 from dynamiclora.api.policy import MigrationPolicy, TierPair
@@ -108,9 +109,9 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
                 trusted = sw.spec.consensus.trust_weighting
                 weights.append(agent_trust(live, swarm_name, agent) if trusted else agent.trust_weight)
         if len(tiers) >= pol.spec.consensus.min_agents:
+            rule = {"rule": str(pol.spec.consensus.rule), "outlier_threshold": pol.spec.consensus.outlier_threshold}
             inputs = ConsolidationInputs("consensus", target, storage, agent_tiers=tiers, weights=weights,
-                                         args=["--rule", str(pol.spec.consensus.rule), "--outlier-threshold",
-                                               f"{pol.spec.consensus.outlier_threshold:g}"])  # fmt: skip
+                                         options=rule)
             out.append(Candidate(f"consensus:{target}", _input_version(store, ns, tiers), inputs))
         return out
     source = {TierLevel.SWARM: sw.spec.shared_tiers.swarm, TierLevel.DOMAIN: sw.spec.shared_tiers.domain}.get(src)
@@ -119,18 +120,16 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
     return out
 
 
-def _migrate_args(pol: MigrationPolicy, remaining: int, bypass_left: int) -> list[str]:
+def _migrate_args(pol: MigrationPolicy, remaining: int, bypass_left: int) -> dict[str, Any]:
+    """The detector and bandwidth fields of a migration Job's ConsolidateConfig."""
     s, b = pol.spec.stability, pol.spec.bandwidth
-    args = [
-        "--method", str(s.method), "--threshold", f"{s.threshold:g}", "--min-consecutive",
-        str(s.min_consecutive_windows), "--window", str(s.window), "--max-migrations", str(max(remaining, 0)),
-        "--max-energy-fraction", f"{b.max_energy_fraction:g}", "--min-energy-fraction", f"{s.min_energy_fraction:g}",
-    ]  # fmt: skip
     bypass = pol.spec.emergency_bypass.enabled and bypass_left > 0
-    args.append("--emergency-bypass" if bypass else "--no-emergency-bypass")
-    if bypass:
-        args += ["--bypass-min-stability", f"{pol.spec.emergency_bypass.min_stability:g}"]
-    return args
+    return {
+        "method": str(s.method), "threshold": s.threshold, "min_consecutive": s.min_consecutive_windows,
+        "window": s.window, "max_migrations": max(remaining, 0), "max_energy_fraction": b.max_energy_fraction,
+        "min_energy_fraction": s.min_energy_fraction, "emergency_bypass": bypass,
+        "bypass_min_stability": pol.spec.emergency_bypass.min_stability if bypass else None,
+    }  # fmt: skip
 
 
 @dataclass
@@ -242,7 +241,7 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
                 if cand.inputs.mode == "migrate":
                     budget.reserve(job_name, grant)
                 events += _launch(kube, settings, body, pol, stores[swarm_name], swarm_name, sw, cand, job_name,
-                                  _migrate_args(pol, grant, bypass_left) if cand.inputs.mode == "migrate" else [])
+                                  _migrate_args(pol, grant, bypass_left) if cand.inputs.mode == "migrate" else {})
                 active.append(job_name)
                 busy_targets.add(cand.inputs.target_tier)
                 evaluated[cand.key] = cand.version
@@ -276,19 +275,17 @@ def _collect(kube: Kube, ns: str, old: Obj, stores: dict[str, str], st: Obj, dec
 
 
 def _launch(kube: Kube, settings: OperatorSettings, body: Obj, pol: MigrationPolicy, store: str, swarm_name: str,
-            sw: Swarm, cand: Candidate, job_name: str, extra: list[str]) -> list[Event]:  # fmt: skip
+            sw: Swarm, cand: Candidate, job_name: str, extra: dict[str, Any]) -> list[Event]:  # fmt: skip
     """Create the consolidation Job for ``cand`` (idempotent: an existing Job of that name is adopted)."""
     ns = body["metadata"]["namespace"]
-    args = list(cand.inputs.args) + extra
-    if pol.spec.dry_run:
-        args.append("--dry-run")
-    args += consolidation_gate_args(kube, settings, ns, sw, cand.inputs)
+    options = {**cand.inputs.options, **extra, "dry_run": pol.spec.dry_run,
+               **consolidation_gate_args(kube, settings, ns, sw, cand.inputs),
+               "result_file": result_path(store, ns, job_name), "base_model": sw.spec.base_model.name}  # fmt: skip
     target = kube.get("LoRATier", ns, cand.inputs.target_tier)
     if target is not None:  # stored at the destination's own rank: room for what moves up, not the source's
-        args += ["--dest-rank", str(int(target.get("spec", {}).get("rank") or 0) or 16)]
-    args += ["--result-file", result_path(store, ns, job_name), "--base-model", sw.spec.base_model.name]
+        options["dest_rank"] = int(target.get("spec", {}).get("rank") or 0) or 16
     c = cand.inputs
-    inputs = ConsolidationInputs(c.mode, c.target_tier, c.storage, c.source_tier, c.agent_tiers, c.weights, args)
+    inputs = ConsolidationInputs(c.mode, c.target_tier, c.storage, c.source_tier, c.agent_tiers, c.weights, options)
     job = build_consolidation_job(body, inputs, job_name, CONSOLIDATOR, settings)
     job["metadata"]["labels"]["dynamiclora.io/swarm"] = swarm_name
     job["metadata"]["annotations"][ANNOTATION_KEY] = cand.key

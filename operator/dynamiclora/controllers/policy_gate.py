@@ -31,14 +31,14 @@ def _has_records(location: str) -> bool:
 
 
 def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw: Swarm,
-                            inputs: ConsolidationInputs) -> list[str]:  # fmt: skip
-    """Quality-gate options for a consolidation into ``inputs.target_tier`` (empty when the gate is off)."""
+                            inputs: ConsolidationInputs) -> dict[str, Any]:  # fmt: skip
+    """Quality-gate fields of a consolidation into ``inputs.target_tier`` (empty when the gate is off)."""
     target = kube.get("LoRATier", ns, inputs.target_tier)
     if target is None:
-        return []
+        return {}
     gate = QualityGate.model_validate(target["spec"].get("qualityGate") or {})
     if not gate.enabled:
-        return []
+        return {}
     level = TierLevel(target["spec"]["level"])
     storage = sw.spec.storage
     store = store_uri(storage, settings)
@@ -56,12 +56,11 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
         if agent.regression_set:
             data.append(storage_path(storage, agent.regression_set, settings))
     if not data:
-        return []  # nothing to evaluate on yet: the Job would have no figures to compare
-    args = ["--gate-base-model", model_path(sw, settings), "--gate-max-regression", f"{gate.max_regression:g}",
-            "--gate-significance", f"{gate.significance:g}",
-            "--gate-records", str(gate.eval_records)]  # fmt: skip
-    for location in data:
-        args += ["--gate-data", location]
+        return {}  # nothing to evaluate on yet: the Job would have no figures to compare
+    frozen: list[str] = []
+    args = {"gate_base_model": model_path(sw, settings), "gate_max_regression": gate.max_regression,
+            "gate_significance": gate.significance, "gate_records": gate.eval_records, "gate_data": data,
+            "gate_frozen": frozen}  # fmt: skip
     shared = {TierLevel.SWARM: sw.spec.shared_tiers.swarm, TierLevel.DOMAIN: sw.spec.shared_tiers.domain,
               TierLevel.FOUNDATION: sw.spec.shared_tiers.foundation}  # fmt: skip
     for slower in ORDER[ORDER.index(level) + 1 :]:
@@ -69,7 +68,7 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
         tier = kube.get("LoRATier", ns, name) if name else None
         version = served_version_of(tier) if tier else None
         if name and version:
-            args += ["--gate-frozen", tier_ref(store, ns, name, version)]
+            frozen.append(tier_ref(store, ns, name, version))
     return args
 
 

@@ -146,7 +146,7 @@ def test_consolidation_job(swarm_body: dict[str, Any], settings: OperatorSetting
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:3] == ["consolidate", "--mode", "consensus"]
     assert args.count("--agent-tier") == 2
-    assert args[args.index("--weights") + 1 : args.index("--weights") + 3] == ["1", "0.5"]
+    assert args[args.index("--weights") + 1 : args.index("--weights") + 3] == ["1.0", "0.5"]
 
 
 @pytest.mark.parametrize("n", [10, 63, 64, 200])

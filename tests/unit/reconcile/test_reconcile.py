@@ -315,6 +315,6 @@ def test_policy_runs_consensus_into_the_shared_tier(
     (job,) = kube.list("Job", NS)
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:3] == ["consolidate", "--mode", "consensus"] and args.count("--agent-tier") == 2
-    assert args[args.index("--weights") + 1 : args.index("--weights") + 3] == ["1", "0.5"]
+    assert args[args.index("--weights") + 1 : args.index("--weights") + 3] == ["1.0", "0.5"]
     assert args[args.index("--rule") + 1] == "resonance"
     assert job["metadata"]["labels"]["dynamiclora.io/tier"] == "support-swarm"
