@@ -9,6 +9,7 @@ from dynamiclora.api.common import Storage
 from dynamiclora.api.tier import LoRATierSpec, TrainingTemplate
 from dynamiclora.builders.names import (
     ANNOTATION_JOB_KIND,
+    ANNOTATION_TARGET,
     ANNOTATION_TRAIN_RECORDS,
     EXECUTOR_LABEL,
     LABEL_POLICY,
@@ -246,7 +247,7 @@ def build_consolidation_job(
         owner=policy,
         labels={**base_labels("consolidator"), LABEL_POLICY: label_value(policy["metadata"]["name"]),
                 LABEL_TIER: label_value(inputs.target_tier)},
-        annotations={ANNOTATION_JOB_KIND: "consolidation"},
+        annotations={ANNOTATION_JOB_KIND: "consolidation", ANNOTATION_TARGET: inputs.target_tier},
         template=template,
         args=args,
         storage=inputs.storage,

@@ -25,6 +25,8 @@ LABEL_POLICY = "dynamiclora.io/policy"
 EXECUTOR_LABEL = "dynamiclora.io/executor"
 ANNOTATION_TRAIN_RECORDS = "dynamiclora.io/records"
 ANNOTATION_JOB_KIND = "dynamiclora.io/job-kind"
+# The tier a consolidation Job writes (label values are shortened past 63 characters; annotations are not).
+ANNOTATION_TARGET = "dynamiclora.io/target-tier"
 
 MAX_LABEL = 63  # a DNS label, a label value, a Job name (it becomes the pods' job-name label)
 # A StatefulSet's pods carry "controller-revision-hash: <name>-<10 chars>", a label value (<= 63).

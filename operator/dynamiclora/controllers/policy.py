@@ -21,9 +21,10 @@ from dynamiclora.api.policy import MigrationPolicy, TierPair
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import TrainingTemplate
 from dynamiclora.builders.jobs import ConsolidationInputs, build_consolidation_job, store_uri
-from dynamiclora.builders.names import agent_tier_name, consolidation_job_name
+from dynamiclora.builders.names import ANNOTATION_TARGET, agent_tier_name, consolidation_job_name
 from dynamiclora.controllers.common import Event, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import set_condition
+from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.policy_gate import audit_consolidation, consolidation_gate_args
 from dynamiclora.controllers.promotion import agent_trust, latest_accepted
 from dynamiclora.kube import Kube, Obj, now_rfc3339
@@ -265,7 +266,8 @@ def _collect(kube: Kube, ns: str, old: Obj, stores: dict[str, str], st: Obj, dec
             busy_targets.add(labels.get("dynamiclora.io/tier", ""))
             continue
         store = stores.get(labels.get("dynamiclora.io/swarm", ""), next(iter(stores.values()), ""))
-        events.append(_record_job(job_name, state, job, store, ns, st, decisions))
+        why = failure_reason(kube, job) if job is not None and state != "Complete" else ""
+        events.append(_record_job(job_name, state, job, store, ns, st, decisions, why))
         # What the Job itself published must not look like new input to the next evaluation.
         annotations = (job or {}).get("metadata", {}).get("annotations", {})
         key, inputs = annotations.get(ANNOTATION_KEY), annotations.get(ANNOTATION_INPUTS, "")
@@ -336,26 +338,36 @@ def _decision(cand: Candidate, outcome: str, reason: str, components: int = 0, e
     return d
 
 
+def _job_tiers(job: Obj | None) -> tuple[str, str]:
+    """(target tier, source tier or "agents") of a consolidation Job, from what the operator recorded on it."""
+    meta = (job or {}).get("metadata", {})
+    ann, labels = meta.get("annotations") or {}, meta.get("labels") or {}
+    # The label is the fallback for Jobs created before the annotation existed (it is shortened past 63).
+    target = ann.get(ANNOTATION_TARGET) or labels.get("dynamiclora.io/tier", "?")
+    inputs = [t for t in str(ann.get(ANNOTATION_INPUTS, "")).split(",") if t]
+    return target, inputs[0] if len(inputs) == 1 else "agents"
+
+
 def _record_job(
-    job_name: str, state: str, job: Obj | None, store: str, ns: str, st: Obj, decisions: list[Obj]
+    job_name: str, state: str, job: Obj | None, store: str, ns: str, st: Obj, decisions: list[Obj], why: str = ""
 ) -> Event:
-    """Turn a finished consolidation Job into decisions and counters."""
-    target = (job or {}).get("metadata", {}).get("labels", {}).get("dynamiclora.io/tier", "?")
+    """Turn a finished consolidation Job into decisions and counters (``why``: a failed Job's last error)."""
+    target, src_tier = _job_tiers(job)
     if state != "Complete":
         JOBS.labels("consolidation", "failed").inc()
-        decisions.append({"time": now_rfc3339(), "sourceTier": "?", "targetTier": target, "outcome": "Rejected",
-                          "reason": f"Job {job_name} {state.lower()}", "job": job_name,
-                          "components": 0, "energyFraction": 0.0})  # fmt: skip
-        return Event("Warning", "ConsolidationFailed", f"Job {job_name} {state.lower()}")
+        text = f"Job {job_name} {state.lower()}" + (f": {why}" if why else "")
+        decisions.append({"time": now_rfc3339(), "sourceTier": src_tier, "targetTier": target, "outcome": "Rejected",
+                          "reason": text[:1024], "job": job_name, "components": 0,
+                          "energyFraction": 0.0})  # fmt: skip
+        return Event("Warning", "ConsolidationFailed", text)
     JOBS.labels("consolidation", "succeeded").inc()
     try:
         result = json.loads(read_result(result_path(store, ns, job_name)))
     except (OSError, ValueError, StoreError) as exc:
         return Event("Warning", "ResultMissing", f"Job {job_name} succeeded but its result is unreadable: {exc}")
     report = result.get("report", {})
-    source = (job or {}).get("spec", {}).get("template", {}).get("spec", {}).get("containers", [{}])[0].get("args", [])
-    src_tier = source[source.index("--source") + 1].rsplit("/", 1)[-1] if "--source" in source else "agents"
-    summary = audit_consolidation(store, ns, target, job_name, result, src_tier if "--source" in source else None)
+    migrate = result.get("mode") == "migrate"
+    summary = audit_consolidation(store, ns, target, job_name, result, src_tier if migrate else None)
     if result.get("status") == "rejected":
         decisions.append({"time": now_rfc3339(), "sourceTier": src_tier, "targetTier": target, "outcome": "Rejected",
                           "reason": summary[:1024], "job": job_name, "components": 0,

@@ -63,3 +63,33 @@ def test_a_migration_result_in_the_bucket_is_counted(
     out = reconcile_policy(kube, settings, live)
     assert out.status["migrationsDone"] == 3 and out.status["migrationsThisPeriod"] == 3
     assert not [e for e in out.events if e.reason == "ResultMissing"]
+
+
+def test_a_failed_consolidation_job_says_why(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    reconcile_swarm(kube, settings, kube.add(swarm_body))
+    store = open_store(f"file://{settings.pvc_mount_root}/ckpt/dl")
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"energy": 1.0, "norm": 1.0}))
+    for _ in range(2):
+        store.publish(NS, CTX, {"stats.json": stats}, {"kind": "training"})
+    policy = kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",
+                       "metadata": {"name": "p", "namespace": NS},
+                       "spec": {"swarmRef": "support", "pairs": [{"source": "context", "target": "agent"}],
+                                "stability": {"window": 2}, "interval": "1ms"}})  # fmt: skip
+    write_status(kube, policy, reconcile_policy(kube, settings, policy).status)
+    [job] = kube.list("Job", NS)
+    name = job["metadata"]["name"]
+    term = {"exitCode": 1, "reason": "Error", "message": "error: --source ...: the tier has no published version\n"}
+    kube.add({"kind": "Pod", "metadata": {"name": f"{name}-x", "labels": {"job-name": name}},
+              "status": {"containerStatuses": [{"name": "main", "state": {"terminated": term}}]}})
+    kube.objects[("Job", NS, name)]["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+    live = kube.get("MigrationPolicy", NS, "p")
+    assert live is not None
+    out = reconcile_policy(kube, settings, live)
+    [event] = [e for e in out.events if e.reason == "ConsolidationFailed"]
+    assert event.message == f"Job {name} failed: error: --source ...: the tier has no published version"
+    last = out.status["decisions"][-1]
+    assert (last["sourceTier"], last["targetTier"]) == (CTX, "support-alice-agent")
+    assert last["outcome"] == "Rejected" and "no published version" in last["reason"]
