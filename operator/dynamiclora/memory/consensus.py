@@ -15,23 +15,19 @@ O(d²), baseline only) go through the same interface.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
 
+from dynamiclora.api.common import ConsensusRule as _ApiConsensusRule
+
 from .decompose import truncate
 from .lowrank import LowRankDelta, TierDelta, concat, inner, tier_energy, tier_inner
 
-
-class ConsensusRule(enum.StrEnum):
-    """How a shared tier combines its agents' deltas."""
-
-    RESONANCE = "resonance"
-    MEAN = "mean"
-    TIES = "ties"
+# Defined once, in the API: the CRD's enum, the Job's option and the core's rules are the same values.
+ConsensusRule = _ApiConsensusRule
 
 
 @dataclass(frozen=True)

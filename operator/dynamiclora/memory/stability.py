@@ -17,22 +17,19 @@ streak of consecutive windows, so neither is stable.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from dynamiclora.api.policy import StabilityMethod as _ApiStabilityMethod
+
 from .decompose import Components, decompose
 from .lowrank import LowRankDelta, norm
 
-
-class StabilityMethod(enum.StrEnum):
-    """Which detector decides stability."""
-
-    SUBSPACE = "subspace"
-    AUTOCORRELATION = "autocorrelation"
+# Defined once, in the API (see ConsensusRule).
+StabilityMethod = _ApiStabilityMethod
 
 
 @dataclass(frozen=True)
