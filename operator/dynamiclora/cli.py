@@ -19,7 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "dynamiclora.demo.cli",
     "dynamiclora.localcluster.cli",
     "dynamiclora.serving.sync_cli",
-    "dynamiclora.storage.history_cli",
+    "dynamiclora.controllers.history_cli",
     "dynamiclora.training.cli",
 )
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.jobs import _storage_env_and_volumes, store_uri
 from dynamiclora.builders.names import EXECUTOR_LABEL, LABEL_SWARM, base_labels, inference_name, volume_name
-from dynamiclora.controllers.served_s3 import ADAPTERS_MOUNT, local_adapters_dir, served_prefix
 from dynamiclora.kube import Obj, owner_reference
+from dynamiclora.serving.served_s3 import ADAPTERS_MOUNT, local_adapters_dir, served_prefix
 from dynamiclora.settings import OperatorSettings
 
 MODEL_MOUNT = "/models/base"

@@ -45,7 +45,7 @@ def _s3_exists(uri: str) -> bool:
     Uses the operator's own S3 credentials; when they cannot answer (none, no access, endpoint down) the
     Job, which may have other credentials, is left to decide.
     """
-    from dynamiclora.controllers.served_s3 import s3_backend
+    from dynamiclora.serving.served_s3 import s3_backend
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     try:

@@ -182,7 +182,7 @@ async def sync_serving(
     """
     import asyncio
 
-    from dynamiclora.controllers import served_s3
+    from dynamiclora.serving import served_s3
     from dynamiclora.serving.adapters import AdapterSpec, PodTarget
     from dynamiclora.serving.client import ClientConfig
     from dynamiclora.serving.hotswap import HotSwapper

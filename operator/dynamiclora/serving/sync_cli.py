@@ -28,7 +28,7 @@ from dynamiclora.storage.base import BlobBackend, StoreError, sha256_file, valid
 
 log = logging.getLogger("dynamiclora.adapter_sync")
 
-COMPLETE_MARKER = "COMPLETE"  # same name as dynamiclora.controllers.served_s3.COMPLETE_MARKER
+COMPLETE_MARKER = "COMPLETE"  # same name as dynamiclora.serving.served_s3.COMPLETE_MARKER
 _TMP_PREFIX = ".sync-"
 _DEL_PREFIX = ".del-"
 STALE_TMP_S = 600.0
@@ -107,7 +107,7 @@ class AdapterMirror:
         Raises:
             StoreError: the marker is invalid, a file is missing, or a checksum differs.
         """
-        from dynamiclora.controllers.served_s3 import parse_marker
+        from dynamiclora.serving.served_s3 import parse_marker
 
         prefix = f"{self.source}/{agent}/{key}"
         marker_key = f"{prefix}/{COMPLETE_MARKER}"
@@ -197,7 +197,7 @@ def _pass_with_retries(mirror: AdapterMirror, retries: int, backoff_s: float) ->
 
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from dynamiclora.controllers.served_s3 import s3_backend
+    from dynamiclora.serving.served_s3 import s3_backend
 
     try:
         if args.interval <= 0:

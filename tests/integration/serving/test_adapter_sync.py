@@ -24,12 +24,12 @@ from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.cli import main
-from dynamiclora.controllers.served_s3 import COMPLETE_MARKER, publish_adapter, s3_backend, served_prefix
 from dynamiclora.controllers.serving import sync_serving
 from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.client import ClientConfig, VLLMClient
 from dynamiclora.serving.launcher import VLLMServer
+from dynamiclora.serving.served_s3 import COMPLETE_MARKER, publish_adapter, s3_backend, served_prefix
 from dynamiclora.serving.testing import SERVER_API_KEY, SERVER_MAX_LORA_RANK, AdapterFactory
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage import open_store

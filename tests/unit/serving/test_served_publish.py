@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from dynamiclora.controllers.served_s3 import (
+from dynamiclora.serving.errors import VLLMBadRequest, VLLMServerError, parse_error
+from dynamiclora.serving.served_s3 import (
     COMPLETE_MARKER,
     fetch_published,
     is_not_synced,
@@ -25,7 +26,6 @@ from dynamiclora.controllers.served_s3 import (
     s3_backend,
     served_prefix,
 )
-from dynamiclora.serving.errors import VLLMBadRequest, VLLMServerError, parse_error
 from dynamiclora.serving.sync_cli import STALE_TMP_S, AdapterMirror, SyncReport, _pass_with_retries
 from dynamiclora.storage.base import StoreError
 from dynamiclora.storage.fs import FsBackend

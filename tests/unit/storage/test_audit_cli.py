@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 
 from dynamiclora.cli import main
-from dynamiclora.storage.audit import AuditLog, open_audit
-from dynamiclora.storage.history_cli import (
+from dynamiclora.controllers.history_cli import (
     COLUMNS,
     InputError,
     format_contributors,
     format_gate,
     resolve_store,
 )
+from dynamiclora.storage.audit import AuditLog, open_audit
 
 NS, TIER = "team-a", "shared"
 ACCEPTED = {
