@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from dynamiclora.controllers.conditions import get_condition
-from dynamiclora.controllers.served_s3 import COMPLETE_MARKER, local_adapters_dir, parse_marker
 from dynamiclora.demo.scenario import DemoConfig, Scenario
 from dynamiclora.serving.adapters import FINGERPRINT_FILE, Fingerprint
 from dynamiclora.serving.errors import VLLMError
 from dynamiclora.serving.fingerprint import make_random_adapter
+from dynamiclora.serving.served_s3 import COMPLETE_MARKER, local_adapters_dir, parse_marker
 from dynamiclora.storage.uri import open_store
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
