@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from dynamiclora.builders.names import ANNOTATION_TARGET
 from dynamiclora.controllers.conditions import write_status
 from dynamiclora.controllers.policy import reconcile_policy
 from dynamiclora.controllers.swarm import reconcile_swarm
@@ -22,7 +23,24 @@ from dynamiclora.training.cli import _write_result_file
 from .fakekube import FakeKube
 
 NS = "default"
-CTX = "support-alice-context"
+CTX, AGENT = "support-alice-context", "support-alice-agent"
+
+
+def _migration_job(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], store_uri: str,
+                   tmp: Path) -> dict[str, Any]:  # fmt: skip
+    """The Swarm, two context versions in its store and a policy pass: the migration Job it launched."""
+    reconcile_swarm(kube, settings, kube.add(swarm_body))
+    stats = tmp / "stats.json"
+    stats.write_text(json.dumps({"energy": 1.0, "norm": 1.0}))
+    for _ in range(2):
+        open_store(store_uri).publish(NS, CTX, {"stats.json": stats}, {"kind": "training"})
+    policy = kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",
+                       "metadata": {"name": "p", "namespace": NS},
+                       "spec": {"swarmRef": "support", "pairs": [{"source": "context", "target": "agent"}],
+                                "stability": {"window": 2}, "interval": "1ms"}})  # fmt: skip
+    write_status(kube, policy, reconcile_policy(kube, settings, policy).status)
+    [job] = [j for j in kube.list("Job", NS) if j["metadata"]["annotations"].get(ANNOTATION_TARGET) == AGENT]
+    return job
 
 
 def test_a_migration_result_in_the_bucket_is_counted(
@@ -32,19 +50,7 @@ def test_a_migration_result_in_the_bucket_is_counted(
     bucket = f"dl-{uuid.uuid4().hex[:12]}"
     s3_client_from_env().create_bucket(Bucket=bucket)
     swarm_body["spec"]["storage"] = {"s3": {"bucket": bucket, "prefix": "dl", "endpoint": moto_s3_endpoint}}
-    reconcile_swarm(kube, settings, kube.add(swarm_body))
-    store = open_store(f"s3://{bucket}/dl")
-    stats = tmp_path / "stats.json"
-    stats.write_text(json.dumps({"energy": 1.0, "norm": 1.0}))
-    for _ in range(2):
-        store.publish(NS, CTX, {"stats.json": stats}, {"kind": "training"})
-    policy = kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",
-                       "metadata": {"name": "p", "namespace": NS},
-                       "spec": {"swarmRef": "support", "pairs": [{"source": "context", "target": "agent"}],
-                                "stability": {"window": 2}, "interval": "1ms"}})  # fmt: skip
-    write_status(kube, policy, reconcile_policy(kube, settings, policy).status)
-    [job] = [j for j in kube.list("Job", NS)
-             if j["metadata"]["labels"].get("dynamiclora.io/tier") == "support-alice-agent"]
+    job = _migration_job(kube, settings, swarm_body, f"s3://{bucket}/dl", tmp_path)
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     target = args[args.index("--result-file") + 1]
     assert target == f"s3://{bucket}/dl/_jobs/{NS}/{job['metadata']['name']}.json"
@@ -68,18 +74,7 @@ def test_a_migration_result_in_the_bucket_is_counted(
 def test_a_failed_consolidation_job_says_why(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
 ) -> None:
-    reconcile_swarm(kube, settings, kube.add(swarm_body))
-    store = open_store(f"file://{settings.pvc_mount_root}/ckpt/dl")
-    stats = tmp_path / "stats.json"
-    stats.write_text(json.dumps({"energy": 1.0, "norm": 1.0}))
-    for _ in range(2):
-        store.publish(NS, CTX, {"stats.json": stats}, {"kind": "training"})
-    policy = kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",
-                       "metadata": {"name": "p", "namespace": NS},
-                       "spec": {"swarmRef": "support", "pairs": [{"source": "context", "target": "agent"}],
-                                "stability": {"window": 2}, "interval": "1ms"}})  # fmt: skip
-    write_status(kube, policy, reconcile_policy(kube, settings, policy).status)
-    [job] = kube.list("Job", NS)
+    job = _migration_job(kube, settings, swarm_body, f"file://{settings.pvc_mount_root}/ckpt/dl", tmp_path)
     name = job["metadata"]["name"]
     term = {"exitCode": 1, "reason": "Error", "message": "error: --source ...: the tier has no published version\n"}
     kube.add({"kind": "Pod", "metadata": {"name": f"{name}-x", "labels": {"job-name": name}},
@@ -91,5 +86,5 @@ def test_a_failed_consolidation_job_says_why(
     [event] = [e for e in out.events if e.reason == "ConsolidationFailed"]
     assert event.message == f"Job {name} failed: error: --source ...: the tier has no published version"
     last = out.status["decisions"][-1]
-    assert (last["sourceTier"], last["targetTier"]) == (CTX, "support-alice-agent")
+    assert (last["sourceTier"], last["targetTier"]) == (CTX, AGENT)
     assert last["outcome"] == "Rejected" and "no published version" in last["reason"]
