@@ -18,9 +18,11 @@ from typing import Any
 
 import pytest
 
+from dynamiclora.builders.names import ANNOTATION_JOB_KIND
 from dynamiclora.controllers.conditions import get_condition
 from dynamiclora.demo.data import round_facts, write_regression_set
 from dynamiclora.demo.scenario import DemoConfig, Scenario
+from dynamiclora.localcluster.operator_env import env_dir
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.errors import VLLMError
 from dynamiclora.storage.audit import AuditLog
@@ -94,6 +96,23 @@ def test_whole_loop(scenario: Scenario) -> None:
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{sc.metrics_port}/metrics", timeout=10).read().decode()
     assert f'dynamiclora_tier_version{{level="context",namespace="e2e",tier="{ctx}"}}' in metrics
     assert "dynamiclora_hotswap_swap_seconds_count" in metrics
+    _composed_by_jobs_for_an_operator_without_torch(sc)
+
+
+def _composed_by_jobs_for_an_operator_without_torch(sc: Scenario) -> None:
+    """What ships: the operator runs from the image's environment (no torch); compose Jobs build the adapters."""
+    assert sc.operator is not None and sc.operator.poll() is None
+    exe = Path(f"/proc/{sc.operator.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert Path(exe).parent.parent == env_dir(), exe
+    no_torch = subprocess.run([exe, "-c", "import torch"], capture_output=True, text=True)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    jobs = sc.rest.get(f"/apis/batch/v1/namespaces/{sc.cfg.namespace}/jobs")["items"]
+    composers = [j for j in jobs if j["metadata"].get("annotations", {}).get(ANNOTATION_JOB_KIND) == "compose"]
+    assert composers and all(j["spec"]["template"]["spec"]["containers"][0]["args"][0] == "compose"
+                             for j in composers)  # fmt: skip
+    assert any((j.get("status") or {}).get("succeeded") for j in composers), composers
+    swarm = sc.status("swarms", "support")
+    assert get_condition(swarm, "Composing")["reason"] in ("Composed", "Composing"), swarm
 
 
 def test_restarted_vllm_pod_gets_its_adapters_back(scenario: Scenario) -> None:

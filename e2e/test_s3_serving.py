@@ -3,10 +3,11 @@
 Real parts only: kube-apiserver/controller-manager/scheduler/kwok, the operator as ``dynamiclora run``,
 moto's S3 server on loopback as the bucket, and the vLLM pod run by the local executor as a real vLLM CPU
 server *plus* its ``adapter-sync`` sidecar (``dynamiclora adapter-sync``, with the S3 endpoint and the
-credentials the pod spec gives it from the Swarm's ``spec.storage.s3``). The Swarm has no PVC: the
-operator composes in its scratch folder, uploads to the bucket with a COMPLETE marker, the sidecar mirrors
-it into the pod's adapters folder and the operator hot-swaps it. No training Job runs: tier versions are
-published straight into the bucket with the checkpoint-store API.
+credentials the pod spec gives it from the Swarm's ``spec.storage.s3``). The Swarm has no PVC: a compose
+Job (the trainer image's ``dynamiclora compose``) composes and uploads to the bucket with a COMPLETE marker,
+the sidecar mirrors it into the pod's adapters folder, the operator (from the image-equivalent environment,
+no torch) fetches it into its scratch folder to read its fingerprint and hot-swaps it. No training Job
+runs: tier versions are published straight into the bucket with the checkpoint-store API.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def test_s3_only_swarm_is_served_and_hot_swapped_through_the_bucket(s3_scenario:
     swarm = sc.status("swarms", SWARM)
     assert swarm.get("phase") == "Ready" and get_condition(swarm, "Degraded")["status"] == "False", swarm
     assert sc.status("loratiers", sc.tier_name(AGENT, "context")).get("currentVersion") == 2
-    assert os.path.isdir(sc.scratch / "served"), "the operator composes in its scratch folder"
+    assert os.path.isdir(sc.scratch / "served"), "the operator reads the composed adapters in its scratch folder"
 
 
 def _vllm_loads(sc: S3Scenario) -> list[str]:

@@ -65,10 +65,17 @@ def examples(facts: Sequence[Fact], template: int, tokenizer: Any, agent: str = 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Full-parameter pretraining of the tiny base on facts disjoint from the benchmark's."""
+    """Full-parameter pretraining of the tiny base on facts disjoint from the benchmark's.
 
-    entities: int = 160
-    steps: int = 500
+    The benchmark tests every fact in a template it was never trained in, so it measures a base that
+    maps an entity to its answer whatever the phrasing, as a pretrained LLM does. The tiny Llama learns
+    that only late: after 500 steps on 160 entities a LoRA trained on three templates answered the
+    fourth for about 0.2 of the facts, whatever the method; from about 5,000 steps on 300 entities it
+    answers 0.9 and more (measured in docs/continual.md).
+    """
+
+    entities: int = 300
+    steps: int = 5000
     batch: int = 64
     lr: float = 3e-3
     seed: int = 0
@@ -129,3 +136,18 @@ def accuracy(model: Any, tokenizer: Any, facts: Sequence[Fact], template: int = 
         return math.nan
     scores = score(model, examples(facts, template, tokenizer), 64, int(tokenizer.pad_token_id))
     return sum(s.correct for s in scores) / len(scores)
+
+
+def answer_nats(model: Any, tokenizer: Any, facts: Sequence[Fact], template: int) -> list[float]:
+    """Log-probability (nats) ``model`` gives each fact's whole answer in ``template`` (gate scoring)."""
+    scores = score(model, examples(facts, template, tokenizer), 64, int(tokenizer.pad_token_id))
+    return [-s.loss * s.tokens for s in scores]
+
+
+def migrated_facts(slow: Any, base: Any, tokenizer: Any, facts: Sequence[Fact], min_gain: float = 1.0,
+                   min_templates: int = 3) -> list[bool]:  # fmt: skip
+    """Chance-corrected migration: the slow tier alone gains ``min_gain`` nats over the bare base on at
+    least ``min_templates`` of the templates (a fact merely guessed right does not count)."""
+    gains = [[a - b for a, b in zip(answer_nats(slow, tokenizer, facts, t), answer_nats(base, tokenizer, facts, t),
+                                    strict=True)] for t in range(len(TEMPLATES))]  # fmt: skip
+    return [sum(1 for g in per_t if g >= min_gain) >= min_templates for per_t in zip(*gains, strict=True)]

@@ -31,7 +31,8 @@ from jobsbench.methods import METHODS, JobsConfig, run_method
 from jobsbench.metrics import interval
 
 Log = Callable[[str], None]
-SCALARS = ("acc", "bwt", "forgetting", "flip_new_when_taught", "flip_stale_final")
+SCALARS = ("acc", "bwt", "forgetting", "flip_new_when_taught", "flip_stale_final", "migration_precision",
+           "migration_recall")
 KINDS = ("recurring", "transient", "flipped")
 
 
@@ -147,6 +148,10 @@ def markdown_table(result: dict[str, Any], command: str) -> str:
         lines.append(f"| `{name}` | {_fmt(r['acc'])} | {_fmt(r['bwt'], True)} | {_fmt(r['forgetting'])} | "
                      f"{_fmt(r['recurring'])} | {_fmt(r['transient'])} | {_fmt(r['flipped'])} | "
                      f"{_fmt(r['flip_stale_final'])} |")
+    migrating = [(n, r) for n, r in result["methods"].items() if r["migration_recall"]["n"]]
+    if migrating:
+        lines += ["", "| method | migration precision | migration recall |", "|---|---|---|"]
+        lines += [f"| `{n}` | {_fmt(r['migration_precision'])} | {_fmt(r['migration_recall'])} |" for n, r in migrating]
     if result["paired_differences"]:
         lines += ["", "| paired difference | ACC | BWT | recurring | transient | flipped |",
                   "|---|---|---|---|---|---|"]

@@ -1,4 +1,4 @@
-"""LoRATier / MigrationPolicy -> training and consolidation Jobs (pure functions)."""
+"""LoRATier / MigrationPolicy / Swarm -> training, consolidation and compose Jobs (pure functions)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ from dynamiclora.builders.names import (
     ANNOTATION_TRAIN_RECORDS,
     EXECUTOR_LABEL,
     LABEL_POLICY,
+    LABEL_SWARM,
     LABEL_TIER,
     base_labels,
     label_value,
 )
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.settings import OperatorSettings
-from dynamiclora.training.options import ConsolidateConfig, TrainConfig, to_argv
+from dynamiclora.training.options import ComposeConfig, ConsolidateConfig, StackSpec, TrainConfig, to_argv
 
 
 def store_uri(storage: Storage, settings: OperatorSettings) -> str:
@@ -253,3 +254,29 @@ def build_consolidation_job(
         storage=inputs.storage,
         settings=settings,
     )  # fmt: skip
+
+
+def compose_config(body: Obj, storage: Storage, stacks: list[StackSpec], max_lora_rank: int, base_model: str,
+                   model_dir: str, settings: OperatorSettings) -> ComposeConfig:  # fmt: skip
+    """The typed contract of a compose Job: the agents' stacks of one Swarm that are not composed yet."""
+    return ComposeConfig(
+        store=store_uri(storage, settings), namespace=body["metadata"]["namespace"], swarm=body["metadata"]["name"],
+        stack=[s.to_text() for s in stacks], max_lora_rank=max_lora_rank, base_model_name=base_model,
+        model_dir=model_dir, threads=settings.trainer_threads,
+    )  # fmt: skip
+
+
+def build_compose_job(body: Obj, cfg: ComposeConfig, job_name: str, template: TrainingTemplate, storage: Storage,
+                      settings: OperatorSettings) -> Obj:  # fmt: skip
+    """The Job (trainer image: torch and the base model's weights) that composes a Swarm's served adapters."""
+    return _job(
+        name=job_name,
+        namespace=body["metadata"]["namespace"],
+        owner=body,
+        labels={**base_labels("composer"), LABEL_SWARM: label_value(body["metadata"]["name"])},
+        annotations={ANNOTATION_JOB_KIND: "compose"},
+        template=template,
+        args=["compose", *to_argv(cfg)],
+        storage=storage,
+        settings=settings,
+    )

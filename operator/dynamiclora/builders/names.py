@@ -141,6 +141,11 @@ def consolidation_job_name(policy: str, target_tier: str, seq: int) -> str:
     return dns_name("mig", policy, target_tier, f"{seq}")
 
 
+def compose_job_name(swarm: str, keys: list[str]) -> str:
+    """Deterministic: one Job per set of stacks to compose, so a pass finds the Job the last one created."""
+    return dns_name(swarm, "compose", short_hash(*sorted(keys), n=10))
+
+
 def volume_name(prefix: str, name: str) -> str:
     """A pod volume's name (a DNS label) derived from e.g. a PVC's name (a DNS subdomain)."""
     return dns_name(prefix, name)

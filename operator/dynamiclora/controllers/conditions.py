@@ -35,6 +35,9 @@ REASON_VERSION_AVAILABLE = "VersionAvailable"
 REASON_NO_VERSION_YET = "NoVersionYet"
 REASON_STORAGE_UNAVAILABLE = "StorageUnavailable"
 REASON_RECORDS_UNAVAILABLE = "RecordsUnavailable"
+REASON_COMPOSING = "Composing"  # Swarm: a compose Job builds an agent's new served adapter
+REASON_COMPOSED = "Composed"  # Swarm: every agent's current stack is composed
+REASON_COMPOSITION_FAILED = "CompositionFailed"  # Swarm: the compose Job failed (retried after a pause)
 REASON_TIER_NAME_CONFLICT = "TierNameConflict"  # a generated LoRATier name is taken by another Swarm
 
 

@@ -22,10 +22,17 @@ import kopf
 
 from dynamiclora import GROUP, VERSION
 from dynamiclora.controllers.common import Event, InvalidSpec, WaitFor, generation
-from dynamiclora.controllers.conditions import set_condition, write_status
+from dynamiclora.controllers.composer import Composer, JobComposer
+from dynamiclora.controllers.conditions import (
+    REASON_COMPOSED,
+    REASON_COMPOSING,
+    REASON_COMPOSITION_FAILED,
+    set_condition,
+    write_status,
+)
 from dynamiclora.controllers.policy import reconcile_policy
 from dynamiclora.controllers.promotion import agent_trust
-from dynamiclora.controllers.serving import ServingUnavailable, sync_serving
+from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm, swarm_status
 from dynamiclora.controllers.tier import reconcile_tier
 from dynamiclora.kube import Kube, Obj
@@ -48,8 +55,14 @@ class Runtime:
 
     kube: Kube
     settings: OperatorSettings
+    composer: Composer | None = None  # who composes served adapters (default: a compose Job per Swarm)
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     retries: dict[tuple[str, str, str], asyncio.Task[None]] = field(default_factory=dict)  # one per object
+
+    def composing(self) -> Composer:
+        if self.composer is None:
+            self.composer = JobComposer(self.kube, self.settings)
+        return self.composer
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One lock per object: change handlers and the resync loop never reconcile it concurrently."""
@@ -116,11 +129,15 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
     served_root: str | None = None
     try:
         api_key = await _api_key(rt, ns, body["spec"])
-        outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key)
+        outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key, rt.composing())
         agents, served_root = outcome.agents, outcome.served_root
+        conditions = _composing(conditions, outcome, gen, events)
         ready_names = {p["name"] for p in outcome.pods}
         pods = outcome.pods + [p for p in pods if p["name"] not in ready_names]
-        if outcome.failures:
+        if outcome.compose is not None and outcome.compose.failure:
+            msg = f"compose Job {outcome.compose.job}: {outcome.compose.failure}"[:1000]
+            conditions = set_condition(conditions, "Degraded", True, REASON_COMPOSITION_FAILED, msg, gen)
+        elif outcome.failures:
             msg = "; ".join(f"{k}: {v}" for k, v in sorted(outcome.failures.items()))[:1000]
             conditions = set_condition(conditions, "Degraded", True, "AdapterLoadFailed", msg, gen)
             events.append(Event("Warning", "AdapterLoadFailed", msg))
@@ -156,6 +173,23 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
     await _emit(rt, body, events)
     RECONCILES.labels("Swarm", "ok").inc()
     RECONCILE_SECONDS.labels("Swarm").observe(time.monotonic() - start)
+
+
+def _composing(conditions: list[Obj], outcome: ServingOutcome, gen: int | None, events: list[Event]) -> list[Obj]:
+    """The ``Composing`` condition: which agents wait for their adapter, and which Job builds it."""
+    progress = outcome.compose
+    if not outcome.composing or progress is None:
+        return set_condition(conditions, "Composing", False, REASON_COMPOSED, "", gen)
+    agents = ", ".join(outcome.composing[:10]) + (f" and {len(outcome.composing) - 10} more"
+                                                  if len(outcome.composing) > 10 else "")  # fmt: skip
+    if progress.failure:
+        msg = f"compose Job {progress.job} failed for {agents}: {progress.failure}"[:1000]
+        before = next((c for c in conditions if c.get("type") == "Composing"), {})
+        if before.get("reason") != REASON_COMPOSITION_FAILED or before.get("message") != msg:
+            events.append(Event("Warning", REASON_COMPOSITION_FAILED, msg))
+        return set_condition(conditions, "Composing", False, REASON_COMPOSITION_FAILED, msg, gen)
+    msg = f"compose Job {progress.job} builds the adapter of {agents}"[:1000]
+    return set_condition(conditions, "Composing", True, REASON_COMPOSING, msg, gen)
 
 
 async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, obs: Any, live: dict[str, Obj]) -> None:

@@ -1,33 +1,32 @@
-"""Compose each agent's tier stack into one adapter and keep every ready vLLM pod serving it.
+"""Keep every ready vLLM pod serving each agent's tier stack, composed into one adapter.
 
-The composed adapter of an agent is keyed by the exact (tier, version) list it was built from and is
-written once, atomically, to ``<storage>/served/<namespace>/<swarm>/<agent>/<key>/``; the vLLM pods read
-it from the same volume. With S3-only storage it is composed in the operator's scratch folder and
-uploaded to the bucket instead; each pod's adapter-sync sidecar mirrors it (see served_s3.py).
-Re-running the reconcile with unchanged tiers composes nothing and costs one ``/v1/models`` call per
-pod, and a restarted pod (which forgot its runtime adapters) gets them back.
+The composed adapter of an agent is keyed by the exact (tier, version) list it was built from and lives
+at ``<storage>/served/<namespace>/<swarm>/<agent>/<key>/``: on the volume the vLLM pods mount, or, with
+S3-only storage, in the bucket, where each pod's adapter-sync sidecar mirrors it (see served_s3.py). A
+compose Job writes it (see composer.py: the operator has no torch); until it exists the agent keeps
+serving what it served. Re-running the reconcile with unchanged tiers composes nothing and costs one
+``/v1/models`` call per pod, and a restarted pod (which forgot its runtime adapters) gets them back.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dynamiclora.api.swarm import MAX_MISSING_LISTED, Swarm
-from dynamiclora.builders.inference import model_path
-from dynamiclora.builders.jobs import store_uri
+from dynamiclora.builders.jobs import store_uri, tier_ref
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
+from dynamiclora.controllers.composer import ComposeProgress, Composer
 from dynamiclora.controllers.promotion import served_version_of
 from dynamiclora.controllers.stack_consistency import StackEntry, settle, versions_memo
 from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.kube import Kube, Obj
+from dynamiclora.serving.adapters import AdapterSpec
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.training.options import StackSpec
 
 LEVEL_LETTER = {"context": "c", "agent": "a", "swarm": "s", "domain": "d", "foundation": "f"}
 
@@ -52,6 +51,11 @@ class AgentStack:
     def label(self) -> str:
         """Human-readable composite version, e.g. ``c3.a2.s1``."""
         return ".".join(f"{LEVEL_LETTER.get(e.level, e.level)}{e.version}" for e in self.entries)
+
+    def spec(self) -> StackSpec:
+        """What a compose Job is told to compose for this agent."""
+        return StackSpec(self.agent, self.key, self.label,
+                         tuple((e.level, tier_ref(e.store, e.namespace, e.tier, e.version)) for e in self.entries))
 
 
 def desired_stacks(
@@ -106,55 +110,12 @@ def served_root(sw: Swarm, settings: OperatorSettings) -> Path:
     return Path(store_uri(sw.spec.storage, settings).removeprefix("file://")) / "served"
 
 
-def compose_stack(
-    stack: AgentStack, dest: Path, max_lora_rank: int, base_model: str, model_dir: str | None = None
-) -> dict[str, object]:
-    """Compose ``stack`` into a PEFT adapter at ``dest`` (atomic: temp dir, then rename).
-
-    When the base model's weights are readable here (``model_dir``), the greedy output of the composed
-    adapter under PEFT is stored beside it as a fingerprint, and the hot-swap then proves that vLLM
-    serves exactly this adapter before reporting it served.
-
-    Returns:
-        The composition report (exact or truncated, error).
-    """
-    from dynamiclora.memory import compose, load_adapter, save_adapter
-    from dynamiclora.storage.uri import open_store
-
-    if (dest / "composition.json").exists():
-        return dict(json.loads((dest / "composition.json").read_text()))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
-    try:
-        deltas = []
-        for i, e in enumerate(stack.entries):
-            local = work / f"in{i}"
-            open_store(e.store).download(e.namespace, e.tier, e.version, local)
-            delta, _meta = load_adapter(local)
-            deltas.append(delta)
-        composed, report = compose(deltas, max_lora_rank)
-        out = work / "adapter"
-        save_adapter(composed, out, base_model_name_or_path=base_model)
-        if model_dir and Path(model_dir, "config.json").is_file():
-            from dynamiclora.serving.fingerprint import write_fingerprint
-
-            write_fingerprint(model_dir, out)
-        summary = {
-            **report.to_dict(),
-            "key": stack.key,
-            "label": stack.label,
-            "tiers": [{"tier": e.tier, "level": e.level, "version": e.version} for e in stack.entries],
-        }
-        (out / "composition.json").write_text(json.dumps(summary, indent=2))
-        os.replace(out, dest)  # readers see either nothing or the complete adapter
-        return summary
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+COMPOSITION_FILE = "composition.json"  # written last by the compose Job: the adapter is complete
 
 
 @dataclass
 class ServingOutcome:
-    stacks: list[AgentStack] = field(default_factory=list)  # what was composed, reused to mark served versions
+    stacks: list[AgentStack] = field(default_factory=list)  # composed and desired, reused to mark served versions
     tiers: dict[str, Obj] = field(default_factory=dict)  # the namespace's LoRATiers as listed for this pass
     agents: list[Obj] = field(default_factory=list)
     pods: list[Obj] = field(default_factory=list)
@@ -163,6 +124,62 @@ class ServingOutcome:
     # "<pod>/<adapter>" the pod's adapter-sync sidecar has not mirrored yet (retried, not a failure)
     pending: dict[str, str] = field(default_factory=dict)
     served_root: str | None = None  # where the composed adapters live: <servedRoot>/<agent>/<key>
+    composing: list[str] = field(default_factory=list)  # agents whose current stack a compose Job still builds
+    compose: ComposeProgress | None = None  # that Job, or why it failed
+
+
+@dataclass
+class _Plan:
+    """The adapters to serve now, and the agents that keep what they serve until theirs is composed."""
+
+    desired: dict[str, AdapterSpec] = field(default_factory=dict)  # served name -> what to serve
+    waiting: list[AgentStack] = field(default_factory=list)
+
+
+async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[AgentStack], out: ServingOutcome,
+                adapters_mount: str | None) -> _Plan:  # fmt: skip
+    """Find each stack's composed adapter (restored from the bucket for S3 storage) or mark it waiting."""
+    import asyncio
+
+    from dynamiclora.serving import served_s3
+
+    ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
+    plan = _Plan()
+    root = served_root(sw, settings) / ns / swarm
+    pub = None  # S3-only storage: the pods' adapter-sync sidecars mirror the bucket
+    if sw.spec.storage.s3 is not None:
+        mount = served_s3.ADAPTERS_MOUNT
+        if settings.local_executor:  # local pods share one host folder (see served_s3.local_adapters_dir)
+            mount = served_s3.local_adapters_dir(settings.scratch_dir, ns, swarm)
+        pub = served_s3.S3Publisher(served_s3.s3_backend(store_uri(sw.spec.storage, settings)), ns, swarm,
+                                    adapters_mount or mount)  # fmt: skip
+        out.served_root = pub.root_uri()
+    else:
+        out.served_root = str(root)
+    for stack in stacks:
+        dest = root / stack.agent / stack.key
+        if pub is not None:  # the operator reads the bytes the pods serve (fingerprint included)
+            await asyncio.to_thread(pub.restore, dest, stack.agent, stack.key)
+        if not (dest / COMPOSITION_FILE).is_file():
+            plan.waiting.append(stack)
+            continue
+        report = json.loads((dest / COMPOSITION_FILE).read_text())
+        name = served_adapter_name(swarm, stack.agent)
+        pod_path = None
+        if pub is not None:
+            served_s3.prune_scratch(dest.parent, stack.key)
+            pod_path = served_s3.pod_adapter_path(stack.agent, stack.key, pub.mount)
+        plan.desired[name] = AdapterSpec.from_dir(name, dest, stack.label, served_path=pod_path)
+        out.stacks.append(stack)
+        out.agents.append({
+            "name": stack.agent, "servedAdapter": name, "servedVersion": stack.label,
+            "adapterPath": f"{stack.agent}/{stack.key}",
+            "compositionError": float(str(report.get("relativeError", 0.0))),
+        })  # fmt: skip
+    if pub is not None:
+        current = {s.agent: s.key for s in out.stacks}
+        await asyncio.to_thread(pub.prune, current, {a.name for a in sw.spec.agents})
+    return plan
 
 
 async def sync_serving(
@@ -172,61 +189,57 @@ async def sync_serving(
     sw: Swarm,
     ready_pods: list[ReadyPod],
     api_key: str | None,
+    composer: Composer,
     *,
     adapters_mount: str | None = None,
 ) -> ServingOutcome:
-    """Compose every agent's adapter and reconcile every ready pod's loaded set against them.
+    """Serve every agent's composed adapter on every ready pod; have the missing ones composed.
 
     ``adapters_mount`` is where an S3-only swarm's pods see their synced adapters (default
     ``/adapters``, the sidecar volume; tests running vLLM as a local process pass the local folder).
     """
-    import asyncio
-
-    from dynamiclora.serving import served_s3
-    from dynamiclora.serving.adapters import AdapterSpec, PodTarget
-    from dynamiclora.serving.client import ClientConfig
-    from dynamiclora.serving.hotswap import HotSwapper
-
     ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
     out = ServingOutcome()
     out.tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
     stacks = [s for s in desired_stacks(kube, settings, body, sw, out.tiers) if s.entries]
-    out.stacks = stacks
-    desired: dict[str, AdapterSpec] = {}
-    root = served_root(sw, settings) if stacks else None
-    pub = None  # S3-only storage: publish for the pods' adapter-sync sidecars
-    if stacks and sw.spec.storage.s3 is not None:
-        backend = served_s3.s3_backend(store_uri(sw.spec.storage, settings))
-        mount = served_s3.ADAPTERS_MOUNT
-        if settings.local_executor:  # local pods share one host folder (see served_s3.local_adapters_dir)
-            mount = served_s3.local_adapters_dir(settings.scratch_dir, ns, swarm)
-        pub = served_s3.S3Publisher(backend, ns, swarm, adapters_mount or mount)
-        out.served_root = pub.root_uri()
-    elif root is not None:
-        out.served_root = str(root / ns / swarm)
-    for stack in stacks:
-        assert root is not None
-        dest = root / ns / swarm / stack.agent / stack.key
-        if pub is not None:  # after an operator restart: the bytes the pods serve, not a recomposition
-            await asyncio.to_thread(pub.restore, dest, stack.agent, stack.key)
-        report = await asyncio.to_thread(
-            compose_stack, stack, dest, sw.spec.inference.max_lora_rank, sw.spec.base_model.name,
-            model_path(sw, settings),
-        )  # fmt: skip
-        name = served_adapter_name(swarm, stack.agent)
-        pod_path = None
-        if pub is not None:
-            _uri, pod_path = await asyncio.to_thread(pub.publish, dest, stack.agent, stack.key)
-        desired[name] = AdapterSpec.from_dir(name, dest, stack.label, served_path=pod_path)
-        out.agents.append({
-            "name": stack.agent,
-            "servedAdapter": name,
-            "servedVersion": stack.label,
-            "adapterPath": f"{stack.agent}/{stack.key}",
-            "compositionError": float(str(report.get("relativeError", 0.0))),
-        })  # fmt: skip
-    if pub is not None:
-        await asyncio.to_thread(pub.prune, {s.agent: s.key for s in stacks}, {a.name for a in sw.spec.agents})
+    if not stacks:
+        return out
+    plan = await _plan(sw, body, settings, stacks, out, adapters_mount)
+    if plan.waiting:
+        progress = await composer.compose(body, sw, [s.spec() for s in plan.waiting])
+        if progress.done:
+            out = ServingOutcome(tiers=out.tiers)
+            plan = await _plan(sw, body, settings, stacks, out, adapters_mount)
+        out.composing, out.compose = [s.agent for s in plan.waiting], progress
+    keep = {served_adapter_name(swarm, s.agent) for s in plan.waiting}
+    kept = await _reconcile_pods(sw, swarm, ready_pods, api_key, settings, plan, keep, out)
+    for agent in out.agents:
+        agent["servedOnPods"] = kept.get(agent["servedAdapter"], 0)
+    _carry_waiting(body, swarm, plan.waiting, kept, out)
+    return out
+
+
+def _carry_waiting(body: Obj, swarm: str, waiting: list[AgentStack], served_on: dict[str, int],
+                   out: ServingOutcome) -> None:  # fmt: skip
+    """A waiting agent still serves its previous version: its last status entry stays, re-counted."""
+    before = {a.get("name"): a for a in (body.get("status") or {}).get("agents") or []}
+    for stack in waiting:
+        prev = before.get(stack.agent)
+        if prev is not None:
+            name = served_adapter_name(swarm, stack.agent)
+            out.agents.append({**prev, "servedOnPods": served_on.get(name, 0)})
+
+
+async def _reconcile_pods(sw: Swarm, swarm: str, ready_pods: list[ReadyPod], api_key: str | None,
+                          settings: OperatorSettings, plan: _Plan, keep: set[str],
+                          out: ServingOutcome) -> dict[str, int]:  # fmt: skip
+    """Hot-swap each ready pod to ``plan.desired``; returns on how many pods each served name is loaded."""
+    from dynamiclora.serving import served_s3
+    from dynamiclora.serving.adapters import PodTarget
+    from dynamiclora.serving.client import ClientConfig
+    from dynamiclora.serving.hotswap import HotSwapper
+
+    desired = plan.desired
     served_on: dict[str, int] = {}
     cfg = ClientConfig(api_key=api_key, timeout_s=settings.vllm_timeout_seconds)
     async with HotSwapper(cfg) as swapper:
@@ -239,20 +252,18 @@ async def sync_serving(
                 max_cpu_loras=sw.spec.inference.max_cpu_loras,
                 name=pod.name,
             )
-            result = await swapper.reconcile(target, desired, managed_prefix=f"{swarm}-")
+            result = await swapper.reconcile(target, desired, managed_prefix=f"{swarm}-", keep=keep)
             out.swapped += [f"{pod.name}:{n}" for n in result.swapped + result.loaded]
             for n, err in result.failed.items():
                 exc = result.errors.get(n)
-                if pub is not None and exc is not None and served_s3.is_not_synced(exc):
+                if sw.spec.storage.s3 is not None and exc is not None and served_s3.is_not_synced(exc):
                     out.pending[f"{pod.name}/{n}"] = err  # the sidecar has not mirrored it yet
                 else:
                     out.failures[f"{pod.name}/{n}"] = err
-            ok = [n for n in desired if n not in result.failed]
+            ok = [n for n in desired if n not in result.failed] + result.kept
             for n in ok:
                 served_on[n] = served_on.get(n, 0) + 1
             missing = sorted(n for n in desired if n in result.failed)
             out.pods.append({"name": pod.name, "podIP": pod.ip, "ready": True, "loadedAdapters": len(ok),
                              "missingAdapters": missing[:MAX_MISSING_LISTED]})  # fmt: skip
-    for agent in out.agents:
-        agent["servedOnPods"] = served_on.get(agent["servedAdapter"], 0)
-    return out
+    return served_on

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import yaml
 
 from dynamiclora.api.crd import render_crds
 from dynamiclora.demo.data import facts, round_facts, write_records, write_regression_set
+from dynamiclora.localcluster.operator_env import ensure_operator_env
 from dynamiclora.tinymodel import TinyModelConfig, ensure_tiny_model
 
 T = TypeVar("T")
@@ -146,10 +146,11 @@ class Scenario:
         return ensure_tiny_model(self.model_dir, TinyModelConfig(head_scale=10.0))
 
     def start_operator(self) -> None:
-        """Run ``dynamiclora run`` as a separate process, as in production."""
+        """Run ``dynamiclora run`` as a separate process, as in production: from an environment installed
+        as the operator image is (no torch; see localcluster/operator_env.py)."""
         self.operator_log.parent.mkdir(parents=True, exist_ok=True)
         argv = [
-            sys.executable, "-m", "dynamiclora.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
+            str(ensure_operator_env()), "-m", "dynamiclora.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
             "--local-executor", "--pvc-root", str(self.pvc_root), "--resync-seconds", str(self.cfg.resync_seconds),
             "--namespace", self.cfg.namespace,
             "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),

@@ -70,6 +70,37 @@ def write_fingerprint(
     return fp
 
 
+def write_fingerprints(
+    base_model_dir: str | Path,
+    adapter_dirs: Sequence[str | Path],
+    prompt_token_ids: Sequence[int] = DEFAULT_PROBE,
+    max_new_tokens: int = 8,
+) -> list[Fingerprint]:
+    """:func:`write_fingerprint` for several adapters with one load of the base model (a compose batch).
+
+    Each adapter is loaded beside the previous one, made the only active one, and the previous one is
+    then deleted: the base weights are never copied, which matters for a real base model.
+    """
+    from peft import PeftModel
+
+    base = _load_base(base_model_dir)
+    model: Any = None
+    out: list[Fingerprint] = []
+    for i, adapter_dir in enumerate(adapter_dirs):
+        name = f"fingerprint{i}"
+        if model is None:
+            model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=name)
+        else:
+            model.load_adapter(str(adapter_dir), adapter_name=name)
+            model.set_adapter(name)
+            model.delete_adapter(f"fingerprint{i - 1}")
+        model.eval()
+        fp = Fingerprint(tuple(prompt_token_ids), greedy_tokens(model, prompt_token_ids, max_new_tokens))
+        fp.write(adapter_dir)
+        out.append(fp)
+    return out
+
+
 def make_random_adapter(
     base_model_dir: str | Path,
     out_dir: str | Path,

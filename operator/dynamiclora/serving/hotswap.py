@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -94,6 +94,7 @@ class ReconcileResult:
     swapped: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     unloaded: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # loaded names left as they are (``keep``)
     failed: dict[str, str] = field(default_factory=dict)
     errors: dict[str, ServingError] = field(default_factory=dict)  # the typed errors behind ``failed``
 
@@ -275,13 +276,15 @@ class HotSwapper:
         return True
 
     async def reconcile(
-        self, pod: PodTarget, desired: Mapping[str, AdapterSpec], *, managed_prefix: str
+        self, pod: PodTarget, desired: Mapping[str, AdapterSpec], *, managed_prefix: str,
+        keep: Collection[str] = (),
     ) -> ReconcileResult:
         """Bring one pod's loaded set to ``desired``: unload extras, then load or swap each desired one.
 
-        Only names starting with ``managed_prefix`` are ever unloaded, so adapters loaded by others stay.
+        Only names starting with ``managed_prefix`` are ever unloaded, so adapters loaded by others stay;
+        names in ``keep`` (their next version is not ready yet) are left loaded as they are.
         Per-adapter failures are collected in the result; server/connection errors of the listing raise.
         """
         from dynamiclora.serving.reconcile import reconcile_pod
 
-        return await reconcile_pod(self, pod, desired, managed_prefix=managed_prefix)
+        return await reconcile_pod(self, pod, desired, managed_prefix=managed_prefix, keep=keep)

@@ -7,7 +7,7 @@ loaded again. Unchanged adapters cost one ``/v1/models`` call per pod, nothing m
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING
 
 from dynamiclora.serving.adapters import AdapterSpec, PodTarget
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 async def reconcile_pod(
-    swapper: HotSwapper, pod: PodTarget, desired: Mapping[str, AdapterSpec], *, managed_prefix: str
+    swapper: HotSwapper, pod: PodTarget, desired: Mapping[str, AdapterSpec], *, managed_prefix: str,
+    keep: Collection[str] = (),
 ) -> ReconcileResult:
     """See :meth:`HotSwapper.reconcile`."""
     from dynamiclora.serving.hotswap import ReconcileResult
@@ -35,8 +36,9 @@ async def reconcile_pod(
     result = ReconcileResult(pod=pod.label)
     loaded = await swapper.client(pod).list_adapters()
     # Unload first so that capacity is free for the loads that follow.
+    result.kept = sorted(n for n in loaded if n in keep and n not in desired)
     for name in sorted(loaded):
-        if name.startswith(managed_prefix) and name not in desired:
+        if name.startswith(managed_prefix) and name not in desired and name not in keep:
             try:
                 if await swapper.unload(pod, name):
                     result.unloaded.append(name)

@@ -1,4 +1,4 @@
-"""``dynamiclora train`` and ``dynamiclora consolidate``: the Job entrypoints.
+"""``dynamiclora train``, ``consolidate`` and ``compose``: the Job entrypoints.
 
 Imports of torch/PEFT happen inside the handlers so that building the top-level parser stays cheap.
 Exit codes: 0 success, 2 bad input (records, options, tier/base-model mismatch), 1 any other failure.
@@ -17,7 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dynamiclora.training.options import ConsolidateConfig, TrainConfig, add_dataclass_arguments, from_namespace
+from dynamiclora.training.options import (
+    ComposeConfig,
+    ConsolidateConfig,
+    TrainConfig,
+    add_dataclass_arguments,
+    from_namespace,
+)
 
 RESULT_PREFIX = "DYNAMICLORA_RESULT "
 # Local sources read late (the gate runs after training): checked before any work. Flag per option.
@@ -118,10 +124,11 @@ def _entrypoint(config_cls: type[Any], runner: str) -> Callable[[argparse.Namesp
 
 train_main = _entrypoint(TrainConfig, "dynamiclora.training.trainer:run_training")
 consolidate_main = _entrypoint(ConsolidateConfig, "dynamiclora.training.consolidate:run_consolidation")
+compose_main = _entrypoint(ComposeConfig, "dynamiclora.training.compose_job:run_compose")
 
 
 def register(subparsers: Any) -> None:
-    """Add the ``train`` and ``consolidate`` subcommands."""
+    """Add the ``train``, ``consolidate`` and ``compose`` subcommands."""
     train = subparsers.add_parser(
         "train",
         help="train one tier of a stack on interaction records (Job entrypoint)",
@@ -139,3 +146,12 @@ def register(subparsers: Any) -> None:
     )
     add_dataclass_arguments(cons, ConsolidateConfig)
     cons.set_defaults(func=consolidate_main)
+    comp = subparsers.add_parser(
+        "compose",
+        help="compose agents' tier stacks into the adapters vLLM serves (Job entrypoint)",
+        description="Sum each agent's tier versions into one PEFT adapter (truncated to --max-lora-rank), "
+        "fingerprint it with the base model, and write it under served/NAMESPACE/SWARM/AGENT/KEY of the "
+        "store; stacks already composed are skipped.",
+    )
+    add_dataclass_arguments(comp, ComposeConfig)
+    comp.set_defaults(func=compose_main)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -332,3 +334,74 @@ class ConsolidateConfig:
             raise ValueError(f"--gate-significance must be in (0, 1), got {self.gate_significance}")
         if self.gate_base_model and not self.gate_data:
             raise ValueError("--gate-base-model needs at least one --gate-data source to evaluate on")
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """One agent's stack to compose: the exact tier versions, fastest first, and the key they hash to.
+
+    The operator decides it (tier versions settled against half-applied migrations) and passes it to
+    ``dynamiclora compose`` as one JSON ``--stack`` value; ``key`` names the composed adapter's folder.
+    """
+
+    agent: str
+    key: str
+    label: str
+    tiers: tuple[tuple[str, str], ...]  # (level, STORE/NAMESPACE/TIER/vNNNNNN)
+
+    def to_text(self) -> str:
+        """The ``--stack`` value (compact JSON)."""
+        doc = {"agent": self.agent, "key": self.key, "label": self.label, "tiers": [list(t) for t in self.tiers]}
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_text(cls, text: str) -> StackSpec:
+        """Parse a ``--stack`` value; ValueError says what is wrong."""
+        try:
+            doc = json.loads(text)
+            spec = cls(str(doc["agent"]), str(doc["key"]), str(doc["label"]),
+                       tuple((str(level), str(ref)) for level, ref in doc["tiers"]))  # fmt: skip
+        except (ValueError, KeyError, TypeError) as e:
+            shape = "{agent, key, label, tiers: [[level, ref]]}"
+            raise ValueError(f"--stack {text[:200]!r}: expected {shape} ({e})") from None
+        if not _KEY.fullmatch(spec.key) or not spec.tiers or not spec.agent or "/" in spec.agent:
+            raise ValueError(f"--stack {text[:200]!r}: needs an agent name, a hexadecimal key and at least one tier")
+        return spec
+
+
+_KEY = re.compile(r"[0-9a-f]{8,64}")
+
+
+@dataclass
+class ComposeConfig:
+    """Options of ``dynamiclora compose`` (the served adapters of one Swarm's agents)."""
+
+    store: str = field(metadata={"help": "checkpoint store URI the served adapters go to (file:///path or "
+                                         "s3://bucket/prefix), under served/NAMESPACE/SWARM/AGENT/KEY"})
+    namespace: str = field(metadata={"help": "the Swarm's namespace"})
+    swarm: str = field(metadata={"help": "the Swarm's name"})
+    stack: list[str] = field(default_factory=list, metadata={
+        "help": "one agent's stack as JSON {agent, key, label, tiers: [[level, REF], ...]}, fastest tier first; "
+                "repeat for several", "repeat": True, "metavar": "JSON"})
+    max_lora_rank: int = field(default=64, metadata={
+        "help": "largest rank the vLLM pods accept: a composed stack above it is truncated (SVD)"})
+    base_model_name: str = field(default="", metadata={"help": "base model name recorded in adapter_config.json"})
+    model_dir: str | None = field(default=None, metadata={
+        "help": "base model weights: when readable, each adapter gets the fingerprint the hot-swap verifies"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
+    result_file: str | None = field(default=None, metadata={
+        "help": "also write the result JSON here (e.g. /dev/termination-log)"})
+
+    def __post_init__(self) -> None:
+        if not self.stack:
+            raise ValueError("--stack: at least one stack to compose")
+        if self.max_lora_rank < 1:
+            raise ValueError(f"--max-lora-rank must be >= 1, got {self.max_lora_rank}")
+        specs = self.stacks()
+        agents = [s.agent for s in specs]
+        if len(set(agents)) != len(agents):
+            raise ValueError(f"--stack: an agent appears twice ({sorted(agents)})")
+
+    def stacks(self) -> list[StackSpec]:
+        """The parsed ``--stack`` values."""
+        return [StackSpec.from_text(t) for t in self.stack]

@@ -21,9 +21,12 @@ import pytest
 import yaml
 
 from dynamiclora.api.swarm import Swarm
+from dynamiclora.builders.inference import model_path
+from dynamiclora.builders.jobs import compose_config
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.cli import main
+from dynamiclora.controllers.composer import ComposeProgress
 from dynamiclora.controllers.serving import sync_serving
 from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.serving.adapters import Fingerprint
@@ -33,6 +36,7 @@ from dynamiclora.serving.served_s3 import COMPLETE_MARKER, publish_adapter, s3_b
 from dynamiclora.serving.testing import SERVER_API_KEY, SERVER_MAX_LORA_RANK, AdapterFactory
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage import open_store
+from dynamiclora.training.options import StackSpec, to_argv
 
 pytestmark = [pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[3]
@@ -48,6 +52,23 @@ def _adapter(path: Path, seed: int) -> Path:
 def _sync_cli(store: str, source: str, dest: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dynamiclora.cli", "adapter-sync", "--store", store, "--source", source,
             "--dest", str(dest), *extra]  # fmt: skip
+
+
+class SubprocessComposer:
+    """The compose Job's command, run as a process here (what the Job's container runs), then done."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.runs = 0
+
+    async def compose(self, body: dict[str, Any], sw: Swarm, stacks: list[StackSpec]) -> ComposeProgress:
+        cfg = compose_config(body, sw.spec.storage, stacks, sw.spec.inference.max_lora_rank, sw.spec.base_model.name,
+                             model_path(sw, self.settings), self.settings)  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "dynamiclora.cli", "compose", *to_argv(cfg)],
+                              capture_output=True, text=True, timeout=300, env=os.environ.copy())  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        self.runs += 1
+        return ComposeProgress(done=True)
 
 
 def _tree(dest: Path) -> set[str]:
@@ -162,9 +183,12 @@ async def test_s3_only_swarm_is_served_through_the_sidecar(
     dest = tmp_path / "pod-adapters"  # the pod's /adapters emptyDir, as this vLLM process sees it
     pods = [ReadyPod("support-inference-0", "127.0.0.1", 0)]
     name = served_adapter_name("support", "alice")
+    composer = SubprocessComposer(settings)
 
-    # 1. Published, not yet mirrored: the load fails in vLLM and is reported pending, not failed.
-    first = await sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, adapters_mount=str(dest))  # type: ignore[arg-type]
+    # 1. Composed by the compose Job's command, published, not yet mirrored: the load fails in vLLM and is
+    # reported pending, not failed.
+    first = await sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, composer,  # type: ignore[arg-type]
+                                   adapters_mount=str(dest))
     key = first.stacks[0].key
     assert first.failures == {} and list(first.pending) == [f"support-inference-0/{name}"]
     assert first.agents[0]["servedOnPods"] == 0
@@ -185,7 +209,8 @@ async def test_s3_only_swarm_is_served_through_the_sidecar(
             assert proc.poll() is None, (tmp_path / "sync.log").read_text()
             assert time.monotonic() < deadline, "adapter-sync did not mirror the adapter within 60 s"
             time.sleep(0.2)
-        second = await sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, adapters_mount=str(dest))  # type: ignore[arg-type]
+        second = await sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, composer,  # type: ignore[arg-type]
+                                   adapters_mount=str(dest))
         assert second.failures == {} and second.pending == {}
         assert second.swapped == [f"support-inference-0:{name}"] and second.agents[0]["servedOnPods"] == 1
         async with VLLMClient(vllm_server.base_url, vllm_client_config) as client:
@@ -195,9 +220,10 @@ async def test_s3_only_swarm_is_served_through_the_sidecar(
             assert got.token_ids == fp.token_ids
             # An operator restart loses its scratch folder: the adapter comes back from the bucket, as served.
             shutil.rmtree(tmp_path / "scratch")
-            third = await sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, adapters_mount=str(dest))  # type: ignore[arg-type]
+            third = await sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, composer,  # type: ignore[arg-type]
+                                   adapters_mount=str(dest))
             assert third.swapped == [] and third.failures == {} and third.pending == {}  # unchanged
-            assert Fingerprint.read(scratch) == fp
+            assert Fingerprint.read(scratch) == fp and composer.runs == 1  # restored, not composed again
             await client.unload_adapter(name)  # leave the shared server as found
     finally:
         proc.terminate()

@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "memory": {"api"},
     "storage": {"api", "(root)"},
     "serving": {"storage", "api", "(root)", "tinymodel"},
-    "training": {"memory", "storage", "api", "(root)", "tinymodel"},
+    "training": {"memory", "storage", "serving", "api", "(root)", "tinymodel"},
     "builders": {"api", "(root)", "kube", "settings", "training", "serving", "storage"},
     "kube": {"(root)"},
     "settings": {"(root)"},

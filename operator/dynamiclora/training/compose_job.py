@@ -1,0 +1,140 @@
+"""``dynamiclora compose``: compose agents' tier stacks into served adapters, where torch and the weights are.
+
+The operator decides what each agent serves (the tier versions, settled against half-applied
+migrations) and never imports torch: it runs this entrypoint as a Job from the trainer image for the
+stacks that are not composed yet, one Job for every such agent of a Swarm. Each adapter is keyed by the
+exact versions it was built from and written once to ``<store>/served/<namespace>/<swarm>/<agent>/<key>/``:
+
+* on a filesystem store (the PVC the vLLM pods mount), composed in a temporary folder beside it and
+  renamed into place, so a reader sees nothing or the whole adapter;
+* on S3, uploaded file by file with the ``COMPLETE`` marker last (see
+  :mod:`dynamiclora.serving.served_s3`), which is all the pods' adapter-sync sidecars mirror.
+
+A stack that is already there is skipped, so a retried or repeated Job does only what is left. With the
+base model's weights readable (``--model-dir``), each adapter gets the fingerprint the hot-swap
+verifies against what vLLM answers; the base model is loaded once for the whole batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from dynamiclora.serving.served_s3 import COMPLETE_MARKER, publish_adapter, s3_backend, served_prefix
+from dynamiclora.storage.base import BlobBackend, BlobNotFoundError
+from dynamiclora.storage.uri import open_store, parse_tier_ref
+from dynamiclora.training.options import ComposeConfig, StackSpec
+
+COMPOSITION_FILE = "composition.json"
+Log = Callable[[str], None]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+class _Destination:
+    """Where one Swarm's served adapters go: a folder of the filesystem store, or keys of the bucket."""
+
+    def __init__(self, cfg: ComposeConfig) -> None:
+        self.prefix = served_prefix(cfg.namespace, cfg.swarm)
+        parsed = urlparse(cfg.store)
+        self.backend: BlobBackend | None = s3_backend(cfg.store) if parsed.scheme == "s3" else None
+        self.root = None if self.backend else Path(cfg.store.removeprefix("file://")) / self.prefix
+
+    def done(self, s: StackSpec) -> bool:
+        if self.backend is None:
+            assert self.root is not None
+            return (self.root / s.agent / s.key / COMPOSITION_FILE).is_file()
+        try:
+            self.backend.get_bytes(f"{self.prefix}/{s.agent}/{s.key}/{COMPLETE_MARKER}")
+            return True
+        except BlobNotFoundError:
+            return False
+
+    def scratch(self) -> Path:
+        """A temporary folder on the same filesystem as the destination (a rename is atomic there)."""
+        if self.root is None:
+            return Path(tempfile.mkdtemp(prefix="dynamiclora-compose-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".compose-", dir=self.root))
+
+    def put(self, s: StackSpec, adapter: Path) -> str:
+        if self.backend is not None:
+            key_prefix = f"{self.prefix}/{s.agent}/{s.key}"
+            publish_adapter(self.backend, adapter, key_prefix)
+            return self.backend.describe(key_prefix)
+        assert self.root is not None
+        dest = self.root / s.agent / s.key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(adapter, dest)  # readers see either nothing or the complete adapter
+        except OSError:
+            if not (dest / COMPOSITION_FILE).is_file():  # not a concurrent Job's identical result
+                raise
+        return f"file://{dest}"
+
+
+def _compose_one(s: StackSpec, work: Path, cfg: ComposeConfig) -> tuple[Path, dict[str, Any]]:
+    """Download the stack's tier versions, compose them and write the adapter to ``work/adapter``."""
+    from dynamiclora.memory import compose, load_adapter, save_adapter
+
+    deltas = []
+    for i, (_level, ref_text) in enumerate(s.tiers):
+        ref = parse_tier_ref(ref_text)
+        if ref.version is None:
+            raise ValueError(f"--stack of agent {s.agent}: {ref_text} names no version")
+        local = work / f"in{i}"
+        open_store(ref.store_uri).download(ref.namespace, ref.tier, ref.version, local)
+        delta, _meta = load_adapter(local)
+        deltas.append(delta)
+    composed, report = compose(deltas, cfg.max_lora_rank)
+    out = work / "adapter"
+    save_adapter(composed, out, base_model_name_or_path=cfg.base_model_name)
+    summary = {
+        **report.to_dict(), "key": s.key, "label": s.label,
+        "tiers": [{"tier": parse_tier_ref(ref).tier, "level": level, "version": parse_tier_ref(ref).version}
+                  for level, ref in s.tiers],
+    }  # fmt: skip
+    return out, summary
+
+
+def run_compose(cfg: ComposeConfig, log: Log = _print) -> dict[str, Any]:
+    """Compose every ``--stack`` not composed yet; the result lists what was composed and skipped."""
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    dest = _Destination(cfg)
+    todo = [s for s in cfg.stacks() if not dest.done(s)]
+    skipped = sorted(s.agent for s in cfg.stacks() if s not in todo)
+    composed: dict[str, str] = {}
+    errors: dict[str, float] = {}
+    if not todo:
+        log(f"nothing to compose: {len(skipped)} stack(s) already composed")
+        return {"composed": composed, "skipped": skipped, "relativeError": errors}
+    work = dest.scratch()
+    try:
+        built: list[tuple[StackSpec, Path, dict[str, Any]]] = []
+        for i, s in enumerate(todo):
+            adapter, summary = _compose_one(s, work / f"s{i}", cfg)
+            built.append((s, adapter, summary))
+            errors[s.agent] = float(summary.get("relativeError", 0.0))
+        if cfg.model_dir and Path(cfg.model_dir, "config.json").is_file():
+            from dynamiclora.serving.fingerprint import write_fingerprints
+
+            write_fingerprints(cfg.model_dir, [adapter for _s, adapter, _sum in built])
+        for s, adapter, summary in built:
+            # Written last: its presence is what marks a filesystem adapter complete.
+            (adapter / COMPOSITION_FILE).write_text(json.dumps(summary, indent=2))
+            composed[s.agent] = dest.put(s, adapter)
+            log(f"composed {s.agent} {s.label} -> {composed[s.agent]}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"composed": composed, "skipped": skipped, "relativeError": errors}
