@@ -34,8 +34,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 @pytest.fixture(scope="module")
 def scenario(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
     # carol only learns in rounds (the last test); bob's tier is the one made to fail.
+    # The API server refuses any pod of the namespace that breaks the restricted Pod Security Standard.
     cfg = DemoConfig(work_dir=tmp_path_factory.mktemp("e2e"), namespace="e2e", step_timeout=600,
-                     agents=("alice", "bob", "carol"))
+                     agents=("alice", "bob", "carol"), pod_security="restricted")
     sc = Scenario(cfg, local_cluster)
     sc.prepare_model()
     sc.install_crds()
@@ -97,6 +98,9 @@ def test_whole_loop(scenario: Scenario) -> None:
     assert f'dynamiclora_tier_version{{level="context",namespace="e2e",tier="{ctx}"}}' in metrics
     assert "dynamiclora_hotswap_swap_seconds_count" in metrics
     _composed_by_jobs_for_an_operator_without_torch(sc)
+    # Every pod above (Jobs, vLLM) was admitted by the API server under the restricted Pod Security Standard.
+    ns = sc.rest.get(f"/api/v1/namespaces/{sc.cfg.namespace}")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
 def _composed_by_jobs_for_an_operator_without_torch(sc: Scenario) -> None:

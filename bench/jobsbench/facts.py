@@ -107,6 +107,13 @@ class WordPool:
         return out
 
 
+def entities_needed(cfg: DataConfig) -> int:
+    """Entity words one seed's task sequence draws (see :func:`build_sequence`)."""
+    groups = cfg.windows - cfg.recurring_span + 1
+    flips = (cfg.windows - 1) * cfg.flip_per_window  # the last window starts no flip
+    return groups * cfg.recurring_group + cfg.windows * cfg.transient_per_window + flips
+
+
 def answer_words(model_cfg: TinyModelConfig, n: int) -> list[str]:
     """The answer vocabulary (the first ``n`` generated words, fixed for a model config)."""
     return generated_words(model_cfg)[:n]

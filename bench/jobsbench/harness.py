@@ -24,6 +24,7 @@ from jobsbench.facts import (
     WordPool,
     answer_words,
     build_sequence,
+    entities_needed,
     pretrain_facts,
     split_entities,
 )
@@ -49,6 +50,7 @@ class RunConfig:
     jobs: JobsConfig = field(default_factory=JobsConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     methods: tuple[str, ...] = METHODS
+    model: TinyModelConfig = field(default_factory=TinyModelConfig)
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -67,7 +69,7 @@ def quick_config(seeds: list[int] | None = None, windows: int = 3) -> RunConfig:
 def run(cfg: RunConfig, log: Log = _print, workdir: Path | None = None) -> dict[str, Any]:
     """Pretrain the base once, then for every seed run every method on the same windows; aggregate."""
     t0 = time.perf_counter()
-    model_cfg = TinyModelConfig()
+    model_cfg = cfg.model
     answers = answer_words(model_cfg, cfg.data.answers)
     pre_entities, bench_entities = split_entities(model_cfg, cfg.data.answers, cfg.pretrain.entities)
     root = Path(tempfile.mkdtemp(prefix="jobsbench-", dir=workdir))
@@ -179,8 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     windows = args.windows or (3 if args.quick else 5)
     cfg = quick_config(seeds, windows) if args.quick else RunConfig(seeds=seeds, data=DataConfig(windows=windows))
     jobs = JobsConfig(**{**asdict(cfg.jobs), "gate": False}) if args.no_gate else cfg.jobs
+    # A long run draws more entities than the default vocabulary has besides the pretraining ones.
+    vocab = max(TinyModelConfig().vocab_words, cfg.data.answers + cfg.pretrain.entities + entities_needed(cfg.data))
     cfg = RunConfig(seeds=cfg.seeds, data=cfg.data, jobs=jobs, pretrain=cfg.pretrain,
-                    methods=tuple(m for m in args.methods.split(",") if m))  # fmt: skip
+                    methods=tuple(m for m in args.methods.split(",") if m),
+                    model=TinyModelConfig(vocab_words=vocab))  # fmt: skip
     result = run(cfg)
     flags = [f for f, on in (("--quick", args.quick), ("--no-gate", args.no_gate)) if on]
     command = " ".join(["python bench/jobs_continual.py", *flags, f"--seeds {len(seeds)}", f"--windows {windows}"])

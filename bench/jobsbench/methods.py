@@ -8,6 +8,8 @@
   (``plasticity.plasticRank`` 2): the ablation that shows what protection does.
 * ``replay_full``: one tier of rank ``ctx_rank + agent_rank`` (equal capacity), replay fraction 0.5 with a
   budget covering every stored record, no migration.
+* ``replay_small``: the same tier with a small replay budget (``SMALL_BUFFER`` stored records per Job, the
+  classic small-buffer replay baseline), no migration.
 * ``seq_lora``: one tier of rank ``ctx_rank + agent_rank``, no replay, no migration.
 
 Everything else is shared: steps, batch, learning rate, alpha/rank, target modules, the quality gate
@@ -30,7 +32,8 @@ from jobsbench.facts import TaskSequence
 from jobsbench.metrics import average_accuracy, backward_transfer, forgetting
 from jobsbench.operator_sim import AGENT, NAMESPACE, JobRun, Log, Obj, SimOperator
 
-METHODS: tuple[str, ...] = ("dynamiclora", "dynamiclora_protected", "replay_full", "seq_lora")
+METHODS: tuple[str, ...] = ("dynamiclora", "dynamiclora_protected", "replay_full", "replay_small", "seq_lora")
+SMALL_BUFFER = 24  # stored records rehearsed per Job by ``replay_small``
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path, all_records: int) -
         training["replayFraction"] = 0.0
     elif method == "replay_full":
         training.update(replayFraction=0.5, replayBudget=max(all_records, 1))
+    elif method == "replay_small":
+        training.update(replayFraction=0.5, replayBudget=SMALL_BUFFER)
     gate = {"enabled": cfg.gate}
     plasticity: Obj = {"learningRate": cfg.lr}
     if method == "dynamiclora_protected":

@@ -52,7 +52,6 @@ RESOURCES: dict[str, Resource] = {
         Resource("v1", "Pod", "pods"),
         Resource("v1", "Secret", "secrets"),
         Resource("v1", "Event", "events"),
-        Resource("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
     )
 }
 

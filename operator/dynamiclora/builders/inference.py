@@ -5,6 +5,7 @@ from __future__ import annotations
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.jobs import _storage_env_and_volumes, store_uri
 from dynamiclora.builders.names import EXECUTOR_LABEL, LABEL_SWARM, base_labels, inference_name, volume_name
+from dynamiclora.builders.security import WRITABLE_HOME, restrict
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.serving.served_s3 import ADAPTERS_MOUNT, local_adapters_dir, served_prefix
 from dynamiclora.settings import OperatorSettings
@@ -106,6 +107,7 @@ def _env(sw: Swarm) -> list[Obj]:
     env: list[Obj] = [
         # Adapters are loaded and swapped at run time through /v1/load_lora_adapter.
         {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"},
+        {"name": "HOME", "value": WRITABLE_HOME},  # the image's HOME is root's; the pod runs as RUN_AS
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(sw.spec.inference.env.items())]
@@ -201,6 +203,7 @@ def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
         pod_spec["initContainers"] = init
     if inf.resources.wants_gpu:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    restrict(pod_spec)
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

@@ -18,6 +18,7 @@ from dynamiclora.builders.names import (
     base_labels,
     label_value,
 )
+from dynamiclora.builders.security import restrict
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.training.options import ComposeConfig, ConsolidateConfig, StackSpec, TrainConfig, to_argv
@@ -81,8 +82,14 @@ def _job(
     settings: OperatorSettings,
     extra_volumes: list[Obj] | None = None,
     extra_mounts: list[Obj] | None = None,
+    model_claim: str | None = None,
+    ttl_seconds: int = 86400,
 ) -> Obj:
     env, volumes, mounts = _storage_env_and_volumes(storage, settings)
+    if model_claim and not (storage.pvc and storage.pvc.claim_name == model_claim):
+        # The base model's weights on their own claim, where model_path() says they are (read-only).
+        volumes.append({"name": "base-model", "persistentVolumeClaim": {"claimName": model_claim, "readOnly": True}})
+        mounts.append({"name": "base-model", "mountPath": f"{settings.pvc_mount_root}/{model_claim}", "readOnly": True})
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
     env.append({"name": "DYNAMICLORA_JOB", "value": name})  # recorded in what the Job publishes (audit trail)
     pod_labels = dict(labels)
@@ -110,6 +117,7 @@ def _job(
         pod_spec["serviceAccountName"] = template.service_account_name
     if template.resources.wants_gpu:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    restrict(pod_spec)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -123,7 +131,7 @@ def _job(
         "spec": {
             "backoffLimit": template.backoff_limit,
             "activeDeadlineSeconds": template.active_deadline_seconds,
-            "ttlSecondsAfterFinished": 86400,
+            "ttlSecondsAfterFinished": ttl_seconds,
             "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
         },
     }
@@ -144,6 +152,7 @@ class TrainingInputs:
     seed: int = 0
     exclude_windows: list[str] = field(default_factory=list)  # "FROM/TO" of quarantined (rejected) records
     replay_boost: int = 0  # retries of an update rejected for collateral forgetting: each rehearses more
+    model_claim: str | None = None  # the base model's PVC (spec.baseModel.pvc), mounted read-only
 
 
 def replay_fraction(base: float, boost: int) -> float:
@@ -207,6 +216,7 @@ def build_training_job(
         settings=settings,
         extra_volumes=extra_volumes,
         extra_mounts=extra_mounts,
+        model_claim=inputs.model_claim,
     )
 
 
@@ -221,6 +231,7 @@ class ConsolidationInputs:
     agent_tiers: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     options: dict[str, Any] = field(default_factory=dict)  # further ConsolidateConfig fields (detector, gate...)
+    model_claim: str | None = None  # the base model's PVC, for the consolidation gate (read-only)
 
 
 def consolidation_config(ns: str, inputs: ConsolidationInputs, settings: OperatorSettings) -> ConsolidateConfig:
@@ -253,6 +264,7 @@ def build_consolidation_job(
         args=args,
         storage=inputs.storage,
         settings=settings,
+        model_claim=inputs.model_claim,
     )  # fmt: skip
 
 
@@ -267,7 +279,7 @@ def compose_config(body: Obj, storage: Storage, stacks: list[StackSpec], max_lor
 
 
 def build_compose_job(body: Obj, cfg: ComposeConfig, job_name: str, template: TrainingTemplate, storage: Storage,
-                      settings: OperatorSettings) -> Obj:  # fmt: skip
+                      settings: OperatorSettings, model_claim: str | None = None) -> Obj:  # fmt: skip
     """The Job (trainer image: torch and the base model's weights) that composes a Swarm's served adapters."""
     return _job(
         name=job_name,
@@ -279,4 +291,6 @@ def build_compose_job(body: Obj, cfg: ComposeConfig, job_name: str, template: Tr
         args=["compose", *to_argv(cfg)],
         storage=storage,
         settings=settings,
+        model_claim=model_claim,
+        ttl_seconds=3600,  # one per change of what is served: its output, not the Job, is what lasts
     )

@@ -77,7 +77,8 @@ class JobComposer:
             return ComposeProgress(job=running[0])
         cfg = compose_config(body, sw.spec.storage, stacks, sw.spec.inference.max_lora_rank, sw.spec.base_model.name,
                              model_path(sw, self.settings), self.settings)  # fmt: skip
-        job = build_compose_job(body, cfg, name, sw.spec.context_tier.training, sw.spec.storage, self.settings)
+        claim = sw.spec.base_model.pvc.claim_name if sw.spec.base_model.pvc else None
+        job = build_compose_job(body, cfg, name, sw.spec.context_tier.training, sw.spec.storage, self.settings, claim)
         self.kube.create(job)
         return ComposeProgress(job=name)
 

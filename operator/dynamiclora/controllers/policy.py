@@ -287,7 +287,9 @@ def _launch(kube: Kube, settings: OperatorSettings, body: Obj, pol: MigrationPol
     if target is not None:  # stored at the destination's own rank: room for what moves up, not the source's
         options["dest_rank"] = int(target.get("spec", {}).get("rank") or 0) or 16
     c = cand.inputs
-    inputs = ConsolidationInputs(c.mode, c.target_tier, c.storage, c.source_tier, c.agent_tiers, c.weights, options)
+    claim = sw.spec.base_model.pvc.claim_name if sw.spec.base_model.pvc and "gate_base_model" in options else None
+    inputs = ConsolidationInputs(c.mode, c.target_tier, c.storage, c.source_tier, c.agent_tiers, c.weights, options,
+                                 claim)  # fmt: skip
     job = build_consolidation_job(body, inputs, job_name, CONSOLIDATOR, settings)
     job["metadata"]["labels"]["dynamiclora.io/swarm"] = swarm_name
     job["metadata"]["annotations"][ANNOTATION_KEY] = cand.key

@@ -47,6 +47,8 @@ class DemoConfig:
     records_per_round: int = field(default=24, metadata={"help": "records fed per agent per round"})
     step_timeout: float = field(default=600.0, metadata={"help": "seconds each step may take"})
     resync_seconds: float = field(default=3.0, metadata={"help": "operator timer period"})
+    pod_security: str = field(default="", metadata={
+        "help": "Pod Security Standard the API server enforces on the namespace (e.g. restricted); empty: none"})
 
 
 class StepTimeout(AssertionError):
@@ -127,7 +129,9 @@ class Scenario:
         """Apply the CRDs (and the demo's namespace) and wait until the API server serves them."""
         self.apply([yaml.safe_load(text) for text in render_crds().values()])
         if self.cfg.namespace != "default":
-            self.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.cfg.namespace}}])
+            labels = {"pod-security.kubernetes.io/enforce": self.cfg.pod_security} if self.cfg.pod_security else {}
+            self.apply([{"apiVersion": "v1", "kind": "Namespace",
+                         "metadata": {"name": self.cfg.namespace, "labels": labels}}])  # fmt: skip
         for plural in ("swarms", "loratiers", "migrationpolicies"):
             self.kubectl("wait", "--for=condition=Established", f"crd/{plural}.dynamiclora.io", "--timeout=60s")
 

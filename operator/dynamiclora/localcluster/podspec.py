@@ -185,6 +185,10 @@ def container_env(
             raise PodSpecError(f"{where} env {name}: unsupported valueFrom {sorted(value_from)}")
         if value is not None:
             env[name] = value
+    # A local process runs as the host's user: its home (and the caches in it) stays the host's, whatever
+    # home the pod gives the container's non-root user.
+    if "HOME" in base:
+        env["HOME"] = base["HOME"]
     return env
 
 

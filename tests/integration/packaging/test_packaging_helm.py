@@ -66,9 +66,17 @@ def test_lint_strict(helm: str) -> None:
 def test_template_objects(helm: str) -> None:
     docs = render(helm, *ALL_ON)
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
-                            "ServiceMonitor", "PrometheusRule", "ConfigMap", "ConfigMap"])
+    assert kinds == sorted(["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
+                            "Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap", "ConfigMap"])
     by_kind = {d["kind"]: d for d in docs}
+    # watchNamespace: the rights on objects (Secrets included) are a Role there; cluster-wide only discovery.
+    assert by_kind["Role"]["metadata"]["namespace"] == "team"
+    assert by_kind["RoleBinding"]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                 "name": "dynamiclora"}  # fmt: skip
+    assert any("secrets" in r["resources"] for r in by_kind["Role"]["rules"])
+    cluster_wide = {res for r in by_kind["ClusterRole"]["rules"] for res in r["resources"]}
+    assert cluster_wide == {"customresourcedefinitions", "namespaces"}
+    assert all(r["verbs"] == ["list", "watch"] for r in by_kind["ClusterRole"]["rules"])
     pod = by_kind["Deployment"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -130,7 +138,8 @@ def test_install_creates_everything(installed: Any) -> None:
     for obj in ("deployment/dynamiclora", "serviceaccount/dynamiclora", "service/dynamiclora-metrics",
                 "configmap/dynamiclora-dashboard-memory", "configmap/dynamiclora-dashboard-serving"):
         kubectl("-n", "dynamiclora-system", "get", obj)
-    kubectl("get", "clusterrole/dynamiclora", "clusterrolebinding/dynamiclora")
+    kubectl("get", "clusterrole/dynamiclora", "clusterrolebinding/dynamiclora", "clusterrole/dynamiclora-discovery",
+            "clusterrolebinding/dynamiclora-discovery")
     # The custom resources of examples/ are accepted by the installed CRDs (server-side dry run).
     for example in ("tiers.yaml", "migrationpolicy.yaml", "swarm.yaml"):
         kubectl("apply", "--dry-run=server", "-f", str(ROOT / "examples" / example))
@@ -153,7 +162,8 @@ def test_service_account_has_exactly_the_operators_rights(installed: Any) -> Non
     assert _can_i(kubectl, "watch", "customresourcedefinitions.apiextensions.k8s.io")
     for verb, resource in (("list", "secrets"), ("delete", "pods"), ("create", "configmaps"),
                            ("delete", "swarms.dynamiclora.io"), ("create", "clusterroles.rbac.authorization.k8s.io"),
-                           ("update", "statefulsets.apps")):
+                           ("update", "statefulsets.apps"), ("delete", "statefulsets.apps"), ("delete", "services"),
+                           ("create", "persistentvolumeclaims")):
         assert not _can_i(kubectl, verb, resource), f"the operator should not {verb} {resource}"
 
 

@@ -58,7 +58,7 @@ def test_specs_are_valid_and_share_the_budget(method: str, tmp_path: Path) -> No
     served_rank = ctx.rank + (cfg.agent_rank if method.startswith("dynamiclora") else 0)
     assert served_rank == cfg.ctx_rank + cfg.agent_rank  # equal capacity
     assert ctx.quality_gate.enabled
-    replay = {"replay_full": (0.5, 500), "seq_lora": (0.0, 64)}.get(method, (0.5, 64))
+    replay = {"replay_full": (0.5, 500), "replay_small": (0.5, 24), "seq_lora": (0.0, 64)}.get(method, (0.5, 64))
     assert (ctx.training.replay_fraction, ctx.training.replay_budget) == replay
     # The one difference of the ablation: no protection of the slower tier.
     assert (ctx.plasticity.plastic_rank is not None) == (method == "dynamiclora_protected")

@@ -17,18 +17,18 @@ from dynamiclora.kube import RESOURCES
 ROOT = Path(__file__).resolve().parents[3]
 RBAC = ROOT / "charts" / "dynamiclora" / "templates" / "rbac.yaml"
 
-APPLIED = frozenset({"get", "list", "watch", "create", "patch", "delete"})  # children: server-side apply + GC
+APPLIED = frozenset({"get", "list", "watch", "create", "patch"})  # children: server-side apply, GC by owner
+DELETED = APPLIED | {"delete"}  # children the operator itself deletes
 WATCHED = frozenset({"get", "list", "watch", "patch"})  # kopf's progress annotations on user-owned objects
 
 # Verbs per kind of dynamiclora.kube.RESOURCES, and why.
 VERBS: dict[str, frozenset[str]] = {
     "Swarm": WATCHED,
     "MigrationPolicy": WATCHED,
-    "LoRATier": APPLIED,  # per-agent tiers are created and deleted by the Swarm controller
+    "LoRATier": DELETED,  # per-agent tiers are created and deleted by the Swarm controller
     "StatefulSet": APPLIED,
-    "Job": APPLIED,
+    "Job": DELETED,  # a failed compose Job is deleted so that the next pass retries
     "Service": APPLIED,
-    "PersistentVolumeClaim": APPLIED,
     "Pod": frozenset({"get", "list", "watch"}),  # pod IPs and readiness (hot-swap); failed Jobs' messages
     "Secret": frozenset({"get"}),  # the vLLM API key and S3 credentials Secrets, by name (handlers, tier_storage)
     "Event": frozenset({"create"}),
@@ -52,12 +52,14 @@ def expected() -> dict[tuple[str, str], frozenset[str]]:
 
 
 def cluster_role_rules() -> list[dict[str, list[str]]]:
-    """The rules of the ClusterRole document (they are literal YAML: no template expressions)."""
-    text = RBAC.read_text(encoding="utf-8")
-    role = text.split("---")[0]
-    rules_block = role[role.index("\nrules:") + 1:]
-    assert "{{" not in rules_block, "keep the ClusterRole rules literal so this test can read them"
-    return list(yaml.safe_load(rules_block)["rules"])
+    """The rules of the (Cluster)Role on objects and of kopf's discovery ClusterRole (literal YAML)."""
+    docs = RBAC.read_text(encoding="utf-8").split("---")
+    rules: list[dict[str, list[str]]] = []
+    for role in (docs[0], docs[2]):
+        rules_block = role[role.index("\nrules:") + 1:]
+        assert "{{" not in rules_block, "keep the roles' rules literal so this test can read them"
+        rules += yaml.safe_load(rules_block)["rules"]
+    return rules
 
 
 def granted() -> dict[tuple[str, str], frozenset[str]]:
@@ -92,6 +94,6 @@ def test_cluster_role_is_exactly_what_is_needed() -> None:
 def test_binding_targets_the_role_and_service_account() -> None:
     text = RBAC.read_text(encoding="utf-8")
     binding = text.split("---")[1]
-    assert "kind: ClusterRoleBinding" in binding
+    assert "kind: {{ if $ns }}RoleBinding{{ else }}ClusterRoleBinding{{ end }}" in binding
     assert 'name: {{ include "dynamiclora.fullname" . }}' in binding
     assert 'name: {{ include "dynamiclora.serviceAccountName" . }}' in binding

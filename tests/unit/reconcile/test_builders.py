@@ -22,7 +22,7 @@ from dynamiclora.builders.names import dns_name, training_job_name
 from dynamiclora.builders.tiers import build_agent_tiers, stack_tier_names
 from dynamiclora.cli import build_parser
 from dynamiclora.settings import OperatorSettings
-from dynamiclora.training.options import TrainConfig, from_namespace
+from dynamiclora.training.options import StackSpec, TrainConfig, from_namespace
 
 
 def _owned(body: dict[str, Any]) -> dict[str, Any]:
@@ -147,6 +147,75 @@ def test_consolidation_job(swarm_body: dict[str, Any], settings: OperatorSetting
     assert args[:3] == ["consolidate", "--mode", "consensus"]
     assert args.count("--agent-tier") == 2
     assert args[args.index("--weights") + 1 : args.index("--weights") + 3] == ["1.0", "0.5"]
+
+
+def _restricted(pod: dict[str, Any]) -> list[str]:
+    """What of the restricted Pod Security Standard ``pod`` breaks (the API server's e2e check, in brief)."""
+    bad = []
+    sc = pod.get("securityContext") or {}
+    if not sc.get("runAsNonRoot") or sc.get("runAsUser") == 0:
+        bad.append("pod runs as root")
+    if (sc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        bad.append("pod seccomp")
+    if pod.get("automountServiceAccountToken") is not False:
+        bad.append("service-account token mounted")
+    if any("hostPath" in v for v in pod.get("volumes", [])):
+        bad.append("hostPath volume")
+    for c in [*pod.get("initContainers", []), *pod["containers"]]:
+        csc = c.get("securityContext") or {}
+        if csc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{c['name']}: privilege escalation")
+        if (csc.get("capabilities") or {}).get("drop") != ["ALL"]:
+            bad.append(f"{c['name']}: capabilities")
+    return bad
+
+
+def test_every_pod_meets_the_restricted_standard(swarm_body: dict[str, Any]) -> None:
+    from dynamiclora.api.tier import TrainingTemplate
+
+    production = OperatorSettings(pvc_mount_root="/var/lib/dynamiclora/pvc")  # no local executor: no hostPath
+    swarm_body["spec"]["baseModel"] = {"name": "m", "s3Uri": "s3://models/llama"}  # + the fetch-model init container
+    swarm_body["spec"]["storage"] = {"s3": {"bucket": "ckpt-bucket", "prefix": "p"}}  # + the adapter-sync sidecar
+    sw = Swarm.model_validate(swarm_body)
+    sts = build_statefulset(_owned(swarm_body), sw, production)["spec"]["template"]["spec"]
+    assert {c["name"] for c in [*sts["initContainers"], *sts["containers"]]} == {"fetch-model", "vllm", "adapter-sync"}
+    cons = ConsolidationInputs("migrate", "t", sw.spec.storage, source_tier="s")
+    job = build_consolidation_job(_owned(swarm_body), cons, "j", TrainingTemplate(), production)
+    for pod in (sts, job["spec"]["template"]["spec"]):
+        assert _restricted(pod) == [], pod
+
+
+@pytest.mark.parametrize("claim", ["models", "ckpt"])
+def test_jobs_mount_the_base_models_claim_read_only(claim: str, swarm_body: dict[str, Any],
+                                                    settings: OperatorSettings) -> None:  # fmt: skip
+    """A base model on a PVC is readable where model_path() says, in training, consolidation and compose Jobs."""
+    from dynamiclora.api.tier import TrainingTemplate
+    from dynamiclora.builders.inference import model_path
+    from dynamiclora.builders.jobs import build_compose_job, compose_config
+
+    swarm_body["spec"]["baseModel"] = {"name": "m", "pvc": {"claimName": claim, "path": "llama"}}
+    sw = Swarm.model_validate(swarm_body)
+    tier_body = {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "LoRATier",
+                 "metadata": {"name": "support-alice-context", "namespace": "default", "uid": "u2"}}  # fmt: skip
+    spec = LoRATierSpec.model_validate(build_agent_tiers(_owned(swarm_body), sw)[0]["spec"])
+    inputs = TrainingInputs(model_path=model_path(sw, settings), storage=sw.spec.storage, experience_prefix="i",
+                            bad_records="skip", new_records=1, total_records=1, init_version=None,
+                            model_claim=claim)  # fmt: skip
+    cons = ConsolidationInputs("migrate", "t", sw.spec.storage, source_tier="s", model_claim=claim)
+    stack = StackSpec("alice", "0123456789ab", "c1", (("context", "file:///x/default/t/v000001"),))
+    cfg = compose_config(_owned(swarm_body), sw.spec.storage, [stack], 16, "m", model_path(sw, settings), settings)
+    jobs = [build_training_job(tier_body, spec, inputs, "j1", settings),
+            build_consolidation_job(tier_body, cons, "j2", TrainingTemplate(), settings),
+            build_compose_job(_owned(swarm_body), cfg, "j3", TrainingTemplate(), sw.spec.storage, settings, claim)]
+    root = f"{settings.pvc_mount_root}/{claim}"
+    assert model_path(sw, settings) == f"{root}/llama"
+    for job in jobs:
+        pod = job["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert root in mounts, mounts  # once: the storage claim, when it is this one, is not mounted twice
+        assert len(pod["volumes"]) == len({v["name"] for v in pod["volumes"]})
+        if claim != "ckpt":
+            assert mounts[root]["readOnly"] is True
 
 
 @pytest.mark.parametrize("n", [10, 63, 64, 200])
