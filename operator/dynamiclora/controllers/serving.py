@@ -163,13 +163,17 @@ async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[A
         if not (dest / COMPOSITION_FILE).is_file():
             plan.waiting.append(stack)
             continue
-        report = json.loads((dest / COMPOSITION_FILE).read_text())
         name = served_adapter_name(swarm, stack.agent)
         pod_path = None
         if pub is not None:
             served_s3.prune_scratch(dest.parent, stack.key)
             pod_path = served_s3.pod_adapter_path(stack.agent, stack.key, pub.mount)
-        plan.desired[name] = AdapterSpec.from_dir(name, dest, stack.label, served_path=pod_path)
+        try:  # one agent's unreadable adapter must not stop the others from being served
+            report = json.loads((dest / COMPOSITION_FILE).read_text())
+            plan.desired[name] = AdapterSpec.from_dir(name, dest, stack.label, served_path=pod_path)
+        except (ValueError, OSError) as e:
+            out.failures[f"{stack.agent}/{stack.key}"] = f"composed adapter unusable: {e}"
+            continue
         out.stacks.append(stack)
         out.agents.append({
             "name": stack.agent, "servedAdapter": name, "servedVersion": stack.label,

@@ -105,8 +105,16 @@ def _compose_one(s: StackSpec, work: Path, cfg: ComposeConfig) -> tuple[Path, di
     return out, summary
 
 
+class ComposeError(RuntimeError):
+    """Some stacks could not be composed (the others were); the message names each agent and why."""
+
+
 def run_compose(cfg: ComposeConfig, log: Log = _print) -> dict[str, Any]:
-    """Compose every ``--stack`` not composed yet; the result lists what was composed and skipped."""
+    """Compose every ``--stack`` not composed yet; the result lists what was composed and skipped.
+
+    One agent's broken stack (a version deleted since, a corrupt checkpoint) does not hold back the
+    others: they are composed and published first, then the Job fails naming the agents it could not do.
+    """
     if cfg.threads:
         import torch
 
@@ -120,13 +128,19 @@ def run_compose(cfg: ComposeConfig, log: Log = _print) -> dict[str, Any]:
         log(f"nothing to compose: {len(skipped)} stack(s) already composed")
         return {"composed": composed, "skipped": skipped, "relativeError": errors}
     work = dest.scratch()
+    failed: dict[str, str] = {}
     try:
         built: list[tuple[StackSpec, Path, dict[str, Any]]] = []
         for i, s in enumerate(todo):
-            adapter, summary = _compose_one(s, work / f"s{i}", cfg)
+            try:
+                adapter, summary = _compose_one(s, work / f"s{i}", cfg)
+            except Exception as e:  # reported per agent below; the others go on
+                failed[s.agent] = f"{type(e).__name__}: {e}"
+                log(f"cannot compose {s.agent} {s.label}: {failed[s.agent]}")
+                continue
             built.append((s, adapter, summary))
             errors[s.agent] = float(summary.get("relativeError", 0.0))
-        if cfg.model_dir and Path(cfg.model_dir, "config.json").is_file():
+        if built and cfg.model_dir and Path(cfg.model_dir, "config.json").is_file():
             from dynamiclora.serving.fingerprint import write_fingerprints
 
             write_fingerprints(cfg.model_dir, [adapter for _s, adapter, _sum in built])
@@ -137,4 +151,7 @@ def run_compose(cfg: ComposeConfig, log: Log = _print) -> dict[str, Any]:
             log(f"composed {s.agent} {s.label} -> {composed[s.agent]}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        detail = "; ".join(f"{agent}: {why}" for agent, why in sorted(failed.items()))
+        raise ComposeError(f"{len(failed)} of {len(todo)} stack(s) not composed ({len(composed)} done): {detail}")
     return {"composed": composed, "skipped": skipped, "relativeError": errors}

@@ -24,7 +24,7 @@ from dynamiclora.controllers.swarm import reconcile_swarm
 from dynamiclora.memory import LowRankDelta, load_adapter, save_adapter
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage import open_store
-from dynamiclora.training.compose_job import run_compose
+from dynamiclora.training.compose_job import ComposeError, run_compose
 from dynamiclora.training.options import ComposeConfig, StackSpec, from_namespace, to_argv
 
 from .fakekube import FakeKube
@@ -130,3 +130,27 @@ async def test_a_failed_compose_job_is_reported_then_retried(
     assert kube.list("Job", NS) == []  # old enough: deleted, so the next pass composes again
     await handle_swarm(Runtime(kube, settings), kube.objects[("Swarm", NS, "support")])
     assert [j["metadata"]["name"] for j in kube.list("Job", NS)] == [name]
+
+
+async def test_one_broken_stack_does_not_hold_back_the_others(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    live = _swarm_with_versions(kube, settings, swarm_body, tmp_path)
+    sw = Swarm.model_validate(live)
+    await sync_serving(kube, settings, live, sw, [], None, JobComposer(kube, settings))
+    (job,) = kube.list("Job", NS)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    cfg = from_namespace(ComposeConfig, build_parser().parse_args(args))
+    bob = next(s for s in cfg.stacks() if s.agent == "bob")
+    broken = StackSpec("bob", bob.key, bob.label, (("context", bob.tiers[0][1].replace("v000001", "v000009")),))
+    cfg.stack = [s.to_text() for s in cfg.stacks() if s.agent == "alice"] + [broken.to_text()]
+    with pytest.raises(ComposeError, match=r"1 of 2 stack\(s\) not composed \(1 done\): bob: "):
+        run_compose(cfg, log=lambda _m: None)  # the Job fails, naming bob, after publishing alice
+
+    # bob's published folder is unreadable too: alice is served, bob's problem is a failure of its own.
+    bob_dir = Path(settings.pvc_mount_root) / "ckpt/dl/served" / NS / "support" / "bob" / bob.key
+    bob_dir.mkdir(parents=True)
+    (bob_dir / COMPOSITION_FILE).write_text("{}")
+    out = await sync_serving(kube, settings, live, sw, [], None, JobComposer(kube, settings))
+    assert [s.agent for s in out.stacks] == ["alice"]
+    assert list(out.failures) == [f"bob/{bob.key}"] and "adapter_config.json" in out.failures[f"bob/{bob.key}"]
