@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 
 from dynamiclora.api.common import (
     DNS_SUBDOMAIN,
@@ -84,7 +84,7 @@ class Bandwidth(ApiModel):
 class EmergencyBypass(ApiModel):
     """Critical patterns may skip the bandwidth limits."""
 
-    enabled: bool = Field(default=False, description="Allow bypassing bandwidth limits.")
+    enabled: StrictBool = Field(default=False, description="Allow bypassing bandwidth limits.")
     min_stability: float = Field(
         default=0.98, gt=0, le=1,
         description="A stable component whose newest stability score reaches this bypasses the bandwidth limits.",
@@ -129,8 +129,8 @@ class MigrationPolicySpec(ApiModel):
     emergency_bypass: EmergencyBypass = Field(default_factory=EmergencyBypass, description="Emergency bypass.")
     consensus: PolicyConsensus = Field(default_factory=PolicyConsensus, description="Consensus for shared tiers.")
     interval: Duration = Field(default="5m", description="How often stability is evaluated.")
-    dry_run: bool = Field(default=False, description="Evaluate and record decisions without migrating.")
-    suspend: bool = Field(default=False, description="Stop evaluating.")
+    dry_run: StrictBool = Field(default=False, description="Evaluate and record decisions without migrating.")
+    suspend: StrictBool = Field(default=False, description="Stop evaluating.")
 
     @model_validator(mode="after")
     def _unique_pairs(self) -> MigrationPolicySpec:

@@ -6,7 +6,7 @@ from collections import Counter
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 
 from dynamiclora.api.common import (
     DNS_LABEL,
@@ -212,7 +212,7 @@ class Consensus(ApiModel):
     the consensus Jobs.
     """
 
-    trust_weighting: bool = Field(
+    trust_weighting: StrictBool = Field(
         default=True,
         description="Scale each agent's trustWeight by its record at the quality gate (agents whose updates "
         "keep being rejected lose influence); false uses trustWeight alone.",

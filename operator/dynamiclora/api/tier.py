@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 
 from dynamiclora.api.common import (
     DNS_LABEL,
@@ -175,7 +175,7 @@ class GateLimits(ApiModel):
     store, marked rejected, and the previous version stays served.
     """
 
-    enabled: bool = Field(default=True, description="Gate new versions; when false every version is promoted.")
+    enabled: StrictBool = Field(default=True, description="Gate new versions; when false every version is promoted.")
     max_regression: float = Field(
         default=0.05,
         ge=0,
@@ -275,7 +275,7 @@ class LoRATierSpec(ApiModel):
     quality_gate: QualityGate = Field(
         default_factory=QualityGate, description="Quality gate a new version passes before it is served."
     )
-    suspend: bool = Field(default=False, description="Stop training and migration for this tier.")
+    suspend: StrictBool = Field(default=False, description="Stop training and migration for this tier.")
 
     @model_validator(mode="after")
     def _owner(self) -> LoRATierSpec:
