@@ -168,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Continual learning through the product's Jobs and reconcilers")
     ap.add_argument("--quick", action="store_true", help="small configuration (fewer steps, 3 windows)")
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds 1..N (default 3; quick 1)")
+    ap.add_argument("--first-seed", type=int, default=1,
+                    help="first seed (e.g. 101 for the tuning seeds, kept apart from the reported 1..5)")
     ap.add_argument("--windows", type=int, default=None, help="task windows (default 5; quick 3)")
     ap.add_argument("--no-gate", action="store_true", help="disable the quality gate of every tier")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seeds is not None and args.seeds < 1:
         ap.error("--seeds must be >= 1")
     torch.set_num_threads(args.threads)
-    seeds = list(range(1, (args.seeds or (1 if args.quick else 3)) + 1))
+    seeds = list(range(args.first_seed, args.first_seed + (args.seeds or (1 if args.quick else 3))))
     windows = args.windows or (3 if args.quick else 5)
     cfg = quick_config(seeds, windows) if args.quick else RunConfig(seeds=seeds, data=DataConfig(windows=windows))
     jobs = JobsConfig(**{**asdict(cfg.jobs), "gate": False}) if args.no_gate else cfg.jobs
@@ -188,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                     model=TinyModelConfig(vocab_words=vocab))  # fmt: skip
     result = run(cfg)
     flags = [f for f, on in (("--quick", args.quick), ("--no-gate", args.no_gate)) if on]
-    command = " ".join(["python bench/jobs_continual.py", *flags, f"--seeds {len(seeds)}", f"--windows {windows}"])
+    first = [f"--first-seed {args.first_seed}"] if args.first_seed != 1 else []
+    first += [f"--methods {args.methods}"] if args.methods != ",".join(METHODS) else []
+    command = " ".join(["python bench/jobs_continual.py", *flags, f"--seeds {len(seeds)}", *first,
+                        f"--windows {windows}"])
     result["meta"]["command"] = command
     result["markdown"] = markdown_table(result, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -268,19 +268,22 @@ class SwarmPhase(StrEnum):
 
 
 class AgentStatus(ApiModel):
-    """What is served for one agent."""
+    """What is served for one agent. Compact (2,000 agents stay far below etcd's object limit): the vLLM
+    model name is always ``<swarm>-<agent>``, and fields at their usual value are left out."""
 
     name: str
-    served_adapter: str | None = Field(default=None, description="vLLM model name of the agent's adapter.")
     served_version: str | None = Field(default=None, description="Composite version, e.g. c3-a2-s1.")
     adapter_path: str | None = Field(
         default=None, description="The composed adapter, <agent>/<key> under status.servedRoot."
     )
-    composition_error: float | None = Field(default=None, ge=0, description="Relative error of the composition.")
-    trust: float | None = Field(
-        default=None, ge=0, description="Trust score: user trustWeight x record of the agent at the quality gate."
+    composition_error: float | None = Field(
+        default=None, ge=0, description="Relative error of the composition (left out when it is exact)."
     )
-    pinned: bool | None = Field(default=None, description="Whether a pin decides what is served.")
+    trust: float | None = Field(
+        default=None, ge=0,
+        description="Trust score: user trustWeight x record of the agent at the quality gate (left out at 1).",
+    )
+    pinned: bool | None = Field(default=None, description="True when a pin decides what is served (else left out).")
     served_on_pods: int | None = Field(
         default=None, ge=0, description="Ready pods serving the agent's current version (servedVersion)."
     )

@@ -150,8 +150,14 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
             by_name = {a.name: a for a in obs.swarm.spec.agents}
             for a in agents:
                 spec_agent = by_name[a["name"]]
-                a["trust"] = agent_trust(live, name, spec_agent)
-                a["pinned"] = bool(spec_agent.pinned_versions and spec_agent.pinned_versions.wire())
+                # Left out at their usual value (trust 1, not pinned): 2,000 agents' entries stay compact.
+                trust = agent_trust(live, name, spec_agent)
+                a.pop("trust", None)
+                a.pop("pinned", None)
+                if trust != 1.0:
+                    a["trust"] = trust
+                if spec_agent.pinned_versions and spec_agent.pinned_versions.wire():
+                    a["pinned"] = True
             await _mark_served(rt, ns, agents, outcome, obs, live)
     except ServingUnavailable as err:
         conditions = set_condition(conditions, "Degraded", True, "ServingUnavailable", str(err), gen)

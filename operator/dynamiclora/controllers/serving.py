@@ -175,11 +175,10 @@ async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[A
             out.failures[f"{stack.agent}/{stack.key}"] = f"composed adapter unusable: {e}"
             continue
         out.stacks.append(stack)
-        out.agents.append({
-            "name": stack.agent, "servedAdapter": name, "servedVersion": stack.label,
-            "adapterPath": f"{stack.agent}/{stack.key}",
-            "compositionError": float(str(report.get("relativeError", 0.0))),
-        })  # fmt: skip
+        entry: Obj = {"name": stack.agent, "servedVersion": stack.label, "adapterPath": f"{stack.agent}/{stack.key}"}
+        if error := float(str(report.get("relativeError", 0.0))):
+            entry["compositionError"] = error  # left out when exact: the status stays compact
+        out.agents.append(entry)
     if pub is not None:
         current = {s.agent: s.key for s in out.stacks}
         await asyncio.to_thread(pub.prune, current, {a.name for a in sw.spec.agents})
@@ -218,7 +217,7 @@ async def sync_serving(
     keep = {served_adapter_name(swarm, s.agent) for s in plan.waiting}
     kept = await _reconcile_pods(sw, swarm, ready_pods, api_key, settings, plan, keep, out)
     for agent in out.agents:
-        agent["servedOnPods"] = kept.get(agent["servedAdapter"], 0)
+        agent["servedOnPods"] = kept.get(served_adapter_name(swarm, agent["name"]), 0)
     _carry_waiting(body, swarm, plan.waiting, kept, out)
     return out
 
@@ -231,7 +230,8 @@ def _carry_waiting(body: Obj, swarm: str, waiting: list[AgentStack], served_on: 
         prev = before.get(stack.agent)
         if prev is not None:
             name = served_adapter_name(swarm, stack.agent)
-            out.agents.append({**prev, "servedOnPods": served_on.get(name, 0)})
+            kept = {k: v for k, v in prev.items() if k != "servedAdapter"}  # written by an older operator
+            out.agents.append({**kept, "servedOnPods": served_on.get(name, 0)})
 
 
 async def _reconcile_pods(sw: Swarm, swarm: str, ready_pods: list[ReadyPod], api_key: str | None,
