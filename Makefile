@@ -83,8 +83,15 @@ bench-merge: ## Low-rank merge vs PEFT add_weighted_adapter(svd) at d=1024/2048/
 	$(PY) bench/merge.py --out bench/results/merge.json
 
 .PHONY: bench-continual
-bench-continual: ## Continual learning through the operator's reconcilers and Job entrypoints (~8 min)
+bench-continual: ## Continual learning through the operator's reconcilers and Job entrypoints (~13 min)
 	nice $(PY) bench/jobs_continual.py --seeds 5 --out bench/results/continual_jobs.json
+
+.PHONY: bench-continual-long
+bench-continual-long: ## The same over 10 windows (migration fires repeatedly), and on the tuning seeds 101-103
+	nice $(PY) bench/jobs_continual.py --seeds 3 --windows 10 --methods dynamiclora,replay_full \
+	  --out bench/results/continual_jobs_long.json
+	nice $(PY) bench/jobs_continual.py --seeds 3 --first-seed 101 --methods dynamiclora,replay_full,replay_small \
+	  --out bench/results/continual_jobs_tuning.json
 
 .PHONY: bench-scale
 bench-scale: ## Operator convergence time and peak RSS for 10/100/1,000 agents on the local control plane

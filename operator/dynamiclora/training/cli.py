@@ -127,31 +127,27 @@ consolidate_main = _entrypoint(ConsolidateConfig, "dynamiclora.training.consolid
 compose_main = _entrypoint(ComposeConfig, "dynamiclora.training.compose_job:run_compose")
 
 
+# One row per Job entrypoint: (command, its config, its handler, --help line, description).
+ENTRYPOINTS: tuple[tuple[str, type[Any], Callable[[argparse.Namespace], int], str, str], ...] = (
+    ("train", TrainConfig, train_main,
+     "train one tier of a stack on interaction records (Job entrypoint)",
+     "Train one LoRA tier with PEFT on interaction records, with the slower tiers loaded frozen so the tier "
+     "learns the residual; publish it as the next version in the checkpoint store."),
+    ("consolidate", ConsolidateConfig, consolidate_main,
+     "migrate stable components upward, or build a shared tier by consensus (Job entrypoint)",
+     "Migration: move the stable components of a fast tier's recent versions into a slower tier. Consensus: "
+     "combine several agents' tiers into a shared tier. New versions are published to the checkpoint store."),
+    ("compose", ComposeConfig, compose_main,
+     "compose agents' tier stacks into the adapters vLLM serves (Job entrypoint)",
+     "Sum each agent's tier versions into one PEFT adapter (truncated to --max-lora-rank), fingerprint it with "
+     "the base model, and write it under served/NAMESPACE/SWARM/AGENT/KEY of the store; stacks already "
+     "composed are skipped."),
+)  # fmt: skip
+
+
 def register(subparsers: Any) -> None:
     """Add the ``train``, ``consolidate`` and ``compose`` subcommands."""
-    train = subparsers.add_parser(
-        "train",
-        help="train one tier of a stack on interaction records (Job entrypoint)",
-        description="Train one LoRA tier with PEFT on interaction records, with the slower tiers loaded "
-        "frozen so the tier learns the residual; publish it as the next version in the checkpoint store.",
-    )
-    add_dataclass_arguments(train, TrainConfig)
-    train.set_defaults(func=train_main)
-    cons = subparsers.add_parser(
-        "consolidate",
-        help="migrate stable components upward, or build a shared tier by consensus (Job entrypoint)",
-        description="Migration: move the stable components of a fast tier's recent versions into a "
-        "slower tier. Consensus: combine several agents' tiers into a shared tier. New versions are "
-        "published to the checkpoint store.",
-    )
-    add_dataclass_arguments(cons, ConsolidateConfig)
-    cons.set_defaults(func=consolidate_main)
-    comp = subparsers.add_parser(
-        "compose",
-        help="compose agents' tier stacks into the adapters vLLM serves (Job entrypoint)",
-        description="Sum each agent's tier versions into one PEFT adapter (truncated to --max-lora-rank), "
-        "fingerprint it with the base model, and write it under served/NAMESPACE/SWARM/AGENT/KEY of the "
-        "store; stacks already composed are skipped.",
-    )
-    add_dataclass_arguments(comp, ComposeConfig)
-    comp.set_defaults(func=compose_main)
+    for command, config, handler, help_line, description in ENTRYPOINTS:
+        parser = subparsers.add_parser(command, help=help_line, description=description)
+        add_dataclass_arguments(parser, config)
+        parser.set_defaults(func=handler)
