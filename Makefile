@@ -90,6 +90,8 @@ bench-continual: ## Continual learning through the operator's reconcilers and Jo
 bench-continual-long: ## The same over 10 windows (migration fires repeatedly), and on the tuning seeds 101-103
 	nice $(PY) bench/jobs_continual.py --seeds 3 --windows 10 --methods dynamiclora,replay_full \
 	  --out bench/results/continual_jobs_long.json
+	nice $(PY) bench/jobs_continual.py --seeds 3 --windows 10 --window-shape 4,4,1 --methods dynamiclora,replay_full \
+	  --out bench/results/continual_jobs_long_small.json
 	nice $(PY) bench/jobs_continual.py --seeds 3 --first-seed 101 --methods dynamiclora,replay_full,replay_small \
 	  --out bench/results/continual_jobs_tuning.json
 

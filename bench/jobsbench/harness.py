@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="first seed (e.g. 101 for the tuning seeds, kept apart from the reported 1..5)")
     ap.add_argument("--windows", type=int, default=None, help="task windows (default 5; quick 3)")
     ap.add_argument("--no-gate", action="store_true", help="disable the quality gate of every tier")
+    ap.add_argument("--window-shape", default=None, metavar="TRANSIENT,GROUP,FLIPS",
+                    help="facts per window: transient ones, recurring group size, flips (default 10,6,3); "
+                         "smaller windows let ten of them fit the default vocabulary")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--out", type=Path, default=Path("bench/results/continual_jobs.json"), help="JSON output")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the bench process")
@@ -181,7 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     seeds = list(range(args.first_seed, args.first_seed + (args.seeds or (1 if args.quick else 3))))
     windows = args.windows or (3 if args.quick else 5)
-    cfg = quick_config(seeds, windows) if args.quick else RunConfig(seeds=seeds, data=DataConfig(windows=windows))
+    shape: dict[str, int] = {}
+    if args.window_shape:
+        transient, group, flips = (int(x) for x in args.window_shape.split(","))
+        shape = {"transient_per_window": transient, "recurring_group": group, "flip_per_window": flips}
+    data = DataConfig(windows=windows, **shape)
+    cfg = quick_config(seeds, windows) if args.quick else RunConfig(seeds=seeds, data=data)
     jobs = JobsConfig(**{**asdict(cfg.jobs), "gate": False}) if args.no_gate else cfg.jobs
     # A long run draws more entities than the default vocabulary has besides the pretraining ones.
     vocab = max(TinyModelConfig().vocab_words, cfg.data.answers + cfg.pretrain.entities + entities_needed(cfg.data))
@@ -192,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = [f for f, on in (("--quick", args.quick), ("--no-gate", args.no_gate)) if on]
     first = [f"--first-seed {args.first_seed}"] if args.first_seed != 1 else []
     first += [f"--methods {args.methods}"] if args.methods != ",".join(METHODS) else []
+    first += [f"--window-shape {args.window_shape}"] if args.window_shape else []
     command = " ".join(["python bench/jobs_continual.py", *flags, f"--seeds {len(seeds)}", *first,
                         f"--windows {windows}"])
     result["meta"]["command"] = command
