@@ -29,6 +29,7 @@ from dynamiclora.training.options import StackSpec
 
 # A failed compose Job is kept this long (its message stays in the Swarm's condition), then deleted so
 # the next pass tries again: a transient cause (store outage, evicted pod) must not stop serving for good.
+# A completed one whose adapters this operator cannot see is given as long before it counts as a failure.
 RETRY_FAILED_AFTER_S = 120.0
 
 
@@ -38,7 +39,7 @@ class ComposeProgress:
 
     job: str | None = None  # the compose Job working on them (or that failed)
     failure: str | None = None  # why the last attempt failed; None while it runs
-    done: bool = False  # composed before returning (an in-process composer): serve them in this pass
+    done: bool = False  # composed by now (in-process, or the Job just completed): look for them again
 
 
 class Composer(Protocol):
@@ -87,12 +88,16 @@ class JobComposer:
         state = job_state(job)
         if state == "Running":
             return ComposeProgress(job=name)
+        finished = _finished_at(job)
+        waited = time.time() - finished if finished is not None else 0.0
+        if state == "Complete" and waited <= RETRY_FAILED_AFTER_S:
+            # It completed after this pass looked for its adapters: look again (done), not a failure.
+            return ComposeProgress(job=name, done=True)
         if state == "Failed":
             failure = failure_reason(self.kube, job) or f"compose Job {name} failed"
-        else:  # done, yet a stack it composed is not where this operator reads it
+        else:  # long done, yet a stack it composed is still not where this operator reads it
             failure = ("completed, but its adapters are not visible to the operator (deleted since, or the "
                        "storage PVC is not mounted into the operator pod: see the chart's extraVolumes)")  # fmt: skip
-        finished = _finished_at(job)
-        if finished is not None and time.time() - finished > RETRY_FAILED_AFTER_S:
+        if waited > RETRY_FAILED_AFTER_S:
             self.kube.delete("Job", ns, name)
         return ComposeProgress(job=name, failure=failure)

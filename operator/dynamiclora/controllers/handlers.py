@@ -31,7 +31,6 @@ from dynamiclora.controllers.conditions import (
     write_status,
 )
 from dynamiclora.controllers.policy import reconcile_policy
-from dynamiclora.controllers.promotion import agent_trust
 from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm, swarm_status
 from dynamiclora.controllers.tier import reconcile_tier
@@ -55,14 +54,12 @@ class Runtime:
 
     kube: Kube
     settings: OperatorSettings
-    composer: Composer | None = None  # who composes served adapters (default: a compose Job per Swarm)
+    composer: Composer = field(init=False)  # a compose Job per Swarm and change (a test may assign another)
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     retries: dict[tuple[str, str, str], asyncio.Task[None]] = field(default_factory=dict)  # one per object
 
-    def composing(self) -> Composer:
-        if self.composer is None:
-            self.composer = JobComposer(self.kube, self.settings)
-        return self.composer
+    def __post_init__(self) -> None:
+        self.composer = JobComposer(self.kube, self.settings)
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One lock per object: change handlers and the resync loop never reconcile it concurrently."""
@@ -129,7 +126,7 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
     served_root: str | None = None
     try:
         api_key = await _api_key(rt, ns, body["spec"])
-        outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key, rt.composing())
+        outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key, rt.composer)
         agents, served_root = outcome.agents, outcome.served_root
         conditions = _composing(conditions, outcome, gen, events)
         ready_names = {p["name"] for p in outcome.pods}
@@ -147,17 +144,6 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
             events.append(Event("Normal", "AdaptersServed", "loaded " + ", ".join(outcome.swapped)[:900]))
         if agents:
             live = outcome.tiers  # listed once per pass by sync_serving
-            by_name = {a.name: a for a in obs.swarm.spec.agents}
-            for a in agents:
-                spec_agent = by_name[a["name"]]
-                # Left out at their usual value (trust 1, not pinned): 2,000 agents' entries stay compact.
-                trust = agent_trust(live, name, spec_agent)
-                a.pop("trust", None)
-                a.pop("pinned", None)
-                if trust != 1.0:
-                    a["trust"] = trust
-                if spec_agent.pinned_versions and spec_agent.pinned_versions.wire():
-                    a["pinned"] = True
             await _mark_served(rt, ns, agents, outcome, obs, live)
     except ServingUnavailable as err:
         conditions = set_condition(conditions, "Degraded", True, "ServingUnavailable", str(err), gen)

@@ -20,7 +20,7 @@ from dynamiclora.builders.jobs import store_uri, tier_ref
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.composer import ComposeProgress, Composer
-from dynamiclora.controllers.promotion import served_version_of
+from dynamiclora.controllers.promotion import agent_trust, served_version_of
 from dynamiclora.controllers.stack_consistency import StackEntry, settle, versions_memo
 from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.kube import Kube, Obj
@@ -101,13 +101,29 @@ def _entry(tier: Obj, name: str, ns: str, default_store: str, settings: Operator
     return StackEntry(name, tier["spec"]["level"], version, store, ns)
 
 
-def served_root(sw: Swarm, settings: OperatorSettings) -> Path:
-    """Folder of composed adapters: on the storage PVC the vLLM pods mount, else the operator's scratch."""
+def served_dir(sw: Swarm, settings: OperatorSettings, ns: str, swarm: str) -> Path:
+    """The swarm's composed adapters as the operator reads them: on the storage PVC (where the compose Job
+    writes and the vLLM pods read), or copies in the operator's scratch folder for S3 storage."""
+    from dynamiclora.serving.served_s3 import local_served_dir
+
     if sw.spec.storage.s3 is not None:
-        return Path(settings.scratch_dir) / "served"
+        return local_served_dir(settings.scratch_dir, ns, swarm)
     if sw.spec.storage.pvc is None:
         raise ServingUnavailable("serving composed adapters needs spec.storage.pvc or spec.storage.s3")
-    return Path(store_uri(sw.spec.storage, settings).removeprefix("file://")) / "served"
+    return local_served_dir(store_uri(sw.spec.storage, settings), ns, swarm)
+
+
+def agent_entry(stack: AgentStack, relative_error: float, trust: float, pinned: bool) -> Obj:
+    """One agent's status entry, compact for 2,000 agents: the vLLM model name is always
+    ``<swarm>-<agent>`` and is not repeated; an exact composition, trust 1 and no pin are left out."""
+    entry: Obj = {"name": stack.agent, "servedVersion": stack.label, "adapterPath": f"{stack.agent}/{stack.key}"}
+    if relative_error:
+        entry["compositionError"] = relative_error
+    if trust != 1.0:
+        entry["trust"] = trust
+    if pinned:
+        entry["pinned"] = True
+    return entry
 
 
 COMPOSITION_FILE = "composition.json"  # written last by the compose Job: the adapter is complete
@@ -145,17 +161,18 @@ async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[A
 
     ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
     plan = _Plan()
-    root = served_root(sw, settings) / ns / swarm
+    root = served_dir(sw, settings, ns, swarm)
     pub = None  # S3-only storage: the pods' adapter-sync sidecars mirror the bucket
     if sw.spec.storage.s3 is not None:
         mount = served_s3.ADAPTERS_MOUNT
         if settings.local_executor:  # local pods share one host folder (see served_s3.local_adapters_dir)
             mount = served_s3.local_adapters_dir(settings.scratch_dir, ns, swarm)
-        pub = served_s3.S3Publisher(served_s3.s3_backend(store_uri(sw.spec.storage, settings)), ns, swarm,
-                                    adapters_mount or mount)  # fmt: skip
+        pub = served_s3.S3Served(served_s3.s3_backend(store_uri(sw.spec.storage, settings)), ns, swarm,
+                                 adapters_mount or mount)  # fmt: skip
         out.served_root = pub.root_uri()
     else:
         out.served_root = str(root)
+    by_name = {a.name: a for a in sw.spec.agents}
     for stack in stacks:
         dest = root / stack.agent / stack.key
         if pub is not None:  # the operator reads the bytes the pods serve (fingerprint included)
@@ -175,10 +192,10 @@ async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[A
             out.failures[f"{stack.agent}/{stack.key}"] = f"composed adapter unusable: {e}"
             continue
         out.stacks.append(stack)
-        entry: Obj = {"name": stack.agent, "servedVersion": stack.label, "adapterPath": f"{stack.agent}/{stack.key}"}
-        if error := float(str(report.get("relativeError", 0.0))):
-            entry["compositionError"] = error  # left out when exact: the status stays compact
-        out.agents.append(entry)
+        agent = by_name[stack.agent]
+        pinned = bool(agent.pinned_versions and agent.pinned_versions.wire())
+        out.agents.append(agent_entry(stack, float(str(report.get("relativeError", 0.0))),
+                                      agent_trust(out.tiers, swarm, agent), pinned))  # fmt: skip
     if pub is not None:
         current = {s.agent: s.key for s in out.stacks}
         await asyncio.to_thread(pub.prune, current, {a.name for a in sw.spec.agents})
@@ -230,8 +247,8 @@ def _carry_waiting(body: Obj, swarm: str, waiting: list[AgentStack], served_on: 
         prev = before.get(stack.agent)
         if prev is not None:
             name = served_adapter_name(swarm, stack.agent)
-            kept = {k: v for k, v in prev.items() if k != "servedAdapter"}  # written by an older operator
-            out.agents.append({**kept, "servedOnPods": served_on.get(name, 0)})
+            carried = {k: v for k, v in prev.items() if k != "servedAdapter"}  # written by an older operator
+            out.agents.append({**carried, "servedOnPods": served_on.get(name, 0)})
 
 
 async def _reconcile_pods(sw: Swarm, swarm: str, ready_pods: list[ReadyPod], api_key: str | None,

@@ -58,28 +58,17 @@ def compute_fingerprint(
     return Fingerprint(tuple(prompt_token_ids), greedy_tokens(model, prompt_token_ids, max_new_tokens))
 
 
-def write_fingerprint(
-    base_model_dir: str | Path,
-    adapter_dir: str | Path,
-    prompt_token_ids: Sequence[int] = DEFAULT_PROBE,
-    max_new_tokens: int = 8,
-) -> Fingerprint:
-    """Compute the fingerprint of ``adapter_dir`` and store it beside the adapter."""
-    fp = compute_fingerprint(base_model_dir, adapter_dir, prompt_token_ids, max_new_tokens)
-    fp.write(adapter_dir)
-    return fp
-
-
 def write_fingerprints(
     base_model_dir: str | Path,
     adapter_dirs: Sequence[str | Path],
     prompt_token_ids: Sequence[int] = DEFAULT_PROBE,
     max_new_tokens: int = 8,
 ) -> list[Fingerprint]:
-    """:func:`write_fingerprint` for several adapters with one load of the base model (a compose batch).
+    """Compute each adapter's fingerprint and store it beside the adapter, loading the base model once.
 
-    Each adapter is loaded beside the previous one, made the only active one, and the previous one is
-    then deleted: the base weights are never copied, which matters for a real base model.
+    This is what a compose Job does for its batch: each adapter is loaded beside the previous one, made the
+    only active one, and the previous one is then deleted, so the base weights are never copied (which
+    matters for a real base model). Each result equals :func:`compute_fingerprint` of that adapter alone.
     """
     from peft import PeftModel
 

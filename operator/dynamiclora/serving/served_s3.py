@@ -1,7 +1,8 @@
-"""Publish composed adapters of S3-only swarms to the checkpoint bucket, for the adapter-sync sidecar.
+"""Where composed adapters live, and how those of S3-only swarms travel through the bucket.
 
-A Swarm whose storage is S3 has no volume shared with its vLLM pods. The operator composes each agent's
-adapter in its own scratch folder, then uploads it under the store prefix::
+On a filesystem store the compose Job writes them to :func:`local_served_dir`, the folder the vLLM pods
+mount. A Swarm whose storage is S3 has no volume shared with its vLLM pods: the compose Job uploads each
+agent's adapter under the store prefix (:func:`publish_adapter`)::
 
     <prefix>/served/<namespace>/<swarm>/<agent>/<key>/<files>     uploaded and verified one by one
     <prefix>/served/<namespace>/<swarm>/<agent>/<key>/COMPLETE    LAST: the file list with sha256s
@@ -9,7 +10,8 @@ adapter in its own scratch folder, then uploads it under the store prefix::
 The ``adapter-sync`` sidecar of every vLLM pod mirrors only keys that have the marker, so a pod never
 sees a partial adapter, and it checks each downloaded file against the marker's sha256. The key is
 content-addressed (the exact tier versions it was composed from), so an existing marker means the
-upload is already done. The pods read the adapters at ``/adapters/<agent>/<key>``.
+upload is already done. The pods read the adapters at ``/adapters/<agent>/<key>``; the operator fetches a
+copy into its scratch folder to read the adapter's rank and fingerprint (:class:`S3Served`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ SERVED_DIR = "served"
 def served_prefix(namespace: str, swarm: str) -> str:
     """Key prefix (relative to the store root) of one swarm's composed adapters."""
     return f"{SERVED_DIR}/{namespace}/{swarm}"
+
+
+def local_served_dir(store_uri: str, namespace: str, swarm: str) -> Path:
+    """The folder of one swarm's composed adapters on a filesystem store (``file:///path`` or a path)."""
+    return Path(store_uri.removeprefix("file://")) / served_prefix(namespace, swarm)
 
 
 def pod_adapter_path(agent: str, key: str, mount: str = ADAPTERS_MOUNT) -> str:
@@ -194,8 +201,8 @@ def is_not_synced(exc: ServingError) -> bool:
 
 
 @dataclass(frozen=True)
-class S3Publisher:
-    """The S3 side of serving one swarm (blocking calls: run them in a thread from async code)."""
+class S3Served:
+    """The operator's side of one S3-only swarm's served adapters (blocking calls: run them in a thread)."""
 
     backend: BlobBackend = field(metadata={"help": "blob backend of the swarm's checkpoint store"})
     namespace: str = field(metadata={"help": "the swarm's namespace"})
@@ -204,7 +211,7 @@ class S3Publisher:
 
     def __post_init__(self) -> None:
         if not self.mount.startswith("/"):
-            raise ValueError(f"S3Publisher.mount must be an absolute path, got {self.mount!r}")
+            raise ValueError(f"S3Served.mount must be an absolute path, got {self.mount!r}")
 
     @property
     def prefix(self) -> str:
@@ -217,12 +224,6 @@ class S3Publisher:
     def restore(self, dest: Path, agent: str, key: str) -> bool:
         """Fetch ``dest`` (``<scratch>/<ns>/<swarm>/<agent>/<key>``) from the bucket when published."""
         return not dest.exists() and fetch_published(self.backend, self.prefix, dest.parent.parent, agent, key)
-
-    def publish(self, dest: Path, agent: str, key: str) -> tuple[str, str]:
-        """Upload ``dest`` (once), drop older local copies; returns its URI and its path in the pods."""
-        publish_adapter(self.backend, dest, f"{self.prefix}/{agent}/{key}")
-        prune_scratch(dest.parent, key)
-        return self.backend.describe(f"{self.prefix}/{agent}/{key}"), pod_adapter_path(agent, key, self.mount)
 
     def prune(self, current: dict[str, str], agents: Collection[str]) -> list[str]:
         """See :func:`prune_remote`."""

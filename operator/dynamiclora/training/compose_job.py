@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from dynamiclora.serving.served_s3 import COMPLETE_MARKER, publish_adapter, s3_backend, served_prefix
+from dynamiclora.serving.served_s3 import (
+    COMPLETE_MARKER,
+    local_served_dir,
+    publish_adapter,
+    s3_backend,
+    served_prefix,
+)
 from dynamiclora.storage.base import BlobBackend, BlobNotFoundError
 from dynamiclora.storage.uri import open_store, parse_tier_ref
 from dynamiclora.training.options import ComposeConfig, StackSpec
@@ -46,7 +52,7 @@ class _Destination:
         self.prefix = served_prefix(cfg.namespace, cfg.swarm)
         parsed = urlparse(cfg.store)
         self.backend: BlobBackend | None = s3_backend(cfg.store) if parsed.scheme == "s3" else None
-        self.root = None if self.backend else Path(cfg.store.removeprefix("file://")) / self.prefix
+        self.root = None if self.backend else local_served_dir(cfg.store, cfg.namespace, cfg.swarm)
 
     def done(self, s: StackSpec) -> bool:
         if self.backend is None:
@@ -86,7 +92,8 @@ def _compose_one(s: StackSpec, work: Path, cfg: ComposeConfig) -> tuple[Path, di
     from dynamiclora.memory import compose, load_adapter, save_adapter
 
     deltas = []
-    for i, (_level, ref_text) in enumerate(s.tiers):
+    tiers: list[dict[str, Any]] = []
+    for i, (level, ref_text) in enumerate(s.tiers):
         ref = parse_tier_ref(ref_text)
         if ref.version is None:
             raise ValueError(f"--stack of agent {s.agent}: {ref_text} names no version")
@@ -94,15 +101,11 @@ def _compose_one(s: StackSpec, work: Path, cfg: ComposeConfig) -> tuple[Path, di
         open_store(ref.store_uri).download(ref.namespace, ref.tier, ref.version, local)
         delta, _meta = load_adapter(local)
         deltas.append(delta)
+        tiers.append({"tier": ref.tier, "level": level, "version": ref.version})
     composed, report = compose(deltas, cfg.max_lora_rank)
     out = work / "adapter"
     save_adapter(composed, out, base_model_name_or_path=cfg.base_model_name)
-    summary = {
-        **report.to_dict(), "key": s.key, "label": s.label,
-        "tiers": [{"tier": parse_tier_ref(ref).tier, "level": level, "version": parse_tier_ref(ref).version}
-                  for level, ref in s.tiers],
-    }  # fmt: skip
-    return out, summary
+    return out, {**report.to_dict(), "key": s.key, "label": s.label, "tiers": tiers}
 
 
 class ComposeError(RuntimeError):
@@ -120,8 +123,9 @@ def run_compose(cfg: ComposeConfig, log: Log = _print) -> dict[str, Any]:
 
         torch.set_num_threads(cfg.threads)
     dest = _Destination(cfg)
-    todo = [s for s in cfg.stacks() if not dest.done(s)]
-    skipped = sorted(s.agent for s in cfg.stacks() if s not in todo)
+    stacks = cfg.stacks()
+    todo = [s for s in stacks if not dest.done(s)]
+    skipped = sorted(s.agent for s in stacks if s not in todo)
     composed: dict[str, str] = {}
     errors: dict[str, float] = {}
     if not todo:

@@ -33,14 +33,27 @@ def _size(status: SwarmStatus) -> int:
 
 
 def test_two_thousand_agents_on_64_pods_fit_in_256_kib() -> None:
-    """The issue's bound, for a Swarm as the operator writes it: names like agent-0001, versions like c12.a3,
-    compositions exact, trust 1 and no pin left out (what a status entry holds at its usual values)."""
+    """The issue's bound, for entries built by the operator's own ``agent_entry``: names like agent-0001,
+    versions like c12.a3 (an exact composition, trust 1 and no pin are what it leaves out)."""
+    from dynamiclora.controllers.serving import AgentStack, agent_entry
+    from dynamiclora.controllers.stack_consistency import StackEntry
+
     pods = [PodStatus(name=f"support-vllm-{i}", pod_ip=f"10.0.0.{i}", ready=True, loaded_adapters=2000)
             for i in range(64)]  # fmt: skip
-    agents = [AgentStatus(name=f"agent-{i:04d}", served_version="c12.a3", adapter_path=f"agent-{i:04d}/{'f' * 12}",
-                          served_on_pods=64) for i in range(2000)]  # fmt: skip
-    size = _size(SwarmStatus(agents=agents, pods=pods, served_root="file:///var/lib/dynamiclora/pvc/ckpt/served/t/s"))
-    assert size < 256 * 1024, size
+    agents = []
+    for i in range(2000):
+        name = f"agent-{i:04d}"
+        stack = AgentStack(name, [StackEntry(f"support-{name}-context", "context", 12, "s3://b", "t"),
+                                  StackEntry(f"support-{name}-agent", "agent", 3, "s3://b", "t")])
+        agents.append({**agent_entry(stack, 0.0, 1.0, False), "servedOnPods": 64})
+    assert agents[0]["servedVersion"] == "c12.a3" and set(agents[0]) == {"name", "servedVersion", "adapterPath",
+                                                                          "servedOnPods"}  # fmt: skip
+    status = SwarmStatus.model_validate({"agents": agents, "pods": [p.model_dump(by_alias=True) for p in pods],
+                                         "servedRoot": "s3://ckpt-bucket/dl/served/t/support"})  # fmt: skip
+    assert _size(status) < 256 * 1024, _size(status)
+    # What is left out at its usual value is there when it says something.
+    odd = agent_entry(AgentStack("a", [StackEntry("t", "context", 1, "s3://b", "t")]), 0.01, 0.5, True)
+    assert (odd["compositionError"], odd["trust"], odd["pinned"]) == (0.01, 0.5, True)
 
 
 def test_pod_entries_count_adapters_instead_of_listing_every_agent() -> None:

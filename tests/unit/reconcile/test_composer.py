@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -154,3 +155,38 @@ async def test_one_broken_stack_does_not_hold_back_the_others(
     out = await sync_serving(kube, settings, live, sw, [], None, JobComposer(kube, settings))
     assert [s.agent for s in out.stacks] == ["alice"]
     assert list(out.failures) == [f"bob/{bob.key}"] and "adapter_config.json" in out.failures[f"bob/{bob.key}"]
+
+
+def _finish(kube: FakeKube, name: str, state: str, seconds_ago: float) -> None:
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)
+    kube.objects[("Job", NS, name)]["status"] = {"conditions": [{
+        "type": state, "status": "True", "lastTransitionTime": when.strftime("%Y-%m-%dT%H:%M:%SZ")}]}  # fmt: skip
+
+
+async def test_a_job_that_just_completed_is_looked_at_again_not_reported(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    live = _swarm_with_versions(kube, settings, swarm_body, tmp_path)
+    sw = Swarm.model_validate(live)
+    composer = JobComposer(kube, settings)
+    await sync_serving(kube, settings, live, sw, [], None, composer)
+    (job,) = kube.list("Job", NS)
+    name = job["metadata"]["name"]
+    # The Job wrote the adapters and completed after this pass looked for them: the pass looks again.
+    cfg = from_namespace(ComposeConfig, build_parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]
+                                                                   ["args"]))  # fmt: skip
+    stacks = cfg.stacks()
+    _finish(kube, name, "Complete", seconds_ago=1)
+    assert (await composer.compose(live, sw, stacks)).done  # done, no failure: re-planned in the same pass
+    run_compose(cfg, log=lambda _m: None)
+    out = await sync_serving(kube, settings, live, sw, [], None, composer)
+    assert out.composing == [] and out.failures == {} and [s.agent for s in out.stacks] == ["alice", "bob"]
+
+    # Completed long ago while its adapters are still not visible here (e.g. the PVC is not mounted into
+    # the operator): a failure that says so, and the Job is deleted so that the next pass composes again.
+    for agent in ("alice", "bob"):
+        shutil.rmtree(Path(settings.pvc_mount_root) / "ckpt/dl/served" / NS / "support" / agent)
+    _finish(kube, name, "Complete", seconds_ago=RETRY_FAILED_AFTER_S + 5)
+    late = await composer.compose(live, sw, stacks)
+    assert not late.done and late.failure is not None and "not visible to the operator" in late.failure
+    assert kube.list("Job", NS) == []
