@@ -57,6 +57,12 @@ def _swarm_with_versions(kube: FakeKube, settings: OperatorSettings, body: dict[
     return live
 
 
+def _job_config(job: dict[str, Any]) -> ComposeConfig:
+    """What the compose Job's entrypoint parses from the Job's arguments."""
+    return from_namespace(ComposeConfig, build_parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]
+                                                                   ["args"]))  # fmt: skip
+
+
 def test_a_stack_is_one_json_value_that_round_trips_through_the_cli() -> None:
     spec = StackSpec("alice", "0123abcd4567", "c3.a2", (("context", "file:///s/ns/t-c/v000003"),
                                                          ("agent", "file:///s/ns/t-a/v000002")))  # fmt: skip
@@ -85,7 +91,7 @@ async def test_stacks_wait_for_one_compose_job_then_are_served(
     assert first.compose is not None and first.compose.job == job["metadata"]["name"]
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == sw.spec.context_tier.training.image and container["args"][0] == "compose"
-    cfg = from_namespace(ComposeConfig, build_parser().parse_args(container["args"]))
+    cfg = _job_config(job)
     assert [s.agent for s in cfg.stacks()] == ["alice", "bob"] and cfg.store == _store(settings)
 
     again = await sync_serving(kube, settings, live, sw, [], None, composer)
@@ -140,8 +146,7 @@ async def test_one_broken_stack_does_not_hold_back_the_others(
     sw = Swarm.model_validate(live)
     await sync_serving(kube, settings, live, sw, [], None, JobComposer(kube, settings))
     (job,) = kube.list("Job", NS)
-    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-    cfg = from_namespace(ComposeConfig, build_parser().parse_args(args))
+    cfg = _job_config(job)
     bob = next(s for s in cfg.stacks() if s.agent == "bob")
     broken = StackSpec("bob", bob.key, bob.label, (("context", bob.tiers[0][1].replace("v000001", "v000009")),))
     cfg.stack = [s.to_text() for s in cfg.stacks() if s.agent == "alice"] + [broken.to_text()]
@@ -173,8 +178,7 @@ async def test_a_job_that_just_completed_is_looked_at_again_not_reported(
     (job,) = kube.list("Job", NS)
     name = job["metadata"]["name"]
     # The Job wrote the adapters and completed after this pass looked for them: the pass looks again.
-    cfg = from_namespace(ComposeConfig, build_parser().parse_args(job["spec"]["template"]["spec"]["containers"][0]
-                                                                   ["args"]))  # fmt: skip
+    cfg = _job_config(job)
     stacks = cfg.stacks()
     _finish(kube, name, "Complete", seconds_ago=1)
     assert (await composer.compose(live, sw, stacks)).done  # done, no failure: re-planned in the same pass
