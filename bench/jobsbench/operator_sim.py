@@ -207,12 +207,12 @@ class SimOperator:
         for name in self.tiers:
             body = self.kube.objects[("LoRATier", NAMESPACE, name)]
             outcome = reconcile_tier(self.kube, self.settings, copy.deepcopy(body))
-            body["status"] = outcome.status
+            body["status"] = outcome.wire()
         pol = self.kube.objects.get(("MigrationPolicy", NAMESPACE, POLICY))
         if pol is not None:
             if pol.get("status"):
                 pol["status"].pop("lastEvaluationTime", None)  # the policy's interval has elapsed
-            pol["status"] = reconcile_policy(self.kube, self.settings, copy.deepcopy(pol)).status
+            pol["status"] = reconcile_policy(self.kube, self.settings, copy.deepcopy(pol)).wire()
         return [copy.deepcopy(v) for k, v in sorted(self.kube.objects.items()) if k[0] == "Job" and k not in before]
 
     def _run(self, job: Obj) -> JobRun:

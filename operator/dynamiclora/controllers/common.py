@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from dynamiclora.api.common import duration_seconds
+from dynamiclora.api.conditions import EventType, Reason
 from dynamiclora.api.validate import validate_document
 from dynamiclora.kube import Obj
 
@@ -77,8 +78,8 @@ def generation(body: Obj) -> int | None:
 class Event:
     """A Kubernetes event to record on the reconciled object."""
 
-    type: str
-    reason: str
+    type: EventType
+    reason: Reason
     message: str
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from dynamiclora.api.conditions import ConditionType, Reason
 from dynamiclora.api.policy import MigrationPolicyStatus
 from dynamiclora.api.swarm import SwarmStatus
 from dynamiclora.api.tier import LoRATierStatus
@@ -25,24 +26,10 @@ def typed_status(kind: str, status: Obj) -> Obj:
         return status
     return model.model_validate(status).model_dump(by_alias=True, exclude_unset=True, exclude_none=True, mode="json")
 
-# Reasons users and alerts match on (conditions and events), so they are spelled in one place.
-REASON_UPDATE_RETRIED = "UpdateRetried"
-REASON_INPUT_MISSING = "InputMissing"
-REASON_JOB_FAILED = "JobFailed"
-REASON_TRAINING_FAILING = "TrainingFailing"
-REASON_TRAINING_FAILED = "TrainingFailed"
-REASON_VERSION_AVAILABLE = "VersionAvailable"
-REASON_NO_VERSION_YET = "NoVersionYet"
-REASON_STORAGE_UNAVAILABLE = "StorageUnavailable"
-REASON_RECORDS_UNAVAILABLE = "RecordsUnavailable"
-REASON_COMPOSING = "Composing"  # Swarm: a compose Job builds an agent's new served adapter
-REASON_COMPOSED = "Composed"  # Swarm: every agent's current stack is composed
-REASON_COMPOSITION_FAILED = "CompositionFailed"  # Swarm: the compose Job failed (retried after a pause)
-REASON_TIER_NAME_CONFLICT = "TierNameConflict"  # a generated LoRATier name is taken by another Swarm
-
 
 def set_condition(
-    conditions: list[Obj], type_: str, status: bool | str, reason: str, message: str, generation: int | None
+    conditions: list[Obj], type_: ConditionType, status: bool | str, reason: Reason, message: str,
+    generation: int | None,
 ) -> list[Obj]:
     """Return ``conditions`` with ``type_`` set; lastTransitionTime moves only when the status flips."""
     status_s = status if isinstance(status, str) else ("True" if status else "False")
@@ -50,9 +37,9 @@ def set_condition(
     old = next((c for c in conditions if c.get("type") == type_), None)
     changed = old is None or old.get("status") != status_s
     cond: Obj = {
-        "type": type_,
+        "type": str(type_),
         "status": status_s,
-        "reason": reason,
+        "reason": str(reason),
         "message": message[:32768],
         "lastTransitionTime": now_rfc3339() if changed or not old else old.get("lastTransitionTime", now_rfc3339()),
     }
@@ -62,7 +49,7 @@ def set_condition(
     return sorted(out, key=lambda c: str(c["type"]))
 
 
-def get_condition(status: Obj | None, type_: str) -> Obj | None:
+def get_condition(status: Obj | None, type_: ConditionType | str) -> Obj | None:
     """The condition of ``type_`` in a status, if any."""
     return next((c for c in (status or {}).get("conditions", []) if c.get("type") == type_), None)
 
@@ -83,14 +70,21 @@ def status_changed(old: Obj | None, new: Obj, preserve: frozenset[str] = frozens
     return any(_strip_times(old.get(k)) != _strip_times(v) for k, v in new.items())
 
 
-def write_status(kube: Kube, body: Obj, new: Obj, preserve: frozenset[str] = frozenset()) -> bool:
-    """Merge-patch the status to ``new`` when it changed; returns whether a write happened.
+def wire_status(kind: str, status: Obj | BaseModel) -> Obj:
+    """The status as written: a status model's fields that were set, or a dict validated as ``kind``'s."""
+    if isinstance(status, BaseModel):
+        return status.model_dump(by_alias=True, exclude_unset=True, exclude_none=True, mode="json")
+    return typed_status(kind, status)
 
-    A merge patch only removes a key that is sent as null, so keys of the old status missing from ``new``
-    are nulled, except ``preserve`` (fields another controller owns).
+
+def write_status(kube: Kube, body: Obj, status: Obj | BaseModel, preserve: frozenset[str] = frozenset()) -> bool:
+    """Merge-patch the status to ``status`` when it changed; returns whether a write happened.
+
+    ``preserve`` names fields another controller owns: never written, never removed. A merge patch only
+    removes a key that is sent as null, so other keys of the old status missing from the new one are nulled.
     """
     old = body.get("status") or {}
-    new = typed_status(str(body.get("kind", "")), new)
+    new = {k: v for k, v in wire_status(str(body.get("kind", "")), status).items() if k not in preserve}
     if not status_changed(old, new, preserve):
         return False
     patch = dict(new)

@@ -21,12 +21,10 @@ from typing import Any
 import kopf
 
 from dynamiclora import GROUP, VERSION
+from dynamiclora.api.conditions import ConditionType, EventType, Reason
 from dynamiclora.controllers.common import Event, InvalidSpec, WaitFor, generation
 from dynamiclora.controllers.composer import Composer, JobComposer
 from dynamiclora.controllers.conditions import (
-    REASON_COMPOSED,
-    REASON_COMPOSING,
-    REASON_COMPOSITION_FAILED,
     set_condition,
     write_status,
 )
@@ -82,12 +80,13 @@ async def _invalid(rt: Runtime, body: Obj, kind: str, err: InvalidSpec) -> None:
     """Report an invalid spec once per generation, then stop retrying."""
     status = dict(body.get("status") or {})
     gen = generation(body)
-    status["conditions"] = set_condition(status.get("conditions", []), "Ready", False, "InvalidSpec", str(err), gen)
+    status["conditions"] = set_condition(status.get("conditions", []), ConditionType.READY, False,
+                                         Reason.INVALID_SPEC, str(err), gen)  # fmt: skip
     status["phase"] = "Failed"
     status["observedGeneration"] = gen
     changed = await asyncio.to_thread(write_status, rt.kube, body, status)
     if changed:
-        await asyncio.to_thread(rt.kube.event, body, "Warning", "InvalidSpec", str(err))
+        await asyncio.to_thread(rt.kube.event, body, EventType.WARNING, Reason.INVALID_SPEC, str(err))
     RECONCILES.labels(kind, "invalid").inc()
     raise kopf.PermanentError(f"invalid {kind}: {err}")
 
@@ -133,29 +132,30 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
         pods = outcome.pods + [p for p in pods if p["name"] not in ready_names]
         if outcome.compose is not None and outcome.compose.failure:
             msg = f"compose Job {outcome.compose.job}: {outcome.compose.failure}"[:1000]
-            conditions = set_condition(conditions, "Degraded", True, REASON_COMPOSITION_FAILED, msg, gen)
+            conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.COMPOSITION_FAILED, msg, gen)
         elif outcome.failures:
             msg = "; ".join(f"{k}: {v}" for k, v in sorted(outcome.failures.items()))[:1000]
-            conditions = set_condition(conditions, "Degraded", True, "AdapterLoadFailed", msg, gen)
-            events.append(Event("Warning", "AdapterLoadFailed", msg))
+            conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.ADAPTER_LOAD_FAILED, msg, gen)
+            events.append(Event(EventType.WARNING, Reason.ADAPTER_LOAD_FAILED, msg))
         else:
-            conditions = set_condition(conditions, "Degraded", False, "Healthy", "", gen)
+            conditions = set_condition(conditions, ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
         if outcome.swapped:
-            events.append(Event("Normal", "AdaptersServed", "loaded " + ", ".join(outcome.swapped)[:900]))
+            events.append(Event(EventType.NORMAL, Reason.ADAPTERS_SERVED, "loaded " + ", ".join(outcome.swapped)[:900]))
         if agents:
             live = outcome.tiers  # listed once per pass by sync_serving
             await _mark_served(rt, ns, agents, outcome, obs, live)
     except ServingUnavailable as err:
-        conditions = set_condition(conditions, "Degraded", True, "ServingUnavailable", str(err), gen)
+        conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.SERVING_UNAVAILABLE, str(err), gen)
     except WaitFor as err:
-        conditions = set_condition(conditions, "Degraded", True, "Waiting", str(err), gen)
+        conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.WAITING, str(err), gen)
     all_served = bool(obs.ready_pods) and all(a.get("servedOnPods") == len(obs.ready_pods) for a in agents)
     n_agents = len(obs.swarm.spec.agents)
     ready = len(obs.ready_pods) >= obs.swarm.spec.inference.replicas and all_served and len(agents) == n_agents
-    reason = "AllAgentsServed" if ready else ("PodsNotReady" if len(obs.ready_pods) < obs.replicas else "NotAllServed")
+    reason = Reason.ALL_AGENTS_SERVED if ready else (Reason.PODS_NOT_READY if len(obs.ready_pods) < obs.replicas
+                                                     else Reason.NOT_ALL_SERVED)  # fmt: skip
     msg = f"{len(obs.ready_pods)}/{obs.replicas} pods ready, {sum(1 for a in agents if a.get('servedOnPods'))}/" \
           f"{n_agents} agents served"  # fmt: skip
-    conditions = set_condition(conditions, "Ready", ready, reason, msg, gen)
+    conditions = set_condition(conditions, ConditionType.READY, ready, reason, msg, gen)
     for a in agents:
         AGENT_SERVED_PODS.labels(ns, name, a["name"]).set(a.get("servedOnPods", 0))
     for p in pods:
@@ -171,17 +171,17 @@ def _composing(conditions: list[Obj], outcome: ServingOutcome, gen: int | None, 
     """The ``Composing`` condition: which agents wait for their adapter, and which Job builds it."""
     progress = outcome.compose
     if not outcome.composing or progress is None:
-        return set_condition(conditions, "Composing", False, REASON_COMPOSED, "", gen)
+        return set_condition(conditions, ConditionType.COMPOSING, False, Reason.COMPOSED, "", gen)
     agents = ", ".join(outcome.composing[:10]) + (f" and {len(outcome.composing) - 10} more"
                                                   if len(outcome.composing) > 10 else "")  # fmt: skip
     if progress.failure:
         msg = f"compose Job {progress.job} failed for {agents}: {progress.failure}"[:1000]
-        before = next((c for c in conditions if c.get("type") == "Composing"), {})
-        if before.get("reason") != REASON_COMPOSITION_FAILED or before.get("message") != msg:
-            events.append(Event("Warning", REASON_COMPOSITION_FAILED, msg))
-        return set_condition(conditions, "Composing", False, REASON_COMPOSITION_FAILED, msg, gen)
+        before = next((c for c in conditions if c.get("type") == ConditionType.COMPOSING), {})
+        if before.get("reason") != Reason.COMPOSITION_FAILED or before.get("message") != msg:
+            events.append(Event(EventType.WARNING, Reason.COMPOSITION_FAILED, msg))
+        return set_condition(conditions, ConditionType.COMPOSING, False, Reason.COMPOSITION_FAILED, msg, gen)
     msg = f"compose Job {progress.job} builds the adapter of {agents}"[:1000]
-    return set_condition(conditions, "Composing", True, REASON_COMPOSING, msg, gen)
+    return set_condition(conditions, ConditionType.COMPOSING, True, Reason.COMPOSING, msg, gen)
 
 
 async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, obs: Any, live: dict[str, Obj]) -> None:
@@ -219,8 +219,6 @@ async def _handle_status_only(
     except WaitFor as err:
         RECONCILES.labels(kind, "waiting").inc()
         raise kopf.TemporaryError(str(err), delay=err.delay) from err
-    for key in preserve:
-        outcome.status.pop(key, None)
     await asyncio.to_thread(write_status, rt.kube, body, outcome.status, preserve)
     await _emit(rt, body, outcome.events)
     RECONCILES.labels(kind, "ok").inc()

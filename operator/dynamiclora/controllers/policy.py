@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamiclora.api.common import TierLevel
-from dynamiclora.api.policy import MigrationPolicy, TierPair
+from dynamiclora.api.conditions import ConditionType, EventType, Reason
+from dynamiclora.api.policy import MigrationPolicy, MigrationPolicyStatus, PolicyPhase, TierPair
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import TrainingTemplate
 from dynamiclora.builders.jobs import ConsolidationInputs, build_consolidation_job, store_uri
 from dynamiclora.builders.names import ANNOTATION_TARGET, agent_tier_name, consolidation_job_name
 from dynamiclora.controllers.common import Event, duration_s, generation, job_state, parse, parse_time
-from dynamiclora.controllers.conditions import set_condition
+from dynamiclora.controllers.conditions import set_condition, wire_status
 from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.policy_gate import audit_consolidation, consolidation_gate_args
 from dynamiclora.controllers.promotion import agent_trust, latest_accepted
@@ -52,8 +53,14 @@ class Candidate:
 
 @dataclass
 class PolicyOutcome:
-    status: Obj
+    """The status to write (the API's type) and the events to record."""
+
+    status: MigrationPolicyStatus
     events: list[Event] = field(default_factory=list)
+
+    def wire(self) -> Obj:
+        """The status as it is written to the API server."""
+        return wire_status("MigrationPolicy", self.status)
 
 
 def result_path(store: str, ns: str, job: str) -> str:
@@ -218,7 +225,7 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
     st["reservations"] = {j: int(n) for j, n in dict(old.get("reservations") or {}).items() if j in active}
 
     if pol.spec.suspend:
-        st["phase"] = "Suspended"
+        st["phase"] = PolicyPhase.SUSPENDED
     else:
         last = parse_time(old.get("lastEvaluationTime"))
         if last is None or (now - last).total_seconds() >= duration_s(pol.spec.interval):
@@ -246,9 +253,10 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
                 active.append(job_name)
                 busy_targets.add(cand.inputs.target_tier)
                 evaluated[cand.key] = cand.version
-        st["phase"] = "Active"
+        st["phase"] = PolicyPhase.ACTIVE
     st["evaluated"] = evaluated
-    return PolicyOutcome(_finish(st, pol, gen, conditions, active, decisions), events)
+    status = MigrationPolicyStatus.model_validate(_finish(st, pol, gen, conditions, active, decisions))
+    return PolicyOutcome(status, events)
 
 
 def _collect(kube: Kube, ns: str, old: Obj, stores: dict[str, str], st: Obj, decisions: list[Obj],
@@ -300,7 +308,7 @@ def _launch(kube: Kube, settings: OperatorSettings, body: Obj, pol: MigrationPol
     if kube.create(job) is None:
         return []
     JOBS.labels("consolidation", "started").inc()
-    return [Event("Normal", "ConsolidationStarted", f"Job {job_name}: {c.mode} into {c.target_tier}")]
+    return [Event(EventType.NORMAL, Reason.CONSOLIDATION_STARTED, f"Job {job_name}: {c.mode} into {c.target_tier}")]
 
 
 def _finish(st: Obj, pol: MigrationPolicy, gen: int | None, conditions: list[Obj], active: list[str],
@@ -310,7 +318,7 @@ def _finish(st: Obj, pol: MigrationPolicy, gen: int | None, conditions: list[Obj
     st["decisions"] = decisions[-DECISION_LIMIT:]
     st["observedGeneration"] = gen
     st["conditions"] = set_condition(
-        conditions, "Ready", True, "Evaluating" if not pol.spec.suspend else "Suspended",
+        conditions, ConditionType.READY, True, Reason.SUSPENDED if pol.spec.suspend else Reason.EVALUATING,
         f"{len(active)} consolidation Job(s) in flight; dry run" if pol.spec.dry_run
         else f"{len(active)} consolidation Job(s) in flight", gen,
     )  # fmt: skip
@@ -361,12 +369,13 @@ def _record_job(
         decisions.append({"time": now_rfc3339(), "sourceTier": src_tier, "targetTier": target, "outcome": "Rejected",
                           "reason": text[:1024], "job": job_name, "components": 0,
                           "energyFraction": 0.0})  # fmt: skip
-        return Event("Warning", "ConsolidationFailed", text)
+        return Event(EventType.WARNING, Reason.CONSOLIDATION_FAILED, text)
     JOBS.labels("consolidation", "succeeded").inc()
     try:
         result = json.loads(read_result(result_path(store, ns, job_name)))
     except (OSError, ValueError, StoreError) as exc:
-        return Event("Warning", "ResultMissing", f"Job {job_name} succeeded but its result is unreadable: {exc}")
+        msg = f"Job {job_name} succeeded but its result is unreadable: {exc}"
+        return Event(EventType.WARNING, Reason.RESULT_MISSING, msg)
     report = result.get("report", {})
     migrate = result.get("mode") == "migrate"
     summary = audit_consolidation(store, ns, target, job_name, result, src_tier if migrate else None)
@@ -375,13 +384,13 @@ def _record_job(
                           "reason": summary[:1024], "job": job_name, "components": 0,
                           "energyFraction": 0.0})  # fmt: skip
         MIGRATIONS.labels("Rejected").inc()
-        return Event("Warning", "ConsolidationRejected", summary)
+        return Event(EventType.WARNING, Reason.CONSOLIDATION_REJECTED, summary)
     if result.get("mode") == "consensus":
         decisions.append({"time": now_rfc3339(), "sourceTier": src_tier, "targetTier": target,
                           "outcome": "Migrated" if result.get("changed") else "DryRun", "job": job_name,
                           "components": 0, "energyFraction": 0.0,
                           "reason": f"consensus ({report.get('rule', '')}) of {len(report.get('weights', []))} agents"})
-        return Event("Normal", "ConsensusDone", f"Job {job_name}: consensus into {target}")
+        return Event(EventType.NORMAL, Reason.CONSENSUS_DONE, f"Job {job_name}: consensus into {target}")
     migrated, bypassed = int(report.get("migrated", 0)), int(report.get("bypassed", 0))
     throttled = int(report.get("throttled", 0))
     dry = bool(report.get("dryRun"))
@@ -400,4 +409,4 @@ def _record_job(
         MIGRATED_COMPONENTS.inc(migrated + bypassed)
     st["migrationsThrottled"] = int(st.get("migrationsThrottled", 0)) + throttled
     MIGRATIONS.labels(outcome).inc()
-    return Event("Normal", "MigrationDone", f"Job {job_name}: {reason}{' (dry run)' if dry else ''}")
+    return Event(EventType.NORMAL, Reason.MIGRATION_DONE, f"Job {job_name}: {reason}{' (dry run)' if dry else ''}")

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dynamiclora.api.conditions import EventType, Reason
 from dynamiclora.controllers.common import Event
 from dynamiclora.kube import Obj
 from dynamiclora.metrics import GATE_DECISIONS
@@ -153,7 +154,8 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
         if created:
             GATE_DECISIONS.labels(ns, name, "promoted" if accepted else "rejected").inc()
         if created or old.get("latestVersion") is None or v > int(old.get("latestVersion") or 0):
-            events.append(Event("Normal", "Promoted", msg) if accepted else Event("Warning", "UpdateRejected", msg))
+            events.append(Event(EventType.NORMAL, Reason.PROMOTED, msg) if accepted
+                          else Event(EventType.WARNING, Reason.UPDATE_REJECTED, msg))  # fmt: skip
     if audit is not None:
         counts = {"accepted": 0, "rejected": 0}
         for r in audit.records():
@@ -186,7 +188,7 @@ def _release(audit: Any, ref: VersionRef, st: Obj, events: list[Event]) -> None:
                                   version=int(w.get("version") or 0) or None,
                                   actor=f"job/{job}" if job else "operator", message=msg)  # fmt: skip
         if created:
-            events.append(Event("Normal", "QuarantineReleased", msg))
+            events.append(Event(EventType.NORMAL, Reason.QUARANTINE_RELEASED, msg))
     st["quarantine"] = kept
 
 
@@ -206,7 +208,7 @@ def observe_pin(store: CheckpointStore, ns: str, name: str, pinned: int | None, 
         kind, msg = "pin", f"pinned to v{pinned}"
     _audit(store, ns, name).append(kind, id=f"pin/g{generation}/{pinned}", version=pinned,
                                    actor="spec.pinnedVersion", message=msg)  # fmt: skip
-    events.append(Event("Normal", "Unpinned" if pinned is None else "Pinned", msg))
+    events.append(Event(EventType.NORMAL, Reason.UNPINNED if pinned is None else Reason.PINNED, msg))
     if pinned is None:
         st.pop("pinnedVersion", None)
     else:

@@ -9,19 +9,19 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from dynamiclora.api.swarm import Swarm, SwarmStatus
+from dynamiclora.api.conditions import ConditionType, Reason
+from dynamiclora.api.swarm import Swarm, SwarmPhase, SwarmStatus
 from dynamiclora.builders.inference import build_service, build_statefulset, selector_labels
 from dynamiclora.builders.names import LABEL_AGENT, LABEL_SWARM, inference_name, swarm_name_problem
 from dynamiclora.builders.tiers import build_agent_tiers
 from dynamiclora.controllers.common import InvalidSpec, generation, parse
-from dynamiclora.controllers.conditions import REASON_TIER_NAME_CONFLICT, get_condition, set_condition
+from dynamiclora.controllers.conditions import get_condition, set_condition
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.metrics import SWARM_DESIRED_PODS, SWARM_READY_PODS
 from dynamiclora.settings import OperatorSettings
 
 APPLY_CONCURRENCY = 24
 # Present (status True) while a generated LoRATier name is owned by another Swarm.
-CONDITION_TIER_NAME_CONFLICT = "TierNameConflict"
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,9 @@ def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmO
         served = [a for a in sw.spec.agents if a.name not in blocked]
         obs.swarm = sw.model_copy(update={"spec": sw.spec.model_copy(update={"agents": served})})
         msg = conflict_message(obs)
-        old = get_condition(body.get("status"), CONDITION_TIER_NAME_CONFLICT) or {}
+        old = get_condition(body.get("status"), ConditionType.TIER_NAME_CONFLICT) or {}
         if (old.get("status"), old.get("message")) != ("True", msg):  # one event per new conflict, not per pass
-            kube.event(body, "Warning", REASON_TIER_NAME_CONFLICT, msg)
+            kube.event(body, "Warning", Reason.TIER_NAME_CONFLICT, msg)
     pending = []
     for child in [build_service(body, sw), build_statefulset(body, sw, settings), *desired_tiers]:
         if child["kind"] == "LoRATier" and child["metadata"]["labels"][LABEL_AGENT] in blocked:
@@ -182,14 +182,14 @@ def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmO
 def _conflict_conditions(body: Obj, obs: SwarmObservation, conditions: list[Obj]) -> list[Obj]:
     """TierNameConflict while generated tier names are taken (then not Ready either), else no such condition."""
     if not obs.tier_conflicts:
-        return [c for c in conditions if c["type"] != CONDITION_TIER_NAME_CONFLICT]
+        return [c for c in conditions if c["type"] != ConditionType.TIER_NAME_CONFLICT]
     gen, msg = generation(body), conflict_message(obs)
-    out = set_condition(conditions, CONDITION_TIER_NAME_CONFLICT, True, REASON_TIER_NAME_CONFLICT, msg, gen)
-    ready = next((c for c in out if c["type"] == "Ready"), None)
+    out = set_condition(conditions, ConditionType.TIER_NAME_CONFLICT, True, Reason.TIER_NAME_CONFLICT, msg, gen)
+    ready = next((c for c in out if c["type"] == ConditionType.READY), None)
     if ready is None or ready["status"] == "True":  # the conflicting agents are not served
-        old = get_condition(body.get("status"), "Ready")  # its transition time, not the one of this pass
-        out = set_condition([c for c in out if c["type"] != "Ready"] + ([old] if old else []),
-                            "Ready", False, REASON_TIER_NAME_CONFLICT, msg, gen)  # fmt: skip
+        old = get_condition(body.get("status"), ConditionType.READY)  # its transition time, not the one of this pass
+        out = set_condition([c for c in out if c["type"] != ConditionType.READY] + ([old] if old else []),
+                            ConditionType.READY, False, Reason.TIER_NAME_CONFLICT, msg, gen)  # fmt: skip
     return out
 
 
@@ -199,17 +199,17 @@ def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list
     n_agents = obs.agent_count or len(obs.swarm.spec.agents)
     conditions = _conflict_conditions(body, obs, conditions)
     served = sum(1 for a in agents if a.get("servedOnPods", 0) and a.get("servedOnPods") == len(obs.ready_pods))
-    ready_cond = next((c for c in conditions if c["type"] == "Ready"), None)
-    degraded = next((c for c in conditions if c["type"] == "Degraded" and c["status"] == "True"), None)
-    degraded = degraded or get_condition({"conditions": conditions}, CONDITION_TIER_NAME_CONFLICT)
+    ready_cond = get_condition({"conditions": conditions}, ConditionType.READY)
+    degraded = next((c for c in conditions if c["type"] == ConditionType.DEGRADED and c["status"] == "True"), None)
+    degraded = degraded or get_condition({"conditions": conditions}, ConditionType.TIER_NAME_CONFLICT)
     if degraded:
-        phase = "Degraded"
+        phase = SwarmPhase.DEGRADED
     elif ready_cond and ready_cond["status"] == "True":
-        phase = "Ready"
+        phase = SwarmPhase.READY
     elif obs.ready_pods:
-        phase = "Progressing"
+        phase = SwarmPhase.PROGRESSING
     else:
-        phase = "Pending"
+        phase = SwarmPhase.PENDING
     return SwarmStatus.model_validate({
         "observedGeneration": generation(body),
         "servedRoot": served_root,

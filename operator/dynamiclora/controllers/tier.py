@@ -13,24 +13,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dynamiclora.api.common import Storage, TierLevel
+from dynamiclora.api.conditions import ConditionType, EventType, Reason
 from dynamiclora.api.swarm import Swarm
-from dynamiclora.api.tier import LoRATier
+from dynamiclora.api.tier import LoRATier, LoRATierStatus, TierPhase
 from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experience_location, store_uri
 from dynamiclora.builders.names import ANNOTATION_TRAIN_RECORDS, training_job_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.common import Event, WaitFor, duration_s, generation, job_state, parse, parse_time
-from dynamiclora.controllers.conditions import (
-    REASON_INPUT_MISSING,
-    REASON_JOB_FAILED,
-    REASON_NO_VERSION_YET,
-    REASON_TRAINING_FAILED,
-    REASON_TRAINING_FAILING,
-    REASON_UPDATE_RETRIED,
-    REASON_VERSION_AVAILABLE,
-    get_condition,
-    set_condition,
-)
+from dynamiclora.controllers.conditions import get_condition, set_condition, wire_status
 from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
@@ -83,15 +74,20 @@ def _reset_on_new_generation(old: Obj, st: Obj, conditions: list[Obj], gen: int 
         return conditions
     st.pop("failedAttempts", None)
     st.pop("lastFailureTime", None)
-    return set_condition(conditions, "Degraded", False, "SpecChanged", "the spec changed: training retries", gen)
+    msg = "the spec changed: training retries"
+    return set_condition(conditions, ConditionType.DEGRADED, False, Reason.SPEC_CHANGED, msg, gen)
 
 
 @dataclass
 class TierOutcome:
-    """New status and the events to record."""
+    """The status to write (the API's type) and the events to record."""
 
-    status: Obj
+    status: LoRATierStatus
     events: list[Event] = field(default_factory=list)
+
+    def wire(self) -> Obj:
+        """The status as it is written to the API server."""
+        return wire_status("LoRATier", self.status)
 
 
 def count_records(location: str, s3_client: Any = None) -> int:
@@ -122,7 +118,8 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
     except Exception as e:
         if not is_storage_error(e):
             raise
-        return TierOutcome(*storage_unavailable(body, e))
+        status, events = storage_unavailable(body, e)
+        return TierOutcome(LoRATierStatus.model_validate(status), events)
 
 
 def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOutcome:
@@ -169,9 +166,10 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
             started = parse_time(job.get("status", {}).get("startTime"))
             if started:
                 JOB_SECONDS.labels("training").observe((dt.datetime.now(dt.UTC) - started).total_seconds())
-            conditions = set_condition(conditions, "Training", False, "Succeeded", f"Job {active} succeeded", gen)
-            conditions = set_condition(conditions, "Degraded", False, "Healthy", "", gen)
-            events.append(Event("Normal", "TrainingSucceeded", f"Job {active} succeeded"))
+            conditions = set_condition(conditions, ConditionType.TRAINING, False, Reason.SUCCEEDED,
+                                       f"Job {active} succeeded", gen)  # fmt: skip
+            conditions = set_condition(conditions, ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
+            events.append(Event(EventType.NORMAL, Reason.TRAINING_SUCCEEDED, f"Job {active} succeeded"))
         elif state in ("Failed", "Gone"):
             attempts = int(old.get("failedAttempts", 0)) + 1
             st["failedAttempts"] = attempts
@@ -180,32 +178,33 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
             msg = f"Job {active} {'failed' if state == 'Failed' else 'disappeared'} (attempt {attempts})"
             why = failure_reason(kube, job) if job is not None and state == "Failed" else ""
             msg += f": {why}" if why else ""
-            conditions = set_condition(conditions, "Training", False, REASON_JOB_FAILED, msg, gen)
+            conditions = set_condition(conditions, ConditionType.TRAINING, False, Reason.JOB_FAILED, msg, gen)
             st["lastFailureTime"] = now_rfc3339()
             if attempts >= MAX_TRAINING_ATTEMPTS:
                 retry = f"; retrying in {training_backoff(attempts):.0f}s (a spec change retries at once)"
-                conditions = set_condition(conditions, "Degraded", True, REASON_TRAINING_FAILING, msg + retry, gen)
-            events.append(Event("Warning", REASON_TRAINING_FAILED, msg))
+                conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.TRAINING_FAILING,
+                                           msg + retry, gen)  # fmt: skip
+            events.append(Event(EventType.WARNING, Reason.TRAINING_FAILED, msg))
 
     if tier.spec.suspend:
-        st["phase"] = "Suspended"
+        st["phase"] = TierPhase.SUSPENDED
     elif level == TierLevel.CONTEXT and tier.spec.agent and swarm is not None and not st.get("activeJob"):
         conditions = _maybe_train(kube, settings, body, tier, swarm, storage, st, old, conditions, events)
 
     st["observedGeneration"] = gen
     st["conditions"] = _ready(conditions, st.get("currentVersion"), gen)
-    if "phase" not in st or st["phase"] != "Suspended" or not tier.spec.suspend:
-        degraded = any(c["type"] == "Degraded" and c["status"] == "True" for c in st["conditions"])
+    if "phase" not in st or st["phase"] != TierPhase.SUSPENDED or not tier.spec.suspend:
+        degraded = any(c["type"] == ConditionType.DEGRADED and c["status"] == "True" for c in st["conditions"])
         st["phase"] = (
-            "Suspended" if tier.spec.suspend
-            else "Training" if st.get("activeJob")
-            else "Failed" if degraded
-            else "Ready" if st.get("currentVersion")
-            else "Pending"
+            TierPhase.SUSPENDED if tier.spec.suspend
+            else TierPhase.TRAINING if st.get("activeJob")
+            else TierPhase.FAILED if degraded
+            else TierPhase.READY if st.get("currentVersion")
+            else TierPhase.PENDING
         )  # fmt: skip
     # From the status, not from this pass's reads: a restarted operator exports what is already known.
     export_tier_status(ns, name, level.value, st)
-    return TierOutcome(st, events)
+    return TierOutcome(LoRATierStatus.model_validate(st), events)
 
 
 def _consume(tier: LoRATier, st: Obj, old: Obj, job_records: int, events: list[Event]) -> None:
@@ -222,7 +221,7 @@ def _consume(tier: LoRATier, st: Obj, old: Obj, job_records: int, events: list[E
              and retries < MAX_COLLATERAL_RETRIES and tier.spec.training.replay_fraction > 0)  # fmt: skip
     if retry:
         st["collateralRetries"] = retries + 1
-        events.append(Event("Normal", REASON_UPDATE_RETRIED,
+        events.append(Event(EventType.NORMAL, Reason.UPDATE_RETRIED,
                             f"v{gate['version']} forgot known examples collaterally: its records are trained again "
                             f"with more replay (retry {retries + 1} of {MAX_COLLATERAL_RETRIES})"))  # fmt: skip
         return
@@ -233,11 +232,13 @@ def _consume(tier: LoRATier, st: Obj, old: Obj, job_records: int, events: list[E
 def _ready(conditions: list[Obj], current: int | None, gen: int | None) -> list[Obj]:
     """Ready means a version to serve; without one, a missing input is why there is none yet."""
     if current is not None:
-        return set_condition(conditions, "Ready", True, REASON_VERSION_AVAILABLE, f"version {current} available", gen)
-    training = get_condition({"conditions": conditions}, "Training") or {}
-    if training.get("reason") == REASON_INPUT_MISSING:
-        return set_condition(conditions, "Ready", False, REASON_INPUT_MISSING, str(training.get("message")), gen)
-    return set_condition(conditions, "Ready", False, REASON_NO_VERSION_YET, "no version published yet", gen)
+        return set_condition(conditions, ConditionType.READY, True, Reason.VERSION_AVAILABLE,
+                             f"version {current} available", gen)  # fmt: skip
+    training = get_condition({"conditions": conditions}, ConditionType.TRAINING) or {}
+    if training.get("reason") == Reason.INPUT_MISSING:
+        return set_condition(conditions, ConditionType.READY, False, Reason.INPUT_MISSING,
+                             str(training.get("message")), gen)  # fmt: skip
+    return set_condition(conditions, ConditionType.READY, False, Reason.NO_VERSION_YET, "no version published yet", gen)
 
 
 # (store URI, namespace, tier, version) -> creation time. Versions are immutable, so a version's age is
@@ -270,7 +271,8 @@ def _retain(store: object, uri: str, versions: list[int], tier: LoRATier, old: O
         protected |= {v for v in versions[:-keep] if (c := _created(store, uri, ns, name, v)) and c >= horizon}
     report = store.retain(ns, name, keep_last=keep, protected=frozenset(int(v) for v in protected))  # type: ignore[attr-defined]
     if report.deleted:
-        events.append(Event("Normal", "RetentionApplied", f"deleted versions {report.deleted} (keep {keep})"))
+        msg = f"deleted versions {report.deleted} (keep {keep})"
+        events.append(Event(EventType.NORMAL, Reason.RETENTION_APPLIED, msg))
 
 
 def _read_stats(store: object, ns: str, name: str, version: int) -> Obj | None:
@@ -335,7 +337,7 @@ def _maybe_train(
         return conditions
     if pending < tier.spec.training.min_samples:
         return set_condition(
-            conditions, "Training", False, "WaitingForRecords",
+            conditions, ConditionType.TRAINING, False, Reason.WAITING_FOR_RECORDS,
             f"{pending}/{tier.spec.training.min_samples} new interaction records", generation(body),
         )  # fmt: skip
     last = parse_time(st.get("lastTrainingTime"))
@@ -371,21 +373,22 @@ def _maybe_train(
     st["activeJob"] = job_name
     if created is not None:
         JOBS.labels("training", "started").inc()
-        events.append(Event("Normal", "TrainingStarted", f"Job {job_name} trains v{next_version} on {pending} records"))
+        msg = f"Job {job_name} trains v{next_version} on {pending} records"
+        events.append(Event(EventType.NORMAL, Reason.TRAINING_STARTED, msg))
     running = f"Job {job_name} trains version {next_version}"
-    previous = get_condition({"conditions": conditions}, "Training") or {}
-    if previous.get("reason") == REASON_JOB_FAILED:  # a retry keeps saying why the last attempt failed
+    previous = get_condition({"conditions": conditions}, ConditionType.TRAINING) or {}
+    if previous.get("reason") == Reason.JOB_FAILED:  # a retry keeps saying why the last attempt failed
         running = f"Job {job_name} retries version {next_version}; {previous.get('message')}"
-    return set_condition(conditions, "Training", True, "JobRunning", running, generation(body))
+    return set_condition(conditions, ConditionType.TRAINING, True, Reason.JOB_RUNNING, running, generation(body))
 
 
 def _input_missing(conditions: list[Obj], missing: list[str], events: list[Event], gen: int | None) -> list[Obj]:
     """Wait for the inputs without a Job or a failed attempt; a later pass starts training once they exist."""
     msg = f"training waits for inputs that do not exist: {', '.join(missing)}"
-    old = get_condition({"conditions": conditions}, "Training") or {}
-    if (old.get("reason"), old.get("message")) != (REASON_INPUT_MISSING, msg):  # one event, not one per pass
-        events.append(Event("Warning", REASON_INPUT_MISSING, msg))
-    return set_condition(conditions, "Training", False, REASON_INPUT_MISSING, msg, gen)
+    old = get_condition({"conditions": conditions}, ConditionType.TRAINING) or {}
+    if (old.get("reason"), old.get("message")) != (Reason.INPUT_MISSING, msg):  # one event, not one per pass
+        events.append(Event(EventType.WARNING, Reason.INPUT_MISSING, msg))
+    return set_condition(conditions, ConditionType.TRAINING, False, Reason.INPUT_MISSING, msg, gen)
 
 
 def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier: LoRATier, store: str,

@@ -21,10 +21,10 @@ from collections import OrderedDict
 from typing import Any
 
 from dynamiclora.api.common import S3Storage, Storage
+from dynamiclora.api.conditions import ConditionType, EventType, Reason
+from dynamiclora.api.tier import TierPhase
 from dynamiclora.controllers.common import Event, generation
 from dynamiclora.controllers.conditions import (
-    REASON_RECORDS_UNAVAILABLE,
-    REASON_STORAGE_UNAVAILABLE,
     get_condition,
     set_condition,
 )
@@ -128,7 +128,7 @@ def _code(err: BaseException) -> str:
 def records_unavailable(conditions: list[Obj], exc: Exception, events: list[Event], gen: int | None) -> list[Obj]:
     """The Training condition (and one event per distinct problem) when the records cannot be counted."""
     msg = f"cannot count the interaction records: {explain(exc)}"
-    return _report(conditions, "Training", REASON_RECORDS_UNAVAILABLE, msg, events, gen)
+    return _report(conditions, ConditionType.TRAINING, Reason.RECORDS_UNAVAILABLE, msg, events, gen)
 
 
 def storage_unavailable(body: Obj, exc: BaseException) -> tuple[Obj, list[Event]]:
@@ -137,17 +137,18 @@ def storage_unavailable(body: Obj, exc: BaseException) -> tuple[Obj, list[Event]
     events: list[Event] = []
     msg = f"the tier's storage cannot be read: {explain(exc)}"
     gen = generation(body)
-    status["conditions"] = _report(list(status.get("conditions", [])), "Ready", REASON_STORAGE_UNAVAILABLE, msg,
+    status["conditions"] = _report(list(status.get("conditions", [])), ConditionType.READY,
+                                   Reason.STORAGE_UNAVAILABLE, msg,
                                    events, gen)  # fmt: skip
     status["observedGeneration"] = gen
-    status.setdefault("phase", "Pending")
+    status.setdefault("phase", TierPhase.PENDING)
     return status, events
 
 
 def _report(
-    conditions: list[Obj], type_: str, reason: str, msg: str, events: list[Event], gen: int | None
+    conditions: list[Obj], type_: ConditionType, reason: Reason, msg: str, events: list[Event], gen: int | None
 ) -> list[Obj]:
     old = get_condition({"conditions": conditions}, type_) or {}
     if (old.get("reason"), old.get("message")) != (reason, msg):  # one event, not one per resync
-        events.append(Event("Warning", reason, msg))
+        events.append(Event(EventType.WARNING, reason, msg))
     return set_condition(conditions, type_, False, reason, msg, gen)

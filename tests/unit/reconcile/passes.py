@@ -14,5 +14,5 @@ def tier_pass(kube: FakeKube, settings: OperatorSettings, name: str, namespace: 
     body = kube.get("LoRATier", namespace, name)
     assert body is not None, f"no LoRATier {namespace}/{name}"
     out = reconcile_tier(kube, settings, body)
-    write_status(kube, body, out.status)
+    write_status(kube, body, out.wire())
     return out

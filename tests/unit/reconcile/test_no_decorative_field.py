@@ -393,14 +393,14 @@ class Pass:
         assert body is not None
         out = self._guard(f"LoRATier/{name}", lambda: reconcile_tier(self.kube, self.settings, body))
         if out is not None:
-            write_status(self.kube, body, out.status)
+            write_status(self.kube, body, out.wire())
             self.events += [(name, e.type, e.reason, e.message) for e in out.events]
 
     def policy(self, body: Obj) -> None:
         live = self.kube.add(body)
         out = self._guard("MigrationPolicy", lambda: reconcile_policy(self.kube, self.settings, live))
         if out is not None:
-            write_status(self.kube, live, out.status)
+            write_status(self.kube, live, out.wire())
             self.events += [("p", e.type, e.reason, e.message) for e in out.events]
 
 

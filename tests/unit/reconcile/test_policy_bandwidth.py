@@ -46,18 +46,18 @@ def test_twenty_due_agents_launch_one_job_at_a_time_within_the_budget(
             _publish(settings, f"support-{a}-context", tmp_path)
 
     # Cap 1: one Job, holding the whole budget; the other 19 are throttled, each with the reason, once.
-    st = _policy_pass(kube, settings).status
+    st = _policy_pass(kube, settings).wire()
     (first,) = _job_names(kube)
     assert _max_migrations(kube.objects[("Job", NS, first)]) == 3 and st["reservations"] == {first: 3}
     held = _throttled(st)
     assert len(held) == 19 and all("concurrency cap" in r and "maxConcurrentJobs" in r for r in held.values())
     assert st["migrationsThrottled"] == 19
-    st = _policy_pass(kube, settings).status  # the Job still runs: nothing launched, nothing recorded twice
+    st = _policy_pass(kube, settings).wire()  # the Job still runs: nothing launched, nothing recorded twice
     assert _job_names(kube) == [first] and len(st["decisions"]) == 19
 
     # The Job moved the whole budget: no launch for the rest of the period, and why.
     _complete(kube, settings, first, migrated=3)
-    st = _policy_pass(kube, settings).status
+    st = _policy_pass(kube, settings).wire()
     assert _job_names(kube) == [first] and st["migrationsThisPeriod"] == 3 and st["reservations"] == {}
     assert st["decisions"][19]["outcome"] == "Migrated"
     held = _throttled(st)
@@ -68,13 +68,13 @@ def test_twenty_due_agents_launch_one_job_at_a_time_within_the_budget(
     # The period rolls over: again one Job, with the fresh budget.
     policy = kube.objects[("MigrationPolicy", NS, "p")]
     policy["status"]["periodStart"] = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat()
-    st = _policy_pass(kube, settings).status
+    st = _policy_pass(kube, settings).wire()
     second = next(j for j in _job_names(kube) if j != first)
     assert len(_job_names(kube)) == 2 and st["migrationsThisPeriod"] == 0 and st["reservations"] == {second: 3}
 
     # It moves 1 of its 3: the 2 left go to the next Job, and only they.
     _complete(kube, settings, second, migrated=1)
-    st = _policy_pass(kube, settings).status
+    st = _policy_pass(kube, settings).wire()
     third = [j for j in _job_names(kube) if j not in (first, second)]
     assert len(third) == 1 and st["reservations"] == {third[0]: 2}
     assert _max_migrations(kube.objects[("Job", NS, third[0])]) == 2
@@ -89,7 +89,7 @@ def test_concurrent_jobs_never_hold_more_than_the_budget(
     for a in AGENTS:
         for _ in range(2):
             _publish(settings, f"support-{a}-context", tmp_path)
-    st = _policy_pass(kube, settings).status
+    st = _policy_pass(kube, settings).wire()
     jobs = _job_names(kube)
     grants = [_max_migrations(kube.objects[("Job", NS, j)]) for j in jobs]
     # The budget is split over the free slots (2 + 2); a third Job would get nothing, so it waits.

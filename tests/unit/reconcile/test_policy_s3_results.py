@@ -38,7 +38,7 @@ def _migration_job(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[
                        "metadata": {"name": "p", "namespace": NS},
                        "spec": {"swarmRef": "support", "pairs": [{"source": "context", "target": "agent"}],
                                 "stability": {"window": 2}, "interval": "1ms"}})  # fmt: skip
-    write_status(kube, policy, reconcile_policy(kube, settings, policy).status)
+    write_status(kube, policy, reconcile_policy(kube, settings, policy).wire())
     [job] = [j for j in kube.list("Job", NS) if j["metadata"]["annotations"].get(ANNOTATION_TARGET) == AGENT]
     return job
 
@@ -67,7 +67,7 @@ def test_a_migration_result_in_the_bucket_is_counted(
     live = kube.get("MigrationPolicy", NS, "p")
     assert live is not None
     out = reconcile_policy(kube, settings, live)
-    assert out.status["migrationsDone"] == 3 and out.status["migrationsThisPeriod"] == 3
+    assert out.wire()["migrationsDone"] == 3 and out.wire()["migrationsThisPeriod"] == 3
     assert not [e for e in out.events if e.reason == "ResultMissing"]
 
 
@@ -85,6 +85,6 @@ def test_a_failed_consolidation_job_says_why(
     out = reconcile_policy(kube, settings, live)
     [event] = [e for e in out.events if e.reason == "ConsolidationFailed"]
     assert event.message == f"Job {name} failed: error: --source ...: the tier has no published version"
-    last = out.status["decisions"][-1]
+    last = out.wire()["decisions"][-1]
     assert (last["sourceTier"], last["targetTier"]) == (CTX, AGENT)
     assert last["outcome"] == "Rejected" and "no published version" in last["reason"]

@@ -39,13 +39,13 @@ def test_rejected_version_is_recorded_but_never_promoted(
     live = _swarm(kube, settings, swarm_body)
     _publish(settings, CTX, tmp_path, {"kind": "training", "gate": _gate(True), "job": f"{CTX}-train-v1"})
     out = _tier_pass(kube, settings, CTX)
-    assert out.status["currentVersion"] == 1 and out.status["lastGate"]["accepted"] is True
+    assert out.wire()["currentVersion"] == 1 and out.wire()["lastGate"]["accepted"] is True
     assert [e.reason for e in out.events].count("Promoted") == 1
 
     # v2 regressed on held-out records: published (nothing is lost) but not promoted.
     _publish(settings, CTX, tmp_path, {"kind": "training", "gate": _gate(False, 2.0, 3.9)})
     out = _tier_pass(kube, settings, CTX)
-    st = out.status
+    st = out.wire()
     assert st["currentVersion"] == 1 and st["latestVersion"] == 2
     assert st["lastGate"] == {"version": 2, "accepted": False, "reason": "held-out loss regressed",
                               "heldOutBaseline": 2.0, "heldOutCandidate": 3.9, "heldOutRecords": 8,
@@ -60,7 +60,7 @@ def test_rejected_version_is_recorded_but_never_promoted(
     # A third, good version is promoted past the rejected one; re-running records nothing twice.
     _publish(settings, CTX, tmp_path, {"kind": "training", "gate": _gate(True, 1.5, 1.2)})
     out = _tier_pass(kube, settings, CTX)
-    assert out.status["currentVersion"] == 3 and out.status["gateCounts"] == {"accepted": 2, "rejected": 1}
+    assert out.wire()["currentVersion"] == 3 and out.wire()["gateCounts"] == {"accepted": 2, "rejected": 1}
     _tier_pass(kube, settings, CTX)
     kinds = [(r.kind, r.version) for r in _audit(settings, CTX).records()]
     assert kinds == [("promotion", 1), ("rejection", 2), ("promotion", 3)]
@@ -107,7 +107,7 @@ def test_pin_rollback_and_unpin_are_audited_once(
     assert _tier(kube, CTX)["spec"]["pinnedVersion"] == 1
     kube.objects[("LoRATier", NS, CTX)]["metadata"]["generation"] = 2
     out = _tier_pass(kube, settings, CTX)
-    assert out.status["pinnedVersion"] == 1 and out.status["currentVersion"] == 3
+    assert out.wire()["pinnedVersion"] == 1 and out.wire()["currentVersion"] == 3
     assert [(e.reason, e.message) for e in out.events] == [("Pinned", "pinned to v1, rolling back from v3")]
     stack = desired_stacks(kube, settings, live, Swarm.model_validate(live))[0]
     assert [(e.tier, e.version) for e in stack.entries] == [(CTX, 1)]
@@ -119,7 +119,7 @@ def test_pin_rollback_and_unpin_are_audited_once(
     assert "pinnedVersion" not in _tier(kube, CTX)["spec"]
     kube.objects[("LoRATier", NS, CTX)]["metadata"]["generation"] = 3
     out = _tier_pass(kube, settings, CTX)
-    assert "pinnedVersion" not in out.status and [e.reason for e in out.events] == ["Unpinned"]
+    assert "pinnedVersion" not in out.wire() and [e.reason for e in out.events] == ["Unpinned"]
     stack = desired_stacks(kube, settings, live, Swarm.model_validate(live))[0]
     assert [(e.tier, e.version) for e in stack.entries] == [(CTX, 3)]
     kinds = [(r.kind, r.version) for r in _audit(settings, CTX).records() if not r.id.startswith("gate/")]
@@ -184,8 +184,8 @@ def test_consolidation_is_gated_and_its_rejection_audited(
     write_result(result_path(_store(settings), NS, name), json.dumps(result))
     kube.objects[("Job", NS, name)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     out = _policy_pass(kube, settings)
-    assert out.status["decisions"][-1]["outcome"] == "Rejected"
-    assert "regressed" in out.status["decisions"][-1]["reason"]
+    assert out.wire()["decisions"][-1]["outcome"] == "Rejected"
+    assert "regressed" in out.wire()["decisions"][-1]["reason"]
     assert [(e.type, e.reason) for e in out.events][:1] == [("Warning", "ConsolidationRejected")]
     (record,) = _audit(settings, "support-swarm").records()
     assert record.kind == "rejection" and record.id == f"job/{name}" and record.gate == result["gate"]

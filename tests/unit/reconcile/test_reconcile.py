@@ -102,7 +102,7 @@ def _tier(kube: FakeKube, name: str) -> dict[str, Any]:
 def _tier_pass(kube: FakeKube, settings: OperatorSettings, name: str) -> Any:
     body = _tier(kube, name)
     out = reconcile_tier(kube, settings, body)
-    write_status(kube, body, out.status)
+    write_status(kube, body, out.wire())
     return out
 
 
@@ -111,14 +111,14 @@ def test_tier_training_lifecycle(kube: FakeKube, settings: OperatorSettings, swa
     _swarm(kube, settings, swarm_body)
     name = "support-alice-context"
     out = _tier_pass(kube, settings, name)
-    assert get_condition(out.status, "Training")["reason"] == "WaitingForRecords"
-    assert out.status["phase"] == "Pending" and not kube.list("Job", NS)
+    assert get_condition(out.wire(), "Training")["reason"] == "WaitingForRecords"
+    assert out.wire()["phase"] == "Pending" and not kube.list("Job", NS)
 
     _records(settings, "alice", 20)  # minSamples is 16
     out = _tier_pass(kube, settings, name)
     jobs = kube.list("Job", NS)
     assert [j["metadata"]["name"] for j in jobs] == [f"{name}-train-v1"]
-    assert out.status["activeJob"] == f"{name}-train-v1" and out.status["phase"] == "Training"
+    assert out.wire()["activeJob"] == f"{name}-train-v1" and out.wire()["phase"] == "Training"
     assert [(e.type, e.reason) for e in out.events] == [("Normal", "TrainingStarted")]
 
     # Running Job: a second pass (or a restarted operator) starts nothing new.
@@ -129,7 +129,7 @@ def test_tier_training_lifecycle(kube: FakeKube, settings: OperatorSettings, swa
     assert _publish(settings, name, tmp_path, {"kind": "training", "finalLoss": 0.5}) == 1
     kube.objects[("Job", NS, f"{name}-train-v1")]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     out = _tier_pass(kube, settings, name)
-    st = out.status
+    st = out.wire()
     assert st["currentVersion"] == 1 and st["recordsConsumed"] == 20 and "activeJob" not in st
     assert "activeJob" not in _tier(kube, name)["status"]  # removed from the stored status, not just ours
     assert st["checkpointUri"].endswith("v000001") and len(st["checkpointSha256"]) == 64
@@ -181,8 +181,8 @@ def test_tier_training_failures_are_retried_then_reported(
     body = kube.objects[("LoRATier", NS, name)]  # a spec change (a fix, usually) retries at once
     body["metadata"]["generation"] = int(body["metadata"].get("generation", 1)) + 1
     out = _tier_pass(kube, settings, name)
-    assert out.status["activeJob"] == f"{name}-train-v1" and "failedAttempts" not in out.status
-    assert get_condition(out.status, "Degraded")["status"] == "False"
+    assert out.wire()["activeJob"] == f"{name}-train-v1" and "failedAttempts" not in out.wire()
+    assert get_condition(out.wire(), "Degraded")["status"] == "False"
 
 
 def _policy(kube: FakeKube, **spec: Any) -> dict[str, Any]:
@@ -197,7 +197,7 @@ def _policy_pass(kube: FakeKube, settings: OperatorSettings) -> Any:
     body = kube.get("MigrationPolicy", NS, "p")
     assert body is not None
     out = reconcile_policy(kube, settings, body)
-    write_status(kube, body, out.status)
+    write_status(kube, body, out.wire())
     return out
 
 
@@ -216,7 +216,7 @@ def test_policy_launches_migrations_and_records_decisions(
     args = jobs[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[:3] == ["consolidate", "--mode", "migrate"] and "--max-migrations" in args
     assert "--dry-run" not in args
-    assert out.status["activeJobs"] == ["mig-p-support-alice-agent-2"] and out.status["migrationsPending"] == 1
+    assert out.wire()["activeJobs"] == ["mig-p-support-alice-agent-2"] and out.wire()["migrationsPending"] == 1
 
     # A second pass (e.g. after an operator restart) adopts the running Job instead of starting another.
     _policy_pass(kube, settings)
@@ -230,7 +230,7 @@ def test_policy_launches_migrations_and_records_decisions(
     _publish(settings, "support-alice-context", tmp_path, {"kind": "migration-source"})
     kube.objects[("Job", NS, job)]["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
     out = _policy_pass(kube, settings)
-    st = out.status
+    st = out.wire()
     assert st["migrationsDone"] == 2 and st["migrationsThrottled"] == 1 and st["activeJobs"] == []
     assert st["decisions"][-1]["outcome"] == "Migrated" and st["decisions"][-1]["components"] == 2
     # The source version the Job itself published is not new input: no follow-up Job.
@@ -253,9 +253,9 @@ def test_policy_dry_run_and_bandwidth(kube: FakeKube, settings: OperatorSettings
     out = _policy_pass(kube, settings)
     # Bandwidth 0 and no bypass: both are throttled without a Job, with the reason, recorded once.
     assert not kube.list("Job", NS)
-    assert [d["outcome"] for d in out.status["decisions"]] == ["Throttled", "Throttled"]
-    assert all("bandwidth exhausted" in d["reason"] for d in out.status["decisions"])
-    assert len(_policy_pass(kube, settings).status["decisions"]) == 2 and out.status["migrationsThrottled"] == 2
+    assert [d["outcome"] for d in out.wire()["decisions"]] == ["Throttled", "Throttled"]
+    assert all("bandwidth exhausted" in d["reason"] for d in out.wire()["decisions"])
+    assert len(_policy_pass(kube, settings).wire()["decisions"]) == 2 and out.wire()["migrationsThrottled"] == 2
     body = kube.get("MigrationPolicy", NS, "p")
     assert body is not None
     body["spec"]["bandwidth"]["maxMigrationsPerPeriod"] = 5
@@ -267,7 +267,7 @@ def test_policy_dry_run_and_bandwidth(kube: FakeKube, settings: OperatorSettings
     assert all("--dry-run" in j["spec"]["template"]["spec"]["containers"][0]["args"] for j in jobs)
     # The two Jobs share the period's budget instead of each getting all of it.
     grants = {j["metadata"]["name"]: _max_migrations(j) for j in jobs}
-    assert sorted(grants.values()) == [2, 3] and out.status["reservations"] == grants
+    assert sorted(grants.values()) == [2, 3] and out.wire()["reservations"] == grants
 
 
 def test_retention_keeps_current_served_and_pinned_versions(
@@ -282,7 +282,7 @@ def test_retention_keeps_current_served_and_pinned_versions(
     out = _tier_pass(kube, settings, "dom")
     assert open_store(_store(settings)).list_versions(NS, "dom") == [1, 2, 5, 6]
     assert any(e.reason == "RetentionApplied" for e in out.events)
-    assert out.status["currentVersion"] == 6
+    assert out.wire()["currentVersion"] == 6
 
 
 def test_pinned_version_is_what_gets_composed(kube: FakeKube, settings: OperatorSettings,

@@ -8,11 +8,12 @@ from typing import Any
 import kopf
 import pytest
 
+from dynamiclora.api.conditions import ConditionType, Reason
 from dynamiclora.builders.names import agent_tier_name
 from dynamiclora.controllers.common import InvalidSpec
-from dynamiclora.controllers.conditions import REASON_TIER_NAME_CONFLICT, get_condition, write_status
+from dynamiclora.controllers.conditions import get_condition, write_status
 from dynamiclora.controllers.handlers import Runtime, handle_swarm
-from dynamiclora.controllers.swarm import CONDITION_TIER_NAME_CONFLICT, reconcile_swarm, swarm_status
+from dynamiclora.controllers.swarm import reconcile_swarm, swarm_status
 from dynamiclora.settings import OperatorSettings
 
 from .fakekube import FakeKube
@@ -28,7 +29,7 @@ def _swarm(base: dict[str, Any], name: str, agents: list[str]) -> dict[str, Any]
 
 
 def _conflicts(kube: FakeKube) -> list[tuple[str, str, str, str]]:
-    return [e for e in kube.events if e[2] == REASON_TIER_NAME_CONFLICT]
+    return [e for e in kube.events if e[2] == Reason.TIER_NAME_CONFLICT]
 
 
 @pytest.mark.parametrize("name", ["1support", "support.team", "s" * 64])
@@ -76,16 +77,16 @@ def test_a_tier_name_owned_by_another_swarm_is_not_taken_over(
     assert [a.name for a in obs.swarm.spec.agents] == ["d"]  # c would be served Swarm a's adapters
     assert obs.agent_count == 2
     [event] = _conflicts(kube)
-    assert event[:3] == ("a-b", "Warning", REASON_TIER_NAME_CONFLICT) and "owned by Swarm a" in event[3]
+    assert event[:3] == ("a-b", "Warning", Reason.TIER_NAME_CONFLICT) and "owned by Swarm a" in event[3]
 
     ready = {"type": "Ready", "status": "True", "reason": "AllAgentsServed", "message": "",
              "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
     status = swarm_status(second, obs, [], [], [ready])
-    cond = get_condition(status, CONDITION_TIER_NAME_CONFLICT)
-    assert cond is not None and cond["status"] == "True" and cond["reason"] == REASON_TIER_NAME_CONFLICT
+    cond = get_condition(status, ConditionType.TIER_NAME_CONFLICT)
+    assert cond is not None and cond["status"] == "True" and cond["reason"] == Reason.TIER_NAME_CONFLICT
     assert "a-b-c-context (owned by Swarm a)" in cond["message"] and "agents not reconciled: c" in cond["message"]
     not_ready = get_condition(status, "Ready")
-    assert not_ready is not None and not_ready["status"] == "False" and not_ready["reason"] == REASON_TIER_NAME_CONFLICT
+    assert not_ready is not None and not_ready["status"] == "False" and not_ready["reason"] == Reason.TIER_NAME_CONFLICT
     assert status["phase"] == "Degraded" and status["agentCount"] == 2
     write_status(kube, second, status)
 
@@ -101,7 +102,7 @@ def test_a_tier_name_owned_by_another_swarm_is_not_taken_over(
     obs = reconcile_swarm(kube, settings, second)
     assert not obs.tier_conflicts and kube.get("LoRATier", NS, "a-b-cc-context") is not None
     status = swarm_status(second, obs, [], [], list(second["status"]["conditions"]))
-    assert get_condition(status, CONDITION_TIER_NAME_CONFLICT) is None
+    assert get_condition(status, ConditionType.TIER_NAME_CONFLICT) is None
     assert status["phase"] != "Degraded"
 
 
@@ -140,13 +141,13 @@ async def test_the_handler_reports_a_conflict_and_serves_the_other_agents(
     await handle_swarm(rt, kube.add(_swarm(swarm_body, "a", ["b-c"])))
     await handle_swarm(rt, kube.add(_swarm(swarm_body, "a-b", ["c", "d"])))
     status = kube.objects[("Swarm", NS, "a-b")]["status"]
-    cond = get_condition(status, CONDITION_TIER_NAME_CONFLICT)
+    cond = get_condition(status, ConditionType.TIER_NAME_CONFLICT)
     assert cond is not None and cond["status"] == "True" and "Swarm a" in cond["message"]
     assert status["phase"] == "Degraded" and status["agentCount"] == 2
     assert len(_conflicts(kube)) == 1
     await handle_swarm(rt, kube.objects[("Swarm", NS, "a-b")])
     assert len(_conflicts(kube)) == 1  # once per conflict, not once per pass
-    assert get_condition(kube.objects[("Swarm", NS, "a")]["status"], CONDITION_TIER_NAME_CONFLICT) is None
+    assert get_condition(kube.objects[("Swarm", NS, "a")]["status"], ConditionType.TIER_NAME_CONFLICT) is None
 
 
 def test_a_policy_never_moves_another_swarms_tier_of_the_same_name(

@@ -65,12 +65,12 @@ def test_missing_regression_set_waits_without_a_job_then_trains(
 
     out = _pass(kube, settings)
     assert not kube.list("Job", NS)
-    training, ready = get_condition(out.status, "Training"), get_condition(out.status, "Ready")
+    training, ready = get_condition(out.wire(), "Training"), get_condition(out.wire(), "Ready")
     assert training is not None and ready is not None
     assert (training["status"], training["reason"]) == ("False", "InputMissing") and path in training["message"]
     assert (ready["status"], ready["reason"], ready["message"]) == ("False", "InputMissing", training["message"])
     assert [(e.type, e.reason) for e in out.events] == [("Warning", "InputMissing")] and path in out.events[0].message
-    assert "failedAttempts" not in out.status and out.status["phase"] == "Pending"
+    assert "failedAttempts" not in out.wire() and out.wire()["phase"] == "Pending"
 
     out = _pass(kube, settings)  # still missing: the condition stays, without another event
     assert not out.events and not kube.list("Job", NS)
@@ -83,9 +83,9 @@ def test_missing_regression_set_waits_without_a_job_then_trains(
         Path(path).write_text("{}\n")
     out = _pass(kube, settings)
     assert [e.reason for e in out.events] == ["TrainingStarted"]
-    assert out.status["activeJob"] == JOB  # no attempt was spent: no -r1 suffix
-    assert get_condition(out.status, "Training")["reason"] == "JobRunning"  # type: ignore[index]
-    assert get_condition(out.status, "Ready")["reason"] == "NoVersionYet"  # type: ignore[index]
+    assert out.wire()["activeJob"] == JOB  # no attempt was spent: no -r1 suffix
+    assert get_condition(out.wire(), "Training")["reason"] == "JobRunning"  # type: ignore[index]
+    assert get_condition(out.wire(), "Ready")["reason"] == "NoVersionYet"  # type: ignore[index]
     assert _args(kube)[_args(kube).index("--regression-data") + 1] == path
 
 
@@ -95,17 +95,17 @@ def test_inputs_the_operator_cannot_see_do_not_block(
 ) -> None:
     _setup(kube, settings, swarm_body, regression)  # a path outside the PVC root is the Job's to check
     out = _pass(kube, settings)
-    assert out.status["activeJob"] == JOB
+    assert out.wire()["activeJob"] == JOB
 
 
 def test_s3_regression_set(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any],
                            s3_client: Any, s3_bucket: str) -> None:  # fmt: skip
     _setup(kube, settings, swarm_body, f"s3://{s3_bucket}/regression/bob.jsonl")
     out = _pass(kube, settings)
-    assert get_condition(out.status, "Training")["reason"] == "InputMissing"  # type: ignore[index]
+    assert get_condition(out.wire(), "Training")["reason"] == "InputMissing"  # type: ignore[index]
     assert not kube.list("Job", NS)
     s3_client.put_object(Bucket=s3_bucket, Key="regression/bob.jsonl", Body=b"{}\n")
-    assert _pass(kube, settings).status["activeJob"] == JOB
+    assert _pass(kube, settings).wire()["activeJob"] == JOB
 
 
 @pytest.mark.parametrize(
@@ -195,7 +195,7 @@ def test_failed_job_reports_its_reason(
     failed = [(e.type, e.message) for e in out.events if e.reason == "TrainingFailed"]
     assert failed == [("Warning", expected)]
     # The same pass starts the retry; its Training condition keeps saying why the first attempt failed.
-    assert get_condition(out.status, "Training")["message"] == (  # type: ignore[index]
+    assert get_condition(out.wire(), "Training")["message"] == (  # type: ignore[index]
         f"Job {JOB}-r1 retries version 1; {expected}"
     )
 
@@ -211,11 +211,11 @@ def test_degraded_condition_carries_the_last_reason(
                   "status": _terminated(f"error: attempt {attempt}")})  # fmt: skip
         kube.objects[("Job", NS, job)]["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
     out = _pass(kube, settings)
-    degraded = get_condition(out.status, "Degraded")
+    degraded = get_condition(out.wire(), "Degraded")
     assert degraded is not None and degraded["reason"] == "TrainingFailing"
     retry = "retrying in 60s (a spec change retries at once)"
     assert degraded["message"] == f"Job {JOB}-r2 failed (attempt 3): error: attempt 2; {retry}"
-    assert out.status["phase"] == "Failed"
+    assert out.wire()["phase"] == "Failed"
 
 
 def test_training_job_falls_back_to_logs_for_its_termination_message(

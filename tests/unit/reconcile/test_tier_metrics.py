@@ -56,8 +56,8 @@ def _tier_pass(kube: FakeKube, settings: OperatorSettings) -> dict[str, Any]:
     body = kube.get("LoRATier", NS, TIER)
     assert body is not None
     out = reconcile_tier(kube, settings, body)
-    write_status(kube, body, out.status)
-    return out.status
+    write_status(kube, body, out.wire())
+    return out.wire()
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def _contradicted_first_batch(kube: FakeKube, settings: OperatorSettings, swarm_
     _records(settings, 20)
     _pass(kube, settings)
     _finish(kube, settings, tmp, {"accepted": False, "reason": "forgot", "cause": "contradiction"})
-    return dict(_pass(kube, settings).status)
+    return dict(_pass(kube, settings).wire())
 
 
 ACCEPTED = {"accepted": True, "reason": "ok"}
@@ -76,7 +76,7 @@ def test_collateral_rejection_retrains_the_same_records_with_more_replay(
     _records(settings, 20)
     _pass(kube, settings)
     _finish(kube, settings, tmp_path, ACCEPTED)
-    assert _pass(kube, settings).status["recordsConsumed"] == 20
+    assert _pass(kube, settings).wire()["recordsConsumed"] == 20
     _records(settings, 20)
     _pass(kube, settings)
     first = _args(kube)
@@ -85,7 +85,7 @@ def test_collateral_rejection_retrains_the_same_records_with_more_replay(
     for retry in range(1, MAX_COLLATERAL_RETRIES + 1):
         _finish(kube, settings, tmp_path, COLLATERAL)
         out = _pass(kube, settings)
-        st = out.status
+        st = out.wire()
         assert st["recordsConsumed"] == 20 and st["collateralRetries"] == retry  # the records stay pending ...
         assert not st.get("quarantine")  # ... and are not quarantined
         assert "UpdateRetried" in {e.reason for e in out.events}
@@ -95,7 +95,7 @@ def test_collateral_rejection_retrains_the_same_records_with_more_replay(
         assert int(_opt(args, "--replay-budget")) == int(_opt(first, "--replay-budget")) * (1 + retry)
 
     _finish(kube, settings, tmp_path, COLLATERAL)  # retries exhausted: consumed, rehearsed by later updates
-    st = _pass(kube, settings).status
+    st = _pass(kube, settings).wire()
     assert st["recordsConsumed"] == 40 and "collateralRetries" not in st and not st.get("quarantine")
 
 
@@ -123,7 +123,7 @@ def test_a_released_window_leaves_the_quarantine_and_is_audited(
     open_store(f"file://{settings.pvc_mount_root}/ckpt/dl").publish(
         NS, TIER, {"adapter_config.json": f}, {"kind": "training", "gate": ACCEPTED, "released": [window]})
     out = _pass(kube, settings)
-    assert out.status["quarantine"] == []
+    assert out.wire()["quarantine"] == []
     assert "QuarantineReleased" in {e.reason for e in out.events}
     store = open_store(f"file://{settings.pvc_mount_root}/ckpt/dl")
     (release,) = [r for r in AuditLog(store, NS, TIER).records() if r.kind == "quarantine-release"]

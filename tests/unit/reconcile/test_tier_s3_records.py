@@ -64,7 +64,7 @@ def _pass(kube: FakeKube, settings: OperatorSettings) -> TierOutcome:
 
 
 def _condition(out: TierOutcome, type_: str) -> tuple[str, str, str]:
-    c = get_condition(out.status, type_)
+    c = get_condition(out.wire(), type_)
     assert c is not None
     return c["status"], c["reason"], c["message"]
 
@@ -79,7 +79,7 @@ def test_records_in_the_bucket_start_training(
 
     out = _pass(kube, settings)
     assert _condition(out, "Training") == ("False", "WaitingForRecords", "10/16 new interaction records")
-    assert out.status["recordsSeen"] == 10 and not kube.list("Job", NS)
+    assert out.wire()["recordsSeen"] == 10 and not kube.list("Job", NS)
 
     # The tier's client is the one built from the Swarm's storage: watch what it downloads.
     client = tier_storage.s3_client_for(kube, NS, Storage.model_validate(swarm_body["spec"]["storage"]))
@@ -88,7 +88,7 @@ def test_records_in_the_bucket_start_training(
     _records(s3_client, s3_bucket, "batch-2.jsonl", 10)
     out = _pass(kube, settings)
     assert gets == ["dl/interactions/bob/batch-2.jsonl"]  # batch-1 is unchanged: its count is cached
-    assert out.status["activeJob"] == f"{TIER}-train-v1" and out.status["recordsSeen"] == 20
+    assert out.wire()["activeJob"] == f"{TIER}-train-v1" and out.wire()["recordsSeen"] == 20
     assert [e.reason for e in out.events] == ["TrainingStarted"]
     (job,) = kube.list("Job", NS)
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
