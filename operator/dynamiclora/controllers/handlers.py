@@ -12,7 +12,6 @@ and a condition the user reads in ``kubectl describe``:
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from dataclasses import dataclass, field
@@ -30,17 +29,11 @@ from dynamiclora.controllers.conditions import (
 )
 from dynamiclora.controllers.policy import reconcile_policy
 from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable, sync_serving
-from dynamiclora.controllers.swarm import reconcile_swarm, swarm_status
+from dynamiclora.controllers.swarm import reconcile_swarm
+from dynamiclora.controllers.swarm_report import export_swarm_metrics, mark_served, serving_api_key, swarm_report
 from dynamiclora.controllers.tier import reconcile_tier
 from dynamiclora.kube import Kube, Obj
-from dynamiclora.metrics import (
-    AGENT_SERVED_PODS,
-    POD_LOADED_ADAPTERS,
-    RECONCILE_SECONDS,
-    RECONCILES,
-    TIER_SERVED_VERSION,
-    forget_object,
-)
+from dynamiclora.metrics import RECONCILE_SECONDS, RECONCILES, forget_object
 from dynamiclora.settings import OperatorSettings
 
 log = logging.getLogger("dynamiclora.operator")
@@ -96,17 +89,6 @@ async def _emit(rt: Runtime, body: Obj, events: list[Event]) -> None:
         await asyncio.to_thread(rt.kube.event, body, e.type, e.reason, e.message)
 
 
-async def _api_key(rt: Runtime, ns: str, spec: Obj) -> str | None:
-    ref = spec.get("inference", {}).get("apiKeySecretRef")
-    if not ref:
-        return None
-    secret = await asyncio.to_thread(rt.kube.get, "Secret", ns, ref["name"])
-    data = (secret or {}).get("data", {})
-    if ref["key"] not in data:
-        raise WaitFor(f"Secret {ref['name']} with key {ref['key']} (the vLLM API key) not found", 15)
-    return base64.b64decode(data[ref["key"]]).decode()
-
-
 async def handle_swarm(rt: Runtime, body: Obj) -> None:
     """Reconcile a Swarm's children, then keep every ready pod serving each agent's current stack."""
     start = time.monotonic()
@@ -116,94 +98,20 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
         await _invalid(rt, body, "Swarm", err)
         return
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    gen = generation(body)
-    conditions: list[Obj] = list((body.get("status") or {}).get("conditions", []))
-    agents: list[Obj] = []
-    pods: list[Obj] = [{"name": p["metadata"]["name"], "podIP": p.get("status", {}).get("podIP"), "ready": False}
-                       for p in obs.pods]  # fmt: skip
-    events: list[Event] = []
-    served_root: str | None = None
+    outcome: ServingOutcome | None = None
+    blocked: ServingUnavailable | WaitFor | None = None
     try:
-        api_key = await _api_key(rt, ns, body["spec"])
+        api_key = await asyncio.to_thread(serving_api_key, rt.kube, ns, body["spec"])
         outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key, rt.composer)
-        agents, served_root = outcome.agents, outcome.served_root
-        conditions = _composing(conditions, outcome, gen, events)
-        ready_names = {p["name"] for p in outcome.pods}
-        pods = outcome.pods + [p for p in pods if p["name"] not in ready_names]
-        if outcome.compose is not None and outcome.compose.failure:
-            msg = f"compose Job {outcome.compose.job}: {outcome.compose.failure}"[:1000]
-            conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.COMPOSITION_FAILED, msg, gen)
-        elif outcome.failures:
-            msg = "; ".join(f"{k}: {v}" for k, v in sorted(outcome.failures.items()))[:1000]
-            conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.ADAPTER_LOAD_FAILED, msg, gen)
-            events.append(Event(EventType.WARNING, Reason.ADAPTER_LOAD_FAILED, msg))
-        else:
-            conditions = set_condition(conditions, ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
-        if outcome.swapped:
-            events.append(Event(EventType.NORMAL, Reason.ADAPTERS_SERVED, "loaded " + ", ".join(outcome.swapped)[:900]))
-        if agents:
-            live = outcome.tiers  # listed once per pass by sync_serving
-            await _mark_served(rt, ns, agents, outcome, obs, live)
-    except ServingUnavailable as err:
-        conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.SERVING_UNAVAILABLE, str(err), gen)
-    except WaitFor as err:
-        conditions = set_condition(conditions, ConditionType.DEGRADED, True, Reason.WAITING, str(err), gen)
-    all_served = bool(obs.ready_pods) and all(a.get("servedOnPods") == len(obs.ready_pods) for a in agents)
-    n_agents = len(obs.swarm.spec.agents)
-    ready = len(obs.ready_pods) >= obs.swarm.spec.inference.replicas and all_served and len(agents) == n_agents
-    reason = Reason.ALL_AGENTS_SERVED if ready else (Reason.PODS_NOT_READY if len(obs.ready_pods) < obs.replicas
-                                                     else Reason.NOT_ALL_SERVED)  # fmt: skip
-    msg = f"{len(obs.ready_pods)}/{obs.replicas} pods ready, {sum(1 for a in agents if a.get('servedOnPods'))}/" \
-          f"{n_agents} agents served"  # fmt: skip
-    conditions = set_condition(conditions, ConditionType.READY, ready, reason, msg, gen)
-    for a in agents:
-        AGENT_SERVED_PODS.labels(ns, name, a["name"]).set(a.get("servedOnPods", 0))
-    for p in pods:
-        POD_LOADED_ADAPTERS.labels(ns, name, p["name"]).set(int(p.get("loadedAdapters", 0)))
-    status = swarm_status(body, obs, agents, pods, conditions, served_root)
-    await asyncio.to_thread(write_status, rt.kube, body, status)
-    await _emit(rt, body, events)
+        await asyncio.to_thread(mark_served, rt.kube, ns, obs, outcome)
+    except (ServingUnavailable, WaitFor) as err:
+        blocked = err
+    report = swarm_report(body, obs, outcome, blocked)
+    export_swarm_metrics(ns, name, report.status)
+    await asyncio.to_thread(write_status, rt.kube, body, report.status)
+    await _emit(rt, body, report.events)
     RECONCILES.labels("Swarm", "ok").inc()
     RECONCILE_SECONDS.labels("Swarm").observe(time.monotonic() - start)
-
-
-def _composing(conditions: list[Obj], outcome: ServingOutcome, gen: int | None, events: list[Event]) -> list[Obj]:
-    """The ``Composing`` condition: which agents wait for their adapter, and which Job builds it."""
-    progress = outcome.compose
-    if not outcome.composing or progress is None:
-        return set_condition(conditions, ConditionType.COMPOSING, False, Reason.COMPOSED, "", gen)
-    agents = ", ".join(outcome.composing[:10]) + (f" and {len(outcome.composing) - 10} more"
-                                                  if len(outcome.composing) > 10 else "")  # fmt: skip
-    if progress.failure:
-        msg = f"compose Job {progress.job} failed for {agents}: {progress.failure}"[:1000]
-        before = next((c for c in conditions if c.get("type") == ConditionType.COMPOSING), {})
-        if before.get("reason") != Reason.COMPOSITION_FAILED or before.get("message") != msg:
-            events.append(Event(EventType.WARNING, Reason.COMPOSITION_FAILED, msg))
-        return set_condition(conditions, ConditionType.COMPOSING, False, Reason.COMPOSITION_FAILED, msg, gen)
-    msg = f"compose Job {progress.job} builds the adapter of {agents}"[:1000]
-    return set_condition(conditions, ConditionType.COMPOSING, True, Reason.COMPOSING, msg, gen)
-
-
-async def _mark_served(rt: Runtime, ns: str, agents: list[Obj], outcome: Any, obs: Any, live: dict[str, Obj]) -> None:
-    """Record on each tier the version now served on every ready pod (servedVersion is ours to write)."""
-    served = {a["name"] for a in agents if a.get("servedOnPods") == len(obs.ready_pods) and obs.ready_pods}
-    if not served:
-        return
-    versions: dict[str, int] = {}
-    levels: dict[str, str] = {}
-    for s in outcome.stacks:
-        if s.agent in served:
-            for e in s.entries:
-                versions[e.tier] = max(versions.get(e.tier, 0), e.version)
-                levels[e.tier] = e.level
-    for tier, version in versions.items():
-        body = live.get(tier)
-        if not body:
-            continue
-        # Set on every pass, not only on a change: a restarted operator finds the status already right.
-        TIER_SERVED_VERSION.labels(ns, tier, levels[tier]).set(version)
-        if (body.get("status") or {}).get("servedVersion") != version:
-            await asyncio.to_thread(rt.kube.patch_status, "LoRATier", ns, tier, {"servedVersion": version})
 
 
 async def _handle_status_only(

@@ -194,7 +194,7 @@ def _conflict_conditions(body: Obj, obs: SwarmObservation, conditions: list[Obj]
 
 
 def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list[Obj], conditions: list[Obj],
-                 served_root: str | None = None) -> Obj:  # fmt: skip
+                 served_root: str | None = None) -> SwarmStatus:  # fmt: skip
     """The status object for a reconciled swarm (validated by the API's SwarmStatus, bounds included)."""
     n_agents = obs.agent_count or len(obs.swarm.spec.agents)
     conditions = _conflict_conditions(body, obs, conditions)
@@ -221,4 +221,4 @@ def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list
         "servedAgents": served,
         "agents": agents,
         "pods": pods,
-    }).wire()
+    })

@@ -81,7 +81,7 @@ def test_a_tier_name_owned_by_another_swarm_is_not_taken_over(
 
     ready = {"type": "Ready", "status": "True", "reason": "AllAgentsServed", "message": "",
              "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
-    status = swarm_status(second, obs, [], [], [ready])
+    status = swarm_status(second, obs, [], [], [ready]).wire()
     cond = get_condition(status, ConditionType.TIER_NAME_CONFLICT)
     assert cond is not None and cond["status"] == "True" and cond["reason"] == Reason.TIER_NAME_CONFLICT
     assert "a-b-c-context (owned by Swarm a)" in cond["message"] and "agents not reconciled: c" in cond["message"]
@@ -101,7 +101,7 @@ def test_a_tier_name_owned_by_another_swarm_is_not_taken_over(
     second["spec"]["agents"] = [{"name": "cc"}, {"name": "d"}]
     obs = reconcile_swarm(kube, settings, second)
     assert not obs.tier_conflicts and kube.get("LoRATier", NS, "a-b-cc-context") is not None
-    status = swarm_status(second, obs, [], [], list(second["status"]["conditions"]))
+    status = swarm_status(second, obs, [], [], list(second["status"]["conditions"])).wire()
     assert get_condition(status, ConditionType.TIER_NAME_CONFLICT) is None
     assert status["phase"] != "Degraded"
 

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from dynamiclora.controllers.conditions import write_status
-from dynamiclora.controllers.handlers import Runtime, _mark_served, forget
+from dynamiclora.controllers.handlers import Runtime, forget
 from dynamiclora.controllers.serving import AgentStack, ServingOutcome, StackEntry
 from dynamiclora.controllers.swarm import ReadyPod, reconcile_swarm
+from dynamiclora.controllers.swarm_report import mark_served
 from dynamiclora.controllers.tier import reconcile_tier
 from dynamiclora.serving.metrics import REGISTRY
 from dynamiclora.settings import OperatorSettings
@@ -100,7 +101,8 @@ async def test_a_serving_pass_exports_the_served_version_and_deletion_drops_the_
     live = {TIER: body}
     stack = AgentStack("alice", [StackEntry(TIER, "context", 1, "file:///unused", NS)])
     obs = SimpleNamespace(ready_pods=[ReadyPod("support-vllm-0", "127.0.0.1", 0)])
-    await _mark_served(rt, NS, [{"name": "alice", "servedOnPods": 1}], ServingOutcome(stacks=[stack]), obs, live)
+    outcome = ServingOutcome(stacks=[stack], tiers=live, agents=[{"name": "alice", "servedOnPods": 1}])
+    mark_served(kube, NS, obs, outcome)  # type: ignore[arg-type]
     assert kube.objects[("LoRATier", NS, TIER)]["status"]["servedVersion"] == 1
     assert _value("dynamiclora_tier_served_version") == 1
 

@@ -1,0 +1,158 @@
+"""What one Swarm pass reports: conditions, status and events, from what it observed and served.
+
+Pure functions of :class:`SwarmObservation` (``reconcile_swarm``) and :class:`ServingOutcome`
+(``sync_serving``), so the kopf layer only runs the pass, writes the status and emits the events. Writing
+which tier versions are served (``servedVersion``, owned by the Swarm pass) is here too, as a plain
+function of the outcome.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+from dynamiclora.api.conditions import ConditionType, EventType, Reason
+from dynamiclora.api.swarm import SwarmStatus
+from dynamiclora.controllers.common import Event, WaitFor, generation
+from dynamiclora.controllers.conditions import get_condition, set_condition
+from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable
+from dynamiclora.controllers.swarm import SwarmObservation, swarm_status
+from dynamiclora.kube import Kube, Obj
+from dynamiclora.metrics import AGENT_SERVED_PODS, POD_LOADED_ADAPTERS, TIER_SERVED_VERSION
+
+MAX_MESSAGE = 1000  # condition messages users read in kubectl describe
+MAX_NAMED = 10  # agents named in a message before "and N more"
+
+
+@dataclass
+class SwarmReport:
+    """The status to write (the API's type) and the events to record."""
+
+    status: SwarmStatus
+    events: list[Event] = field(default_factory=list)
+
+
+def serving_api_key(kube: Kube, ns: str, spec: Obj) -> str | None:
+    """The vLLM API key the Swarm names, if any.
+
+    Raises:
+        WaitFor: the Secret or its key is not there (yet).
+    """
+    ref = spec.get("inference", {}).get("apiKeySecretRef")
+    if not ref:
+        return None
+    secret = kube.get("Secret", ns, ref["name"])
+    data = (secret or {}).get("data", {})
+    if ref["key"] not in data:
+        raise WaitFor(f"Secret {ref['name']} with key {ref['key']} (the vLLM API key) not found", 15)
+    return base64.b64decode(data[ref["key"]]).decode()
+
+
+def swarm_report(
+    body: Obj, obs: SwarmObservation, outcome: ServingOutcome | None,
+    blocked: ServingUnavailable | WaitFor | None = None,
+) -> SwarmReport:  # fmt: skip
+    """The pass's status and events: ``outcome`` is what serving did, ``blocked`` why it could not run."""
+    gen = generation(body)
+    conditions: list[Obj] = list((body.get("status") or {}).get("conditions", []))
+    events: list[Event] = []
+    agents: list[Obj] = outcome.agents if outcome else []
+    if outcome is not None:
+        conditions = _composing(conditions, outcome, gen, events)
+        conditions = _degraded(conditions, outcome, gen, events)
+        if outcome.swapped:
+            msg = "loaded " + ", ".join(outcome.swapped)[:900]
+            events.append(Event(EventType.NORMAL, Reason.ADAPTERS_SERVED, msg))
+    elif blocked is not None:
+        reason = Reason.SERVING_UNAVAILABLE if isinstance(blocked, ServingUnavailable) else Reason.WAITING
+        conditions = set_condition(conditions, ConditionType.DEGRADED, True, reason, str(blocked), gen)
+    conditions = _ready(conditions, obs, agents, gen)
+    status = swarm_status(body, obs, agents, _pods(obs, outcome), conditions, outcome.served_root if outcome else None)
+    return SwarmReport(status, events)
+
+
+def _pods(obs: SwarmObservation, outcome: ServingOutcome | None) -> list[Obj]:
+    """Every pod of the StatefulSet: those serving from the outcome, the others as not ready."""
+    served = outcome.pods if outcome else []
+    names = {p["name"] for p in served}
+    return served + [{"name": p["metadata"]["name"], "podIP": p.get("status", {}).get("podIP"), "ready": False}
+                     for p in obs.pods if p["metadata"]["name"] not in names]  # fmt: skip
+
+
+def _named(agents: list[str]) -> str:
+    more = len(agents) - MAX_NAMED
+    return ", ".join(agents[:MAX_NAMED]) + (f" and {more} more" if more > 0 else "")
+
+
+def _composing(conditions: list[Obj], outcome: ServingOutcome, gen: int | None, events: list[Event]) -> list[Obj]:
+    """The ``Composing`` condition: which agents wait for their adapter, and which Job builds it."""
+    progress = outcome.compose
+    if not outcome.composing or progress is None:
+        return set_condition(conditions, ConditionType.COMPOSING, False, Reason.COMPOSED, "", gen)
+    agents = _named(outcome.composing)
+    if progress.failure:
+        msg = f"compose Job {progress.job} failed for {agents}: {progress.failure}"[:MAX_MESSAGE]
+        before = get_condition({"conditions": conditions}, ConditionType.COMPOSING) or {}
+        if before.get("reason") != Reason.COMPOSITION_FAILED or before.get("message") != msg:
+            events.append(Event(EventType.WARNING, Reason.COMPOSITION_FAILED, msg))
+        return set_condition(conditions, ConditionType.COMPOSING, False, Reason.COMPOSITION_FAILED, msg, gen)
+    msg = f"compose Job {progress.job} builds the adapter of {agents}"[:MAX_MESSAGE]
+    return set_condition(conditions, ConditionType.COMPOSING, True, Reason.COMPOSING, msg, gen)
+
+
+def _degraded(conditions: list[Obj], outcome: ServingOutcome, gen: int | None, events: list[Event]) -> list[Obj]:
+    """``Degraded``: a failed compose Job first, then adapters a pod refused to load."""
+    if outcome.compose is not None and outcome.compose.failure:
+        msg = f"compose Job {outcome.compose.job}: {outcome.compose.failure}"[:MAX_MESSAGE]
+        return set_condition(conditions, ConditionType.DEGRADED, True, Reason.COMPOSITION_FAILED, msg, gen)
+    if outcome.failures:
+        msg = "; ".join(f"{k}: {v}" for k, v in sorted(outcome.failures.items()))[:MAX_MESSAGE]
+        events.append(Event(EventType.WARNING, Reason.ADAPTER_LOAD_FAILED, msg))
+        return set_condition(conditions, ConditionType.DEGRADED, True, Reason.ADAPTER_LOAD_FAILED, msg, gen)
+    return set_condition(conditions, ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
+
+
+def _ready(conditions: list[Obj], obs: SwarmObservation, agents: list[Obj], gen: int | None) -> list[Obj]:
+    """``Ready``: the desired pods are ready and every agent is served on each of them."""
+    n_pods, n_agents = len(obs.ready_pods), len(obs.swarm.spec.agents)
+    all_served = bool(n_pods) and all(a.get("servedOnPods") == n_pods for a in agents)
+    ready = n_pods >= obs.swarm.spec.inference.replicas and all_served and len(agents) == n_agents
+    reason = (Reason.ALL_AGENTS_SERVED if ready
+              else Reason.PODS_NOT_READY if n_pods < obs.replicas
+              else Reason.NOT_ALL_SERVED)  # fmt: skip
+    served = sum(1 for a in agents if a.get("servedOnPods"))
+    msg = f"{n_pods}/{obs.replicas} pods ready, {served}/{n_agents} agents served"
+    return set_condition(conditions, ConditionType.READY, ready, reason, msg, gen)
+
+
+def served_tier_versions(obs: SwarmObservation, outcome: ServingOutcome) -> dict[str, tuple[int, str]]:
+    """Tier -> (version, level) now served on every ready pod, for the agents served everywhere."""
+    n_pods = len(obs.ready_pods)
+    served = {a["name"] for a in outcome.agents if n_pods and a.get("servedOnPods") == n_pods}
+    versions: dict[str, tuple[int, str]] = {}
+    for stack in outcome.stacks:
+        if stack.agent in served:
+            for e in stack.entries:
+                if e.version >= versions.get(e.tier, (0, ""))[0]:
+                    versions[e.tier] = (e.version, e.level)
+    return versions
+
+
+def mark_served(kube: Kube, ns: str, obs: SwarmObservation, outcome: ServingOutcome) -> None:
+    """Record on each tier the version now served on every ready pod (``servedVersion`` is this pass's)."""
+    for tier, (version, level) in served_tier_versions(obs, outcome).items():
+        body = outcome.tiers.get(tier)  # listed once per pass by sync_serving
+        if not body:
+            continue
+        # Set on every pass, not only on a change: a restarted operator finds the status already right.
+        TIER_SERVED_VERSION.labels(ns, tier, level).set(version)
+        if (body.get("status") or {}).get("servedVersion") != version:
+            kube.patch_status("LoRATier", ns, tier, {"servedVersion": version})
+
+
+def export_swarm_metrics(ns: str, name: str, status: SwarmStatus) -> None:
+    """Per-agent and per-pod gauges from the status just computed."""
+    for a in status.agents:
+        AGENT_SERVED_PODS.labels(ns, name, a.name).set(a.served_on_pods or 0)
+    for p in status.pods:
+        POD_LOADED_ADAPTERS.labels(ns, name, p.name).set(p.loaded_adapters or 0)
