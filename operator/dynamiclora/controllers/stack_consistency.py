@@ -171,3 +171,12 @@ def settle(entry: Entry, faster: list[Entry], versions: Versions) -> int | None:
         if ref is not None and (v == entry.version or is_accepted(ref)) and _consistent(ref, by_tier, versions):
             return v
     return None
+
+
+def stack_is_consistent(entries: list[Entry], versions: Versions) -> bool:
+    """Whether a stack (fastest tier first) holds no half-applied migration or consensus step.
+
+    Each slower version must be the one :func:`settle` picks given the faster ones: a destination
+    without its residual counts moved components twice, a residual without its destination not at all.
+    """
+    return all(settle(e, entries[:i], versions) == e.version for i, e in enumerate(entries))

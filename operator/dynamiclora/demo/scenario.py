@@ -334,8 +334,7 @@ class Scenario:
             self.log(f"  decision: {d.get('sourceTier')} -> {d.get('targetTier')}: {d.get('outcome')} "
                      f"({d.get('reason')})")  # fmt: skip
         self.log("[6/7] hot-swap of the new stack, and a request answered by it")
-        seen["served2"] = self.wait(f"{agent} served with the agent tier",
-                                    lambda: self._served_with(agent, ".a", settled=True))
+        seen["served2"] = self.wait(f"{agent} served with the agent tier", lambda: self._served_with(agent, ".a"))
         self.log(f"  served version {seen['served2']['servedVersion']}")
         seen["answer2"] = self.show_answer(agent)
         return seen
@@ -375,16 +374,14 @@ class Scenario:
             raise StepFailed(f"v{gate['version']} was rejected by the quality gate: {gate.get('reason', '')[:400]}")
         return None
 
-    def _served_with(self, agent: str, marker: str, settled: bool = False) -> dict[str, Any] | None:
-        """The served entry once its label has ``marker`` (and, ``settled``, the newest context version).
+    def _served_with(self, agent: str, marker: str) -> dict[str, Any] | None:
+        """The served entry once its label has ``marker``.
 
-        A migration publishes the agent tier before the context residual, so for a few seconds the newest
-        agent version can be served with the previous context version.
+        No need to wait for the migration's residual: serving composes the new agent version only with
+        it (``controllers/stack_consistency.py``).
         """
         entry = self.served(agent)
         label = str((entry or {}).get("servedVersion"))
-        if settled and not label.startswith(f"c{self.tier_version(agent, 'context')}."):
-            return None
         return entry if entry and marker in label else None
 
     def explore_hint(self) -> str:

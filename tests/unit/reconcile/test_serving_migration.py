@@ -14,6 +14,7 @@ from typing import Any
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.controllers.serving import desired_stacks
+from dynamiclora.controllers.stack_consistency import StackEntry, stack_is_consistent, versions_memo
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage.uri import open_store
 
@@ -168,3 +169,24 @@ def test_a_consensus_is_composed_for_an_agent_only_with_that_agents_residual(
     got = {s.agent: {e.tier: e.version for e in s.entries} for s in
            desired_stacks(kube, settings, live, Swarm.model_validate(live))}
     assert got["bob"][shared] == 2
+
+
+def test_the_consistency_judge_accepts_exactly_the_applied_pairs(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    """``stack_is_consistent`` (what the e2e uses on every stack it sees served) refuses both half-mixes."""
+    _swarm(kube, settings, swarm_body)
+    for _ in range(2):
+        _publish(settings, CTX, tmp_path, {"kind": "training"})
+    _publish(settings, AGENT, tmp_path, {"kind": "training"})
+    _publish(settings, AGENT, tmp_path, _migration_meta(settings, 2, "migration"))  # a2 from c2
+    _publish(settings, CTX, tmp_path, _migration_meta(settings, 2, "migration-source"))  # c3: c2 without it
+    _publish(settings, CTX, tmp_path, {"kind": "training"})  # c4 on top of the residual
+
+    def ok(ctx: int, agent: int) -> bool:
+        entries = [StackEntry(CTX, "context", ctx, _store(settings), NS),
+                   StackEntry(AGENT, "agent", agent, _store(settings), NS)]  # fmt: skip
+        return stack_is_consistent(entries, versions_memo())
+
+    assert [ok(c, 1) for c in (1, 2, 3, 4)] == [True, True, False, False]  # a1 + the residual: lost
+    assert [ok(c, 2) for c in (1, 2, 3, 4)] == [False, False, True, True]  # a2 + c2: counted twice
