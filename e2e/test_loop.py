@@ -23,7 +23,7 @@ import pytest
 from dynamiclora.builders.names import ANNOTATION_JOB_KIND
 from dynamiclora.controllers.conditions import get_condition
 from dynamiclora.controllers.serving import LEVEL_LETTER
-from dynamiclora.controllers.stack_consistency import StackEntry, stack_is_consistent, versions_memo
+from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, stack_is_consistent
 from dynamiclora.demo.data import round_facts, write_regression_set
 from dynamiclora.demo.scenario import DemoConfig, Scenario
 from dynamiclora.localcluster.operator_env import env_dir
@@ -422,7 +422,7 @@ def test_every_stack_served_all_along_was_consistent(scenario: Scenario, watch: 
         for label in sorted(labels):
             entries = [StackEntry(sc.tier_name(agent, levels[part[0]]), levels[part[0]], int(part[1:]), store,
                                   sc.cfg.namespace) for part in label.split(".")]  # fmt: skip
-            assert stack_is_consistent(entries, versions_memo()), (agent, label, sorted(labels))
+            assert stack_is_consistent(entries, StoreView()), (agent, label, sorted(labels))
 
 
 # Documented series a healthy loop does not produce, and where each one is exercised instead.

@@ -28,9 +28,15 @@ from dynamiclora.controllers.conditions import (
     write_status,
 )
 from dynamiclora.controllers.policy import reconcile_policy
-from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable, sync_serving
+from dynamiclora.controllers.serving import ServingOutcome, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm
-from dynamiclora.controllers.swarm_report import export_swarm_metrics, mark_served, serving_api_key, swarm_report
+from dynamiclora.controllers.swarm_report import (
+    export_swarm_metrics,
+    is_blocking,
+    mark_served,
+    serving_api_key,
+    swarm_report,
+)
 from dynamiclora.controllers.tier import reconcile_tier
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.metrics import RECONCILE_SECONDS, RECONCILES, forget_object
@@ -99,12 +105,14 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
         return
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     outcome: ServingOutcome | None = None
-    blocked: ServingUnavailable | WaitFor | None = None
+    blocked: Exception | None = None
     try:
         api_key = await asyncio.to_thread(serving_api_key, rt.kube, ns, body["spec"])
         outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key, rt.composer)
         await asyncio.to_thread(mark_served, rt.kube, ns, obs, outcome)
-    except (ServingUnavailable, WaitFor) as err:
+    except Exception as err:
+        if not is_blocking(err):
+            raise
         blocked = err
     report = swarm_report(body, obs, outcome, blocked)
     export_swarm_metrics(ns, name, report.status)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from dynamiclora.api.common import Storage
 from dynamiclora.api.tier import LoRATierSpec
@@ -17,19 +18,24 @@ from dynamiclora.settings import OperatorSettings
 log = logging.getLogger(__name__)
 
 
-def missing_inputs(spec: LoRATierSpec, storage: Storage, settings: OperatorSettings) -> list[str]:
-    """``"<field> <path>"`` of every referenced input that does not exist (empty when all are there)."""
+def missing_inputs(
+    spec: LoRATierSpec, storage: Storage, settings: OperatorSettings, s3_client: Any = None
+) -> list[str]:
+    """``"<field> <path>"`` of every referenced input that does not exist (empty when all are there).
+
+    ``s3_client`` is the storage's own S3 identity, the one the Job reads the input with.
+    """
     regression = spec.quality_gate.regression_set
     if not regression:
         return []
     path = storage_path(storage, regression, settings)
-    return [] if input_exists(path, settings) else [f"regressionSet {path}"]
+    return [] if input_exists(path, settings, s3_client) else [f"regressionSet {path}"]
 
 
-def input_exists(path: str, settings: OperatorSettings) -> bool:
+def input_exists(path: str, settings: OperatorSettings, s3_client: Any = None) -> bool:
     """Whether ``path`` (a file or folder) exists; True when the operator cannot tell."""
     if path.startswith("s3://"):
-        return _s3_exists(path)
+        return _s3_exists(path, s3_client)
     local = Path(path.removeprefix("file://"))
     root = Path(settings.pvc_mount_root)
     # The operator mounts the storage PVCs under the same root as the Jobs; any other absolute path is
@@ -39,17 +45,17 @@ def input_exists(path: str, settings: OperatorSettings) -> bool:
     return local.exists()
 
 
-def _s3_exists(uri: str) -> bool:
+def _s3_exists(uri: str, client: Any) -> bool:
     """An object ``s3://bucket/key`` exists, or a ``s3://bucket/prefix/`` holds at least one.
 
-    Uses the operator's own S3 credentials; when they cannot answer (none, no access, endpoint down) the
-    Job, which may have other credentials, is left to decide.
+    Asked with the storage's identity (``client``); when S3 cannot answer (no access, endpoint down) the
+    Job is left to decide and to say why.
     """
     from dynamiclora.serving.served_s3 import s3_backend
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     try:
-        blobs = s3_backend(f"s3://{bucket}").list(key)
+        blobs = s3_backend(f"s3://{bucket}", client).list(key)
     except Exception as exc:
         log.debug("cannot check %s: %s", uri, exc)
         return True

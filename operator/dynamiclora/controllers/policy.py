@@ -21,13 +21,14 @@ from dynamiclora.api.conditions import ConditionType, EventType, Reason
 from dynamiclora.api.policy import MigrationPolicy, MigrationPolicyStatus, PolicyPhase, TierPair
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import TrainingTemplate
-from dynamiclora.builders.jobs import ConsolidationInputs, build_consolidation_job, store_uri
+from dynamiclora.builders.jobs import ConsolidationInputs, build_consolidation_job
 from dynamiclora.builders.names import ANNOTATION_TARGET, agent_tier_name, consolidation_job_name
 from dynamiclora.controllers.common import Event, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import set_condition, wire_status
 from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.policy_gate import audit_consolidation, consolidation_gate_args
 from dynamiclora.controllers.promotion import agent_trust, latest_accepted
+from dynamiclora.controllers.tier_storage import StoreAccess, is_storage_error, storage_unavailable, store_access
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import JOBS, MIGRATED_COMPONENTS, MIGRATIONS
 from dynamiclora.settings import OperatorSettings
@@ -68,15 +69,13 @@ def result_path(store: str, ns: str, job: str) -> str:
     return result_uri(store, ns, job)
 
 
-def _version(store: str, ns: str, tier: str) -> int | None:
+def _version(store: StoreAccess, ns: str, tier: str) -> int | None:
     """Newest accepted version in the store itself (tier status may lag behind a Job that just published)."""
-    from dynamiclora.storage.uri import open_store
-
-    ref = latest_accepted(open_store(store), ns, tier)
+    ref = latest_accepted(store.open(), ns, tier)
     return ref.version if ref else None
 
 
-def _input_version(store: str, ns: str, inputs: list[str]) -> int:
+def _input_version(store: StoreAccess, ns: str, inputs: list[str]) -> int:
     """Monotonic summary of the input tiers' versions (each only grows)."""
     return sum(_version(store, ns, t) or 0 for t in inputs)
 
@@ -85,7 +84,7 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
                 pol: MigrationPolicy, pair: TierPair) -> list[Candidate]:  # fmt: skip
     src, dst = TierLevel(pair.source), TierLevel(pair.target)
     storage = sw.spec.storage
-    store = store_uri(storage, settings)
+    store = store_access(kube, ns, storage, settings)  # the Swarm's S3 identity, not the operator's
     out: list[Candidate] = []
     # Only tiers this Swarm really owns: another Swarm's tier can carry the same generated name (the
     # Swarm reports that conflict), and its records and versions are not this Swarm's to move.
@@ -202,7 +201,20 @@ def _last_done(decisions: list[Obj]) -> dict[str, int]:
 
 
 def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> PolicyOutcome:
-    """One pass: collect finished Jobs, then launch the consolidations that are due."""
+    """One pass: collect finished Jobs, then launch the consolidations that are due.
+
+    Storage the operator cannot read with the Swarm's S3 settings becomes a condition, as on a tier.
+    """
+    try:
+        return _reconcile_policy(kube, settings, body)
+    except Exception as e:
+        if not is_storage_error(e):
+            raise
+        status, events = storage_unavailable(body, e)
+        return PolicyOutcome(MigrationPolicyStatus.model_validate(status), events)
+
+
+def _reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> PolicyOutcome:
     pol = parse(MigrationPolicy, body)
     meta = body["metadata"]
     ns = meta["namespace"]
@@ -220,7 +232,7 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
         st.update(periodStart=now_rfc3339(), migrationsThisPeriod=0, bypassesThisPeriod=0)
 
     swarms = _swarms(kube, ns, pol)
-    stores = {sn: store_uri(sw.spec.storage, settings) for sn, sw in swarms.items()}
+    stores = {sn: store_access(kube, ns, sw.spec.storage, settings) for sn, sw in swarms.items()}
     active, busy_targets, evaluated = _collect(kube, ns, old, stores, st, decisions, events)
     st["reservations"] = {j: int(n) for j, n in dict(old.get("reservations") or {}).items() if j in active}
 
@@ -248,7 +260,7 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
                 grant = budget.grant()
                 if cand.inputs.mode == "migrate":
                     budget.reserve(job_name, grant)
-                events += _launch(kube, settings, body, pol, stores[swarm_name], swarm_name, sw, cand, job_name,
+                events += _launch(kube, settings, body, pol, stores[swarm_name].uri, swarm_name, sw, cand, job_name,
                                   _migrate_args(pol, grant, bypass_left) if cand.inputs.mode == "migrate" else {})
                 active.append(job_name)
                 busy_targets.add(cand.inputs.target_tier)
@@ -259,7 +271,7 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
     return PolicyOutcome(status, events)
 
 
-def _collect(kube: Kube, ns: str, old: Obj, stores: dict[str, str], st: Obj, decisions: list[Obj],
+def _collect(kube: Kube, ns: str, old: Obj, stores: dict[str, StoreAccess], st: Obj, decisions: list[Obj],
              events: list[Event]) -> tuple[list[str], set[str], dict[str, int]]:  # fmt: skip
     """Record the Jobs that finished since the last pass; (Jobs still running, their targets, evaluated)."""
     active: list[str] = []
@@ -273,13 +285,13 @@ def _collect(kube: Kube, ns: str, old: Obj, stores: dict[str, str], st: Obj, dec
             active.append(job_name)
             busy_targets.add(labels.get("dynamiclora.io/tier", ""))
             continue
-        store = stores.get(labels.get("dynamiclora.io/swarm", ""), next(iter(stores.values()), ""))
+        store = stores.get(labels.get("dynamiclora.io/swarm", ""), next(iter(stores.values()), StoreAccess("")))
         why = failure_reason(kube, job) if job is not None and state != "Complete" else ""
         events.append(_record_job(job_name, state, job, store, ns, st, decisions, why))
         # What the Job itself published must not look like new input to the next evaluation.
         annotations = (job or {}).get("metadata", {}).get("annotations", {})
         key, inputs = annotations.get(ANNOTATION_KEY), annotations.get(ANNOTATION_INPUTS, "")
-        if key and store:
+        if key and store.uri:
             evaluated[key] = _input_version(store, ns, [t for t in inputs.split(",") if t])
     return active, busy_targets, evaluated
 
@@ -359,7 +371,8 @@ def _job_tiers(job: Obj | None) -> tuple[str, str]:
 
 
 def _record_job(
-    job_name: str, state: str, job: Obj | None, store: str, ns: str, st: Obj, decisions: list[Obj], why: str = ""
+    job_name: str, state: str, job: Obj | None, store: StoreAccess, ns: str, st: Obj, decisions: list[Obj],
+    why: str = "",
 ) -> Event:
     """Turn a finished consolidation Job into decisions and counters (``why``: a failed Job's last error)."""
     target, src_tier = _job_tiers(job)
@@ -372,7 +385,7 @@ def _record_job(
         return Event(EventType.WARNING, Reason.CONSOLIDATION_FAILED, text)
     JOBS.labels("consolidation", "succeeded").inc()
     try:
-        result = json.loads(read_result(result_path(store, ns, job_name)))
+        result = json.loads(read_result(result_path(store.uri, ns, job_name), client=store.client))
     except (OSError, ValueError, StoreError) as exc:
         msg = f"Job {job_name} succeeded but its result is unreadable: {exc}"
         return Event(EventType.WARNING, Reason.RESULT_MISSING, msg)

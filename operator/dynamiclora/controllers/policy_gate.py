@@ -17,6 +17,7 @@ from dynamiclora.api.tier import QualityGate
 from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import ConsolidationInputs, experience_location, storage_path, store_uri, tier_ref
 from dynamiclora.controllers.promotion import served_version_of
+from dynamiclora.controllers.tier_storage import StoreAccess
 from dynamiclora.kube import Kube
 from dynamiclora.settings import OperatorSettings
 
@@ -72,11 +73,10 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
     return args
 
 
-def audit_consolidation(store_uri_: str, ns: str, target: str, job_name: str, result: dict[str, Any],
+def audit_consolidation(store: StoreAccess, ns: str, target: str, job_name: str, result: dict[str, Any],
                         source: str | None = None) -> str:  # fmt: skip
     """Append the Job's outcome to the target tier's audit trail (once per Job); returns a summary."""
     from dynamiclora.storage.audit import AuditLog
-    from dynamiclora.storage.uri import open_store
 
     gate = result.get("gate") if isinstance(result.get("gate"), dict) else None
     report = result.get("report", {}) or {}
@@ -105,7 +105,7 @@ def audit_consolidation(store_uri_: str, ns: str, target: str, job_name: str, re
         detail = f"{report.get('migrated', 0)} migrated, {report.get('bypassed', 0)} bypassed" if kind == "migration" \
             else f"{len(contributors)} agents ({report.get('rule', '')})"  # fmt: skip
         msg = f"{kind} by Job {job_name} into v{version}: {detail}"
-    AuditLog(open_store(store_uri_), ns, target).append(
+    AuditLog(store.open(), ns, target).append(
         kind, id=f"job/{job_name}", version=version, actor=f"job/{job_name}", contributors=contributors,
         gate=gate, message=msg[:1000],
     )  # fmt: skip

@@ -14,6 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from dynamiclora.api.swarm import MAX_MISSING_LISTED, Swarm
 from dynamiclora.builders.jobs import store_uri, tier_ref
@@ -21,8 +22,9 @@ from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.composer import ComposeProgress, Composer
 from dynamiclora.controllers.promotion import agent_trust, served_version_of
-from dynamiclora.controllers.stack_consistency import StackEntry, settle, versions_memo
+from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
 from dynamiclora.controllers.swarm import ReadyPod
+from dynamiclora.controllers.tier_storage import s3_client_for
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.serving.adapters import AdapterSpec
 from dynamiclora.settings import OperatorSettings
@@ -70,16 +72,17 @@ def desired_stacks(
     default_store = store_uri(sw.spec.storage, settings)
     if tiers is None:  # one list for the whole namespace instead of a GET per tier (two tiers per agent)
         tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
-    versions = versions_memo()  # shared tiers sit in every agent's stack: list each once per pass
+    # Every store is read with the S3 identity of the resource that names it, never the operator's own.
+    view = StoreView({default_store: s3_client_for(kube, ns, sw.spec.storage)})
     stacks = []
     for agent in sw.spec.agents:
         stack = AgentStack(agent.name)
         for tier_name in stack_tier_names(swarm, sw, agent.name):
             tier = tiers.get(tier_name)
-            if tier is None or (entry := _entry(tier, tier_name, ns, default_store, settings)) is None:
+            if tier is None or (entry := _entry(kube, tier, tier_name, ns, default_store, settings, view)) is None:
                 continue
             if not tier["spec"].get("pinnedVersion"):  # a pin is the user's explicit choice
-                settled = settle(entry, stack.entries, versions)
+                settled = settle(entry, stack.entries, view)
                 if settled is None:
                     continue
                 entry = replace(entry, version=settled)
@@ -88,16 +91,20 @@ def desired_stacks(
     return stacks
 
 
-def _entry(tier: Obj, name: str, ns: str, default_store: str, settings: OperatorSettings) -> StackEntry | None:
+def _entry(kube: Kube, tier: Obj, name: str, ns: str, default_store: str, settings: OperatorSettings,
+           view: StoreView) -> StackEntry | None:  # fmt: skip
+    """The tier's stack entry; a tier with its own ``spec.storage`` is read with that storage's identity."""
     version = served_version_of(tier)
     if version is None:
         return None
-    storage = tier["spec"].get("storage")
     store = default_store
-    if storage:
+    if tier["spec"].get("storage"):
         from dynamiclora.api.common import Storage
 
-        store = store_uri(Storage.model_validate(storage), settings)
+        storage = Storage.model_validate(tier["spec"]["storage"])
+        store = store_uri(storage, settings)
+        if store not in view.clients:
+            view.clients[store] = s3_client_for(kube, ns, storage)
     return StackEntry(name, tier["spec"]["level"], version, store, ns)
 
 
@@ -153,7 +160,7 @@ class _Plan:
 
 
 async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[AgentStack], out: ServingOutcome,
-                adapters_mount: str | None) -> _Plan:  # fmt: skip
+                adapters_mount: str | None, s3_client: Any) -> _Plan:  # fmt: skip
     """Find each stack's composed adapter (restored from the bucket for S3 storage) or mark it waiting."""
     import asyncio
 
@@ -167,8 +174,8 @@ async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[A
         mount = served_s3.ADAPTERS_MOUNT
         if settings.local_executor:  # local pods share one host folder (see served_s3.local_adapters_dir)
             mount = served_s3.local_adapters_dir(settings.scratch_dir, ns, swarm)
-        pub = served_s3.S3Served(served_s3.s3_backend(store_uri(sw.spec.storage, settings)), ns, swarm,
-                                 adapters_mount or mount)  # fmt: skip
+        backend = served_s3.s3_backend(store_uri(sw.spec.storage, settings), s3_client)
+        pub = served_s3.S3Served(backend, ns, swarm, adapters_mount or mount)
         out.served_root = pub.root_uri()
     else:
         out.served_root = str(root)
@@ -224,12 +231,13 @@ async def sync_serving(
     stacks = [s for s in desired_stacks(kube, settings, body, sw, out.tiers) if s.entries]
     if not stacks:
         return out
-    plan = await _plan(sw, body, settings, stacks, out, adapters_mount)
+    s3_client = s3_client_for(kube, ns, sw.spec.storage)  # the Swarm's S3 identity (cached per configuration)
+    plan = await _plan(sw, body, settings, stacks, out, adapters_mount, s3_client)
     if plan.waiting:
         progress = await composer.compose(body, sw, [s.spec() for s in plan.waiting])
         if progress.done:
             out = ServingOutcome(tiers=out.tiers)
-            plan = await _plan(sw, body, settings, stacks, out, adapters_mount)
+            plan = await _plan(sw, body, settings, stacks, out, adapters_mount, s3_client)
         out.composing, out.compose = [s.agent for s in plan.waiting], progress
     keep = {served_adapter_name(swarm, s.agent) for s in plan.waiting}
     kept = await _reconcile_pods(sw, swarm, ready_pods, api_key, settings, plan, keep, out)

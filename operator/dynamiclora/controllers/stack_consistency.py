@@ -15,13 +15,14 @@ consistent with the faster versions already chosen. The store, not the statuses,
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from dynamiclora.controllers.promotion import is_accepted
-from dynamiclora.storage.base import StoreError, VersionRef, parse_version_dir
+from dynamiclora.storage.base import CheckpointStore, StoreError, VersionRef, parse_version_dir
 
 MIGRATION, RESIDUAL = "migration", "migration-source"
 CONSENSUS, CONSENSUS_RESIDUAL = "consensus", "consensus-agent"
@@ -52,24 +53,52 @@ class Link:
     residual: str = RESIDUAL
 
 
-@functools.lru_cache(maxsize=4096)
-def _manifest(store: str, ns: str, tier: str, version: int) -> VersionRef:
-    """A version's manifest; versions are immutable and never renumbered, so caching is exact.
+_MANIFESTS_KEPT = 4096
+_manifest_lock = threading.Lock()
+_manifests: OrderedDict[tuple[str, str, str, int], VersionRef] = OrderedDict()
 
-    Raises (and so caches nothing) when the version is missing.
+
+class StoreView:
+    """The checkpoint stores one pass reads, each opened with its custom resource's S3 client.
+
+    ``clients`` maps a store URI to the boto3 client built from that resource's ``spec.storage.s3``
+    (endpoint, region, credentials Secret); a store without one (a PVC) needs none. Version lists are
+    memoised for the pass (shared tiers sit in every agent's stack: list each once); manifests are kept
+    process-wide, since versions are immutable and never renumbered.
     """
-    from dynamiclora.storage.uri import open_store
 
-    return open_store(store).get(ns, tier, version)
+    def __init__(self, clients: Mapping[str, Any] | None = None) -> None:
+        self.clients = dict(clients or {})
+        self._versions: dict[tuple[str, str, str], list[int]] = {}
 
+    def open(self, store: str) -> CheckpointStore:
+        from dynamiclora.storage.uri import open_store
 
-def manifest(store: str, ns: str, tier: str, version: int) -> VersionRef | None:
-    if version < 1:  # a tier with no version yet
-        return None
-    try:
-        return _manifest(store, ns, tier, version)
-    except StoreError:
-        return None
+        return open_store(store, s3_client=self.clients.get(store))
+
+    def versions(self, store: str, ns: str, tier: str) -> list[int]:
+        if (store, ns, tier) not in self._versions:
+            self._versions[store, ns, tier] = self.open(store).list_versions(ns, tier)
+        return self._versions[store, ns, tier]
+
+    def manifest(self, store: str, ns: str, tier: str, version: int) -> VersionRef | None:
+        """A version's manifest, or None when the tier has none (version 0) or it is missing."""
+        if version < 1:
+            return None
+        key = (store, ns, tier, version)
+        with _manifest_lock:
+            if key in _manifests:
+                _manifests.move_to_end(key)
+                return _manifests[key]
+        try:
+            ref = self.open(store).get(ns, tier, version)
+        except StoreError:
+            return None  # not cached: it may be published later
+        with _manifest_lock:
+            _manifests[key] = ref
+            while len(_manifests) > _MANIFESTS_KEPT:
+                _manifests.popitem(last=False)
+        return ref
 
 
 def _derived(md: dict[str, Any]) -> tuple[tuple[str, str], ...] | None:
@@ -100,28 +129,11 @@ def links_of(ref: VersionRef) -> list[Link]:
     return []
 
 
-Versions = Callable[[str, str, str], list[int]]  # (store, namespace, tier) -> published versions
-
-
-def versions_memo() -> Versions:
-    """Version listing memoised for one pass: shared tiers sit in every agent's stack, list each once."""
-    seen: dict[tuple[str, str, str], list[int]] = {}
-
-    def versions(store: str, ns: str, tier: str) -> list[int]:
-        from dynamiclora.storage.uri import open_store
-
-        if (store, ns, tier) not in seen:
-            seen[store, ns, tier] = open_store(store).list_versions(ns, tier)
-        return seen[store, ns, tier]
-
-    return versions
-
-
-def applied(source: Entry, link: Link, versions: Versions) -> bool:
+def applied(source: Entry, link: Link, view: StoreView) -> bool:
     """Whether the composed source version already is (or descends from) the step's residual."""
-    for v in versions(source.store, source.namespace, source.tier):
+    for v in view.versions(source.store, source.namespace, source.tier):
         if link.version < v <= source.version:
-            ref = manifest(source.store, source.namespace, source.tier, v)
+            ref = view.manifest(source.store, source.namespace, source.tier, v)
             md = ref.manifest.metadata if ref else {}
             if md.get("kind") == link.residual and _derived(md) == link.derived_from:
                 return True
@@ -134,18 +146,18 @@ def _composed_links(ref: VersionRef, faster: dict[tuple[str, str], Entry]) -> li
             if (link.namespace, link.tier) in faster]  # fmt: skip
 
 
-def _consistent(ref: VersionRef, faster: dict[tuple[str, str], Entry], versions: Versions) -> bool:
+def _consistent(ref: VersionRef, faster: dict[tuple[str, str], Entry], view: StoreView) -> bool:
     """A migration or consensus version is consistent only with its residuals (or newer) on the source side."""
-    return all(applied(source, link, versions) for link, source in _composed_links(ref, faster))
+    return all(applied(source, link, view) for link, source in _composed_links(ref, faster))
 
 
-def _pulls_forward(ref: VersionRef, faster: dict[tuple[str, str], Entry], versions: Versions) -> bool:
+def _pulls_forward(ref: VersionRef, faster: dict[tuple[str, str], Entry], view: StoreView) -> bool:
     """A newer migration or consensus whose residuals the source side already composes (the status lags)."""
     links = _composed_links(ref, faster)
-    return bool(links) and is_accepted(ref) and all(applied(source, link, versions) for link, source in links)
+    return bool(links) and is_accepted(ref) and all(applied(source, link, view) for link, source in links)
 
 
-def settle(entry: Entry, faster: list[Entry], versions: Versions) -> int | None:
+def settle(entry: Entry, faster: list[Entry], view: StoreView) -> int | None:
     """The version of ``entry``'s tier to compose with the ``faster`` entries already settled.
 
     The newest accepted version consistent with them: a migration whose residual is already composed on
@@ -156,27 +168,27 @@ def settle(entry: Entry, faster: list[Entry], versions: Versions) -> int | None:
     if not faster:
         return entry.version
     by_tier = {(e.namespace, e.tier): e for e in faster}
-    published = versions(entry.store, entry.namespace, entry.tier)
+    published = view.versions(entry.store, entry.namespace, entry.tier)
     top = entry.version
     for v in reversed([v for v in published if v > entry.version]):
-        ref = manifest(entry.store, entry.namespace, entry.tier, v)
-        if ref is not None and _pulls_forward(ref, by_tier, versions):
+        ref = view.manifest(entry.store, entry.namespace, entry.tier, v)
+        if ref is not None and _pulls_forward(ref, by_tier, view):
             top = v
             break
     for v in sorted({v for v in published if v <= top} | {top}, reverse=True):
-        ref = manifest(entry.store, entry.namespace, entry.tier, v)
+        ref = view.manifest(entry.store, entry.namespace, entry.tier, v)
         if ref is None and v == entry.version:
             return v  # nothing to judge it by: composing it reports the missing version
         # The status's own version is accepted already (pinned tiers are not settled at all).
-        if ref is not None and (v == entry.version or is_accepted(ref)) and _consistent(ref, by_tier, versions):
+        if ref is not None and (v == entry.version or is_accepted(ref)) and _consistent(ref, by_tier, view):
             return v
     return None
 
 
-def stack_is_consistent(entries: list[Entry], versions: Versions) -> bool:
+def stack_is_consistent(entries: list[Entry], view: StoreView) -> bool:
     """Whether a stack (fastest tier first) holds no half-applied migration or consensus step.
 
     Each slower version must be the one :func:`settle` picks given the faster ones: a destination
     without its residual counts moved components twice, a residual without its destination not at all.
     """
-    return all(settle(e, entries[:i], versions) == e.version for i, e in enumerate(entries))
+    return all(settle(e, entries[:i], view) == e.version for i, e in enumerate(entries))

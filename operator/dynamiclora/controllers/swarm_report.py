@@ -17,6 +17,7 @@ from dynamiclora.controllers.common import Event, WaitFor, generation
 from dynamiclora.controllers.conditions import get_condition, set_condition
 from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable
 from dynamiclora.controllers.swarm import SwarmObservation, swarm_status
+from dynamiclora.controllers.tier_storage import explain, is_storage_error
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.metrics import AGENT_SERVED_PODS, POD_LOADED_ADAPTERS, TIER_SERVED_VERSION
 
@@ -48,10 +49,14 @@ def serving_api_key(kube: Kube, ns: str, spec: Obj) -> str | None:
     return base64.b64decode(data[ref["key"]]).decode()
 
 
+def is_blocking(exc: Exception) -> bool:
+    """Whether ``exc`` stops serving for this pass with a condition (rather than being a bug to retry)."""
+    return isinstance(exc, ServingUnavailable | WaitFor) or is_storage_error(exc)
+
+
 def swarm_report(
-    body: Obj, obs: SwarmObservation, outcome: ServingOutcome | None,
-    blocked: ServingUnavailable | WaitFor | None = None,
-) -> SwarmReport:  # fmt: skip
+    body: Obj, obs: SwarmObservation, outcome: ServingOutcome | None, blocked: Exception | None = None
+) -> SwarmReport:
     """The pass's status and events: ``outcome`` is what serving did, ``blocked`` why it could not run."""
     gen = generation(body)
     conditions: list[Obj] = list((body.get("status") or {}).get("conditions", []))
@@ -64,11 +69,22 @@ def swarm_report(
             msg = "loaded " + ", ".join(outcome.swapped)[:900]
             events.append(Event(EventType.NORMAL, Reason.ADAPTERS_SERVED, msg))
     elif blocked is not None:
-        reason = Reason.SERVING_UNAVAILABLE if isinstance(blocked, ServingUnavailable) else Reason.WAITING
-        conditions = set_condition(conditions, ConditionType.DEGRADED, True, reason, str(blocked), gen)
+        reason, msg = _blocked(blocked)
+        before = get_condition({"conditions": conditions}, ConditionType.DEGRADED) or {}
+        if reason == Reason.STORAGE_UNAVAILABLE and before.get("message") != msg:  # once per distinct problem
+            events.append(Event(EventType.WARNING, reason, msg))
+        conditions = set_condition(conditions, ConditionType.DEGRADED, True, reason, msg, gen)
     conditions = _ready(conditions, obs, agents, gen)
     status = swarm_status(body, obs, agents, _pods(obs, outcome), conditions, outcome.served_root if outcome else None)
     return SwarmReport(status, events)
+
+
+def _blocked(exc: Exception) -> tuple[Reason, str]:
+    if isinstance(exc, ServingUnavailable):
+        return Reason.SERVING_UNAVAILABLE, str(exc)
+    if isinstance(exc, WaitFor):
+        return Reason.WAITING, str(exc)
+    return Reason.STORAGE_UNAVAILABLE, f"the Swarm's storage cannot be read: {explain(exc)}"[:MAX_MESSAGE]
 
 
 def _pods(obs: SwarmObservation, outcome: ServingOutcome | None) -> list[Obj]:

@@ -25,7 +25,7 @@ from dynamiclora.controllers.conditions import get_condition, set_condition, wir
 from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
-from dynamiclora.controllers.stack_consistency import StackEntry, settle, versions_memo
+from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
 from dynamiclora.controllers.tier_storage import (
     StorageUnavailable,
     is_storage_error,
@@ -344,7 +344,7 @@ def _maybe_train(
     schedule = tier.spec.training.schedule
     if schedule and last and (dt.datetime.now(dt.UTC) - last).total_seconds() < duration_s(schedule):
         return conditions
-    missing = missing_inputs(tier.spec, storage, settings)
+    missing = missing_inputs(tier.spec, storage, settings, s3_client_for(kube, ns, storage))
     if missing:
         return _input_missing(conditions, missing, events, generation(body))
     current = st.get("currentVersion")
@@ -353,7 +353,9 @@ def _maybe_train(
     next_version = max(int(current or 0), int(st.get("latestVersion") or 0)) + 1
     attempts = int(st.get("failedAttempts", 0))
     job_name = training_job_name(name, next_version, attempts)
-    frozen = _frozen_tiers(kube, ns, swarm, tier, store_uri(storage, settings), int(current) if current else None)
+    store = store_uri(storage, settings)
+    view = StoreView({store: s3_client_for(kube, ns, storage)})
+    frozen = _frozen_tiers(kube, ns, swarm, tier, store, view, int(current) if current else None)
     inputs = TrainingInputs(
         model_path=model_path(swarm, settings),
         storage=storage,
@@ -391,7 +393,7 @@ def _input_missing(conditions: list[Obj], missing: list[str], events: list[Event
     return set_condition(conditions, ConditionType.TRAINING, False, Reason.INPUT_MISSING, msg, gen)
 
 
-def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier: LoRATier, store: str,
+def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier: LoRATier, store: str, view: StoreView,
                   init: int | None) -> list[tuple[str, int]]:  # fmt: skip
     """The slower tiers of the agent's stack to load frozen while training from version ``init``.
 
@@ -404,7 +406,6 @@ def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier: LoRATier, store: str,
     name = tier.metadata.name or ""
     if name not in names:
         return []
-    versions = versions_memo()
     faster = [StackEntry(name, str(tier.spec.level), int(init or 0), store, ns)]
     for n in names[names.index(name) + 1 :]:
         other = kube.get("LoRATier", ns, n)
@@ -412,7 +413,7 @@ def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier: LoRATier, store: str,
             continue
         entry = StackEntry(n, str(other["spec"]["level"]), int(served_version_of(other) or 0), store, ns)
         if not other["spec"].get("pinnedVersion"):  # a pin is the user's explicit choice
-            entry = replace(entry, version=settle(entry, faster, versions) or 0)
+            entry = replace(entry, version=settle(entry, faster, view) or 0)
         if entry.version:
             faster.append(entry)
     return [(e.tier, e.version) for e in faster[1:]]

@@ -18,6 +18,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 from dynamiclora.api.common import S3Storage, Storage
@@ -29,7 +30,8 @@ from dynamiclora.controllers.conditions import (
     set_condition,
 )
 from dynamiclora.kube import Kube, KubeError, Obj
-from dynamiclora.storage.base import StoreError
+from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.base import CheckpointStore, StoreError
 
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 SECRET_TTL_SECONDS = 30.0  # a rotated key is picked up this late; saves one Secret GET per tier per resync
@@ -39,6 +41,26 @@ _ACCESS_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", 
 
 class StorageUnavailable(Exception):
     """The tier's storage cannot be reached as configured; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class StoreAccess:
+    """A checkpoint store as one custom resource reaches it: its URI and that resource's S3 client."""
+
+    uri: str
+    client: Any = field(default=None, compare=False, repr=False)  # None: a PVC, or boto3's default chain
+
+    def open(self) -> CheckpointStore:
+        from dynamiclora.storage.uri import open_store
+
+        return open_store(self.uri, s3_client=self.client)
+
+
+def store_access(kube: Kube, ns: str, storage: Storage, settings: OperatorSettings) -> StoreAccess:
+    """The store of ``storage`` with its own identity (see :func:`s3_client_for`)."""
+    from dynamiclora.builders.jobs import store_uri
+
+    return StoreAccess(store_uri(storage, settings), s3_client_for(kube, ns, storage))
 
 
 _lock = threading.Lock()
@@ -135,7 +157,7 @@ def storage_unavailable(body: Obj, exc: BaseException) -> tuple[Obj, list[Event]
     """The status of a pass that could not read the tier's storage: the last one, marked not Ready."""
     status: Obj = dict(body.get("status") or {})
     events: list[Event] = []
-    msg = f"the tier's storage cannot be read: {explain(exc)}"
+    msg = f"the {body.get('kind', 'object')}'s storage cannot be read: {explain(exc)}"
     gen = generation(body)
     status["conditions"] = _report(list(status.get("conditions", [])), ConditionType.READY,
                                    Reason.STORAGE_UNAVAILABLE, msg,

@@ -14,7 +14,7 @@ from typing import Any
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.controllers.serving import desired_stacks
-from dynamiclora.controllers.stack_consistency import StackEntry, stack_is_consistent, versions_memo
+from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, stack_is_consistent
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage.uri import open_store
 
@@ -127,7 +127,7 @@ def test_training_freezes_exactly_the_stack_serving_composes_with_its_start_vers
 
     def frozen(init: int, agent_status: int | None) -> list[tuple[str, int]]:
         kube.objects[("LoRATier", NS, AGENT)]["status"] = {"currentVersion": agent_status} if agent_status else {}
-        return _frozen_tiers(kube, NS, sw, ctx, _store(settings), init)
+        return _frozen_tiers(kube, NS, sw, ctx, _store(settings), StoreView(), init)
 
     # From the residual: the destination belongs to the stack even before the agent tier's status shows it.
     assert frozen(3, None) == frozen(3, 1) == [(AGENT, 1)]
@@ -186,7 +186,7 @@ def test_the_consistency_judge_accepts_exactly_the_applied_pairs(
     def ok(ctx: int, agent: int) -> bool:
         entries = [StackEntry(CTX, "context", ctx, _store(settings), NS),
                    StackEntry(AGENT, "agent", agent, _store(settings), NS)]  # fmt: skip
-        return stack_is_consistent(entries, versions_memo())
+        return stack_is_consistent(entries, StoreView())
 
     assert [ok(c, 1) for c in (1, 2, 3, 4)] == [True, True, False, False]  # a1 + the residual: lost
     assert [ok(c, 2) for c in (1, 2, 3, 4)] == [False, False, True, True]  # a2 + c2: counted twice

@@ -72,3 +72,15 @@ def test_a_refused_load_and_a_failed_compose_job_say_why(swarm_body: dict[str, A
     # The same failure on the next pass is not announced again.
     body = {**swarm_body, "status": wire_status("Swarm", report.status)}
     assert Reason.COMPOSITION_FAILED not in [e.reason for e in swarm_report(body, obs, outcome).events]
+
+
+def test_unreadable_storage_is_a_condition_and_one_event(swarm_body: dict[str, Any]) -> None:
+    from dynamiclora.controllers.tier_storage import StorageUnavailable
+
+    err = StorageUnavailable("Secret default/s3 (spec.storage.s3.credentialsSecretRef) does not exist")
+    report = swarm_report(swarm_body, _obs(swarm_body, 1), None, err)
+    degraded = _cond(report.status, ConditionType.DEGRADED)
+    assert degraded["reason"] == Reason.STORAGE_UNAVAILABLE and "does not exist" in degraded["message"]
+    assert [e.reason for e in report.events] == [Reason.STORAGE_UNAVAILABLE]
+    again = swarm_report({**swarm_body, "status": wire_status("Swarm", report.status)}, _obs(swarm_body, 1), None, err)
+    assert again.events == []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -110,30 +109,6 @@ def test_missing_secret_is_a_condition(
     _secret(kube, "testing", "testing")
     out = _pass(kube, settings)
     assert _condition(out, "Ready")[1] == "NoVersionYet" and not out.events
-
-
-@pytest.fixture
-def iam_user(s3_client: Any, moto_s3_endpoint: str) -> Iterator[tuple[str, str]]:
-    """Keys of an IAM user allowed everything on S3, with moto checking credentials until the test ends."""
-    import boto3
-
-    iam = boto3.client("iam", endpoint_url=moto_s3_endpoint, region_name="us-east-1",
-                       aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
-    iam.create_user(UserName="tenant")
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-    iam.put_user_policy(UserName="tenant", PolicyName="s3", PolicyDocument=json.dumps(policy))
-    key = iam.create_access_key(UserName="tenant")["AccessKey"]
-
-    def auth(count: str) -> None:
-        req = urllib.request.Request(f"{moto_s3_endpoint}/moto-api/reset-auth", data=count.encode(), method="POST",
-                                     headers={"Content-Type": "text/plain"})  # fmt: skip
-        urllib.request.urlopen(req, timeout=10).read()
-
-    auth("0")
-    try:
-        yield key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        auth("inf")
 
 
 def test_wrong_credentials_are_a_condition_then_recover(
