@@ -27,6 +27,7 @@ from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, sta
 from dynamiclora.demo.data import round_facts, write_regression_set
 from dynamiclora.demo.scenario import DemoConfig, Scenario
 from dynamiclora.localcluster.operator_env import env_dir
+from dynamiclora.localcluster.trainer_env import env_dir as trainer_env_dir
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.errors import VLLMError
 from dynamiclora.storage.audit import AuditLog
@@ -154,6 +155,20 @@ def _composed_by_jobs_for_an_operator_without_torch(sc: Scenario) -> None:
     assert any((j.get("status") or {}).get("succeeded") for j in composers), composers
     swarm = sc.status("swarms", "support")
     assert get_condition(swarm, "Composing")["reason"] in ("Composed", "Composing"), swarm
+    _jobs_ran_from_the_trainer_image_environment(sc)
+
+
+def _jobs_ran_from_the_trainer_image_environment(sc: Scenario) -> None:
+    """Training, consolidation and compose Jobs ran from an environment installed as the trainer image is."""
+    pods = Path(sc.cluster.state) / "pods" / sc.cfg.namespace
+    logs = [p for pattern in ("*-train-v*/*.log", "*compose*/*.log", "mig-*/*.log") for p in pods.glob(pattern)]
+    assert len({log.parent.name for log in logs}) >= 3, sorted(str(p) for p in pods.iterdir())
+    for log in logs:
+        start = next(line for line in log.read_text(errors="replace").splitlines() if " starting " in line)
+        exe = Path(start.split(": ", 1)[1].split()[0])
+        assert exe.parent.parent == trainer_env_dir(), start
+    no_vllm = subprocess.run([str(exe), "-c", "import vllm"], capture_output=True, text=True)
+    assert no_vllm.returncode != 0 and "No module named 'vllm'" in no_vllm.stderr
 
 
 def test_restarted_vllm_pod_gets_its_adapters_back(scenario: Scenario) -> None:

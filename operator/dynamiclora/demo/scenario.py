@@ -161,7 +161,12 @@ class Scenario:
             "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
         ]  # fmt: skip
         with self.operator_log.open("ab") as logf:
-            self.operator = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+            self.operator = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
+                                             env=self.operator_environ())  # fmt: skip
+
+    def operator_environ(self) -> dict[str, str] | None:
+        """The operator process's environment (None: this process's)."""
+        return None
 
     def stop_operator(self, kill: bool = False) -> None:
         proc, self.operator = self.operator, None

@@ -24,6 +24,19 @@ from dynamiclora.localcluster.process import (
 from dynamiclora.localcluster.rest import Rest
 
 
+def image_environments() -> dict[str, str]:
+    """This environment plus the interpreters of the trainer and operator image environments.
+
+    The executor runs Jobs (trainer image) and sidecars (operator image) from environments installed as
+    those images are (see ``images.py``); building them takes a minute cold, seconds afterwards.
+    """
+    from dynamiclora.localcluster.images import OPERATOR_PYTHON, TRAINER_PYTHON
+    from dynamiclora.localcluster.operator_env import ensure_operator_env
+    from dynamiclora.localcluster.trainer_env import ensure_trainer_env
+
+    return {**os.environ, TRAINER_PYTHON: str(ensure_trainer_env()), OPERATOR_PYTHON: str(ensure_operator_env())}
+
+
 class LocalCluster:
     """A local control plane plus executor, owned by a supervisor process.
 
@@ -59,7 +72,8 @@ class LocalCluster:
         for f in fields(ClusterConfig):
             argv += ["--" + f.name.replace("_", "-"), str(getattr(self.config, f.name))]
         self.supervisor = start_process(
-            "supervisor", argv, self.state / "logs" / "supervisor.log", pdeathsig=not self.detach
+            "supervisor", argv, self.state / "logs" / "supervisor.log", pdeathsig=not self.detach,
+            env=image_environments(),
         )
         if not self.detach:
             atexit.register(self.stop)

@@ -15,14 +15,19 @@ handled the way a container runtime would:
 
 | image repository              | local command                                              |
 |-------------------------------|------------------------------------------------------------|
-| ghcr.io/dynamiclora/trainer   | the installed ``dynamiclora`` CLI (``python -m dynamiclora.cli``) |
-| ghcr.io/dynamiclora/operator  | the installed ``dynamiclora`` CLI                          |
-| vllm/vllm-openai-cpu          | ``python -m vllm.entrypoints.openai.api_server``           |
+| ghcr.io/dynamiclora/trainer   | ``dynamiclora``, trainer image environment (``$DYNAMICLORA_TRAINER_PYTHON``) |
+| ghcr.io/dynamiclora/operator  | ``dynamiclora``, operator image env. (``$DYNAMICLORA_OPERATOR_PYTHON``) |
+| vllm/vllm-openai-cpu          | ``python -m vllm.entrypoints.openai.api_server`` (this venv) |
 | busybox, python (test images) | run ``command``/``args`` as written, ``python`` = this venv |
+
+:class:`~dynamiclora.localcluster.cluster.LocalCluster` builds the two image environments
+(``trainer_env.py``, ``operator_env.py``) and hands their interpreters to the executor through those
+variables, so Jobs and sidecars run what the images would; without them, this venv's interpreter.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,20 +50,26 @@ class LocalImage:
     entrypoints: tuple[tuple[str, ...], ...] = ()
     host_flag: str | None = None
     positional_flag: str | None = None
+    python: str = sys.executable  # what ``python``/``python3`` means in a command for this image
 
 
-def _python() -> str:
-    return sys.executable
+TRAINER_PYTHON = "DYNAMICLORA_TRAINER_PYTHON"
+OPERATOR_PYTHON = "DYNAMICLORA_OPERATOR_PYTHON"
+
+
+def _python(image_env: str | None = None) -> str:
+    return (os.environ.get(image_env) if image_env else None) or sys.executable
 
 
 def image_table() -> dict[str, LocalImage]:
     """The image repository -> local command table (see the module docstring)."""
-    py = _python()
-    cli = LocalImage(prefix=(py, "-m", "dynamiclora.cli"), entrypoints=(("dynamiclora",),))
+    py, trainer, operator = _python(), _python(TRAINER_PYTHON), _python(OPERATOR_PYTHON)
     vllm_module = ("-m", "vllm.entrypoints.openai.api_server")
     return {
-        "ghcr.io/dynamiclora/trainer": cli,
-        "ghcr.io/dynamiclora/operator": cli,
+        "ghcr.io/dynamiclora/trainer": LocalImage(prefix=(trainer, "-m", "dynamiclora.cli"),
+                                                  entrypoints=(("dynamiclora",),), python=trainer),
+        "ghcr.io/dynamiclora/operator": LocalImage(prefix=(operator, "-m", "dynamiclora.cli"),
+                                                   entrypoints=(("dynamiclora",),), python=operator),
         "vllm/vllm-openai-cpu": LocalImage(
             prefix=(py, *vllm_module),
             entrypoints=(("vllm", "serve"), ("python3", *vllm_module), ("python", *vllm_module)),
@@ -113,8 +124,8 @@ def local_argv(image: str, command: Sequence[str], args: Sequence[str]) -> list[
             if tuple(command[: len(entrypoint)]) == entrypoint:
                 return [*entry.prefix, *_flagged(entry, [*command[len(entrypoint) :], *args])]
         if command[0] in ("python", "python3"):
-            # Pods written for a python image must use this venv's interpreter, whatever the image.
-            return [_python(), *command[1:], *args]
+            # The image's interpreter (its environment), not whatever ``python`` is on this machine.
+            return [entry.python, *command[1:], *args]
         return [*command, *args]
     return [*entry.prefix, *_flagged(entry, list(args))]
 

@@ -71,6 +71,18 @@ def test_image_table_maps_trainer_and_vllm() -> None:
         local_argv("nginx:1", [], [])
 
 
+def test_trainer_and_operator_images_run_from_their_own_environments(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dynamiclora.localcluster.images import OPERATOR_PYTHON, TRAINER_PYTHON
+
+    monkeypatch.setenv(TRAINER_PYTHON, "/envs/trainer/bin/python")
+    monkeypatch.setenv(OPERATOR_PYTHON, "/envs/operator/bin/python")
+    assert local_argv("ghcr.io/dynamiclora/trainer:0.1", [], ["train"])[0] == "/envs/trainer/bin/python"
+    assert local_argv("ghcr.io/dynamiclora/trainer", ["python", "-c", "x"], [])[0] == "/envs/trainer/bin/python"
+    assert local_argv("ghcr.io/dynamiclora/operator:0.1", ["dynamiclora"], ["adapter-sync"]) == [
+        "/envs/operator/bin/python", "-m", "dynamiclora.cli", "adapter-sync"]
+    assert local_argv("vllm/vllm-openai-cpu", [], ["/m"])[0] == sys.executable  # the vLLM image: this venv
+
+
 def test_expand_follows_kubernetes_rules() -> None:
     env = {"A": "1", "B": "two"}
     assert expand("$(A)-$(B)-$(C)-$$(A)", env) == "1-two-$(C)-$(A)"
