@@ -25,7 +25,7 @@ from dynamiclora.controllers.conditions import get_condition
 from dynamiclora.controllers.serving import LEVEL_LETTER
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, stack_is_consistent
 from dynamiclora.demo.data import round_facts, write_regression_set
-from dynamiclora.demo.scenario import DemoConfig, Scenario
+from dynamiclora.demo.scenario import DemoConfig, Scenario, free_port
 from dynamiclora.localcluster.operator_env import env_dir
 from dynamiclora.localcluster.trainer_env import env_dir as trainer_env_dir
 from dynamiclora.serving.adapters import Fingerprint
@@ -269,6 +269,44 @@ def test_operator_killed_during_consolidation_publishes_exactly_once(scenario: S
     assert len(after) - len(agent_versions) <= 1  # at most one new version for one consolidation
     assert after == sorted(set(after))
     assert ctx
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """``name{labels}`` -> value of an operator's /metrics (empty while it does not answer)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return {}
+    return {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in text.splitlines() if ln and ln[0] != "#")}
+
+
+def test_a_second_operator_waits_and_takes_over_when_the_first_stops(scenario: Scenario) -> None:
+    """Issue 18: leader election. A second replica watches but never reconciles until the leader goes."""
+    sc = scenario
+    port = free_port()
+    log = sc.cfg.work_dir / "operator-2.log"
+    with log.open("ab") as out:
+        second = subprocess.Popen(sc.operator_argv(port), stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
+    try:
+        sc.wait("the second operator is up, as a follower",
+                lambda: _scrape(port).get("dynamiclora_leader") == 0.0 or None)  # fmt: skip
+        time.sleep(4 * sc.cfg.resync_seconds)  # a few resync periods: it must not reconcile anything
+        reconciles = {k: v for k, v in _scrape(port).items() if k.startswith("dynamiclora_reconcile_total")}
+        assert not any(reconciles.values()), reconciles
+        assert "waiting for the leader Lease" in log.read_text(), log.read_text()[-2000:]
+        assert _scrape(sc.metrics_port).get("dynamiclora_leader") == 1.0
+
+        sc.stop_operator()  # a clean stop releases the Lease: no wait for it to expire
+        sc.wait("the second operator leads", lambda: _scrape(port).get("dynamiclora_leader") == 1.0 or None)
+        sc.wait("and reconciles", lambda: sum(v for k, v in _scrape(port).items()
+                                             if k.startswith("dynamiclora_reconcile_total")) or None)  # fmt: skip
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+        sc.start_operator()  # the scenario's own operator for the tests that follow
+    sc.wait("the scenario's operator leads again", lambda: _scrape(sc.metrics_port).get("dynamiclora_leader") == 1.0
+            or None)  # fmt: skip
 
 
 # --- issue 10: never serve a regression ------------------------------------------------------------

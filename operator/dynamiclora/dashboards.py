@@ -252,6 +252,8 @@ def serving_dashboard() -> Dashboard:
                              "{{kind}} {{result}}"),), unit="ops", width=8),
                 Panel("Reconcile duration", "p50/p95 duration of one reconciliation by kind.",
                       _quantiles("dynamiclora_reconcile_duration_seconds", "kind"), unit="s", width=8),
+                Panel("Operator replicas leading", "Replicas holding the leader Lease: exactly 1 (the others wait).",
+                      (Query("sum(dynamiclora_leader)", "leaders"),), width=24),
             )),
         ),
     )

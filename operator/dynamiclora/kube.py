@@ -56,6 +56,10 @@ RESOURCES: dict[str, Resource] = {
 }
 
 
+# The operator's leader-election Lease, in its own namespace (not a reconciled kind: RBAC is a separate Role).
+LEASE = Resource("coordination.k8s.io/v1", "Lease", "leases")
+
+
 class KubeError(RuntimeError):
     """A failed API call."""
 
@@ -251,6 +255,26 @@ class ApiKube:
                 return False
             raise
         return True
+
+    def get_lease(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return dict(self._call("GET", LEASE.path(namespace, name)))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def write_lease(self, lease: Obj) -> Obj | None:
+        """Create the Lease, or replace it at the resourceVersion it carries; None when another writer won."""
+        meta = lease["metadata"]
+        method, path = ("PUT", LEASE.path(meta["namespace"], meta["name"])) if meta.get("resourceVersion") \
+            else ("POST", LEASE.path(meta["namespace"]))  # fmt: skip
+        try:
+            return dict(self._call(method, path, lease))
+        except KubeError as exc:
+            if exc.status == 409:
+                return None
+            raise
 
     def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> Obj:
         path = RESOURCES[kind].path(namespace, name) + "/status"

@@ -40,6 +40,10 @@ GATE_DECISIONS = Counter(
 MIGRATED_COMPONENTS = Counter(
     "dynamiclora_migrated_components_total", "Rank-1 components moved to slower tiers.", registry=REGISTRY,
 )
+LEADER = Gauge(
+    "dynamiclora_leader", "1 while this operator holds the leader Lease and reconciles, 0 while it waits.",
+    registry=REGISTRY,
+)
 TIER_VERSION = Gauge(
     "dynamiclora_tier_version", "Newest published version of a tier.", ["namespace", "tier", "level"],
     registry=REGISTRY,

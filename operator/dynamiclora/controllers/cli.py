@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import signal
+import socket
 from typing import Any
 
 
@@ -17,6 +18,7 @@ def _run(args: argparse.Namespace) -> int:
     from prometheus_client import start_http_server
 
     from dynamiclora.controllers import handlers
+    from dynamiclora.controllers.leader import hold
     from dynamiclora.kube import ApiKube, CachedGets
     from dynamiclora.serving.metrics import REGISTRY
     from dynamiclora.settings import OperatorSettings
@@ -43,6 +45,7 @@ def _run(args: argparse.Namespace) -> int:
     api = ApiKube(args.kubeconfig)
     kube = CachedGets(api)
     handlers.register(settings)
+    leadership = _leadership(args, api)
 
     @kopf.on.login()
     def _login(**_: Any) -> kopf.ConnectionInfo:
@@ -62,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         # No cap on per-object workers (the thread pool bounds the real work), and let an idle worker go
         # soon: with a cap, each finished worker would hold its slot for idle_timeout (5 s by default).
         settings.batching.idle_timeout = 1.0
-        memo["runtime"] = handlers.Runtime(kube=kube, settings=operator_settings)
+        memo["runtime"] = handlers.Runtime(kube=kube, settings=operator_settings, leadership=leadership)
 
     @kopf.on.startup()
     async def _start_resync(memo: Any, **_: Any) -> None:
@@ -70,14 +73,18 @@ def _run(args: argparse.Namespace) -> int:
         # Reconcilers are synchronous and run in threads: size the pool for many objects at once.
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=32))
         memo["resync"] = loop.create_task(handlers.resync_forever(memo["runtime"]))
+        if leadership is not None:  # losing the Lease stops this process; it restarts as a follower
+            memo["leader"] = loop.create_task(hold(leadership, lambda: os.kill(os.getpid(), signal.SIGTERM)))
         # `kill -USR1 <pid>` logs every asyncio task's stack: the way to see what a stuck operator awaits.
         loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
 
     @kopf.on.cleanup()
     async def _stop_resync(memo: Any, **_: Any) -> None:
-        task = memo.get("resync")
-        if task is not None:
-            task.cancel()
+        for name in ("resync", "leader"):
+            if (task := memo.get(name)) is not None:
+                task.cancel()
+        if leadership is not None:  # a follower takes over at once instead of waiting for expiry
+            await asyncio.to_thread(leadership.release)
 
     operator_settings = settings
     start_http_server(settings.metrics_port, addr=args.metrics_host, registry=REGISTRY)
@@ -93,6 +100,21 @@ def _run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _leadership(args: argparse.Namespace, api: Any) -> Any:
+    """The leader election this operator takes part in, or None to run standalone."""
+    from dynamiclora.controllers.leader import Leadership
+
+    namespace = args.leader_election_namespace or os.environ.get("POD_NAMESPACE")
+    if args.no_leader_election or not namespace:
+        logging.getLogger("dynamiclora").warning(
+            "no leader election (--no-leader-election, or no --leader-election-namespace and no POD_NAMESPACE): "
+            "run a single replica")  # fmt: skip
+        return None
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    return Leadership(api, namespace, identity, duration_s=args.leader_lease_seconds,
+                      renew_s=max(1.0, args.leader_lease_seconds / 3))  # fmt: skip
 
 
 def _dump_tasks() -> None:
@@ -119,4 +141,9 @@ def register(sub: Any) -> None:
     p.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics (default 0.0.0.0)")
     p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
                    help="kopf liveness endpoint URL (default http://0.0.0.0:8081/healthz)")  # fmt: skip
+    p.add_argument("--leader-election-namespace",
+                   help="namespace of the leader Lease (default $POD_NAMESPACE; neither: no election)")  # fmt: skip
+    p.add_argument("--leader-lease-seconds", type=float, default=15.0,
+                   help="seconds without renewal after which a follower takes over (default 15)")  # fmt: skip
+    p.add_argument("--no-leader-election", action="store_true", help="run standalone (a single replica only)")
     p.set_defaults(func=_run)

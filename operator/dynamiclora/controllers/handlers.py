@@ -27,6 +27,7 @@ from dynamiclora.controllers.conditions import (
     set_condition,
     write_status,
 )
+from dynamiclora.controllers.leader import Leadership
 from dynamiclora.controllers.policy import reconcile_policy
 from dynamiclora.controllers.serving import ServingOutcome, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm
@@ -52,11 +53,16 @@ class Runtime:
     kube: Kube
     settings: OperatorSettings
     composer: Composer = field(init=False)  # a compose Job per Swarm and change (a test may assign another)
+    leadership: Leadership | None = None  # None: standalone (no leader election), always reconciles
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     retries: dict[tuple[str, str, str], asyncio.Task[None]] = field(default_factory=dict)  # one per object
 
     def __post_init__(self) -> None:
         self.composer = JobComposer(self.kube, self.settings)
+
+    def leading(self) -> bool:
+        """Whether this operator may reconcile now (it holds the leader Lease, or runs standalone)."""
+        return self.leadership is None or self.leadership.leader
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One lock per object: change handlers and the resync loop never reconcile it concurrently."""
@@ -188,6 +194,8 @@ def needs_reconcile(event_type: str | None, body: Obj) -> bool:
 async def _counted(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
     """Run one reconcile under the object's lock; unexpected exceptions are counted and re-raised."""
     meta = body["metadata"]
+    if not rt.leading():  # a follower watches but never writes; the leader's resync covers every object
+        return
     async with rt.lock(kind, meta.get("namespace", ""), meta["name"]):
         try:
             await handle(rt, body)
@@ -258,6 +266,8 @@ async def resync_forever(rt: Runtime, concurrency: int = 16) -> None:
 
     while True:
         await asyncio.sleep(rt.settings.resync_seconds)
+        if not rt.leading():
+            continue
         for kind, handle in KINDS.values():
             try:
                 objs = await asyncio.to_thread(rt.kube.list, kind, rt.settings.namespace or "")

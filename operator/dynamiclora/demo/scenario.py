@@ -153,16 +153,22 @@ class Scenario:
         """Run ``dynamiclora run`` as a separate process, as in production: from an environment installed
         as the operator image is (no torch; see localcluster/operator_env.py)."""
         self.operator_log.parent.mkdir(parents=True, exist_ok=True)
-        argv = [
-            str(ensure_operator_env()), "-m", "dynamiclora.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
-            "--local-executor", "--pvc-root", str(self.pvc_root), "--resync-seconds", str(self.cfg.resync_seconds),
-            "--namespace", self.cfg.namespace,
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
-            "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
-        ]  # fmt: skip
+        argv = self.operator_argv(self.metrics_port)
         with self.operator_log.open("ab") as logf:
             self.operator = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                                              env=self.operator_environ())  # fmt: skip
+
+    def operator_argv(self, metrics_port: int) -> list[str]:
+        """``dynamiclora run`` as the chart runs it, against the local cluster; the leader Lease lives in the
+        demo's namespace (a second operator started the same way waits for it)."""
+        return [
+            str(ensure_operator_env()), "-m", "dynamiclora.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
+            "--local-executor", "--pvc-root", str(self.pvc_root), "--resync-seconds", str(self.cfg.resync_seconds),
+            "--namespace", self.cfg.namespace, "--leader-election-namespace", self.cfg.namespace,
+            "--leader-lease-seconds", "6",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
+            "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
+        ]  # fmt: skip
 
     def operator_environ(self) -> dict[str, str] | None:
         """The operator process's environment (None: this process's)."""

@@ -67,8 +67,14 @@ def test_template_objects(helm: str) -> None:
     docs = render(helm, *ALL_ON)
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
-                            "Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap", "ConfigMap"])
-    by_kind = {d["kind"]: d for d in docs}
+                            "Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap", "ConfigMap",
+                            "Role", "RoleBinding"])  # fmt: skip
+    leader = {d["kind"]: d for d in docs if d["metadata"]["name"].endswith("-leader")}
+    # Leader election: one Lease in the release's namespace, wherever the watched objects are.
+    assert leader["Role"]["metadata"]["namespace"] == leader["RoleBinding"]["metadata"]["namespace"] != "team"
+    assert leader["Role"]["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                        "verbs": ["get", "create", "update"]}]  # fmt: skip
+    by_kind = {d["kind"]: d for d in docs if not d["metadata"]["name"].endswith("-leader")}
     # watchNamespace: the rights on objects (Secrets included) are a Role there; cluster-wide only discovery.
     assert by_kind["Role"]["metadata"]["namespace"] == "team"
     assert by_kind["RoleBinding"]["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
@@ -109,7 +115,7 @@ def test_template_defaults_and_digest(helm: str) -> None:
 
 
 @pytest.mark.parametrize(("setting", "complaint"), [
-    ("replicaCount=2", "replicaCount"),
+    ("replicaCount=4", "replicaCount"),
     ("imagePullPolicy=Always", "imagePullPolicy"),
     ("image.pullPolicy=Sometimes", "pullPolicy"),
     ("metrics.port=70000", "port"),
@@ -160,6 +166,8 @@ def test_service_account_has_exactly_the_operators_rights(installed: Any) -> Non
         assert _can_i(kubectl, verb, resource), f"{kind}: cannot {verb}"
     assert _can_i(kubectl, "patch", "loratiers.dynamiclora.io/status")
     assert _can_i(kubectl, "watch", "customresourcedefinitions.apiextensions.k8s.io")
+    assert _can_i(kubectl, "update", "leases.coordination.k8s.io", "dynamiclora-system")  # leader election
+    assert not _can_i(kubectl, "update", "leases.coordination.k8s.io", "team")
     for verb, resource in (("list", "secrets"), ("delete", "pods"), ("create", "configmaps"),
                            ("delete", "swarms.dynamiclora.io"), ("create", "clusterroles.rbac.authorization.k8s.io"),
                            ("update", "statefulsets.apps"), ("delete", "statefulsets.apps"), ("delete", "services"),
@@ -188,7 +196,8 @@ def test_operator_runs_with_the_chart_rbac_and_prometheus_scrapes_it(installed: 
         proc = subprocess.Popen(
             [sys.executable, "-m", "dynamiclora.cli", "run", f"--kubeconfig={kubeconfig}", f"--namespace={ns}",
              "--metrics-host=127.0.0.1", f"--metrics-port={metrics_port}",
-             f"--liveness=http://127.0.0.1:{health_port}/healthz", "--resync-seconds=2"],
+             f"--liveness=http://127.0.0.1:{health_port}/healthz", "--resync-seconds=2",
+             "--leader-election-namespace=dynamiclora-system"],
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:
@@ -213,6 +222,7 @@ def test_operator_runs_with_the_chart_rbac_and_prometheus_scrapes_it(installed: 
                 assert swarm[0]["metric"]["swarm"] == "support"
                 kinds = {r["metric"]["kind"] for r in prom.wait_for('dynamiclora_reconcile_total{result="ok"}')}
                 assert "Swarm" in kinds, kinds
+                assert prom.wait_for("dynamiclora_leader == 1")  # it won the election under the chart's Role
             sts = installed.kubectl("-n", ns, "get", "statefulsets", "-o", "json").stdout
             assert json.loads(sts)["items"], "the operator created no StatefulSet"
             assert urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=5).status == 200
@@ -220,6 +230,9 @@ def test_operator_runs_with_the_chart_rbac_and_prometheus_scrapes_it(installed: 
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+    lease = json.loads(installed.kubectl("-n", "dynamiclora-system", "get", "lease", "dynamiclora-operator",
+                                         "-o", "json").stdout)  # fmt: skip
+    assert not lease["spec"].get("holderIdentity"), lease["spec"]  # released on a clean stop
     denied = re.findall(r".*(?:HTTP 403|\(403\)|[Ff]orbidden).*", log_path.read_text())
     assert not denied, "the chart's ClusterRole is missing rights the operator uses:\n" + "\n".join(denied[:20])
 

@@ -36,7 +36,7 @@ def test_default_values_satisfy_the_schema() -> None:
 
 
 @pytest.mark.parametrize(("path", "value"), [
-    (("replicaCount",), 2),
+    (("replicaCount",), 4),
     (("image", "pullPolicy"), "Sometimes"),
     (("image", "digest"), "latest"),
     (("metrics", "port"), 0),

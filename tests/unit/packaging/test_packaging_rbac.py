@@ -97,3 +97,16 @@ def test_binding_targets_the_role_and_service_account() -> None:
     assert "kind: {{ if $ns }}RoleBinding{{ else }}ClusterRoleBinding{{ end }}" in binding
     assert 'name: {{ include "dynamiclora.fullname" . }}' in binding
     assert 'name: {{ include "dynamiclora.serviceAccountName" . }}' in binding
+
+
+def test_leader_election_has_its_own_role_in_the_release_namespace() -> None:
+    """The Lease is the one object outside RESOURCES: a Role in the operator's namespace, exactly these verbs."""
+    from dynamiclora.kube import LEASE
+
+    docs = RBAC.read_text(encoding="utf-8").split("---")
+    role, binding = docs[4], docs[5]
+    assert "kind: Role\n" in role and "namespace: {{ .Release.Namespace }}" in role
+    rules = yaml.safe_load(role[role.index("\nrules:") + 1 : role.index("---") if "---" in role else None])["rules"]
+    group = LEASE.api_version.rsplit("/", 1)[0]
+    assert rules == [{"apiGroups": [group], "resources": [LEASE.plural], "verbs": ["get", "create", "update"]}]
+    assert "kind: RoleBinding" in binding and 'name: {{ include "dynamiclora.fullname" . }}-leader' in binding
