@@ -36,10 +36,14 @@ def tier_ref(store: str, namespace: str, tier: str, version: int | None = None) 
 
 
 def experience_location(storage: Storage, prefix: str, agent: str, settings: OperatorSettings) -> str:
-    """Folder (PVC) or S3 prefix holding one agent's interaction records."""
+    """Folder (PVC) or S3 prefix holding one agent's interaction records.
+
+    An S3 prefix ends with ``/``: the Job reads every ``.jsonl`` object below it (without the slash it
+    would read one object of that name), and agent ``a`` never matches agent ``ab``'s records.
+    """
     uri = store_uri(storage, settings)
     base = uri.removeprefix("file://")
-    return f"{base}/{prefix.strip('/')}/{agent}"
+    return f"{base}/{prefix.strip('/')}/{agent}" + ("/" if storage.s3 is not None else "")
 
 
 def storage_path(storage: Storage, rel: str, settings: OperatorSettings) -> str:

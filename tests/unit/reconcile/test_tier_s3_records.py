@@ -92,6 +92,14 @@ def test_records_in_the_bucket_start_training(
     (job,) = kube.list("Job", NS)
     env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["AWS_ENDPOINT_URL"]["value"] == moto_s3_endpoint
+    # The Job reads what was counted: its --data is the agent's prefix, every object below it.
+    from dynamiclora.training.records import iter_sources
+
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    data = args[args.index("--data") + 1]
+    assert data == f"s3://{s3_bucket}/dl/interactions/bob/"
+    s3_client.put_object(Bucket=s3_bucket, Key="dl/interactions/bobby/other.jsonl", Body=b"{}\n")  # another agent
+    assert [name.rsplit("/", 1)[1] for name, _ in iter_sources(data, s3_client)] == ["batch-1.jsonl", "batch-2.jsonl"]
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == SECRET
 
 
