@@ -203,7 +203,7 @@ def test_restarted_vllm_pod_gets_its_adapters_back(scenario: Scenario) -> None:
 
 def test_missing_input_waits_and_a_failed_training_says_why(scenario: Scenario) -> None:
     sc = scenario
-    folder = sc.pvc_root / "ckpt" / "dl" / "interactions" / "bob"
+    folder = sc.records_root(sc.pvc_root / "ckpt" / "dl") / "bob"
     folder.mkdir(parents=True, exist_ok=True)
     # 20 lines that are not interaction records: the trainer skips them and is left with no data.
     (folder / "garbage.jsonl").write_text("".join('{"not": "a record"}\n' for _ in range(20)))

@@ -67,10 +67,11 @@ class S3LoopScenario(Scenario):
 
     def feed(self, agent: str, round_: int, corrupted: bool = False) -> Path:
         self._upload(write_regression_set(self.staging / "regression", agent))
-        path = write_records(self.staging / "interactions", agent, self.cfg.records_per_round, round_,
+        path = write_records(self.records_root(self.staging), agent, self.cfg.records_per_round, round_,
                              corrupted=corrupted)  # fmt: skip
         self._upload(path)
-        self.log(f"  fed {self.cfg.records_per_round} records for {agent} -> {self.store_uri}/interactions/{agent}")
+        where = path.parent.relative_to(self.staging)
+        self.log(f"  fed {self.cfg.records_per_round} records for {agent} -> {self.store_uri}/{where}/")
         return path
 
 

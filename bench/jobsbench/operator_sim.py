@@ -175,8 +175,8 @@ class SimOperator:
 
     def experience_dir(self, agent: str = AGENT) -> Path:
         """Where the agent's interaction records go (what training Jobs read as ``--data``)."""
-        return Path(experience_location(self.swarm.spec.storage, self.swarm.spec.experience.prefix, agent,
-                                        self.settings))
+        return Path(experience_location(self.swarm.spec.storage, self.swarm.spec.experience.prefix, NAMESPACE, SWARM,
+                                        agent, self.settings))
 
     def tier(self, level: str) -> Obj:
         """The live LoRATier of ``level`` (context or agent) of the agent."""

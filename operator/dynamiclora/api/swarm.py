@@ -197,8 +197,8 @@ class Experience(ApiModel):
         min_length=1,
         max_length=MAX_PATH,
         pattern=REL_PATH,
-        description="Folder/key prefix in the swarm's storage (no '..' segments); records of agent A are under "
-        "<prefix>/<A>/.",
+        description="Folder/key prefix in the swarm's storage (no '..' segments); records of agent A of Swarm S in "
+        "namespace N are under <prefix>/<N>/<S>/<A>/.",
     )
     bad_records: Literal["reject", "skip"] = Field(
         default="skip", description="What training does with malformed records."

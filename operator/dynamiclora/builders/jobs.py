@@ -35,15 +35,18 @@ def tier_ref(store: str, namespace: str, tier: str, version: int | None = None) 
     return f"{ref}/v{version:06d}" if version else ref
 
 
-def experience_location(storage: Storage, prefix: str, agent: str, settings: OperatorSettings) -> str:
-    """Folder (PVC) or S3 prefix holding one agent's interaction records.
+def experience_location(storage: Storage, prefix: str, namespace: str, swarm: str, agent: str,
+                        settings: OperatorSettings) -> str:  # fmt: skip
+    """Folder (PVC) or S3 prefix holding one agent's interaction records: ``<prefix>/<ns>/<swarm>/<agent>``.
 
-    An S3 prefix ends with ``/``: the Job reads every ``.jsonl`` object below it (without the slash it
-    would read one object of that name), and agent ``a`` never matches agent ``ab``'s records.
+    Namespace and Swarm are part of the path: two Swarms sharing a storage (or a bucket) with an agent of
+    the same name never train on each other's records. An S3 prefix ends with ``/``: the Job reads every
+    ``.jsonl`` object below it (without the slash it would read one object of that name), and agent ``a``
+    never matches agent ``ab``'s records.
     """
     uri = store_uri(storage, settings)
     base = uri.removeprefix("file://")
-    return f"{base}/{prefix.strip('/')}/{agent}" + ("/" if storage.s3 is not None else "")
+    return f"{base}/{prefix.strip('/')}/{namespace}/{swarm}/{agent}" + ("/" if storage.s3 is not None else "")
 
 
 def storage_path(storage: Storage, rel: str, settings: OperatorSettings) -> str:
@@ -178,7 +181,8 @@ def training_config(
     protect = p.plastic_rank is not None and p.plastic_rank < spec.rank
     return TrainConfig(
         base_model=inputs.model_path,
-        data=experience_location(inputs.storage, inputs.experience_prefix, spec.agent or "", settings),
+        data=experience_location(inputs.storage, inputs.experience_prefix, ns, spec.swarm_ref or "", spec.agent or "",
+                                 settings),
         output_store=store, namespace=ns, tier=tier, agent=spec.agent or None,
         frozen=[tier_ref(store, ns, name, version) for name, version in inputs.frozen],
         init_from=tier_ref(store, ns, tier, inputs.init_version) if inputs.init_version else None,

@@ -51,7 +51,8 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
             agents = [a for a in agents if a.name == owner]
     data: list[str] = []
     for agent in agents:
-        location = experience_location(storage, sw.spec.experience.prefix, agent.name, settings)
+        location = experience_location(storage, sw.spec.experience.prefix, ns, sw.metadata.name or "", agent.name,
+                                       settings)  # fmt: skip
         if _has_records(location):
             data.append(location)
         if agent.regression_set:

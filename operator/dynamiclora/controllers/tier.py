@@ -324,7 +324,8 @@ def _maybe_train(
     """
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
     agent = tier.spec.agent or ""
-    location = experience_location(storage, swarm.spec.experience.prefix, agent, settings)
+    location = experience_location(storage, swarm.spec.experience.prefix, ns, tier.spec.swarm_ref or "", agent,
+                                   settings)  # fmt: skip
     try:
         total = count_records(location, s3_client_for(kube, ns, storage))
     except (StoreError, StorageUnavailable) as e:  # the pass's other work (versions, Jobs) is kept

@@ -158,6 +158,10 @@ class Scenario:
             self.operator = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                                              env=self.operator_environ())  # fmt: skip
 
+    def records_root(self, storage_root: Path) -> Path:
+        """Where the Swarm's agents' records go below a storage root: ``interactions/<namespace>/<swarm>``."""
+        return storage_root / "interactions" / self.cfg.namespace / self.cfg.swarm
+
     def operator_argv(self, metrics_port: int) -> list[str]:
         """``dynamiclora run`` as the chart runs it, against the local cluster; the leader Lease lives in the
         demo's namespace (a second operator started the same way waits for it)."""
@@ -211,7 +215,7 @@ class Scenario:
         """Write one round of records (``corrupted``: shuffled labels) and make sure the regression set exists."""
         root = self.pvc_root / "ckpt" / "dl"
         write_regression_set(root / "regression", agent)
-        path = write_records(root / "interactions", agent, self.cfg.records_per_round, round_, corrupted=corrupted)
+        path = write_records(self.records_root(root), agent, self.cfg.records_per_round, round_, corrupted=corrupted)
         kind = "corrupted (shuffled-label)" if corrupted else "interaction"
         self.log(f"  fed {self.cfg.records_per_round} {kind} records for {agent} -> {path}")
         return path
@@ -220,7 +224,7 @@ class Scenario:
         """Feed one round of records about ``taught``; returns how many records the agent has in all."""
         root = self.pvc_root / "ckpt" / "dl"
         write_regression_set(root / "regression", agent)
-        path = write_records(root / "interactions", agent, 32, round_, taught=taught)
+        path = write_records(self.records_root(root), agent, 32, round_, taught=taught)
         self.log(f"  taught {agent} {len(taught)} fact(s) in 32 records -> {path}")
         return sum(1 for f in path.parent.glob("*.jsonl") for line in f.read_text().splitlines() if line.strip())
 

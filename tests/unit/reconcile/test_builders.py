@@ -118,7 +118,7 @@ def test_training_job(swarm_body: dict[str, Any], settings: OperatorSettings) ->
     store = f"file://{settings.pvc_mount_root}/ckpt/dl"
     assert args[0] == "train"
     assert _arg(args, "--output-store") == store
-    assert _arg(args, "--data") == f"{settings.pvc_mount_root}/ckpt/dl/interactions/alice"
+    assert _arg(args, "--data") == f"{settings.pvc_mount_root}/ckpt/dl/interactions/default/support/alice"
     assert _arg(args, "--init-from") == tier_ref(store, "default", "support-alice-context", 3)
     assert _arg(args, "--frozen") == f"{store}/default/support-alice-agent/v000002"
     assert _arg(args, "--max-records") == "20"

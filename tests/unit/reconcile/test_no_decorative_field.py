@@ -332,15 +332,15 @@ def _mutate(leaf: Leaf, spec: Obj, ctx: Ctx) -> Any:
 # ---- running the operator --------------------------------------------------------------------------------
 
 
-def _records(storage: Storage, prefix: str, agent: str, n: int, settings: OperatorSettings) -> None:
+def _records(storage: Storage, prefix: str, swarm: str, agent: str, n: int, settings: OperatorSettings) -> None:
     lines = "".join(json.dumps({"agent": agent, "timestamp": "2026-11-22T00:00:00Z", "prompt": f"q{i}",
                                 "response": "a"}) + "\n" for i in range(n))  # fmt: skip
-    location = experience_location(storage, prefix, agent, settings)
+    location = experience_location(storage, prefix, NS, swarm, agent, settings)
     if storage.s3 is not None:
         from dynamiclora.storage.s3 import s3_client_from_env
 
         key = location.removeprefix(f"s3://{storage.s3.bucket}/")
-        s3_client_from_env(storage.s3.endpoint).put_object(Bucket=storage.s3.bucket, Key=f"{key}/batch.jsonl",
+        s3_client_from_env(storage.s3.endpoint).put_object(Bucket=storage.s3.bucket, Key=f"{key.rstrip('/')}/batch.jsonl",
                                                            Body=lines.encode())  # fmt: skip
     else:
         Path(location).mkdir(parents=True, exist_ok=True)
@@ -351,7 +351,7 @@ def _prepare(kube: FakeKube, settings: OperatorSettings, w: World, ctx: Ctx) -> 
     """Records, published versions, Secrets, shared tiers and pre-existing tier status of ``w``."""
     storage = Storage.model_validate(w.data_storage or w.swarm["spec"]["storage"])
     for agent, n in w.records.items():
-        _records(storage, w.swarm["spec"]["experience"]["prefix"], agent, n, settings)
+        _records(storage, w.swarm["spec"]["experience"]["prefix"], w.swarm["metadata"]["name"], agent, n, settings)
     store = open_store(store_uri(storage, settings))
     payload = ctx.root / "payload"
     payload.mkdir(exist_ok=True)

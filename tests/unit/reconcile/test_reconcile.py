@@ -37,7 +37,7 @@ def _publish(settings: OperatorSettings, tier: str, tmp: Path, meta: dict[str, A
 
 
 def _records(settings: OperatorSettings, agent: str, n: int) -> None:
-    d = Path(settings.pvc_mount_root) / "ckpt/dl/interactions" / agent
+    d = Path(settings.pvc_mount_root) / "ckpt/dl/interactions" / NS / "support" / agent
     d.mkdir(parents=True, exist_ok=True)
     with (d / "batch.jsonl").open("a") as fh:
         for i in range(n):

@@ -22,7 +22,7 @@ JOB = f"{TIER}-train-v1"
 
 
 def _records(settings: OperatorSettings, n: int = 30) -> None:
-    d = Path(settings.pvc_mount_root) / "ckpt/dl/interactions/bob"
+    d = Path(settings.pvc_mount_root) / f"ckpt/dl/interactions/{NS}/support/bob"
     d.mkdir(parents=True, exist_ok=True)
     (d / "batch.jsonl").write_text("".join(
         json.dumps({"agent": "bob", "timestamp": "2026-11-22T00:00:00Z", "prompt": f"q{i}", "response": "a"}) + "\n"
@@ -225,3 +225,22 @@ def test_training_job_falls_back_to_logs_for_its_termination_message(
     _pass(kube, settings)
     (job,) = kube.list("Job", NS)
     assert job["spec"]["template"]["spec"]["containers"][0]["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_two_swarms_on_one_storage_never_train_on_each_others_records(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
+    """Issue 16: records live under <prefix>/<namespace>/<swarm>/<agent>; an agent name is not enough."""
+    import copy
+
+    from dynamiclora.controllers.swarm import reconcile_swarm
+
+    other = copy.deepcopy(swarm_body)
+    other["metadata"]["name"] = "other"
+    reconcile_swarm(kube, settings, kube.add(swarm_body))
+    reconcile_swarm(kube, settings, kube.add(other))
+    _records(settings, 30)  # support's bob
+    assert _pass(kube, settings).wire()["activeJob"] == JOB
+    out = tier_pass(kube, settings, "other-bob-context", NS)
+    assert not out.wire().get("recordsSeen") and not out.wire().get("activeJob")
+    assert [j["metadata"]["name"] for j in kube.list("Job", NS)] == [JOB]

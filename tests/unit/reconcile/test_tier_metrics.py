@@ -47,7 +47,7 @@ def _publish(settings: OperatorSettings, tmp: Path, stats: dict[str, float] | No
 
 
 def _records(settings: OperatorSettings, n: int) -> None:
-    d = Path(settings.pvc_mount_root) / "ckpt/dl/interactions/alice"
+    d = Path(settings.pvc_mount_root) / f"ckpt/dl/interactions/{NS}/support/alice"
     d.mkdir(parents=True, exist_ok=True)
     (d / "batch.jsonl").write_text("".join(json.dumps({"agent": "alice", "prompt": f"q{i}", "response": "a"}) + "\n"
                                            for i in range(n)))  # fmt: skip

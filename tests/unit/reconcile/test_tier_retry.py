@@ -25,7 +25,7 @@ def _pass(kube: FakeKube, settings: OperatorSettings) -> TierOutcome:
 
 
 def _records(settings: OperatorSettings, n: int) -> None:
-    d = Path(settings.pvc_mount_root) / "ckpt/dl/interactions/alice"
+    d = Path(settings.pvc_mount_root) / f"ckpt/dl/interactions/{NS}/support/alice"
     d.mkdir(parents=True, exist_ok=True)
     with (d / "batch.jsonl").open("a") as fh:
         for i in range(n):

@@ -55,7 +55,7 @@ def _swarm(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any
 def _records(client: Any, bucket: str, name: str, n: int) -> None:
     lines = (json.dumps({"agent": "bob", "timestamp": "2026-11-22T00:00:00Z", "prompt": f"q{i}", "response": "a"})
              for i in range(n))  # fmt: skip
-    client.put_object(Bucket=bucket, Key=f"dl/interactions/bob/{name}", Body="\n".join(lines).encode() + b"\n")
+    client.put_object(Bucket=bucket, Key=f"dl/interactions/default/support/bob/{name}", Body="\n".join(lines).encode() + b"\n")
 
 
 def _pass(kube: FakeKube, settings: OperatorSettings) -> TierOutcome:
@@ -86,7 +86,7 @@ def test_records_in_the_bucket_start_training(
     client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: gets.append(params["Key"]))
     _records(s3_client, s3_bucket, "batch-2.jsonl", 10)
     out = _pass(kube, settings)
-    assert gets == ["dl/interactions/bob/batch-2.jsonl"]  # batch-1 is unchanged: its count is cached
+    assert gets == ["dl/interactions/default/support/bob/batch-2.jsonl"]  # batch-1 is unchanged: its count is cached
     assert out.wire()["activeJob"] == f"{TIER}-train-v1" and out.wire()["recordsSeen"] == 20
     assert [e.reason for e in out.events] == ["TrainingStarted"]
     (job,) = kube.list("Job", NS)
@@ -97,8 +97,8 @@ def test_records_in_the_bucket_start_training(
 
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     data = args[args.index("--data") + 1]
-    assert data == f"s3://{s3_bucket}/dl/interactions/bob/"
-    s3_client.put_object(Bucket=s3_bucket, Key="dl/interactions/bobby/other.jsonl", Body=b"{}\n")  # another agent
+    assert data == f"s3://{s3_bucket}/dl/interactions/default/support/bob/"
+    s3_client.put_object(Bucket=s3_bucket, Key="dl/interactions/default/support/bobby/other.jsonl", Body=b"{}\n")  # another agent
     assert [name.rsplit("/", 1)[1] for name, _ in iter_sources(data, s3_client)] == ["batch-1.jsonl", "batch-2.jsonl"]
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == SECRET
 
@@ -151,6 +151,6 @@ def test_unreadable_records_keep_the_rest_of_the_pass(
     out = _pass(kube, settings)
     status, reason, message = _condition(out, "Training")
     assert (status, reason) == ("False", "RecordsUnavailable")
-    assert f"s3://{s3_bucket}/dl/interactions/bob/huge.jsonl has" in message and "split it" in message
+    assert f"s3://{s3_bucket}/dl/interactions/default/support/bob/huge.jsonl has" in message and "split it" in message
     assert _condition(out, "Ready")[1] == "NoVersionYet"  # the store was observed as usual
     assert [e.reason for e in out.events] == ["RecordsUnavailable"] and not kube.list("Job", NS)
