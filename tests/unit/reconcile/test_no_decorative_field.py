@@ -339,8 +339,8 @@ def _records(storage: Storage, prefix: str, swarm: str, agent: str, n: int, sett
     if storage.s3 is not None:
         from dynamiclora.storage.s3 import s3_client_from_env
 
-        key = location.removeprefix(f"s3://{storage.s3.bucket}/")
-        s3_client_from_env(storage.s3.endpoint).put_object(Bucket=storage.s3.bucket, Key=f"{key.rstrip('/')}/batch.jsonl",
+        key = location.removeprefix(f"s3://{storage.s3.bucket}/").rstrip("/")
+        s3_client_from_env(storage.s3.endpoint).put_object(Bucket=storage.s3.bucket, Key=f"{key}/batch.jsonl",
                                                            Body=lines.encode())  # fmt: skip
     else:
         Path(location).mkdir(parents=True, exist_ok=True)

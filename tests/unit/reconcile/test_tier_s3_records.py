@@ -55,7 +55,8 @@ def _swarm(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any
 def _records(client: Any, bucket: str, name: str, n: int) -> None:
     lines = (json.dumps({"agent": "bob", "timestamp": "2026-11-22T00:00:00Z", "prompt": f"q{i}", "response": "a"})
              for i in range(n))  # fmt: skip
-    client.put_object(Bucket=bucket, Key=f"dl/interactions/default/support/bob/{name}", Body="\n".join(lines).encode() + b"\n")
+    key = f"dl/interactions/default/support/bob/{name}"
+    client.put_object(Bucket=bucket, Key=key, Body="\n".join(lines).encode() + b"\n")
 
 
 def _pass(kube: FakeKube, settings: OperatorSettings) -> TierOutcome:
@@ -98,7 +99,8 @@ def test_records_in_the_bucket_start_training(
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     data = args[args.index("--data") + 1]
     assert data == f"s3://{s3_bucket}/dl/interactions/default/support/bob/"
-    s3_client.put_object(Bucket=s3_bucket, Key="dl/interactions/default/support/bobby/other.jsonl", Body=b"{}\n")  # another agent
+    other = "dl/interactions/default/support/bobby/other.jsonl"  # another agent whose name starts the same
+    s3_client.put_object(Bucket=s3_bucket, Key=other, Body=b"{}\n")
     assert [name.rsplit("/", 1)[1] for name, _ in iter_sources(data, s3_client)] == ["batch-1.jsonl", "batch-2.jsonl"]
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == SECRET
 
