@@ -12,31 +12,19 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from dynamiclora.localcluster.image_env import REPO_ROOT, install_checkout, pip, require_absent, run
+from dynamiclora.localcluster.image_env import env_dir as _env_dir
+
 REQUIREMENTS = REPO_ROOT / "images" / "operator" / "requirements.txt"
 FORBIDDEN = ("torch", "transformers", "peft", "safetensors")  # what the operator image does not have
 
 
-class OperatorEnvError(RuntimeError):
-    """The operator's environment could not be built."""
-
-
 def env_dir() -> Path:
     """Where the environment lives (``$DYNAMICLORA_OPERATOR_VENV`` overrides)."""
-    default = Path.home() / ".cache" / "dynamiclora" / "operator-venv"
-    return Path(os.environ.get("DYNAMICLORA_OPERATOR_VENV") or default)
-
-
-def _run(argv: list[str], what: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise OperatorEnvError(f"{what} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return _env_dir("DYNAMICLORA_OPERATOR_VENV", "operator-venv")
 
 
 @functools.cache
@@ -45,24 +33,17 @@ def ensure_operator_env() -> Path:
     venv = env_dir()
     py = venv / "bin" / "python"
     if not REQUIREMENTS.is_file():
-        raise OperatorEnvError(f"{REQUIREMENTS} not found: the operator environment needs a source checkout")
+        raise FileNotFoundError(f"{REQUIREMENTS} not found: the operator environment needs a source checkout")
     digest = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()[:16]
     stamp = venv / f".requirements-{digest}"
-    pip = [str(py), "-m", "pip", "--disable-pip-version-check", "-q"]
     if not py.exists():
-        _run([sys.executable, "-m", "venv", str(venv)], f"creating {venv}")
+        run([sys.executable, "-m", "venv", str(venv)], f"creating {venv}")
     if not stamp.exists():
-        _run([*pip, "install", "-r", str(REQUIREMENTS), "setuptools>=77", "wheel"],
-             "installing the operator image's requirements")  # fmt: skip
+        run([*pip(py), "install", "-r", str(REQUIREMENTS), "setuptools>=77", "wheel"],
+            "installing the operator image's requirements")  # fmt: skip
         for old in venv.glob(".requirements-*"):
             old.unlink()
         stamp.touch()
-    # The image installs the package, not a link to the sources; no build isolation: setuptools is here.
-    # A stale build/ folder could carry deleted modules into the wheel.
-    shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)
-    _run([*pip, "install", "--no-deps", "--no-build-isolation", "--force-reinstall", str(REPO_ROOT)],
-         "installing dynamiclora into the operator environment")  # fmt: skip
-    check = f"import importlib.util as u, sys; sys.exit([m for m in {FORBIDDEN!r} if u.find_spec(m)] != [])"
-    if subprocess.run([str(py), "-c", check]).returncode != 0:
-        raise OperatorEnvError(f"{venv} has one of {FORBIDDEN}: it is not the operator image's environment")
+    install_checkout(py, "installing dynamiclora into the operator environment")
+    require_absent(py, FORBIDDEN, "operator")
     return py

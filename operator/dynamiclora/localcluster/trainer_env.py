@@ -17,41 +17,31 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+from dynamiclora.localcluster.image_env import REPO_ROOT, ImageEnvError, install_checkout, pip, require_absent, run
+from dynamiclora.localcluster.image_env import env_dir as _env_dir
+
 PYPROJECT = REPO_ROOT / "pyproject.toml"
 # The distributions of the torch wheel and the wheels it pulls in that are too big to fetch twice.
 LINKED = re.compile(r"^(torch|torchgen|functorch|triton|nvidia|cuda)([-_.].*)?$")
 FORBIDDEN = ("vllm", "moto", "pytest")  # what the trainer image does not have
 
 
-class TrainerEnvError(RuntimeError):
-    """The trainer's environment could not be built."""
-
-
 def env_dir() -> Path:
     """Where the environment lives (``$DYNAMICLORA_TRAINER_VENV`` overrides)."""
-    default = Path.home() / ".cache" / "dynamiclora" / "trainer-venv"
-    return Path(os.environ.get("DYNAMICLORA_TRAINER_VENV") or default)
-
-
-def _run(argv: list[str], what: str) -> None:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=1800)
-    if done.returncode != 0:
-        raise TrainerEnvError(f"{what} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    return _env_dir("DYNAMICLORA_TRAINER_VENV", "trainer-venv")
 
 
 def _dependencies_digest() -> str:
     text = PYPROJECT.read_text()
     block = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M)
     if block is None:
-        raise TrainerEnvError(f"{PYPROJECT} has no dependencies list")
+        raise ImageEnvError(f"{PYPROJECT} has no dependencies list")
     return hashlib.sha256(block.group(1).encode()).hexdigest()[:16]
 
 
@@ -65,7 +55,7 @@ def _link_torch(site: Path) -> None:
     """Link the torch wheel's files from this (development) environment into ``site``."""
     spec = importlib.util.find_spec("torch")
     if spec is None or spec.origin is None:
-        raise TrainerEnvError("torch is not installed in the development environment (run make install)")
+        raise ImageEnvError("torch is not installed in the development environment (run make install)")
     source = Path(spec.origin).parent.parent
     for entry in sorted(source.iterdir()):
         if LINKED.match(entry.name) and not (site / entry.name).exists():
@@ -78,21 +68,15 @@ def ensure_trainer_env() -> Path:
     venv = env_dir()
     py = venv / "bin" / "python"
     stamp = venv / f".dependencies-{_dependencies_digest()}"
-    pip = [str(py), "-m", "pip", "--disable-pip-version-check", "-q"]
     if not stamp.exists():
         shutil.rmtree(venv, ignore_errors=True)  # resolved afresh, as a new image build would
-        _run([sys.executable, "-m", "venv", str(venv)], f"creating {venv}")
+        run([sys.executable, "-m", "venv", str(venv)], f"creating {venv}")
         _link_torch(_site_packages(py))
-        _run([*pip, "install", "setuptools>=77", "wheel"], "installing the build tools")
+        run([*pip(py), "install", "setuptools>=77", "wheel"], "installing the build tools")
         shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)
-        _run([*pip, "install", "--no-build-isolation", str(REPO_ROOT)],
-             "installing dynamiclora and its dependencies as the trainer image does")  # fmt: skip
+        run([*pip(py), "install", "--no-build-isolation", str(REPO_ROOT)],
+            "installing dynamiclora and its dependencies as the trainer image does")  # fmt: skip
         stamp.touch()
-    # This checkout's code; a stale build/ folder could carry deleted modules into the wheel.
-    shutil.rmtree(REPO_ROOT / "build", ignore_errors=True)
-    _run([*pip, "install", "--no-deps", "--no-build-isolation", "--force-reinstall", str(REPO_ROOT)],
-         "installing dynamiclora into the trainer environment")  # fmt: skip
-    check = f"import importlib.util as u, sys; sys.exit([m for m in {FORBIDDEN!r} if u.find_spec(m)] != [])"
-    if subprocess.run([str(py), "-c", check]).returncode != 0:
-        raise TrainerEnvError(f"{venv} has one of {FORBIDDEN}: it is not the trainer image's environment")
+    install_checkout(py, "installing dynamiclora into the trainer environment")
+    require_absent(py, FORBIDDEN, "trainer")
     return py
