@@ -147,6 +147,12 @@ def test_consolidation_job(swarm_body: dict[str, Any], settings: OperatorSetting
     assert args[:3] == ["consolidate", "--mode", "consensus"]
     assert args.count("--agent-tier") == 2
     assert args[args.index("--weights") + 1 : args.index("--weights") + 3] == ["1.0", "0.5"]
+    # The contract: the entrypoint's own parser reads back exactly the config the operator built.
+    from dynamiclora.builders.jobs import consolidation_config
+    from dynamiclora.training.options import ConsolidateConfig
+
+    assert from_namespace(ConsolidateConfig, build_parser().parse_args(args)) == consolidation_config(
+        "default", inputs, settings)
 
 
 def _restricted(pod: dict[str, Any]) -> list[str]:
