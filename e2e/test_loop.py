@@ -7,6 +7,7 @@ and a real vLLM CPU server per inference pod. Tests run in file order and share 
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import subprocess
@@ -53,15 +54,18 @@ class ServedWatch:
         rounds = 0
         while not self._stop.wait(self.every):
             rounds += 1
-            if rounds % 4 == 0:
-                self.series |= {k.split("{")[0] for k in _scrape(self.sc.metrics_port)}
-            for agent in self.agents:
-                try:
-                    entry = self.sc.served(agent)
-                except Exception:  # an API hiccup or a restarted operator: sample again
-                    continue
-                if entry:
-                    self.seen[agent].add(str(entry["servedVersion"]))
+            try:
+                self._sample(rounds % 4 == 0)
+            except Exception:  # an API hiccup or a restarting operator must not end the watch: sample again
+                continue
+
+    def _sample(self, metrics: bool) -> None:
+        if metrics:
+            self.series |= {k.split("{")[0] for k in _scrape(self.sc.metrics_port)}
+        for agent in self.agents:
+            entry = self.sc.served(agent)
+            if entry:
+                self.seen[agent].add(str(entry["servedVersion"]))
 
     def stop(self) -> None:
         self._stop.set()
@@ -282,7 +286,7 @@ def _scrape(port: int) -> dict[str, float]:
     """``name{labels}`` -> value of an operator's /metrics (empty while it does not answer)."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    except OSError:
+    except (OSError, http.client.HTTPException):  # not up yet, or stopping
         return {}
     return {k: float(v) for k, _, v in (ln.rpartition(" ") for ln in text.splitlines() if ln and ln[0] != "#")}
 
