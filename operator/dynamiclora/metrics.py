@@ -41,7 +41,8 @@ MIGRATED_COMPONENTS = Counter(
     "dynamiclora_migrated_components_total", "Rank-1 components moved to slower tiers.", registry=REGISTRY,
 )
 LEADER = Gauge(
-    "dynamiclora_leader", "1 while this operator holds the leader Lease and reconciles, 0 while it waits.",
+    "dynamiclora_leader",
+    "1 while this operator reconciles (it holds the leader Lease, or runs standalone), 0 while it waits.",
     registry=REGISTRY,
 )
 TIER_VERSION = Gauge(

@@ -105,12 +105,14 @@ def _run(args: argparse.Namespace) -> int:
 def _leadership(args: argparse.Namespace, api: Any) -> Any:
     """The leader election this operator takes part in, or None to run standalone."""
     from dynamiclora.controllers.leader import Leadership
+    from dynamiclora.metrics import LEADER
 
     namespace = args.leader_election_namespace or os.environ.get("POD_NAMESPACE")
     if args.no_leader_election or not namespace:
         logging.getLogger("dynamiclora").warning(
             "no leader election (--no-leader-election, or no --leader-election-namespace and no POD_NAMESPACE): "
             "run a single replica")  # fmt: skip
+        LEADER.set(1)  # standalone, it reconciles: a dashboard counting leaders must see it
         return None
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
     return Leadership(api, namespace, identity, duration_s=args.leader_lease_seconds,

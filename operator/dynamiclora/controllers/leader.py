@@ -62,7 +62,7 @@ class Leadership:
         holder = spec.get("holderIdentity") or ""
         expired = now - self._seen[1] > float(spec.get("leaseDurationSeconds") or self.duration_s)
         if holder not in ("", self.identity) and not expired:
-            self._set(False)  # another operator leads (or took over after we failed to renew)
+            self.set_leader(False)  # another operator leads (or took over after we failed to renew)
             return False
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if holder == self.identity else 1)
         return self._write(self._lease(lease, transitions, spec.get("acquireTime") if holder == self.identity
@@ -80,7 +80,7 @@ class Leadership:
         if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
             lease["spec"]["holderIdentity"] = ""
             self.client.write_lease(lease)
-        self._set(False)
+        self.set_leader(False)
 
     def _lease(self, current: Obj, transitions: int, acquired: str | None = None) -> Obj:
         meta = {"name": self.name, "namespace": self.namespace}
@@ -97,10 +97,11 @@ class Leadership:
             return False
         self._seen = (str(written["metadata"].get("resourceVersion", "")), now)
         self._renewed = now
-        self._set(True)
+        self.set_leader(True)
         return True
 
-    def _set(self, leader: bool) -> None:
+    def set_leader(self, leader: bool) -> None:
+        """Record (log once, export) whether this operator leads."""
         if leader != self.leader:
             log.warning("%s leader election as %s (Lease %s/%s)", "won" if leader else "left", self.identity,
                         self.namespace, self.name)  # fmt: skip
@@ -120,7 +121,7 @@ async def hold(leadership: Leadership, on_lost: Callable[[], None]) -> None:
         if was_leader and (not leadership.leader or leadership.lost()):
             log.error("lost the leader Lease %s/%s (not renewed within %.0fs, or taken over): stopping",
                       leadership.namespace, leadership.name, leadership.duration_s)  # fmt: skip
-            leadership._set(False)
+            leadership.set_leader(False)
             on_lost()
             return
         if not leadership.leader and not announced:

@@ -98,3 +98,18 @@ def test_release_lets_the_follower_in_without_waiting() -> None:
     assert a.try_acquire() and not b.try_acquire()
     a.release()
     assert not a.leader and b.try_acquire()
+
+
+def test_a_standalone_operator_counts_as_the_leader() -> None:
+    """Without election it reconciles: the "replicas leading" panel must show 1, not 0."""
+    import argparse
+
+    from dynamiclora.controllers.cli import _leadership
+    from dynamiclora.metrics import LEADER
+
+    LEADER.set(0)
+    args = argparse.Namespace(leader_election_namespace=None, no_leader_election=True, leader_lease_seconds=15.0)
+    assert _leadership(args, api=None) is None
+    from dynamiclora.serving.metrics import REGISTRY
+
+    assert REGISTRY.get_sample_value("dynamiclora_leader") == 1
