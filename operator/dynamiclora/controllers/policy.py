@@ -28,7 +28,7 @@ from dynamiclora.controllers.conditions import set_condition, wire_status
 from dynamiclora.controllers.job_failure import failure_reason
 from dynamiclora.controllers.policy_gate import audit_consolidation, consolidation_gate_args
 from dynamiclora.controllers.promotion import agent_trust, latest_accepted
-from dynamiclora.controllers.tier_storage import StoreAccess, is_storage_error, storage_unavailable, store_access
+from dynamiclora.controllers.tier_storage import StoreAccess, guard_storage, store_access
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import JOBS, MIGRATED_COMPONENTS, MIGRATIONS
 from dynamiclora.settings import OperatorSettings
@@ -205,13 +205,8 @@ def reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Polic
 
     Storage the operator cannot read with the Swarm's S3 settings becomes a condition, as on a tier.
     """
-    try:
-        return _reconcile_policy(kube, settings, body)
-    except Exception as e:
-        if not is_storage_error(e):
-            raise
-        status, events = storage_unavailable(body, e)
-        return PolicyOutcome(MigrationPolicyStatus.model_validate(status), events)
+    return guard_storage(lambda: _reconcile_policy(kube, settings, body), body,
+                         lambda status, events: PolicyOutcome(MigrationPolicyStatus.model_validate(status), events))
 
 
 def _reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> PolicyOutcome:

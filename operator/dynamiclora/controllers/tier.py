@@ -28,10 +28,9 @@ from dynamiclora.controllers.promotion import observe_pin, observe_versions, ser
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
 from dynamiclora.controllers.tier_storage import (
     StorageUnavailable,
-    is_storage_error,
+    guard_storage,
     records_unavailable,
     s3_client_for,
-    storage_unavailable,
 )
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import (
@@ -113,13 +112,8 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
 
     Storage the operator cannot read (credentials, endpoint) becomes a condition, not a failed reconcile.
     """
-    try:
-        return _reconcile_tier(kube, settings, body)
-    except Exception as e:
-        if not is_storage_error(e):
-            raise
-        status, events = storage_unavailable(body, e)
-        return TierOutcome(LoRATierStatus.model_validate(status), events)
+    return guard_storage(lambda: _reconcile_tier(kube, settings, body), body,
+                         lambda status, events: TierOutcome(LoRATierStatus.model_validate(status), events))
 
 
 def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOutcome:

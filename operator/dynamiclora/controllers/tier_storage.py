@@ -18,8 +18,9 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from dynamiclora.api.common import S3Storage, Storage
 from dynamiclora.api.conditions import ConditionType, EventType, Reason
@@ -33,6 +34,7 @@ from dynamiclora.kube import Kube, KubeError, Obj
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage.base import CheckpointStore, StoreError
 
+T = TypeVar("T")
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 SECRET_TTL_SECONDS = 30.0  # a rotated key is picked up this late; saves one Secret GET per tier per resync
 _MAX_CLIENTS = 64
@@ -165,6 +167,19 @@ def storage_unavailable(body: Obj, exc: BaseException) -> tuple[Obj, list[Event]
     status["observedGeneration"] = gen
     status.setdefault("phase", TierPhase.PENDING)
     return status, events
+
+
+def guard_storage(
+    reconcile: Callable[[], T], body: Obj, outcome: Callable[[Obj, list[Event]], T]
+) -> T:
+    """Run ``reconcile``; storage it cannot read becomes ``outcome(status, events)`` of the last status marked
+    not Ready (:func:`storage_unavailable`) instead of a failed reconcile. Other errors propagate."""
+    try:
+        return reconcile()
+    except Exception as e:
+        if not is_storage_error(e):
+            raise
+        return outcome(*storage_unavailable(body, e))
 
 
 def _report(
