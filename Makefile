@@ -19,11 +19,11 @@ install: ## Install every dependency into $(VENV) (cold ~10 min, warm seconds)
 
 .PHONY: demo
 demo: install k8s-binaries ## Install everything, then run the whole loop on a local cluster (first run ~40 min)
-	$(PY) -m dynamiclora.cli demo
+	$(PY) -m dynamiclora_dev demo
 
 .PHONY: demo-down
 demo-down: ## Stop the demo's cluster and operator
-	$(PY) -m dynamiclora.cli demo --down
+	$(PY) -m dynamiclora_dev demo --down
 
 ##@ Development
 .PHONY: manifests
@@ -31,9 +31,10 @@ manifests: ## Generate CRD YAML from the pydantic models into crds/ and the char
 	$(PY) -m dynamiclora.cli manifests --out crds --chart charts/dynamiclora/crds
 
 .PHONY: lint
-lint: ## ruff + mypy
-	$(PY) -m ruff check operator tests e2e bench
+lint: ## ruff + mypy + the import contracts (pyproject.toml [tool.importlinter])
+	$(PY) -m ruff check operator dev tests e2e bench
 	$(PY) -m mypy
+	$(PY) -c "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())" --no-cache
 
 .PHONY: test
 test: lint ## Lint, type-check and run every test (unit, integration, e2e)
@@ -50,11 +51,11 @@ k8s-binaries: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kube
 
 .PHONY: cluster-up
 cluster-up: k8s-binaries ## Start a local control plane + executor in the background; prints export KUBECONFIG=...
-	$(PY) -m dynamiclora.cli cluster up
+	$(PY) -m dynamiclora_dev cluster up
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local cluster and every process it started
-	$(PY) -m dynamiclora.cli cluster down
+	$(PY) -m dynamiclora_dev cluster down
 
 ##@ Packaging
 .PHONY: helm

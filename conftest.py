@@ -1,7 +1,7 @@
 """Repository-wide pytest configuration: shared fixtures are registered as plugins here."""
 
 pytest_plugins = [
-    "dynamiclora.localcluster.pytest_plugin",
-    "dynamiclora.storage.testing",
-    "dynamiclora.serving.testing",
+    "dynamiclora_dev.localcluster.pytest_plugin",
+    "dynamiclora_dev.testing.storage",
+    "dynamiclora_dev.testing.serving",
 ]

@@ -25,10 +25,10 @@ from pathlib import Path
 
 from dynamiclora.serving.adapters import AdapterSpec
 from dynamiclora.serving.client import ClientConfig, VLLMClient
-from dynamiclora.serving.fingerprint import make_random_adapter
 from dynamiclora.serving.hotswap import HotSwapper
 from dynamiclora.serving.launcher import VLLMServer, VLLMServerConfig, free_port
-from dynamiclora.tinymodel import save_tiny_model
+from dynamiclora.training.fingerprint import make_random_adapter
+from dynamiclora_dev.tinymodel import save_tiny_model
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dynamiclora.demo.scenario import GROUP_PATH, DemoConfig, Scenario
-from dynamiclora.localcluster.cluster import LocalCluster
-from dynamiclora.localcluster.controlplane import ClusterConfig
+from dynamiclora_dev.demo.scenario import GROUP_PATH, DemoConfig, Scenario
+from dynamiclora_dev.localcluster.cluster import LocalCluster
+from dynamiclora_dev.localcluster.controlplane import ClusterConfig
 
 
 def _peak_rss_mb(pid: int) -> float:

@@ -25,14 +25,14 @@ from dynamiclora.builders.names import ANNOTATION_JOB_KIND
 from dynamiclora.controllers.conditions import get_condition
 from dynamiclora.controllers.serving import LEVEL_LETTER
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, stack_is_consistent
-from dynamiclora.demo.data import round_facts, write_regression_set
-from dynamiclora.demo.scenario import DemoConfig, Scenario, free_port
-from dynamiclora.localcluster.operator_env import env_dir
-from dynamiclora.localcluster.trainer_env import env_dir as trainer_env_dir
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.errors import VLLMError
 from dynamiclora.storage.audit import AuditLog
 from dynamiclora.storage.uri import open_store
+from dynamiclora_dev.demo.data import round_facts, write_regression_set
+from dynamiclora_dev.demo.scenario import DemoConfig, Scenario, free_port
+from dynamiclora_dev.localcluster.operator_env import env_dir
+from dynamiclora_dev.localcluster.trainer_env import env_dir as trainer_env_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 

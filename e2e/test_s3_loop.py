@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 
 from dynamiclora.controllers.conditions import get_condition
-from dynamiclora.demo.data import write_records, write_regression_set
-from dynamiclora.demo.scenario import DemoConfig, Scenario
 from dynamiclora.storage.audit import AuditLog
 from dynamiclora.storage.s3 import build_s3_client
 from dynamiclora.storage.uri import open_store
+from dynamiclora_dev.demo.data import write_records, write_regression_set
+from dynamiclora_dev.demo.scenario import DemoConfig, Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
 

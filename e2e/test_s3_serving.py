@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 
 from dynamiclora.controllers.conditions import get_condition
-from dynamiclora.demo.scenario import DemoConfig, Scenario
 from dynamiclora.serving.adapters import FINGERPRINT_FILE, Fingerprint
 from dynamiclora.serving.errors import VLLMError
-from dynamiclora.serving.fingerprint import make_random_adapter
-from dynamiclora.serving.served_s3 import COMPLETE_MARKER, local_adapters_dir, parse_marker
+from dynamiclora.serving.marker import COMPLETE_MARKER, parse_marker
 from dynamiclora.storage.uri import open_store
+from dynamiclora.training.fingerprint import make_random_adapter
+from dynamiclora_dev.demo.scenario import DemoConfig, Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -148,7 +148,7 @@ def _check_published(sc: S3Scenario, entry: dict[str, Any]) -> tuple[str, Finger
     assert {"adapter_config.json", "adapter_model.safetensors", FINGERPRINT_FILE} <= set(files)
     fp = Fingerprint.from_json(json.loads(objects[FINGERPRINT_FILE]), source=f"{uri}/{FINGERPRINT_FILE}")
     # The pod reads what the sidecar mirrored (byte-identical to the bucket), not the operator's scratch copy.
-    mirrored = Path(local_adapters_dir(str(sc.scratch), NAMESPACE, SWARM)) / AGENT / key
+    mirrored = sc.adapters_root / NAMESPACE / SWARM / AGENT / key
     for name in files:
         assert (mirrored / name).read_bytes() == objects[name], f"{mirrored / name} differs from the bucket"
     return key, fp

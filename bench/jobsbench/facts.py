@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from dynamiclora.tinymodel import TinyModelConfig, generated_words
+from dynamiclora_dev.tinymodel import TinyModelConfig, generated_words
 
 TEMPLATES: tuple[str, ...] = (
     "what is the color of {x} ? answer :",

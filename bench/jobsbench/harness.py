@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dynamiclora.tinymodel import TinyModelConfig
+from dynamiclora_dev.tinymodel import TinyModelConfig
 from jobsbench.base import PretrainConfig, pretrain_base
 from jobsbench.facts import (
     DataConfig,

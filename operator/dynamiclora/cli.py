@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "dynamiclora.api.cli",
     "dynamiclora.controllers.cli",
-    "dynamiclora.demo.cli",
-    "dynamiclora.localcluster.cli",
     "dynamiclora.serving.sync_cli",
     "dynamiclora.controllers.history_cli",
     "dynamiclora.training.cli",

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
+
+_NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
+_LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_NAME}")
+_LABEL_VALUE = re.compile(rf"{_NAME}?")
 
 
 @dataclass(frozen=True)
@@ -20,11 +25,20 @@ class OperatorSettings:
             "env": "DYNAMICLORA_PVC_ROOT",
         },
     )
-    local_executor: bool = field(
-        default=False,
+    pod_labels: str = field(
+        default="",
         metadata={
-            "help": "label Jobs and inference pods for the local executor (dynamiclora.io/executor=local)",
-            "env": "DYNAMICLORA_LOCAL_EXECUTOR",
+            "help": "labels added to every Job and inference pod the operator creates, as key=value,key=value "
+            "(e.g. to select a scheduler, an executor or a mesh policy)",
+            "env": "DYNAMICLORA_POD_LABELS",
+        },
+    )
+    adapters_host_root: str = field(
+        default="",
+        metadata={
+            "help": "single-node clusters: a swarm's pods share the node folder ROOT/<namespace>/<swarm>, mounted "
+            "at that same path, for their synced adapters instead of an emptyDir per pod",
+            "env": "DYNAMICLORA_ADAPTERS_HOST_ROOT",
         },
     )
     resync_seconds: float = field(
@@ -54,6 +68,20 @@ class OperatorSettings:
             raise ValueError("resync_seconds must be positive")
         if not 0 < self.metrics_port < 65536:
             raise ValueError(f"metrics_port out of range: {self.metrics_port}")
+        if self.adapters_host_root and not self.adapters_host_root.startswith("/"):
+            raise ValueError(f"adapters_host_root must be an absolute path, got {self.adapters_host_root!r}")
+        _ = self.extra_pod_labels  # raises on a malformed list
+
+    @property
+    def extra_pod_labels(self) -> dict[str, str]:
+        """``pod_labels`` parsed; a malformed entry raises ValueError naming it."""
+        labels: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.pod_labels.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+                raise ValueError(f"pod_labels: {item!r} is not a valid key=value Kubernetes label")
+            labels[key] = value
+        return labels
 
     @classmethod
     def from_env(cls, **overrides: object) -> OperatorSettings:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.jobs import _storage_env_and_volumes, store_uri
-from dynamiclora.builders.names import EXECUTOR_LABEL, LABEL_SWARM, base_labels, inference_name, volume_name
+from dynamiclora.builders.names import LABEL_SWARM, base_labels, inference_name, volume_name
 from dynamiclora.builders.security import WRITABLE_HOME, restrict
 from dynamiclora.kube import Obj, owner_reference
-from dynamiclora.serving.served_s3 import ADAPTERS_MOUNT, local_adapters_dir, served_prefix
+from dynamiclora.serving.served_s3 import ADAPTERS_MOUNT, served_prefix
 from dynamiclora.settings import OperatorSettings
 
 MODEL_MOUNT = "/models/base"
@@ -19,10 +19,7 @@ def selector_labels(swarm: str) -> dict[str, str]:
 
 
 def _pod_labels(swarm: str, settings: OperatorSettings) -> dict[str, str]:
-    labels = {**base_labels("inference"), **selector_labels(swarm)}
-    if settings.local_executor:
-        labels[EXECUTOR_LABEL] = "local"
-    return labels
+    return {**settings.extra_pod_labels, **base_labels("inference"), **selector_labels(swarm)}
 
 
 def model_path(sw: Swarm, settings: OperatorSettings) -> str:
@@ -73,10 +70,22 @@ def _volumes(sw: Swarm, settings: OperatorSettings) -> tuple[list[Obj], list[Obj
     return volumes, mounts
 
 
+def adapters_mount(settings: OperatorSettings, namespace: str, swarm: str) -> str:
+    """Where a swarm's pods see their synced adapters (vLLM is told paths below it at run time).
+
+    With ``adapters_host_root`` the node folder is mounted at its own path, so that a path is the same
+    in the pod and on the node (pods that are processes on one machine, as the local executor runs them,
+    see only the node's paths).
+    """
+    if settings.adapters_host_root:
+        return f"{settings.adapters_host_root.rstrip('/')}/{namespace}/{swarm}"
+    return ADAPTERS_MOUNT
+
+
 def adapters_volume(body: Obj, settings: OperatorSettings) -> Obj:
-    """The volume the adapter-sync sidecar fills: an emptyDir, or a shared host folder for local pods."""
-    if settings.local_executor:
-        path = local_adapters_dir(settings.scratch_dir, body["metadata"]["namespace"], body["metadata"]["name"])
+    """The volume the adapter-sync sidecar fills: an emptyDir per pod, or the node folder pods share."""
+    if settings.adapters_host_root:
+        path = adapters_mount(settings, body["metadata"]["namespace"], body["metadata"]["name"])
         return {"name": "adapters", "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
     return {"name": "adapters", "emptyDir": {}}
 
@@ -91,14 +100,15 @@ def adapter_sync_container(body: Obj, sw: Swarm, settings: OperatorSettings) -> 
     env, _volumes, _mounts = _storage_env_and_volumes(sw.spec.storage, settings)
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
     ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
+    mount = adapters_mount(settings, ns, swarm)
     return {
         "name": "adapter-sync",
         "image": sw.spec.context_tier.training.image,
         "command": ["dynamiclora"],
         "args": ["adapter-sync", "--store", store_uri(sw.spec.storage, settings),
-                 "--source", served_prefix(ns, swarm), "--dest", ADAPTERS_MOUNT, "--interval", "2"],
+                 "--source", served_prefix(ns, swarm), "--dest", mount, "--interval", "2"],
         "env": env,
-        "volumeMounts": [{"name": "adapters", "mountPath": ADAPTERS_MOUNT}],
+        "volumeMounts": [{"name": "adapters", "mountPath": mount}],
         "resources": {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
     }
 
@@ -192,7 +202,8 @@ def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
     containers = [container]
     if sw.spec.storage.pvc is None:  # S3 only: the adapter-sync sidecar fills the adapters volume
         volumes.append(adapters_volume(body, settings))
-        container["volumeMounts"].append({"name": "adapters", "mountPath": ADAPTERS_MOUNT, "readOnly": True})
+        mount = adapters_mount(settings, body["metadata"]["namespace"], body["metadata"]["name"])
+        container["volumeMounts"].append({"name": "adapters", "mountPath": mount, "readOnly": True})
         containers.append(adapter_sync_container(body, sw, settings))
     pod_spec: Obj = {
         "containers": containers,

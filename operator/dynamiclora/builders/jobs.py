@@ -11,7 +11,6 @@ from dynamiclora.builders.names import (
     ANNOTATION_JOB_KIND,
     ANNOTATION_TARGET,
     ANNOTATION_TRAIN_RECORDS,
-    EXECUTOR_LABEL,
     LABEL_POLICY,
     LABEL_SWARM,
     LABEL_TIER,
@@ -99,9 +98,7 @@ def _job(
         mounts.append({"name": "base-model", "mountPath": f"{settings.pvc_mount_root}/{model_claim}", "readOnly": True})
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
     env.append({"name": "DYNAMICLORA_JOB", "value": name})  # recorded in what the Job publishes (audit trail)
-    pod_labels = dict(labels)
-    if settings.local_executor:
-        pod_labels[EXECUTOR_LABEL] = "local"
+    pod_labels = {**settings.extra_pod_labels, **labels}
     resources = template.resources.to_k8s()
     pod_spec: Obj = {
         "restartPolicy": "Never",

@@ -22,7 +22,6 @@ LABEL_TIER = "dynamiclora.io/tier"
 LABEL_LEVEL = "dynamiclora.io/level"
 LABEL_COMPONENT = "dynamiclora.io/component"
 LABEL_POLICY = "dynamiclora.io/policy"
-EXECUTOR_LABEL = "dynamiclora.io/executor"
 ANNOTATION_TRAIN_RECORDS = "dynamiclora.io/records"
 ANNOTATION_JOB_KIND = "dynamiclora.io/job-kind"
 # The tier a consolidation Job writes (label values are shortened past 63 characters; annotations are not).

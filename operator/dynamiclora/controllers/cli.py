@@ -27,7 +27,8 @@ def _run(args: argparse.Namespace) -> int:
         settings = OperatorSettings.from_env(
             namespace=args.namespace,
             pvc_mount_root=args.pvc_root,
-            local_executor=True if args.local_executor else None,
+            pod_labels=args.pod_labels,
+            adapters_host_root=args.adapters_host_root,
             resync_seconds=args.resync_seconds,
             metrics_port=args.metrics_port,
             trainer_threads=args.trainer_threads,
@@ -135,8 +136,9 @@ def register(sub: Any) -> None:
                    "(default /var/lib/dynamiclora/pvc)")  # fmt: skip
     p.add_argument("--scratch-dir", help="where adapters of S3-only swarms are composed before upload "
                    "(default /var/lib/dynamiclora/scratch)")  # fmt: skip
-    p.add_argument("--local-executor", action="store_true",
-                   help="label Jobs and vLLM pods for the local executor (local clusters only)")  # fmt: skip
+    p.add_argument("--pod-labels", help="key=value,... labels added to every Job and vLLM pod it creates")
+    p.add_argument("--adapters-host-root",
+                   help="single-node clusters: pods share ROOT/<namespace>/<swarm> for synced adapters")  # fmt: skip
     p.add_argument("--resync-seconds", type=float, help="period of the reconcile timers (default 10)")
     p.add_argument("--trainer-threads", type=int, help="CPU threads per trainer process (default 1)")
     p.add_argument("--metrics-port", type=int, help="port of /metrics (default 8080)")

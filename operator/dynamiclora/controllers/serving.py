@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dynamiclora.api.swarm import MAX_MISSING_LISTED, Swarm
+from dynamiclora.builders.inference import adapters_mount as pods_adapters_mount
 from dynamiclora.builders.jobs import store_uri, tier_ref
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
@@ -171,9 +172,7 @@ async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[A
     root = served_dir(sw, settings, ns, swarm)
     pub = None  # S3-only storage: the pods' adapter-sync sidecars mirror the bucket
     if sw.spec.storage.s3 is not None:
-        mount = served_s3.ADAPTERS_MOUNT
-        if settings.local_executor:  # local pods share one host folder (see served_s3.local_adapters_dir)
-            mount = served_s3.local_adapters_dir(settings.scratch_dir, ns, swarm)
+        mount = pods_adapters_mount(settings, ns, swarm)
         backend = served_s3.s3_backend(store_uri(sw.spec.storage, settings), s3_client)
         pub = served_s3.S3Served(backend, ns, swarm, adapters_mount or mount)
         out.served_root = pub.root_uri()

@@ -23,6 +23,7 @@ from dynamiclora.serving import metrics
 from dynamiclora.serving.adapters import AdapterSpec, PodTarget
 from dynamiclora.serving.client import ClientConfig, RequestHook, VLLMClient
 from dynamiclora.serving.errors import AdapterRejected, ServingError, VerificationFailed, VLLMBadRequest
+from dynamiclora.serving.reconcile import ReconcileResult, reconcile_pod
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +84,6 @@ class FleetSwapResult:
     @property
     def ok(self) -> bool:
         return not self.errors
-
-
-@dataclass
-class ReconcileResult:
-    """What reconciling one pod did, adapter by adapter."""
-
-    pod: str
-    loaded: list[str] = field(default_factory=list)
-    swapped: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-    unloaded: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)  # loaded names left as they are (``keep``)
-    failed: dict[str, str] = field(default_factory=dict)
-    errors: dict[str, ServingError] = field(default_factory=dict)  # the typed errors behind ``failed``
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 def _count_failure(exc: BaseException) -> None:
@@ -285,6 +268,4 @@ class HotSwapper:
         names in ``keep`` (their next version is not ready yet) are left loaded as they are.
         Per-adapter failures are collected in the result; server/connection errors of the listing raise.
         """
-        from dynamiclora.serving.reconcile import reconcile_pod
-
         return await reconcile_pod(self, pod, desired, managed_prefix=managed_prefix, keep=keep)

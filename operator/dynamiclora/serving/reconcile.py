@@ -8,13 +8,32 @@ loaded again. Unchanged adapters cost one ``/v1/models`` call per pod, nothing m
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dynamiclora.serving.adapters import AdapterSpec, PodTarget
 from dynamiclora.serving.errors import ServingError
 
-if TYPE_CHECKING:
-    from dynamiclora.serving.hotswap import HotSwapper, ReconcileResult
+if TYPE_CHECKING:  # the swapper calls this module; only its type is needed here
+    from dynamiclora.serving.hotswap import HotSwapper
+
+
+@dataclass
+class ReconcileResult:
+    """What reconciling one pod did, adapter by adapter."""
+
+    pod: str
+    loaded: list[str] = field(default_factory=list)
+    swapped: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    unloaded: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # loaded names left as they are (``keep``)
+    failed: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, ServingError] = field(default_factory=dict)  # the typed errors behind ``failed``
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
 
 
 async def reconcile_pod(
@@ -22,8 +41,6 @@ async def reconcile_pod(
     keep: Collection[str] = (),
 ) -> ReconcileResult:
     """See :meth:`HotSwapper.reconcile`."""
-    from dynamiclora.serving.hotswap import ReconcileResult
-
     if not managed_prefix:
         raise ValueError("managed_prefix must be non-empty: it keeps reconcile off adapters it does not own")
     for key, spec in desired.items():

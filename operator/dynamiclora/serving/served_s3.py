@@ -16,7 +16,6 @@ copy into its scratch folder to read the adapter's rank and fingerprint (:class:
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -25,11 +24,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from dynamiclora.serving.errors import ServingError, VLLMNotFound
-from dynamiclora.storage.base import BlobBackend, BlobNotFoundError, StoreError, sha256_file
+from dynamiclora.serving.marker import COMPLETE_MARKER, marker_bytes
+from dynamiclora.serving.mirror import AdapterMirror
+from dynamiclora.storage.base import BlobBackend, BlobNotFoundError, StoreError
 
 ADAPTERS_MOUNT = "/adapters"  # where the sidecar's emptyDir is mounted in the vLLM container
-COMPLETE_MARKER = "COMPLETE"
-MARKER_FORMAT = "dynamiclora.served/v1"
 SERVED_DIR = "served"
 
 
@@ -48,15 +47,6 @@ def pod_adapter_path(agent: str, key: str, mount: str = ADAPTERS_MOUNT) -> str:
     return f"{mount.rstrip('/')}/{agent}/{key}"
 
 
-def local_adapters_dir(scratch_dir: str, namespace: str, swarm: str) -> str:
-    """Local executor only: the host folder that stands in for the ``adapters`` volume of every pod.
-
-    Pods of the local executor are processes on the operator's machine, and vLLM is told adapter paths
-    at run time (no mount rewriting applies), so the pods share this real folder instead of an emptyDir.
-    """
-    return f"{scratch_dir.rstrip('/')}/pod-adapters/{namespace}/{swarm}"
-
-
 def s3_backend(store_uri: str, client: Any = None) -> BlobBackend:
     """The blob backend of an ``s3://bucket/prefix`` store URI.
 
@@ -69,34 +59,6 @@ def s3_backend(store_uri: str, client: Any = None) -> BlobBackend:
     from dynamiclora.storage.s3 import S3Backend
 
     return S3Backend(parsed.netloc, parsed.path.strip("/"), client=client)
-
-
-def marker_bytes(files: dict[str, Path]) -> bytes:
-    """The COMPLETE marker: format and the sha256/size of every file of the adapter."""
-    entries = {}
-    for name, path in sorted(files.items()):
-        digest, size = sha256_file(path)
-        entries[name] = {"sha256": digest, "size": size}
-    return json.dumps({"format": MARKER_FORMAT, "files": entries}, indent=2, sort_keys=True).encode()
-
-
-def parse_marker(data: bytes, where: str) -> dict[str, tuple[str, int]]:
-    """File name -> (sha256, size) from a COMPLETE marker read from ``where``.
-
-    Raises:
-        StoreError: naming ``where`` when the marker is not valid.
-    """
-    try:
-        doc = json.loads(data)
-        if doc.get("format") != MARKER_FORMAT:
-            raise ValueError(f"unknown format {doc.get('format')!r}")
-        out = {str(n): (str(e["sha256"]), int(e["size"])) for n, e in doc["files"].items()}
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise StoreError(f"invalid marker {where}: {e}") from e
-    for name in out:
-        if "/" in name or name in ("", ".", "..", COMPLETE_MARKER):
-            raise StoreError(f"invalid marker {where}: bad file name {name!r}")
-    return out
 
 
 def publish_adapter(backend: BlobBackend, local_dir: Path, key_prefix: str) -> bool:
@@ -135,8 +97,6 @@ def fetch_published(backend: BlobBackend, swarm_prefix: str, swarm_dir: Path, ag
     Returns:
         False when the adapter is not published (no marker): compose it.
     """
-    from dynamiclora.serving.sync_cli import AdapterMirror
-
     try:
         backend.get_bytes(f"{swarm_prefix}/{agent}/{key}/{COMPLETE_MARKER}")
     except BlobNotFoundError:

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from dynamiclora.serving.marker import COMPLETE_MARKER
 from dynamiclora.serving.served_s3 import (
-    COMPLETE_MARKER,
     local_served_dir,
     publish_adapter,
     s3_backend,
@@ -145,7 +145,7 @@ def run_compose(cfg: ComposeConfig, log: Log = _print) -> dict[str, Any]:
             built.append((s, adapter, summary))
             errors[s.agent] = float(summary.get("relativeError", 0.0))
         if built and cfg.model_dir and Path(cfg.model_dir, "config.json").is_file():
-            from dynamiclora.serving.fingerprint import write_fingerprints
+            from dynamiclora.training.fingerprint import write_fingerprints
 
             write_fingerprints(cfg.model_dir, [adapter for _s, adapter, _sum in built])
         for s, adapter, summary in built:

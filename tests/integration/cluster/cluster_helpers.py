@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from dynamiclora.localcluster.rest import Rest
+from dynamiclora_dev.localcluster.rest import Rest
 
 T = TypeVar("T")
 

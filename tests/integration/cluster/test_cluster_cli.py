@@ -1,4 +1,4 @@
-"""``dynamiclora cluster up|status|down`` as a developer uses them, with kubectl."""
+"""``dynamiclora-dev cluster up|status|down`` as a developer uses them, with kubectl."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from dynamiclora.localcluster.binaries import find_kubectl
-from dynamiclora.localcluster.process import group_alive
+from dynamiclora_dev.localcluster.binaries import find_kubectl
+from dynamiclora_dev.localcluster.process import group_alive
 
 pytestmark = pytest.mark.integration
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dynamiclora.cli", "cluster", *args],
+        [sys.executable, "-m", "dynamiclora_dev", "cluster", *args],
         capture_output=True,
         text=True,
         timeout=300,

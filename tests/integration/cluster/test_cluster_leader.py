@@ -10,7 +10,7 @@ import pytest
 
 from dynamiclora.controllers.leader import Leadership
 from dynamiclora.kube import ApiKube
-from dynamiclora.localcluster import LocalCluster
+from dynamiclora_dev.localcluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 NS = "leader-tests"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from cluster_helpers import job, pods, wait_until
 
-from dynamiclora.localcluster import ClusterConfig, LocalCluster
-from dynamiclora.localcluster.process import group_alive
+from dynamiclora_dev.localcluster import ClusterConfig, LocalCluster
+from dynamiclora_dev.localcluster.process import group_alive
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from cluster_helpers import LOCAL, job, job_condition, pods, wait_until
 
-from dynamiclora.localcluster import LocalCluster
-from dynamiclora.localcluster.process import group_alive
-from dynamiclora.localcluster.rest import Rest
+from dynamiclora_dev.localcluster import LocalCluster
+from dynamiclora_dev.localcluster.process import group_alive
+from dynamiclora_dev.localcluster.rest import Rest
 
 pytestmark = pytest.mark.integration
 NS = "cluster-tests"

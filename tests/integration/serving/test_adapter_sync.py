@@ -1,7 +1,7 @@
 """S3-only serving: the operator publishes composed adapters to S3, the adapter-sync sidecar mirrors them.
 
 Real parts only: moto's S3 server on loopback, ``dynamiclora adapter-sync`` as a subprocess, and the
-session's real vLLM CPU server (dynamiclora.serving.testing) loading from the sidecar's folder.
+session's real vLLM CPU server (dynamiclora_dev.testing.serving) loading from the sidecar's folder.
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.client import ClientConfig, VLLMClient
 from dynamiclora.serving.launcher import VLLMServer
-from dynamiclora.serving.served_s3 import COMPLETE_MARKER, publish_adapter, s3_backend, served_prefix
-from dynamiclora.serving.testing import SERVER_API_KEY, SERVER_MAX_LORA_RANK, AdapterFactory
+from dynamiclora.serving.marker import COMPLETE_MARKER
+from dynamiclora.serving.served_s3 import publish_adapter, s3_backend, served_prefix
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage import open_store
 from dynamiclora.training.options import StackSpec, to_argv
+from dynamiclora_dev.testing.serving import SERVER_API_KEY, SERVER_MAX_LORA_RANK, AdapterFactory
 
 pytestmark = [pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[3]
@@ -118,7 +119,7 @@ def test_sidecar_errors_are_clear_and_bounded(
     assert "expected s3://BUCKET" in capsys.readouterr().out
     # An endpoint nobody listens on: the pass fails (after boto's own bounded retries, ~15 s) and the
     # command exits with the error; pass-level retries are covered in tests/unit/serving.
-    from dynamiclora.storage.testing import free_port
+    from dynamiclora_dev.testing.storage import free_port
 
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
     start = time.monotonic()

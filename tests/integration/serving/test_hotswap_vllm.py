@@ -1,4 +1,4 @@
-"""Hot-swap against a real vLLM CPU server (one per session, see dynamiclora.serving.testing)."""
+"""Hot-swap against a real vLLM CPU server (one per session, see dynamiclora_dev.testing.serving)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import pytest
 from dynamiclora.serving.adapters import AdapterSpec
 from dynamiclora.serving.client import ClientConfig, RequestRecord, VLLMClient
 from dynamiclora.serving.errors import AdapterRejected, VerificationFailed, VLLMAuthError, VLLMNotFound
-from dynamiclora.serving.fingerprint import compute_fingerprint
 from dynamiclora.serving.hotswap import HotSwapper
 from dynamiclora.serving.launcher import VLLMServer
-from dynamiclora.serving.testing import AdapterFactory
+from dynamiclora.training.fingerprint import compute_fingerprint
+from dynamiclora_dev.testing.serving import AdapterFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from dynamiclora.localcluster import LocalCluster
 from dynamiclora.storage.audit import open_audit
+from dynamiclora_dev.localcluster import LocalCluster
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[3]

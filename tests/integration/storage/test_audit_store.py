@@ -15,7 +15,7 @@ import pytest
 from dynamiclora.storage import CheckpointStore
 from dynamiclora.storage.audit import AuditLog, open_audit
 from dynamiclora.storage.store import BlobCheckpointStore
-from dynamiclora.storage.testing import free_port
+from dynamiclora_dev.testing.storage import free_port
 
 pytestmark = pytest.mark.integration
 NS, TIER = "team-a", "alice-agent"

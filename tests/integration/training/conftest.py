@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from trainhelpers import write_records
 
-from dynamiclora.tinymodel import TinyModelConfig, ensure_tiny_model
+from dynamiclora_dev.tinymodel import TinyModelConfig, ensure_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +33,7 @@ def sharp_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """
     import torch
 
-    from dynamiclora.tinymodel import build_model, save_tiny_model
+    from dynamiclora_dev.tinymodel import build_model, save_tiny_model
 
     model = build_model(TinyModelConfig())
     with torch.no_grad():

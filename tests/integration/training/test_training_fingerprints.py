@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dynamiclora.serving.adapters import Fingerprint
-from dynamiclora.serving.fingerprint import compute_fingerprint, make_random_adapter, write_fingerprints
+from dynamiclora.training.fingerprint import compute_fingerprint, make_random_adapter, write_fingerprints
 
 
 def test_batched_fingerprints_equal_each_adapter_alone(tiny_model_dir: Path, tmp_path: Path) -> None:

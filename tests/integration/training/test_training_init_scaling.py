@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from dynamiclora.memory import LowRankDelta, save_adapter
-from dynamiclora.tinymodel import TinyModelConfig, build_model
 from dynamiclora.training.model import build_stack, lora_config
+from dynamiclora_dev.tinymodel import TinyModelConfig, build_model
 
 
 def test_init_from_a_scaling_1_adapter_keeps_its_delta(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from dynamiclora.tinymodel import TinyModelConfig, generated_words
+from dynamiclora_dev.tinymodel import TinyModelConfig, generated_words
 
 
 def write_records(path: Path, n: int = 16, agent: str = "alice", seed: int = 0) -> Path:

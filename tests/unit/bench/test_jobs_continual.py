@@ -26,9 +26,9 @@ from dynamiclora.builders.jobs import TrainingInputs, build_training_job
 from dynamiclora.cli import build_parser
 from dynamiclora.controllers.common import parse
 from dynamiclora.controllers.policy import Budget, _migrate_args
-from dynamiclora.tinymodel import TinyModelConfig
 from dynamiclora.training.options import ConsolidateConfig, TrainConfig, from_namespace
 from dynamiclora.training.records import parse_line
+from dynamiclora_dev.tinymodel import TinyModelConfig
 from jobsbench.base import PretrainConfig, pretrain_base, window_records, write_records
 from jobsbench.facts import Fact, pretrain_facts
 from jobsbench.harness import KINDS, SCALARS, main

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from dynamiclora.localcluster.images import UnknownImageError, local_argv, repository
-from dynamiclora.localcluster.kwokstages import kwok_config
-from dynamiclora.localcluster.podspec import (
+from dynamiclora_dev.localcluster.images import UnknownImageError, local_argv, repository
+from dynamiclora_dev.localcluster.kwokstages import kwok_config
+from dynamiclora_dev.localcluster.podspec import (
     PodSpecError,
     expand,
     field_ref,
@@ -72,7 +72,7 @@ def test_image_table_maps_trainer_and_vllm() -> None:
 
 
 def test_trainer_and_operator_images_run_from_their_own_environments(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dynamiclora.localcluster.images import OPERATOR_PYTHON, TRAINER_PYTHON
+    from dynamiclora_dev.localcluster.images import OPERATOR_PYTHON, TRAINER_PYTHON
 
     monkeypatch.setenv(TRAINER_PYTHON, "/envs/trainer/bin/python")
     monkeypatch.setenv(OPERATOR_PYTHON, "/envs/operator/bin/python")

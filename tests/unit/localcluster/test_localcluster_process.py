@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dynamiclora.localcluster.process import free_port, group_alive, owned_by, start_process
+from dynamiclora_dev.localcluster.process import free_port, group_alive, owned_by, start_process
 
 
 def test_stop_kills_the_whole_group(tmp_path: Path) -> None:

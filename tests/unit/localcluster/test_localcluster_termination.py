@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from dynamiclora.localcluster.podspec import launch
-from dynamiclora.localcluster.termination import (
+from dynamiclora_dev.localcluster.podspec import launch
+from dynamiclora_dev.localcluster.termination import (
     MAX_FILE_BYTES,
     MAX_LOG_BYTES,
     MAX_LOG_LINES,

@@ -18,7 +18,7 @@ from dynamiclora.memory import (
     tier_add,
     tier_distance,
 )
-from dynamiclora.tinymodel import TinyModelConfig, build_model
+from dynamiclora_dev.tinymodel import TinyModelConfig, build_model
 
 CFG = TinyModelConfig()
 TOKENS = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]])

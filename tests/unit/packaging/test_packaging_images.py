@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from dynamiclora.cli import build_parser
-from dynamiclora.localcluster.images import image_table, repository
+from dynamiclora_dev.localcluster.images import image_table, repository
 
 ROOT = Path(__file__).resolve().parents[3]
 IMAGES = ("operator", "trainer")
@@ -180,3 +180,18 @@ def test_operator_modules_import_without_the_ml_stack() -> None:
     # The operator image installs images/operator/requirements.txt only; importing torch there would crash.
     proc = subprocess.run([sys.executable, "-c", BLOCKER], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_the_harness_is_not_part_of_the_shipped_package() -> None:
+    from setuptools import find_namespace_packages
+
+    # What `pip install .` (both Dockerfiles) packages: pyproject's [tool.setuptools.packages.find].
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    shipped = find_namespace_packages(where=str(ROOT / find["where"][0]), exclude=["*.__pycache__"])
+    assert find["where"] == ["operator"] and "dynamiclora.controllers" in shipped
+    assert not [p for p in shipped if "dev" in p.split(".")[0] or p.split(".")[-1] in ("localcluster", "demo")]
+    for image in IMAGES:  # and the build context of each image holds nothing else of the repository
+        ignore = (ROOT / "images" / image / "Dockerfile.dockerignore").read_text()
+        assert "!dev" not in ignore and "!operator/**" in ignore
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert commands.isdisjoint({"demo", "cluster"}) and {"run", "train", "consolidate"} <= commands

@@ -30,7 +30,7 @@ def pvc_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def settings(pvc_root: Path) -> OperatorSettings:
-    return OperatorSettings(pvc_mount_root=str(pvc_root), local_executor=True)
+    return OperatorSettings(pvc_mount_root=str(pvc_root), pod_labels="dynamiclora.io/executor=local")
 
 
 @pytest.fixture

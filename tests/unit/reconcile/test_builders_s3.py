@@ -92,16 +92,39 @@ def test_sidecar_without_credentials_uses_workload_identity(
     assert _arg(side["args"], "--store") == "s3://plain-bucket/dynamiclora"
 
 
-def test_local_executor_pods_share_a_host_folder(swarm_body: dict[str, Any], settings: OperatorSettings) -> None:
+def test_adapters_host_root_shares_a_node_folder_mounted_at_its_own_path(
+    swarm_body: dict[str, Any], settings: OperatorSettings
+) -> None:
     body = _body(swarm_body, {"s3": S3})
-    pod = _pod(body, OperatorSettings(pvc_mount_root=settings.pvc_mount_root, local_executor=True,
-                                      scratch_dir="/srv/dl-scratch"))  # fmt: skip
+    pod = _pod(body, OperatorSettings(pvc_mount_root=settings.pvc_mount_root, adapters_host_root="/srv/adapters"))
     volumes = {v["name"]: v for v in pod["volumes"]}
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    # The operator hands vLLM this same folder at run time (served_s3.local_adapters_dir).
-    assert volumes["adapters"]["hostPath"] == {"path": f"/srv/dl-scratch/pod-adapters/{ns}/{name}",
-                                               "type": "DirectoryOrCreate"}  # fmt: skip
-    assert {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]} == {"/adapters"}
+    folder = f"/srv/adapters/{ns}/{name}"
+    assert volumes["adapters"]["hostPath"] == {"path": folder, "type": "DirectoryOrCreate"}
+    # Mounted at the node's own path: the path the operator hands vLLM at run time is valid in both.
+    assert {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]} == {folder}
+    assert _arg(pod["containers"][1]["args"], "--dest") == folder
+    default = _pod(body, settings)
+    assert {v["name"]: v for v in default["volumes"]}["adapters"] == {"name": "adapters", "emptyDir": {}}
+    assert {m["mountPath"] for c in default["containers"] for m in c["volumeMounts"]} == {"/adapters"}
+
+
+def test_pod_labels_reach_every_pod_but_not_the_selector(swarm_body: dict[str, Any], tmp_path: Path) -> None:
+    body = _body(swarm_body, {"s3": S3})
+    plain = build_statefulset(body, Swarm.model_validate(body), OperatorSettings())
+    sts = build_statefulset(body, Swarm.model_validate(body), OperatorSettings(pod_labels="a.io/x=1, team=ml"))
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert labels["a.io/x"] == "1" and labels["team"] == "ml"
+    assert "team" not in plain["spec"]["template"]["metadata"]["labels"]
+    assert sts["spec"]["selector"] == plain["spec"]["selector"]  # immutable: extra labels never select
+
+
+@pytest.mark.parametrize("bad", ["novalue", "=x", "a b=c", "k=" + "v" * 64, "-k=v"])
+def test_malformed_pod_labels_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="pod_labels"):
+        OperatorSettings(pod_labels=bad)
+    with pytest.raises(ValueError, match="adapters_host_root must be an absolute path"):
+        OperatorSettings(adapters_host_root="relative")
 
 
 def test_pvc_statefulset_unchanged(swarm_body: dict[str, Any], settings: OperatorSettings) -> None:
@@ -137,16 +160,16 @@ class _NoObjects:
 def test_local_executor_runs_the_sidecar_on_the_shared_folder(
     swarm_body: dict[str, Any], tmp_path: Path
 ) -> None:
-    from dynamiclora.localcluster.podspec import launch
+    from dynamiclora_dev.localcluster.podspec import launch
 
     body = _body(swarm_body, {"s3": {"bucket": "plain-bucket", "endpoint": "http://127.0.0.1:9000"}})
-    settings = OperatorSettings(local_executor=True, scratch_dir=str(tmp_path / "scratch"))
+    settings = OperatorSettings(pod_labels="dynamiclora.io/executor=local", adapters_host_root=str(tmp_path / "ad"))
     sts = build_statefulset(body, Swarm.model_validate(body), settings)
     pod = {"metadata": {"name": "support-inference-0", "namespace": body["metadata"]["namespace"]},
            "spec": sts["spec"]["template"]["spec"], "status": {"podIP": "127.0.0.10"}}  # fmt: skip
     side = launch(pod, pod["spec"]["containers"][1], _NoObjects(), state_dir=tmp_path / "state",
                   pod_dir=tmp_path / "pod", base_env={})  # fmt: skip
-    folder = tmp_path / "scratch" / "pod-adapters" / body["metadata"]["namespace"] / body["metadata"]["name"]
+    folder = tmp_path / "ad" / body["metadata"]["namespace"] / body["metadata"]["name"]
     assert side.argv[1:4] == ["-m", "dynamiclora.cli", "adapter-sync"]
     assert _arg(side.argv, "--dest") == str(folder) and folder in side.dirs
     assert side.env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"

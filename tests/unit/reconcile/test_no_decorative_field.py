@@ -422,7 +422,7 @@ def _serving_plan(kube: FakeKube, settings: OperatorSettings, body: Obj) -> list
 
 def _produce(kind: str, leaf: Leaf | None, case: Case, ctx: Ctx) -> Obj:
     """What the operator produces from the case's world, with ``leaf`` changed when given."""
-    settings = OperatorSettings(pvc_mount_root=str(ctx.root / "pvc"), local_executor=True)
+    settings = OperatorSettings(pvc_mount_root=str(ctx.root / "pvc"))
     kube = FakeKube()
     w = _default_world()
     if case.setup:

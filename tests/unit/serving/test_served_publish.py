@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from dynamiclora.serving.errors import VLLMBadRequest, VLLMServerError, parse_error
+from dynamiclora.serving.marker import COMPLETE_MARKER, parse_marker
+from dynamiclora.serving.mirror import STALE_TMP_S, AdapterMirror, SyncReport
 from dynamiclora.serving.served_s3 import (
-    COMPLETE_MARKER,
     fetch_published,
     is_not_synced,
-    parse_marker,
     pod_adapter_path,
     prune_remote,
     prune_scratch,
@@ -26,7 +26,7 @@ from dynamiclora.serving.served_s3 import (
     s3_backend,
     served_prefix,
 )
-from dynamiclora.serving.sync_cli import STALE_TMP_S, AdapterMirror, SyncReport, _pass_with_retries
+from dynamiclora.serving.sync_cli import _pass_with_retries
 from dynamiclora.storage.base import StoreError
 from dynamiclora.storage.fs import FsBackend
 

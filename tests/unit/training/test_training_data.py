@@ -7,10 +7,10 @@ import json
 import pytest
 
 from dynamiclora.cli import build_parser
-from dynamiclora.tinymodel import TinyModelConfig, build_tokenizer
 from dynamiclora.training.data import IGNORE, batch_indices, collate, tokenize
 from dynamiclora.training.options import ConsolidateConfig, TrainConfig
 from dynamiclora.training.records import SourcedRecord, parse_line
+from dynamiclora_dev.tinymodel import TinyModelConfig, build_tokenizer
 
 
 def _rec(doc: dict[str, object]) -> SourcedRecord:

@@ -1,4 +1,4 @@
-"""The whole DynamicLoRA loop on the local control plane: shared by ``dynamiclora demo`` and ``e2e/``.
+"""The whole DynamicLoRA loop on the local control plane: shared by ``dynamiclora-dev demo`` and ``e2e/``.
 
 Everything is real: the API server validates the objects, the operator runs as ``dynamiclora run``, the
 local executor runs the training/consolidation Jobs as ``dynamiclora train|consolidate`` processes and
@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 import yaml
 
 from dynamiclora.api.crd import render_crds
-from dynamiclora.demo.data import facts, round_facts, write_records, write_regression_set
-from dynamiclora.localcluster.operator_env import ensure_operator_env
-from dynamiclora.tinymodel import TinyModelConfig, ensure_tiny_model
+from dynamiclora_dev.demo.data import facts, round_facts, write_records, write_regression_set
+from dynamiclora_dev.localcluster.operator_env import ensure_operator_env
+from dynamiclora_dev.localcluster.podspec import EXECUTOR_LABEL, EXECUTOR_VALUE
+from dynamiclora_dev.tinymodel import TinyModelConfig, ensure_tiny_model
 
 T = TypeVar("T")
 GROUP_PATH = "/apis/dynamiclora.io/v1alpha1"
@@ -158,6 +159,11 @@ class Scenario:
             self.operator = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
                                              env=self.operator_environ())  # fmt: skip
 
+    @property
+    def adapters_root(self) -> Path:
+        """The node folder S3-only swarms' pods share for synced adapters (``--adapters-host-root``)."""
+        return self.cfg.work_dir / "pod-adapters"
+
     def records_root(self, storage_root: Path) -> Path:
         """Where the Swarm's agents' records go below a storage root: ``interactions/<namespace>/<swarm>``."""
         return storage_root / "interactions" / self.cfg.namespace / self.cfg.swarm
@@ -167,7 +173,8 @@ class Scenario:
         demo's namespace (a second operator started the same way waits for it)."""
         return [
             str(ensure_operator_env()), "-m", "dynamiclora.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
-            "--local-executor", "--pvc-root", str(self.pvc_root), "--resync-seconds", str(self.cfg.resync_seconds),
+            "--pod-labels", f"{EXECUTOR_LABEL}={EXECUTOR_VALUE}", "--adapters-host-root", str(self.adapters_root),
+            "--pvc-root", str(self.pvc_root), "--resync-seconds", str(self.cfg.resync_seconds),
             "--namespace", self.cfg.namespace, "--leader-election-namespace", self.cfg.namespace,
             "--leader-lease-seconds", "6",
             "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),

@@ -1,6 +1,6 @@
 """The process that owns a local cluster: starts the control plane, runs the executor, cleans up.
 
-``python -m dynamiclora.localcluster.supervisor --state DIR`` starts every component, writes
+``python -m dynamiclora_dev.localcluster.supervisor --state DIR`` starts every component, writes
 ``DIR/cluster.json`` when the cluster is ready, then runs the local executor in its main thread until
 SIGTERM/SIGINT, and finally stops pod processes and components (newest first). Everything it starts
 is in its own process group with a parent-death signal, so even a SIGKILL of the supervisor leaves
@@ -20,14 +20,14 @@ from dataclasses import fields
 from pathlib import Path
 from types import FrameType
 
-from dynamiclora.localcluster import binaries
-from dynamiclora.localcluster.controlplane import ERROR_FILE, READY_FILE, ClusterConfig, ControlPlane
-from dynamiclora.localcluster.executor import Executor
+from dynamiclora_dev.localcluster import binaries
+from dynamiclora_dev.localcluster.controlplane import ERROR_FILE, READY_FILE, ClusterConfig, ControlPlane
+from dynamiclora_dev.localcluster.executor import Executor
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Supervisor flags: one per ClusterConfig field."""
-    parser = argparse.ArgumentParser(prog="dynamiclora.localcluster.supervisor")
+    parser = argparse.ArgumentParser(prog="dynamiclora_dev.localcluster.supervisor")
     for f in fields(ClusterConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "state_dir":

@@ -1,4 +1,4 @@
-"""``dynamiclora cluster up|down|status``: a local control plane for use by hand with kubectl."""
+"""``dynamiclora-dev cluster up|down|status``: a local control plane for use by hand with kubectl."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ DEFAULT_STATE = Path(os.environ.get("DYNAMICLORA_CLUSTER_STATE", Path.home() / "
 
 
 def _up(args: argparse.Namespace) -> int:
-    from dynamiclora.localcluster import ClusterConfig, LocalCluster
-    from dynamiclora.localcluster.controlplane import READY_FILE
+    from dynamiclora_dev.localcluster import ClusterConfig, LocalCluster
+    from dynamiclora_dev.localcluster.controlplane import READY_FILE
 
     state: Path = args.state
     if (state / READY_FILE).exists() and _status_info(state) is not None:
@@ -35,7 +35,7 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    from dynamiclora.localcluster import stop_detached
+    from dynamiclora_dev.localcluster import stop_detached
 
     if stop_detached(args.state):
         print(f"local cluster in {args.state} stopped")
@@ -45,8 +45,8 @@ def _down(args: argparse.Namespace) -> int:
 
 
 def _status_info(state: Path) -> dict[str, Any] | None:
-    from dynamiclora.localcluster.controlplane import READY_FILE
-    from dynamiclora.localcluster.process import group_alive
+    from dynamiclora_dev.localcluster.controlplane import READY_FILE
+    from dynamiclora_dev.localcluster.process import group_alive
 
     path = state / READY_FILE
     if not path.exists():

@@ -143,7 +143,7 @@ def start_process(
 ) -> ManagedProcess:
     """Start ``argv`` in a new session with stdout+stderr appended to ``log_path``.
 
-    ``pdeathsig=False`` lets the child outlive this process (``dynamiclora cluster up``).
+    ``pdeathsig=False`` lets the child outlive this process (``dynamiclora-dev cluster up``).
 
     Raises:
         FileNotFoundError: the executable does not exist (message names it and the process).

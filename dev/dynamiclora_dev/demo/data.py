@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from dynamiclora.tinymodel import TinyModelConfig, generated_words
+from dynamiclora_dev.tinymodel import TinyModelConfig, generated_words
 
 
 def facts(agent: str, n: int = 4, seed: int = 0) -> dict[str, str]:

@@ -12,16 +12,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from dynamiclora.localcluster import binaries
-from dynamiclora.localcluster.controlplane import ERROR_FILE, READY_FILE, ClusterConfig
-from dynamiclora.localcluster.process import (
+from dynamiclora_dev.localcluster import binaries
+from dynamiclora_dev.localcluster.controlplane import ERROR_FILE, READY_FILE, ClusterConfig
+from dynamiclora_dev.localcluster.process import (
     ManagedProcess,
     group_alive,
     kill_group,
     owned_by,
     start_process,
 )
-from dynamiclora.localcluster.rest import Rest
+from dynamiclora_dev.localcluster.rest import Rest
 
 
 def image_environments() -> dict[str, str]:
@@ -30,9 +30,9 @@ def image_environments() -> dict[str, str]:
     The executor runs Jobs (trainer image) and sidecars (operator image) from environments installed as
     those images are (see ``images.py``); building them takes a minute cold, seconds afterwards.
     """
-    from dynamiclora.localcluster.images import OPERATOR_PYTHON, TRAINER_PYTHON
-    from dynamiclora.localcluster.operator_env import ensure_operator_env
-    from dynamiclora.localcluster.trainer_env import ensure_trainer_env
+    from dynamiclora_dev.localcluster.images import OPERATOR_PYTHON, TRAINER_PYTHON
+    from dynamiclora_dev.localcluster.operator_env import ensure_operator_env
+    from dynamiclora_dev.localcluster.trainer_env import ensure_trainer_env
 
     return {**os.environ, TRAINER_PYTHON: str(ensure_trainer_env()), OPERATOR_PYTHON: str(ensure_operator_env())}
 
@@ -42,7 +42,7 @@ class LocalCluster:
 
     Args:
         config: Cluster shape and state folder.
-        detach: True for ``dynamiclora cluster up`` (the supervisor outlives this process); False for
+        detach: True for ``dynamiclora-dev cluster up`` (the supervisor outlives this process); False for
             tests (the supervisor dies with this process, and ``atexit`` stops it cleanly).
     """
 
@@ -68,7 +68,7 @@ class LocalCluster:
         self.state.mkdir(parents=True, exist_ok=True)
         for name in (READY_FILE, ERROR_FILE):
             (self.state / name).unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "dynamiclora.localcluster.supervisor"]
+        argv = [sys.executable, "-m", "dynamiclora_dev.localcluster.supervisor"]
         for f in fields(ClusterConfig):
             argv += ["--" + f.name.replace("_", "-"), str(getattr(self.config, f.name))]
         self.supervisor = start_process(

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from dynamiclora.localcluster.images import local_argv, wants_host_flag
-from dynamiclora.localcluster.termination import local_message_file, message_path
+from dynamiclora_dev.localcluster.images import local_argv, wants_host_flag
+from dynamiclora_dev.localcluster.termination import local_message_file, message_path
 
 EXECUTOR_LABEL = "dynamiclora.io/executor"
 EXECUTOR_VALUE = "local"

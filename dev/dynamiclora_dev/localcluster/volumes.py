@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dynamiclora.localcluster.rest import ApiError, Rest
+from dynamiclora_dev.localcluster.rest import ApiError, Rest
 
 log = logging.getLogger(__name__)
 

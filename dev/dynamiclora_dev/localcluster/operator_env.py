@@ -15,11 +15,11 @@ import hashlib
 import sys
 from pathlib import Path
 
-from dynamiclora.localcluster.image_env import REPO_ROOT, install_checkout, pip, require_absent, run
-from dynamiclora.localcluster.image_env import env_dir as _env_dir
+from dynamiclora_dev.localcluster.image_env import REPO_ROOT, install_checkout, pip, require_absent, run
+from dynamiclora_dev.localcluster.image_env import env_dir as _env_dir
 
 REQUIREMENTS = REPO_ROOT / "images" / "operator" / "requirements.txt"
-FORBIDDEN = ("torch", "transformers", "peft", "safetensors")  # what the operator image does not have
+FORBIDDEN = ("torch", "transformers", "peft", "safetensors", "dynamiclora_dev")  # what the operator image does not have
 
 
 def env_dir() -> Path:

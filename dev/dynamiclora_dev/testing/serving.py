@@ -23,7 +23,7 @@ AdapterFactory = Callable[[int, int], Path]
 @pytest.fixture(scope="session")
 def vllm_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny Llama saved once per session (weights seeded, so identical across runs)."""
-    from dynamiclora.tinymodel import save_tiny_model
+    from dynamiclora_dev.tinymodel import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("vllm-model") / "tiny")
 
@@ -60,7 +60,7 @@ def vllm_adapter_factory(
     vllm_tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> AdapterFactory:
     """``factory(seed, rank)`` -> directory of a random LoRA adapter with its PEFT fingerprint (cached)."""
-    from dynamiclora.serving.fingerprint import make_random_adapter
+    from dynamiclora.training.fingerprint import make_random_adapter
 
     root = tmp_path_factory.mktemp("vllm-adapters")
     made: dict[tuple[int, int], Path] = {}

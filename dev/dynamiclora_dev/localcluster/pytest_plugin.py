@@ -1,6 +1,6 @@
 """pytest fixtures for a real local control plane.
 
-Register with ``pytest_plugins = ["dynamiclora.localcluster.pytest_plugin"]`` (the repository's root
+Register with ``pytest_plugins = ["dynamiclora_dev.localcluster.pytest_plugin"]`` (the repository's root
 ``conftest.py`` does). ``local_cluster`` is session-scoped: the first test that asks for it builds the
 binaries when missing (see docs/cluster.md) and starts the cluster; it is stopped at the end of the
 session, and by ``atexit`` and the parent-death signal if pytest is interrupted or killed.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from dynamiclora.localcluster.cluster import LocalCluster
-from dynamiclora.localcluster.controlplane import ClusterConfig
+from dynamiclora_dev.localcluster.cluster import LocalCluster
+from dynamiclora_dev.localcluster.controlplane import ClusterConfig
 
 
 @pytest.fixture(scope="session")

@@ -5,15 +5,15 @@ executor plays the kubelet's part:
 
 * waits until the pod is scheduled and kwok's ``pod-assign-ip`` stage gave it a loopback pod IP;
 * runs init containers one after the other, then every container, each as a local process in its own
-  process group (see :mod:`dynamiclora.localcluster.podspec` for command, env and volume mapping and
-  :mod:`dynamiclora.localcluster.images` for the image table);
+  process group (see :mod:`dynamiclora_dev.localcluster.podspec` for command, env and volume mapping and
+  :mod:`dynamiclora_dev.localcluster.images` for the image table);
 * restarts containers per ``restartPolicy`` with exponential back-off (1 s doubling up to 30 s);
 * probes ``readinessProbe`` (httpGet/tcpSocket; at most every second, ``initialDelaySeconds`` honoured);
 * writes pod status (phase, conditions, container states, exit codes, termination messages as
-  :mod:`dynamiclora.localcluster.termination` computes them) so that Jobs complete or fail through the
+  :mod:`dynamiclora_dev.localcluster.termination` computes them) so that Jobs complete or fail through the
   real job controller;
 * kills the processes when the pod is deleted (kwok removes the object itself);
-* gives every Pending PersistentVolumeClaim a hostPath volume (:mod:`dynamiclora.localcluster.volumes`).
+* gives every Pending PersistentVolumeClaim a hostPath volume (:mod:`dynamiclora_dev.localcluster.volumes`).
 
 Each container's stdout/stderr go to ``<state>/pods/<namespace>/<pod>/<container>.log``; the path is
 also in the pod annotation ``dynamiclora.io/local-logs``.
@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dynamiclora.localcluster.podspec import (
+from dynamiclora_dev.localcluster.podspec import (
     EXECUTOR_LABEL,
     EXECUTOR_VALUE,
     INHERITED_ENV,
@@ -44,10 +44,10 @@ from dynamiclora.localcluster.podspec import (
     launch,
     pod_key,
 )
-from dynamiclora.localcluster.process import ManagedProcess, start_process
-from dynamiclora.localcluster.rest import ApiError, Rest
-from dynamiclora.localcluster.termination import local_message_file, termination_message
-from dynamiclora.localcluster.volumes import bind_pending_claims
+from dynamiclora_dev.localcluster.process import ManagedProcess, start_process
+from dynamiclora_dev.localcluster.rest import ApiError, Rest
+from dynamiclora_dev.localcluster.termination import local_message_file, termination_message
+from dynamiclora_dev.localcluster.volumes import bind_pending_claims
 
 log = logging.getLogger(__name__)
 LOG_ANNOTATION = "dynamiclora.io/local-logs"

@@ -23,13 +23,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dynamiclora.localcluster.image_env import REPO_ROOT, ImageEnvError, install_checkout, pip, require_absent, run
-from dynamiclora.localcluster.image_env import env_dir as _env_dir
+from dynamiclora_dev.localcluster.image_env import REPO_ROOT, ImageEnvError, install_checkout, pip, require_absent, run
+from dynamiclora_dev.localcluster.image_env import env_dir as _env_dir
 
 PYPROJECT = REPO_ROOT / "pyproject.toml"
 # The distributions of the torch wheel and the wheels it pulls in that are too big to fetch twice.
 LINKED = re.compile(r"^(torch|torchgen|functorch|triton|nvidia|cuda)([-_.].*)?$")
-FORBIDDEN = ("vllm", "moto", "pytest")  # what the trainer image does not have
+FORBIDDEN = ("vllm", "moto", "pytest", "dynamiclora_dev")  # what the trainer image does not have
 
 
 def env_dir() -> Path:

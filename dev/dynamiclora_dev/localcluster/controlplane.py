@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynamiclora.localcluster.binaries import Binaries
-from dynamiclora.localcluster.kwokstages import kwok_config
-from dynamiclora.localcluster.process import ManagedProcess, free_port, start_process
-from dynamiclora.localcluster.rest import ApiError, Rest
+from dynamiclora_dev.localcluster.binaries import Binaries
+from dynamiclora_dev.localcluster.kwokstages import kwok_config
+from dynamiclora_dev.localcluster.process import ManagedProcess, free_port, start_process
+from dynamiclora_dev.localcluster.rest import ApiError, Rest
 
 ADMIN_USER = "dynamiclora-admin"
 READY_FILE = "cluster.json"  # written by the supervisor once the cluster is ready

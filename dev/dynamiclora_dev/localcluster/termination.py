@@ -1,7 +1,7 @@
 """Container termination messages, computed the way the kubelet does.
 
 The container's ``terminationMessagePath`` (default ``/dev/termination-log``) is a per-container file
-locally; :func:`dynamiclora.localcluster.podspec.launch` rewrites the path to it. When the container
+locally; :func:`dynamiclora_dev.localcluster.podspec.launch` rewrites the path to it. When the container
 exits with an error, wrote nothing there and asks for ``FallbackToLogsOnError``, the tail of its log is
 used instead. Limits are the kubelet's (``pkg/kubelet/container/runtime.go``).
 """

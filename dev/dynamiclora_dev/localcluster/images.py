@@ -20,7 +20,7 @@ handled the way a container runtime would:
 | vllm/vllm-openai-cpu          | ``python -m vllm.entrypoints.openai.api_server`` (this venv) |
 | busybox, python (test images) | run ``command``/``args`` as written, ``python`` = this venv |
 
-:class:`~dynamiclora.localcluster.cluster.LocalCluster` builds the two image environments
+:class:`~dynamiclora_dev.localcluster.cluster.LocalCluster` builds the two image environments
 (``trainer_env.py``, ``operator_env.py``) and hands their interpreters to the executor through those
 variables, so Jobs and sidecars run what the images would; without them, this venv's interpreter.
 """
@@ -117,7 +117,7 @@ def local_argv(image: str, command: Sequence[str], args: Sequence[str]) -> list[
     if entry is None:
         raise UnknownImageError(
             f"image {image!r} has no local command; known repositories: {', '.join(sorted(table))} "
-            "(edit dynamiclora/localcluster/images.py)"
+            "(edit dev/dynamiclora_dev/localcluster/images.py)"
         )
     if command:
         for entrypoint in sorted(entry.entrypoints, key=len, reverse=True):

@@ -10,7 +10,7 @@ Node stages are kwok's defaults (initialize + heartbeat).
 
 from __future__ import annotations
 
-from dynamiclora.localcluster.podspec import EXECUTOR_LABEL, EXECUTOR_VALUE
+from dynamiclora_dev.localcluster.podspec import EXECUTOR_LABEL, EXECUTOR_VALUE
 
 _NOT_EXECUTOR = f"""
     - key: '.metadata.labels["{EXECUTOR_LABEL}"]'

@@ -1,4 +1,4 @@
-"""``dynamiclora demo``: the whole loop on a local control plane, with readable progress."""
+"""``dynamiclora-dev demo``: the whole loop on a local control plane, with readable progress."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ DEFAULT_WORK = Path.home() / ".cache" / "dynamiclora" / "demo"
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from dynamiclora.demo.scenario import DemoConfig, Scenario, StepFailed, StepTimeout
-    from dynamiclora.localcluster.cluster import LocalCluster, stop_detached
-    from dynamiclora.localcluster.controlplane import ClusterConfig
+    from dynamiclora_dev.demo.scenario import DemoConfig, Scenario, StepFailed, StepTimeout
+    from dynamiclora_dev.localcluster.cluster import LocalCluster, stop_detached
+    from dynamiclora_dev.localcluster.controlplane import ClusterConfig
 
     work: Path = args.work_dir
     state = work / "cluster"
@@ -54,7 +54,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\nThe loop ran end to end in {time.monotonic() - t0:.0f}s: training -> publish -> hot-swap -> "
           "migration -> hot-swap -> a poisoned update refused. The cluster and the operator keep running.")  # fmt: skip
     print(scenario.explore_hint())
-    print(f"Stop everything with: dynamiclora demo --down --work-dir {work}")
+    print(f"Stop everything with: dynamiclora-dev demo --down --work-dir {work}")
     return 0
 
 

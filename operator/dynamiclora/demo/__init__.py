@@ -1,1 +1,0 @@
-"""The local end-to-end demo (``dynamiclora demo``) and the scenario the e2e tests share with it."""
