@@ -25,7 +25,11 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 # A relative path inside a store or a volume: segments that do not start with a dot, so never "..".
-REL_PATH = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*/?$"
+_REL_BODY = r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*/?"
+REL_PATH = rf"^{_REL_BODY}$"
+# An input the Jobs read from the storage (a regression set): relative to the storage root, or an s3:// URI,
+# which must then name the storage's own bucket (see outside_storage). Never absolute, never "..".
+STORE_LOCATION = rf"^(s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9]/)?{_REL_BODY}$"
 # Bounds of free-form input: every string, list and map of the API has one (hostile input, etcd size).
 MAX_PATH = 512
 MAX_IMAGE = 512
@@ -34,6 +38,28 @@ MAX_MAP_VALUE = 1024
 MAX_DURATION = "87600h"  # 10 years: beyond it a duration overflows the operator's clock arithmetic
 MAX_DURATION_SECONDS = 87600 * 3600
 MapValue = Annotated[str, Field(max_length=MAX_MAP_VALUE)]
+
+
+def outside_storage(storage: Storage, location: str) -> str | None:
+    """Why ``location`` (a STORE_LOCATION) is not inside ``storage``, or None when it is.
+
+    A relative location is inside by construction (the pattern forbids ``/`` first and ``..``); an
+    ``s3://`` one must be in the storage's own bucket: the Jobs read it with the storage's credentials, and
+    the operator must not be made to probe (or a Job to read) a bucket the Swarm does not own.
+    """
+    if not location.startswith("s3://"):
+        return None
+    if storage.s3 is None:
+        return f"{location}: the storage is a PVC, so give a path relative to its root instead of an s3:// URI"
+    if not location.startswith(f"s3://{storage.s3.bucket}/"):
+        return f"{location} is not in the storage's bucket {storage.s3.bucket!r}"
+    return None
+
+
+def in_storage_cel(location: str, storage: str) -> str:
+    """CEL: the string field ``location`` is relative or an s3:// URI in the bucket of the Storage ``storage``."""
+    return (f"!has({location}) || !{location}.startsWith('s3://') || "
+            f"(has({storage}.s3) && {location}.startsWith('s3://' + {storage}.s3.bucket + '/'))")
 
 
 def cel(rule: str, message: str, *, reason: str | None = None, field_path: str | None = None) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from dynamiclora.api.common import (
     MAX_MAP,
     MAX_PATH,
     REL_PATH,
+    STORE_LOCATION,
     ApiModel,
     Condition,
     MapValue,
@@ -24,6 +25,8 @@ from dynamiclora.api.common import (
     SecretKeyRef,
     Storage,
     cel,
+    in_storage_cel,
+    outside_storage,
 )
 from dynamiclora.api.tier import (
     DEFAULT_TARGET_MODULES,
@@ -99,9 +102,11 @@ class Agent(ApiModel):
     )
     regression_set: str | None = Field(
         default=None,
-        max_length=1024,
+        max_length=MAX_PATH,
+        pattern=STORE_LOCATION,
         description="Fixed regression records the quality gate checks every update of this agent against "
-        "(.jsonl file or folder, relative to the storage root, or an s3:// URI).",
+        "(.jsonl file or folder): relative to the storage root, or an s3:// URI in the storage's own bucket; "
+        "never absolute, never '..'.",
     )
     pinned_versions: PinnedVersions | None = Field(
         default=None,
@@ -230,6 +235,11 @@ class SwarmSpec(ApiModel):
                     "spec.baseModel.name is immutable",
                     field_path=".baseModel.name",
                 ),
+                cel(
+                    f"self.agents.all(a, {in_storage_cel('a.regressionSet', 'self.storage')})",
+                    "spec.agents[].regressionSet must be relative to the storage root or in the storage's own bucket",
+                    field_path=".agents",
+                ),
             ]
         }
     )
@@ -256,6 +266,10 @@ class SwarmSpec(ApiModel):
         dupes = sorted(n for n, c in counts.items() if c > 1)
         if dupes:
             raise ValueError(f"spec.agents names must be unique (repeated: {', '.join(dupes)})")
+        for agent in self.agents:
+            problem = agent.regression_set and outside_storage(self.storage, agent.regression_set)
+            if problem:
+                raise ValueError(f"spec.agents[{agent.name}].regressionSet: {problem}")
         return self
 
 

@@ -12,6 +12,8 @@ from dynamiclora.api.common import (
     DNS_SUBDOMAIN,
     MAX_IMAGE,
     MAX_MAP,
+    MAX_PATH,
+    STORE_LOCATION,
     ApiModel,
     Condition,
     Duration,
@@ -21,6 +23,8 @@ from dynamiclora.api.common import (
     Storage,
     TierLevel,
     cel,
+    in_storage_cel,
+    outside_storage,
 )
 
 MAX_VERSION = 999_999_999  # versions are stored as v000000001: 9 digits
@@ -204,9 +208,11 @@ class QualityGate(GateLimits):
     )
     regression_set: str | None = Field(
         default=None,
-        max_length=1024,
+        max_length=MAX_PATH,
+        pattern=STORE_LOCATION,
         description="Fixed regression records (.jsonl file or folder): a path relative to the storage root or "
-        "an s3:// URI. Per-agent tiers take the Swarm agent's regressionSet.",
+        "an s3:// URI in the storage's own bucket; never absolute, never '..'. Per-agent tiers take the Swarm "
+        "agent's regressionSet.",
     )
 
 
@@ -230,6 +236,13 @@ class LoRATierSpec(ApiModel):
                     "(!has(self.swarmRef) || self.swarmRef == oldSelf.swarmRef)",
                     "spec.swarmRef is immutable",
                     field_path=".swarmRef",
+                ),
+                cel(
+                    f"!has(self.qualityGate) || !has(self.storage) || "
+                    f"({in_storage_cel('self.qualityGate.regressionSet', 'self.storage')})",
+                    "spec.qualityGate.regressionSet must be relative to the storage root or in the storage's own "
+                    "bucket",
+                    field_path=".qualityGate.regressionSet",
                 ),
             ]
         }
@@ -286,6 +299,10 @@ class LoRATierSpec(ApiModel):
             raise ValueError("spec.agent is required for context and agent tiers and forbidden for shared tiers")
         if len(set(self.target_modules)) != len(self.target_modules):
             raise ValueError("spec.targetModules must not repeat a module")
+        regression = self.quality_gate.regression_set
+        problem = regression and self.storage and outside_storage(self.storage, regression)
+        if problem:  # without storage of its own the tier's reconcile checks it against the Swarm's
+            raise ValueError(f"spec.qualityGate.regressionSet: {problem}")
         return self
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from dynamiclora.api.common import Storage
+from dynamiclora.api.common import STORE_LOCATION, Storage, outside_storage
 from dynamiclora.api.tier import LoRATierSpec, TrainingTemplate
 from dynamiclora.builders.names import (
     ANNOTATION_JOB_KIND,
@@ -49,8 +50,17 @@ def experience_location(storage: Storage, prefix: str, namespace: str, swarm: st
 
 
 def storage_path(storage: Storage, rel: str, settings: OperatorSettings) -> str:
-    """A user-given location: an ``s3://`` URI or absolute path as is, else relative to the storage root."""
-    if rel.startswith(("s3://", "/")):
+    """A user-given location (``api.common.STORE_LOCATION``) as the Jobs see it.
+
+    Raises:
+        ValueError: the location is outside the storage (absolute, ``..``, another bucket); the API rejects
+            such specs, so only an object created before that rule gets here.
+    """
+    problem = outside_storage(storage, rel) or (None if re.fullmatch(STORE_LOCATION, rel) else
+                                                f"{rel!r} is not relative to the storage root")  # fmt: skip
+    if problem:
+        raise ValueError(problem)
+    if rel.startswith("s3://"):
         return rel
     return f"{store_uri(storage, settings).removeprefix('file://').rstrip('/')}/{rel.lstrip('/')}"
 

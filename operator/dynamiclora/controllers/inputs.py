@@ -13,6 +13,7 @@ from typing import Any
 from dynamiclora.api.common import Storage
 from dynamiclora.api.tier import LoRATierSpec
 from dynamiclora.builders.jobs import storage_path
+from dynamiclora.controllers.common import InvalidSpec
 from dynamiclora.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -24,25 +25,29 @@ def missing_inputs(
     """``"<field> <path>"`` of every referenced input that does not exist (empty when all are there).
 
     ``s3_client`` is the storage's own S3 identity, the one the Job reads the input with.
+
+    Raises:
+        InvalidSpec: an input outside the storage (a tier without storage of its own is checked here
+            against the Swarm's; the API server and the spec models check the rest).
     """
     regression = spec.quality_gate.regression_set
     if not regression:
         return []
-    path = storage_path(storage, regression, settings)
+    try:
+        path = storage_path(storage, regression, settings)
+    except ValueError as err:
+        raise InvalidSpec(f"spec.qualityGate.regressionSet: {err}") from None
     return [] if input_exists(path, settings, s3_client) else [f"regressionSet {path}"]
 
 
 def input_exists(path: str, settings: OperatorSettings, s3_client: Any = None) -> bool:
-    """Whether ``path`` (a file or folder) exists; True when the operator cannot tell."""
+    """Whether ``path`` (a file or folder in a storage) exists; True when the operator cannot tell.
+
+    The operator mounts the storage PVCs under the same root as the Jobs, so a PVC path is its to check.
+    """
     if path.startswith("s3://"):
         return _s3_exists(path, s3_client)
-    local = Path(path.removeprefix("file://"))
-    root = Path(settings.pvc_mount_root)
-    # The operator mounts the storage PVCs under the same root as the Jobs; any other absolute path is
-    # a pod path (the image's own files, another volume) that only the Job can see.
-    if not local.is_relative_to(root):
-        return True
-    return local.exists()
+    return Path(path.removeprefix("file://")).exists()
 
 
 def _s3_exists(uri: str, client: Any) -> bool:

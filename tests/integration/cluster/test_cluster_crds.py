@@ -215,6 +215,22 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         False,
         "exactly one of storage.s3 or storage.pvc must be set",
     ),
+    (
+        "swarm-regression-set-foreign-bucket",
+        "Swarm",
+        SWARM,
+        setter("spec.agents.0.regressionSet", "s3://someone-elses-bucket/reg/alice.jsonl"),
+        False,
+        "spec.agents[].regressionSet must be relative to the storage root or in the storage's own bucket",
+    ),
+    (
+        "tier-regression-set-foreign-bucket",
+        "LoRATier",
+        DOMAIN_TIER,
+        setter("spec.qualityGate.regressionSet", "s3://someone-elses-bucket/reg.jsonl"),
+        False,
+        "spec.qualityGate.regressionSet must be relative to the storage root or in the storage's own bucket",
+    ),
 ]
 
 SCHEMA_CASES: list[tuple[str, dict[str, Any], Mutation, list[str]]] = [
@@ -235,6 +251,12 @@ SCHEMA_CASES: list[tuple[str, dict[str, Any], Mutation, list[str]]] = [
     ),
     ("unknown-field", SWARM, setter("spec.bogusField", 1), ['unknown field "spec.bogusField"']),
     ("path-escape", SWARM, setter("spec.experience.prefix", "../bob"), ["spec.experience.prefix", "should match"]),
+    *[
+        (f"regression-set-{name}", SWARM, setter("spec.agents.0.regressionSet", value),
+         ["spec.agents[0].regressionSet", "should match"])
+        for name, value in (("absolute", "/etc/passwd"), ("escape", "reg/../../x.jsonl"),
+                            ("bucket-escape", "s3://dynamiclora-checkpoints/../x"))
+    ],
     ("unbounded", SWARM, setter("spec.inference.extraArgs", ["--x"] * 65), ["spec.inference.extraArgs", "65"]),
 ]
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from dynamiclora.controllers.common import InvalidSpec
 from dynamiclora.controllers.conditions import get_condition
 from dynamiclora.controllers.inputs import input_exists
 from dynamiclora.controllers.tier import TierOutcome
@@ -53,15 +54,13 @@ def _args(kube: FakeKube) -> list[str]:
     [
         ("regression/bob.jsonl", "file"),  # relative to the storage root
         ("regression/bob", "folder"),  # a folder of .jsonl files
-        ("{pvc}/ckpt/other/bob.jsonl", "file"),  # absolute, on the mounted PVC
     ],
 )
 def test_missing_regression_set_waits_without_a_job_then_trains(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], regression: str, create: str
 ) -> None:
-    regression = regression.format(pvc=settings.pvc_mount_root)
     _setup(kube, settings, swarm_body, regression)
-    path = regression if regression.startswith("/") else f"{settings.pvc_mount_root}/ckpt/dl/{regression}"
+    path = f"{settings.pvc_mount_root}/ckpt/dl/{regression}"
 
     out = _pass(kube, settings)
     assert not kube.list("Job", NS)
@@ -89,23 +88,54 @@ def test_missing_regression_set_waits_without_a_job_then_trains(
     assert _args(kube)[_args(kube).index("--regression-data") + 1] == path
 
 
-@pytest.mark.parametrize("regression", [None, "/opt/image/regression.jsonl"])
-def test_inputs_the_operator_cannot_see_do_not_block(
-    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], regression: str | None
-) -> None:
-    _setup(kube, settings, swarm_body, regression)  # a path outside the PVC root is the Job's to check
-    out = _pass(kube, settings)
-    assert out.wire()["activeJob"] == JOB
-
-
-def test_s3_regression_set(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any],
-                           s3_client: Any, s3_bucket: str) -> None:  # fmt: skip
-    _setup(kube, settings, swarm_body, f"s3://{s3_bucket}/regression/bob.jsonl")
-    out = _pass(kube, settings)
-    assert get_condition(out.wire(), "Training")["reason"] == "InputMissing"  # type: ignore[index]
-    assert not kube.list("Job", NS)
-    s3_client.put_object(Bucket=s3_bucket, Key="regression/bob.jsonl", Body=b"{}\n")
+def test_no_regression_set_does_not_block(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]) -> None:
+    _setup(kube, settings, swarm_body, None)
     assert _pass(kube, settings).wire()["activeJob"] == JOB
+
+
+@pytest.mark.parametrize(
+    ("location", "why"),
+    [
+        ("/opt/image/regression.jsonl", "should match pattern"),  # absolute: a file of the image, or anything
+        ("regression/../../other-swarm/bob.jsonl", "should match pattern"),
+        ("s3://someone-elses-bucket/bob.jsonl", "the storage is a PVC"),  # this Swarm's storage is a PVC
+    ],
+)
+def test_a_regression_set_outside_the_storage_is_an_invalid_spec(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], location: str, why: str
+) -> None:
+    from dynamiclora.controllers.swarm import reconcile_swarm
+
+    swarm_body["spec"]["agents"][1]["regressionSet"] = location
+    with pytest.raises(InvalidSpec, match=why):
+        reconcile_swarm(kube, settings, kube.add(swarm_body))
+
+
+def test_a_tier_without_storage_is_checked_against_the_swarms(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
+    # Valid on its own (no storage to compare with); its Swarm's storage is a PVC, so the bucket is foreign.
+    _setup(kube, settings, swarm_body, None)
+    tier = kube.objects[("LoRATier", NS, TIER)]
+    assert "storage" not in tier["spec"]
+    tier["spec"]["qualityGate"]["regressionSet"] = "s3://someone-elses-bucket/bob.jsonl"
+    with pytest.raises(InvalidSpec, match="regressionSet: .* the storage is a PVC"):
+        _pass(kube, settings)
+    assert not kube.list("Job", NS)
+
+
+def test_an_s3_regression_set_must_be_in_the_storages_bucket() -> None:
+    from dynamiclora.api.common import Storage
+    from dynamiclora.builders.jobs import storage_path
+
+    storage = Storage.model_validate({"s3": {"bucket": "team-a", "prefix": "dl"}})
+    settings = OperatorSettings()
+    assert storage_path(storage, "reg/a.jsonl", settings) == "s3://team-a/dl/reg/a.jsonl"
+    assert storage_path(storage, "s3://team-a/shared/reg.jsonl", settings) == "s3://team-a/shared/reg.jsonl"
+    with pytest.raises(ValueError, match="not in the storage's bucket 'team-a'"):
+        storage_path(storage, "s3://team-b/reg.jsonl", settings)
+    with pytest.raises(ValueError, match="not relative to the storage root"):
+        storage_path(storage, "/etc/passwd", settings)
 
 
 @pytest.mark.parametrize(
