@@ -88,7 +88,9 @@ def test_missing_regression_set_waits_without_a_job_then_trains(
     assert _args(kube)[_args(kube).index("--regression-data") + 1] == path
 
 
-def test_no_regression_set_does_not_block(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]) -> None:
+def test_no_regression_set_does_not_block(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
     _setup(kube, settings, swarm_body, None)
     assert _pass(kube, settings).wire()["activeJob"] == JOB
 
@@ -119,7 +121,7 @@ def test_a_tier_without_storage_is_checked_against_the_swarms(
     tier = kube.objects[("LoRATier", NS, TIER)]
     assert "storage" not in tier["spec"]
     tier["spec"]["qualityGate"]["regressionSet"] = "s3://someone-elses-bucket/bob.jsonl"
-    with pytest.raises(InvalidSpec, match="regressionSet: .* the storage is a PVC"):
+    with pytest.raises(InvalidSpec, match=r"regressionSet: .* the storage is a PVC"):
         _pass(kube, settings)
     assert not kube.list("Job", NS)
 
