@@ -160,8 +160,7 @@ def _open_log(args: argparse.Namespace) -> AuditLog:
             raise InputError(f"reading LoRATier {args.namespace}/{args.tier} from the API server: {e}") from e
     client = None
     if (
-        uri.startswith("s3://")
-        and endpoint
+        endpoint
         and not (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
     ):
         from dynamiclora.storage.s3 import s3_client_from_env

@@ -7,7 +7,6 @@ for it instead of spending its failed attempts.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from dynamiclora.api.common import Storage
@@ -15,6 +14,7 @@ from dynamiclora.api.tier import LoRATierSpec
 from dynamiclora.builders.jobs import storage_path
 from dynamiclora.controllers.common import InvalidSpec
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.schemes import record_source
 
 log = logging.getLogger(__name__)
 
@@ -41,31 +41,14 @@ def missing_inputs(
 
 
 def input_exists(path: str, settings: OperatorSettings, s3_client: Any = None) -> bool:
-    """Whether ``path`` (a file or folder in a storage) exists; True when the operator cannot tell.
+    """Whether ``path`` (a records file or folder in a storage) holds records; True when that cannot be told.
 
-    The operator mounts the storage PVCs under the same root as the Jobs, so a PVC path is its to check.
+    The operator mounts the storage PVCs under the same root as the Jobs, and reads a bucket with the
+    storage's own identity (``s3_client``), so it sees what the Job will. When the storage cannot answer
+    (no access, endpoint down) the Job is left to decide and to say why.
     """
-    if path.startswith("s3://"):
-        return _s3_exists(path, s3_client)
-    return Path(path.removeprefix("file://")).exists()
-
-
-def _s3_exists(uri: str, client: Any) -> bool:
-    """An object ``s3://bucket/key`` exists, or a ``s3://bucket/prefix/`` holds at least one.
-
-    Asked with the storage's identity (``client``); when S3 cannot answer (no access, endpoint down) the
-    Job is left to decide and to say why.
-    """
-    from dynamiclora.serving.served_s3 import s3_backend
-
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
     try:
-        blobs = s3_backend(f"s3://{bucket}", client).list(key)
-    except Exception as exc:
-        log.debug("cannot check %s: %s", uri, exc)
+        return bool(record_source(path, s3_client).objects())
+    except Exception as exc:  # botocore raises its own types; any failure to tell is not a missing input
+        log.debug("cannot check %s: %s", path, exc)
         return True
-    # The same reading as the Job's (training/records.iter_sources): a key is one object, a prefix
-    # ending in "/" every .jsonl object below it.
-    if not key or key.endswith("/"):
-        return any(b.key.endswith(".jsonl") for b in blobs)
-    return any(b.key == key for b in blobs)

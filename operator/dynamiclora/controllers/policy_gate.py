@@ -8,7 +8,6 @@ tier's audit trail, once per Job.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from dynamiclora.api.common import TierLevel
@@ -20,15 +19,17 @@ from dynamiclora.controllers.promotion import served_version_of
 from dynamiclora.controllers.tier_storage import StoreAccess
 from dynamiclora.kube import Kube
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.base import RECORDS_SUFFIX
+from dynamiclora.storage.schemes import local_path
 
 ORDER = [TierLevel.CONTEXT, TierLevel.AGENT, TierLevel.SWARM, TierLevel.DOMAIN, TierLevel.FOUNDATION]
 
 
 def _has_records(location: str) -> bool:
-    if location.startswith("s3://"):
-        return True  # listing S3 here would cost a call per agent; the Job reports an empty source
-    root = Path(location)
-    return root.is_dir() and any(root.rglob("*.jsonl"))
+    root = local_path(location)
+    if root is None:
+        return True  # listing a bucket here would cost a call per agent; the Job reports an empty source
+    return root.is_dir() and any(root.rglob(f"*{RECORDS_SUFFIX}"))
 
 
 def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw: Swarm,

@@ -173,7 +173,7 @@ async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[A
     pub = None  # S3-only storage: the pods' adapter-sync sidecars mirror the bucket
     if sw.spec.storage.s3 is not None:
         mount = pods_adapters_mount(settings, ns, swarm)
-        backend = served_s3.s3_backend(store_uri(sw.spec.storage, settings), s3_client)
+        backend = served_s3.remote_backend(store_uri(sw.spec.storage, settings), s3_client)
         pub = served_s3.S3Served(backend, ns, swarm, adapters_mount or mount)
         out.served_root = pub.root_uri()
     else:

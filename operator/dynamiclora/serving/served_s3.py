@@ -21,12 +21,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from dynamiclora.serving.errors import ServingError, VLLMNotFound
 from dynamiclora.serving.marker import COMPLETE_MARKER, marker_bytes
 from dynamiclora.serving.mirror import AdapterMirror
 from dynamiclora.storage.base import BlobBackend, BlobNotFoundError, StoreError
+from dynamiclora.storage.schemes import blob_backend, local_path, scheme_of
 
 ADAPTERS_MOUNT = "/adapters"  # where the sidecar's emptyDir is mounted in the vLLM container
 SERVED_DIR = "served"
@@ -39,7 +39,10 @@ def served_prefix(namespace: str, swarm: str) -> str:
 
 def local_served_dir(store_uri: str, namespace: str, swarm: str) -> Path:
     """The folder of one swarm's composed adapters on a filesystem store (``file:///path`` or a path)."""
-    return Path(store_uri.removeprefix("file://")) / served_prefix(namespace, swarm)
+    root = local_path(store_uri)
+    if root is None:
+        raise ValueError(f"store URI {store_uri!r}: not a local store")
+    return root / served_prefix(namespace, swarm)
 
 
 def pod_adapter_path(agent: str, key: str, mount: str = ADAPTERS_MOUNT) -> str:
@@ -47,18 +50,16 @@ def pod_adapter_path(agent: str, key: str, mount: str = ADAPTERS_MOUNT) -> str:
     return f"{mount.rstrip('/')}/{agent}/{key}"
 
 
-def s3_backend(store_uri: str, client: Any = None) -> BlobBackend:
-    """The blob backend of an ``s3://bucket/prefix`` store URI.
+def remote_backend(store_uri: str, client: Any = None) -> BlobBackend:
+    """The blob backend of a store whose files pods cannot open in place (every non-local scheme).
 
     Raises:
-        ValueError: when ``store_uri`` is not an ``s3://`` URI with a bucket.
+        ValueError: ``store_uri`` is a local store (its served adapters are folders read in place) or not
+            a valid store URI.
     """
-    parsed = urlparse(store_uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"store URI {store_uri!r}: expected s3://BUCKET[/PREFIX]")
-    from dynamiclora.storage.s3 import S3Backend
-
-    return S3Backend(parsed.netloc, parsed.path.strip("/"), client=client)
+    if scheme_of(store_uri).local:
+        raise ValueError(f"store URI {store_uri!r}: a local store's adapters are served in place, not mirrored")
+    return blob_backend(store_uri, client)
 
 
 def publish_adapter(backend: BlobBackend, local_dir: Path, key_prefix: str) -> bool:

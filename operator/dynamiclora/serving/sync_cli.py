@@ -42,14 +42,14 @@ def _pass_with_retries(mirror: AdapterMirror, retries: int, backoff_s: float) ->
 
 def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from dynamiclora.serving.served_s3 import s3_backend
+    from dynamiclora.serving.served_s3 import remote_backend
 
     try:
         if args.interval <= 0:
             raise ValueError(f"--interval must be positive, got {args.interval}")
         if args.retries < 0:
             raise ValueError(f"--retries must be >= 0, got {args.retries}")
-        backend: Any = s3_backend(args.store)
+        backend: Any = remote_backend(args.store)
         mirror = AdapterMirror(backend, args.source, Path(args.dest))
     except ValueError as e:
         print(f"dynamiclora adapter-sync: {e}")

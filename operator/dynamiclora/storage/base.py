@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -282,4 +282,42 @@ class CheckpointStore(Protocol):
         now: datetime | None = None,
     ) -> RetentionReport:
         """Delete old versions and stale unfinished writes, keeping protected ones and the latest."""
+        ...
+
+
+RECORDS_SUFFIX = ".jsonl"
+READ_CHUNK = 1 << 20
+
+
+class RecordCountError(StoreError):
+    """The records cannot be counted; the message names the location or object and why."""
+
+
+class ObjectChanged(StoreError):
+    """The object changed or disappeared between listing and reading: count it on the next pass."""
+
+
+@dataclass(frozen=True)
+class RecordObject:
+    """One records file or object, as listed."""
+
+    uri: str  # for messages
+    key: str  # what the source opens it by
+    size: int
+    version: str  # changes whenever the content does (mtime, ETag)
+
+
+class RecordSource(Protocol):
+    """The records objects at one location, and their content.
+
+    A location names one object (a file, or a key ending in ``.jsonl``), read whatever its name, or a
+    folder / key prefix, of which every ``*.jsonl`` object below counts.
+    """
+
+    def objects(self) -> list[RecordObject]:
+        """Every records object at the location, sorted (none when the location does not exist)."""
+        ...
+
+    def chunks(self, obj: RecordObject) -> Iterator[bytes]:
+        """The content of ``obj`` in pieces (bounded memory whatever its size)."""
         ...

@@ -16,10 +16,19 @@ import errno
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dynamiclora.storage.base import BlobInfo, BlobNotFoundError, StoreError, sha256_file
+from dynamiclora.storage.base import (
+    READ_CHUNK,
+    RECORDS_SUFFIX,
+    BlobInfo,
+    BlobNotFoundError,
+    RecordObject,
+    StoreError,
+    sha256_file,
+)
 
 _TMP_MARK = ".tmp-"
 _TAKEN = ".taken"  # suffix of the directory that reserves a name on filesystems without hard links
@@ -176,3 +185,30 @@ class FsBackend:
             except OSError:
                 break
             parent = parent.parent
+
+
+class FsRecordSource:
+    """Records files below a folder (the operator mounts the storage PVCs where the Jobs do)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+
+    def objects(self) -> list[RecordObject]:
+        out = []
+        found = [self.root] if self.root.is_file() else sorted(self.root.rglob(f"*{RECORDS_SUFFIX}"))
+        for p in found:
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue  # deleted while listing
+            if p.is_file():
+                out.append(RecordObject(str(p), str(p), st.st_size, f"{st.st_size}:{st.st_mtime_ns}"))
+        return out
+
+    def chunks(self, obj: RecordObject) -> Iterator[bytes]:
+        try:
+            with open(obj.key, "rb") as f:
+                while chunk := f.read(READ_CHUNK):
+                    yield chunk
+        except FileNotFoundError:
+            return  # deleted since listed: it has no records any more

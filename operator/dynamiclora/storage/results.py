@@ -11,7 +11,9 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+
+from dynamiclora.storage.base import BlobBackend
+from dynamiclora.storage.schemes import blob_backend
 
 RESULTS_DIR = "_jobs"
 
@@ -21,41 +23,24 @@ def result_uri(store: str, namespace: str, job: str) -> str:
     return f"{store.rstrip('/')}/{RESULTS_DIR}/{namespace}/{job}.json"
 
 
-def _local(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    return Path(parsed.path if parsed.scheme == "file" else uri) if parsed.scheme in ("", "file") else None
-
-
-def _bucket(uri: str, client: Any) -> tuple[Any, str]:
-    from dynamiclora.storage.s3 import S3Backend
-
-    parsed = urlparse(uri)
-    if parsed.scheme != "s3" or not parsed.netloc:
-        raise ValueError(f"result URI {uri!r}: use file:// or s3://BUCKET/KEY")
-    return S3Backend(parsed.netloc, "", client=client), parsed.path.lstrip("/")
+def _split(uri: str, client: Any) -> tuple[BlobBackend, str]:
+    folder, _, name = uri.rstrip("/").rpartition("/")
+    if not name or not folder:
+        raise ValueError(f"result URI {uri!r}: expected <store>/{RESULTS_DIR}/<namespace>/<job>.json")
+    return blob_backend(folder, client), name
 
 
 def write_result(uri: str, text: str, client: Any = None) -> None:
-    """Write (or replace) the result at ``uri`` in one atomic step."""
-    local = _local(uri)
-    if local is not None:
-        local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f".{local.name}.tmp")
-        partial.write_text(text)
-        partial.replace(local)
-        return
-    backend, key = _bucket(uri, client)
+    """Write (or replace) the result at ``uri`` in one atomic step (every backend's ``put_file`` is)."""
+    backend, name = _split(uri, client)
     with tempfile.TemporaryDirectory(prefix="dynamiclora-result-") as tmp:
         staged = Path(tmp) / "result.json"
         staged.write_text(text)
-        backend.put_file(key, staged)
+        backend.put_file(name, staged)
 
 
 def read_result(uri: str, client: Any = None) -> bytes:
-    """The result at ``uri``; raises ``OSError`` (a file) or the store's not-found error (a bucket) when absent."""
-    local = _local(uri)
-    if local is not None:
-        return local.read_bytes()
-    backend, key = _bucket(uri, client)
-    data: bytes = backend.get_bytes(key)
+    """The result at ``uri``; raises the store's ``BlobNotFoundError`` when there is none."""
+    backend, name = _split(uri, client)
+    data: bytes = backend.get_bytes(name)
     return data

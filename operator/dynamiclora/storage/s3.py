@@ -15,10 +15,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dynamiclora.storage.base import BlobInfo, BlobNotFoundError, StoreError, sha256_file
+from dynamiclora.storage.base import (
+    READ_CHUNK,
+    RECORDS_SUFFIX,
+    BlobInfo,
+    BlobNotFoundError,
+    ObjectChanged,
+    RecordCountError,
+    RecordObject,
+    StoreError,
+    sha256_file,
+)
 
 _LOST_RACE_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
@@ -160,3 +171,38 @@ class S3Backend:
     def delete(self, key: str) -> None:
         """Delete a key (S3 ignores missing keys)."""
         self.client.delete_object(Bucket=self.bucket, Key=self._full(key))
+
+
+class S3RecordSource:
+    """Records objects below ``s3://bucket/prefix/``."""
+
+    def __init__(self, bucket: str, prefix: str, client: Any) -> None:
+        self.bucket = bucket
+        key = prefix.lstrip("/")
+        self.single = key.endswith(RECORDS_SUFFIX)  # one object; anything else is a prefix
+        self.prefix = key if self.single else (key.rstrip("/") + "/" if key.strip("/") else "")
+        self.client = client
+
+    def objects(self) -> list[RecordObject]:
+        out = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
+                for o in page.get("Contents", []):
+                    if o["Key"] == self.prefix if self.single else o["Key"].endswith(RECORDS_SUFFIX):
+                        uri = f"s3://{self.bucket}/{o['Key']}"
+                        out.append(RecordObject(uri, o["Key"], int(o["Size"]), f"{o.get('ETag', '')}:{o['Size']}"))
+        except Exception as e:  # botocore's ClientError and BotoCoreError (endpoint, credentials)
+            raise RecordCountError(f"listing s3://{self.bucket}/{self.prefix} failed: {e}") from e
+        return sorted(out, key=lambda o: o.key)
+
+    def chunks(self, obj: RecordObject) -> Iterator[bytes]:
+        try:
+            # IfMatch: the count is cached under the listed ETag, so it must be the count of that content.
+            etag = obj.version.rpartition(":")[0]
+            body = self.client.get_object(Bucket=self.bucket, Key=obj.key, **({"IfMatch": etag} if etag else {}))
+        except Exception as e:
+            if _code(e) in {"NoSuchKey", "404", "PreconditionFailed", "412"}:
+                raise ObjectChanged(obj.uri) from e
+            raise RecordCountError(f"reading {obj.uri} failed: {e}") from e
+        yield from iter(lambda: body["Body"].read(READ_CHUNK), b"")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from dynamiclora.storage.base import CheckpointStore, parse_version_dir, validate_name
+from dynamiclora.storage.schemes import blob_backend, location, scheme_of
 from dynamiclora.storage.store import BlobCheckpointStore
 
 
@@ -20,22 +20,16 @@ def open_store(uri: str, *, s3_client: Any = None) -> CheckpointStore:
     """Open the checkpoint store at ``uri``.
 
     Args:
-        uri: ``file:///abs/path`` (or a plain absolute path) or ``s3://bucket[/prefix]``.
+        uri: ``file:///abs/path`` (or a plain absolute path) or ``s3://bucket[/prefix]``; any scheme of
+            :mod:`dynamiclora.storage.schemes`.
         s3_client: a preconfigured boto3 client (default: one built from the AWS_* environment).
 
     Raises:
         ValueError: an unsupported scheme or a malformed URI (named in the message).
     """
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        return _open_fs(uri)
-    if parsed.scheme == "s3":
-        from dynamiclora.storage.s3 import S3Backend
-
-        if not parsed.netloc:
-            raise ValueError(f"store URI {uri!r}: missing bucket (s3://BUCKET/PREFIX)")
-        return BlobCheckpointStore(S3Backend(parsed.netloc, parsed.path.strip("/"), client=s3_client))
-    raise ValueError(f"store URI {uri!r}: unsupported scheme {parsed.scheme!r} (use file:// or s3://)")
+    if scheme_of(uri).local:
+        return _open_local(uri)
+    return BlobCheckpointStore(blob_backend(uri, s3_client))
 
 
 @dataclass(frozen=True)
@@ -68,9 +62,11 @@ def parse_tier_ref(ref: str) -> TierRef:
         version, text = parsed_version, head
     rest, _, tier = text.rpartition("/")
     store, _, namespace = rest.rpartition("/")
-    parsed = urlparse(store)
-    root_ok = bool(parsed.netloc) if parsed.scheme == "s3" else parsed.path.startswith("/")
-    if not tier or not namespace or not root_ok or parsed.scheme not in ("", "file", "s3"):
+    try:
+        root_ok = bool(location(store))
+    except ValueError:
+        root_ok = False
+    if not tier or not namespace or not root_ok:
         raise ValueError(f"tier reference {ref!r}: expected <store-uri>/<namespace>/<tier>[/v000007] "
                          "with a store URI like file:///path or s3://bucket/prefix")
     try:
@@ -82,14 +78,6 @@ def parse_tier_ref(ref: str) -> TierRef:
 
 
 @functools.lru_cache(maxsize=64)
-def _open_fs(uri: str) -> CheckpointStore:
+def _open_local(uri: str) -> CheckpointStore:
     """Filesystem stores are stateless, so one per URI is shared (the operator opens them per reconcile)."""
-    from dynamiclora.storage.fs import FsBackend
-
-    parsed = urlparse(uri)
-    if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
-        raise ValueError(f"store URI {uri!r}: file URIs need an absolute path (file:///path)")
-    path = unquote(parsed.path if parsed.scheme else uri)
-    if not path.startswith("/"):
-        raise ValueError(f"store URI {uri!r}: the path must be absolute")
-    return BlobCheckpointStore(FsBackend(path))
+    return BlobCheckpointStore(blob_backend(uri))

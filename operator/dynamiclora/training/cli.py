@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from dynamiclora.storage.schemes import local_path
 from dynamiclora.training.options import (
     ComposeConfig,
     ConsolidateConfig,
@@ -63,7 +64,11 @@ def missing_input(cfg: Any) -> str | None:
     for attr, flag in _INPUT_OPTIONS.items():
         value = getattr(cfg, attr, None)
         for source in value if isinstance(value, list) else [value] if value else []:
-            if not source.startswith("s3://") and not Path(source.removeprefix("file://")).exists():
+            try:
+                local = local_path(source)
+            except ValueError as e:
+                return f"{flag} {source}: {e}"
+            if local is not None and not local.exists():
                 return f"{flag} {source}: no such file or directory"
     return None
 

@@ -24,16 +24,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from dynamiclora.serving.marker import COMPLETE_MARKER
 from dynamiclora.serving.served_s3 import (
     local_served_dir,
     publish_adapter,
-    s3_backend,
+    remote_backend,
     served_prefix,
 )
 from dynamiclora.storage.base import BlobBackend, BlobNotFoundError
+from dynamiclora.storage.schemes import scheme_of
 from dynamiclora.storage.uri import open_store, parse_tier_ref
 from dynamiclora.training.options import ComposeConfig, StackSpec
 
@@ -50,8 +50,7 @@ class _Destination:
 
     def __init__(self, cfg: ComposeConfig) -> None:
         self.prefix = served_prefix(cfg.namespace, cfg.swarm)
-        parsed = urlparse(cfg.store)
-        self.backend: BlobBackend | None = s3_backend(cfg.store) if parsed.scheme == "s3" else None
+        self.backend: BlobBackend | None = None if scheme_of(cfg.store).local else remote_backend(cfg.store)
         self.root = None if self.backend else local_served_dir(cfg.store, cfg.namespace, cfg.swarm)
 
     def done(self, s: StackSpec) -> bool:

@@ -18,10 +18,12 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dynamiclora.storage.base import RECORDS_SUFFIX, StoreError
+from dynamiclora.storage.schemes import local_path, record_source
 
 BadLinesMode = Literal["reject", "skip"]
 
@@ -166,48 +168,30 @@ def parse_lines(source: str, data: bytes) -> tuple[list[SourcedRecord], list[Bad
 
 
 def iter_sources(data: str, s3_client: Any = None) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, bytes)`` of every JSONL file of ``data``.
+    """Yield ``(name, bytes)`` of every JSONL file of ``data``, through the storage scheme registry.
 
     Args:
-        data: a ``.jsonl`` file, a directory (every ``*.jsonl`` below it, sorted), or ``s3://bucket/key``
-            (one object) / ``s3://bucket/prefix/`` (every ``.jsonl`` object below it).
+        data: a file or an object (``s3://bucket/key.jsonl``), read whatever its name, or a folder or
+            prefix (every ``*.jsonl`` below it, sorted): :func:`dynamiclora.storage.schemes.record_source`.
         s3_client: boto3 client for S3 sources (default: from the AWS_* environment).
 
     Raises:
-        RecordsError: when the source does not exist.
+        RecordsError: when the source does not exist or cannot be read.
     """
-    if data.startswith("s3://"):
-        yield from _iter_s3(data, s3_client)
-        return
-    path = Path(data.removeprefix("file://"))
-    if path.is_dir():
-        for p in sorted(path.rglob("*.jsonl")):
-            yield str(p), p.read_bytes()
-    elif path.is_file():
-        yield str(path), path.read_bytes()
-    else:
+    try:
+        source = record_source(data, s3_client)
+        objects = source.objects()
+    except (ValueError, StoreError) as e:
+        raise RecordsError(f"data source {data}: {e}") from e
+    local = local_path(data)
+    missing = not local.exists() if local is not None else data.endswith(RECORDS_SUFFIX)  # one named object
+    if not objects and missing:
         raise RecordsError(f"data source {data}: no such file or directory")
-
-
-def _iter_s3(data: str, client: Any) -> Iterator[tuple[str, bytes]]:
-    from dynamiclora.storage.s3 import s3_client_from_env
-
-    client = client if client is not None else s3_client_from_env()
-    bucket, _, key = data[len("s3://"):].partition("/")
-    if not bucket:
-        raise RecordsError(f"data source {data}: missing bucket")
-    keys: list[str] = []
-    if key and not key.endswith("/"):
-        keys = [key]
-    else:
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-            keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".jsonl")]
-    for k in sorted(keys):
+    for obj in objects:
         try:
-            body = client.get_object(Bucket=bucket, Key=k)["Body"].read()
-        except Exception as e:
-            raise RecordsError(f"data source s3://{bucket}/{k}: {e}") from e
-        yield f"s3://{bucket}/{k}", body
+            yield obj.uri, b"".join(source.chunks(obj))
+        except StoreError as e:
+            raise RecordsError(f"data source {obj.uri}: {e}") from e
 
 
 def read_records(

@@ -33,7 +33,7 @@ from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.client import ClientConfig, VLLMClient
 from dynamiclora.serving.launcher import VLLMServer
 from dynamiclora.serving.marker import COMPLETE_MARKER
-from dynamiclora.serving.served_s3 import publish_adapter, s3_backend, served_prefix
+from dynamiclora.serving.served_s3 import publish_adapter, remote_backend, served_prefix
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage import open_store
 from dynamiclora.training.options import StackSpec, to_argv
@@ -77,7 +77,7 @@ def _tree(dest: Path) -> set[str]:
 
 
 def test_sidecar_mirrors_complete_adapters_and_prunes(s3_store_uri: str, tmp_path: Path) -> None:
-    backend = s3_backend(s3_store_uri)
+    backend = remote_backend(s3_store_uri)
     src = served_prefix("team", "support")
     local = {k: _adapter(tmp_path / k, i) for i, k in enumerate(["k1", "k2"])}
     assert publish_adapter(backend, local["k1"], f"{src}/alice/k1") is True
@@ -197,7 +197,7 @@ async def test_s3_only_swarm_is_served_through_the_sidecar(
     scratch = tmp_path / "scratch" / "served" / "team" / "support" / "alice" / key
     fp = Fingerprint.read(scratch)
     assert fp is not None  # composed with a PEFT fingerprint, which the swap verifies against vLLM
-    marker = s3_backend(s3_store_uri).get_bytes(f"served/team/support/alice/{key}/{COMPLETE_MARKER}")
+    marker = remote_backend(s3_store_uri).get_bytes(f"served/team/support/alice/{key}/{COMPLETE_MARKER}")
     assert "adapter_model.safetensors" in json.loads(marker)["files"]
 
     # 2. The sidecar mirrors it; the next reconcile loads it and verifies the fingerprint.

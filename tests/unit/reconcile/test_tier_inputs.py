@@ -161,7 +161,7 @@ def test_s3_that_cannot_answer_does_not_block(settings: OperatorSettings, monkey
     def unreachable(uri: str) -> Any:
         raise OSError("no route to the endpoint")
 
-    monkeypatch.setattr("dynamiclora.serving.served_s3.s3_backend", unreachable)
+    monkeypatch.setattr("dynamiclora.controllers.inputs.record_source", lambda uri, client: unreachable(uri))
     assert input_exists("s3://bucket/reg.jsonl", settings)
 
 

@@ -23,7 +23,7 @@ from dynamiclora.serving.served_s3 import (
     prune_remote,
     prune_scratch,
     publish_adapter,
-    s3_backend,
+    remote_backend,
     served_prefix,
 )
 from dynamiclora.serving.sync_cli import _pass_with_retries
@@ -86,8 +86,8 @@ def test_publish_refuses_a_folder_that_is_not_an_adapter(tmp_path: Path) -> None
 def test_pod_path_and_uri_parsing() -> None:
     assert pod_adapter_path("alice", "abc") == "/adapters/alice/abc"
     assert pod_adapter_path("alice", "abc", "/tmp/d/") == "/tmp/d/alice/abc"
-    with pytest.raises(ValueError, match="expected s3://BUCKET"):
-        s3_backend("file:///data/ckpt")
+    with pytest.raises(ValueError, match="served in place, not mirrored"):
+        remote_backend("file:///data/ckpt")
 
 
 @pytest.mark.parametrize(
