@@ -7,6 +7,7 @@ and a real vLLM CPU server per inference pod. Tests run in file order and share 
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
 import re
@@ -511,3 +512,45 @@ def test_every_documented_metric_has_a_value_after_the_loop(scenario: Scenario, 
     assert not missing, missing
     for name in NOT_IN_A_HEALTHY_LOOP:
         assert f"# HELP {name.removesuffix('_total')}" in text, name  # exported, only without a sample
+
+
+def _tier_versions(sc: Scenario, agents: tuple[str, ...]) -> dict[str, tuple[Any, Any]]:
+    return {name: (st.get("currentVersion"), st.get("latestVersion"))
+            for agent in agents for level in ("context", "agent")
+            for name in [sc.tier_name(agent, level)] for st in [sc.status("loratiers", name)]}  # fmt: skip
+
+
+def test_disaster_recovery_from_the_store_alone(scenario: Scenario) -> None:
+    """Issue 18: every DynamicLoRA object deleted, the same YAML applied again: the operator rebuilds the
+    status from the store and serves the same versions, without training or migrating anything again.
+
+    Runs last: it deletes the Swarm (its StatefulSet, vLLM pod and tiers go with it).
+    """
+    sc, agents, ns = scenario, ("alice", "carol"), scenario.cfg.namespace
+    for agent in agents:
+        sc.wait(f"{agent}: nothing in flight", lambda a=agent: _quiet(sc, sc.tier_name(a, "context"), a))
+    served = {agent: str((sc.served(agent) or {})["servedVersion"]) for agent in agents}
+    versions = _tier_versions(sc, agents)
+    sc.kubectl("delete", "migrationpolicies,swarms,loratiers", "--all", "-n", ns, "--timeout=300s")
+    sc.wait("the Swarm's StatefulSet and tiers are gone", lambda: not sc.kubectl(
+        "get", "statefulsets,loratiers", "-n", ns, "-o", "name").strip() or None)  # fmt: skip
+    recreated = time.time()
+
+    sc.apply(sc.manifests())
+    for agent in agents:
+        sc.wait(f"{agent} served again after the re-apply", lambda a=agent: sc.served(a), timeout=900)
+    time.sleep(10 * sc.cfg.resync_seconds)  # time for anything that would (wrongly) train or migrate to start
+    after = {agent: str((sc.served(agent) or {})["servedVersion"]) for agent in agents}
+    assert after == served, (after, served)
+    assert _tier_versions(sc, agents) == versions
+    jobs = json.loads(sc.kubectl("get", "jobs", "-n", ns, "-o", "json"))["items"]
+    ours = {sc.tier_name(a, level) for a in agents for level in ("context", "agent")}
+    started = [j["metadata"]["name"] for j in jobs
+               if j["metadata"].get("labels", {}).get("dynamiclora.io/tier") in ours
+               and j["metadata"]["annotations"].get(ANNOTATION_JOB_KIND) in ("training", "consolidation")
+               and dt.datetime.fromisoformat(j["metadata"]["creationTimestamp"]).timestamp() >= recreated]
+    assert not started, f"Jobs started after the re-apply: {started}"
+    for agent in agents:
+        st = sc.status("loratiers", sc.tier_name(agent, "context"))
+        training = next(c for c in st["conditions"] if c["type"] == "Training")
+        assert training["reason"] == "WaitingForRecords", training  # what it had consumed came from the store

@@ -196,7 +196,8 @@ def training_config(
         rank=spec.rank, alpha=spec.alpha, target_modules=list(spec.target_modules), dropout=spec.dropout,
         lr=p.learning_rate, steps=t.max_steps, batch_size=t.batch_size, checkpoint_every=t.checkpoint_every,
         seed=inputs.seed, threads=settings.trainer_threads, work_dir=f"/work/{job_name}",
-        max_records=max(inputs.new_records, 1), exclude_window=list(inputs.exclude_windows),
+        max_records=max(inputs.new_records, 1), records_total=inputs.total_records,
+        exclude_window=list(inputs.exclude_windows),
         bad_lines=inputs.bad_records,  # type: ignore[arg-type]  # the API's Literal["reject", "skip"]
         replay_fraction=replay_fraction(t.replay_fraction, inputs.replay_boost),
         replay_budget=t.replay_budget * (1 + inputs.replay_boost),

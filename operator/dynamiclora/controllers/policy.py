@@ -127,6 +127,33 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
     return out
 
 
+# Kinds of version a consolidation leaves in its input tiers (what remains after content moved up).
+RESIDUAL_KINDS = ("migration-source", "consensus-agent")
+
+
+def _done_before(store: StoreAccess, ns: str, policy: str, cand: Candidate, evaluated: dict[str, int]) -> bool:
+    """Whether a policy that has never seen ``cand`` (re-created over its store: disaster recovery, a
+    re-applied manifest) already consolidated this input; then it is marked evaluated instead of run again.
+
+    Evidence from the store alone: the result of the Job this candidate would run, or every input tier's
+    newest accepted version being what a consolidation left there. Read once per key, on its first sight.
+    """
+    if cand.key in evaluated:
+        return False
+    done = False
+    try:
+        read_result(result_path(store.uri, ns, consolidation_job_name(policy, cand.inputs.target_tier, cand.version)),
+                    client=store.client)  # fmt: skip
+        done = True
+    except (OSError, ValueError, StoreError):
+        tiers = [cand.inputs.source_tier] if cand.inputs.source_tier else cand.inputs.agent_tiers
+        refs = [latest_accepted(store.open(), ns, t) for t in tiers if t]
+        done = bool(refs) and all(r is not None and r.manifest.metadata.get("kind") in RESIDUAL_KINDS for r in refs)
+    if done:
+        evaluated[cand.key] = cand.version
+    return done
+
+
 def _migrate_args(pol: MigrationPolicy, remaining: int, bypass_left: int) -> dict[str, Any]:
     """The detector and bandwidth fields of a migration Job's ConsolidateConfig."""
     s, b = pol.spec.stability, pol.spec.bandwidth
@@ -243,7 +270,8 @@ def _reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Poli
             bypass_left = bypass.max_per_period - int(st.get("bypassesThisPeriod", 0)) if bypass.enabled else 0
             due = [(swarm_name, sw, cand) for swarm_name, sw in swarms.items() for pair in pol.spec.pairs
                    for cand in _candidates(kube, settings, ns, swarm_name, sw, pol, pair)
-                   if evaluated.get(cand.key, 0) < cand.version]  # fmt: skip
+                   if evaluated.get(cand.key, 0) < cand.version
+                   and not _done_before(stores[swarm_name], ns, meta["name"], cand, evaluated)]  # fmt: skip
             done = _last_done(decisions)
             for swarm_name, sw, cand in sorted(due, key=lambda t: done.get(t[2].inputs.target_tier, -1)):
                 job_name = consolidation_job_name(meta["name"], cand.inputs.target_tier, cand.version)

@@ -42,7 +42,7 @@ from dynamiclora.metrics import (
     export_tier_status,
 )
 from dynamiclora.settings import OperatorSettings
-from dynamiclora.storage.base import StoreError
+from dynamiclora.storage.base import CheckpointStore, StoreError
 
 MAX_TRAINING_ATTEMPTS = 3
 MAX_COLLATERAL_RETRIES = 2
@@ -143,6 +143,8 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
     observe_pin(store, ns, name, tier.spec.pinned_version, gen, st.get("currentVersion"), old, st, events)
     if promo.latest is not None:
         _retain(store, store_uri(storage, settings), promo.versions, tier, old, st, events)
+    if level == TierLevel.CONTEXT and "recordsConsumed" not in old:
+        st["recordsConsumed"] = consumed_from_store(store, ns, name, promo.versions)
 
     # Work in flight.
     active = old.get("activeJob")
@@ -199,6 +201,27 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
     # From the status, not from this pass's reads: a restarted operator exports what is already known.
     export_tier_status(ns, name, level.value, st)
     return TierOutcome(LoRATierStatus.model_validate(st), events)
+
+
+RESTORE_SCAN = 16  # newest versions read for what was consumed (migration residuals carry no count)
+
+
+def consumed_from_store(store: CheckpointStore, ns: str, name: str, versions: list[int]) -> int:
+    """Records the tier's published training versions consumed, from their manifests (0 when none says).
+
+    A tier with versions but no status was re-created over its store (disaster recovery, a re-applied
+    manifest): without this it would train once more on every record it had consumed. A version the gate
+    rejected for collateral forgetting leaves its records pending, as it does for a live tier.
+    """
+    for version in sorted(versions, reverse=True)[:RESTORE_SCAN]:
+        meta = store.get(ns, name, version).manifest.metadata
+        gate = meta.get("gate") or {}
+        if gate.get("accepted") is False and gate.get("cause") == "collateral":
+            continue
+        consumed = meta.get("recordsConsumed")
+        if isinstance(consumed, int) and consumed >= 0:
+            return consumed
+    return 0
 
 
 def _consume(tier: LoRATier, st: Obj, old: Obj, job_records: int, events: list[Event]) -> None:

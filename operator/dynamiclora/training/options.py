@@ -144,6 +144,9 @@ class TrainConfig:
         "help": "resume directory for checkpoints; a restarted Job resumes from the latest one here "
                 "(default: a temporary directory, not resumable)"})
     max_records: int | None = field(default=None, metadata={"help": "use at most the newest N records"})
+    records_total: int | None = field(default=None, metadata={
+        "help": "records at the location when this Job was created, recorded as recordsConsumed in the "
+                "version's metadata: a tier re-created from the store does not train on them again"})
     agent: str | None = field(default=None, metadata={"help": "only records of this agent"})
     since: str | None = field(default=None, metadata={"help": "only records strictly after this RFC 3339 time"})
     exclude_window: list[str] = field(default_factory=list, metadata={
@@ -234,6 +237,8 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.max_seq_len >= 2, f"--max-seq-len must be >= 2, got {self.max_seq_len}"),
             (self.checkpoint_every >= 0, f"--checkpoint-every must be >= 0, got {self.checkpoint_every}"),
+            (self.records_total is None or self.records_total >= 0,
+             f"--records-total must be >= 0, got {self.records_total}"),
             (self.max_records is None or self.max_records >= 1,
              f"--max-records must be >= 1, got {self.max_records}"),
             (self.eval_records >= 1, f"--eval-records must be >= 1, got {self.eval_records}"),

@@ -423,6 +423,8 @@ def _publish(cfg: TrainConfig, store: CheckpointStore, work: Path, fp: str, refs
             "window": sel.window}  # fmt: skip
     if os.environ.get("DYNAMICLORA_JOB"):  # the Job's name, for the audit trail
         meta["job"] = os.environ["DYNAMICLORA_JOB"]
+    if cfg.records_total is not None:
+        meta["recordsConsumed"] = cfg.records_total
     published = store.publish(cfg.namespace, cfg.tier, files, meta, progress=lambda m: log(f"store: {m}"))
     result = {
         "namespace": cfg.namespace, "tier": cfg.tier, "version": published.version,

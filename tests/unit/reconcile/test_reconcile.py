@@ -142,6 +142,38 @@ def test_tier_training_lifecycle(kube: FakeKube, settings: OperatorSettings, swa
     assert len(kube.list("Job", NS)) == 1
 
 
+@pytest.mark.parametrize("collateral", [False, True])
+def test_a_tier_recreated_over_its_store_does_not_train_again(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path, collateral: bool
+) -> None:
+    # Disaster recovery: the objects are gone, the store is not. The Job recorded what it consumed.
+    name = "support-alice-context"
+    _records(settings, "alice", 20)
+    _publish(settings, name, tmp_path, {"kind": "training", "recordsConsumed": 20, "gate": {"accepted": True}})
+    _records(settings, "alice", 20)
+    rejected = {"accepted": False, "cause": "collateral" if collateral else "regression"}
+    _publish(settings, name, tmp_path, {"kind": "training", "recordsConsumed": 40, "gate": rejected})
+    _publish(settings, name, tmp_path, {"kind": "consolidation"})  # a migration residual: no count
+    _swarm(kube, settings, swarm_body)  # re-applied: the tier has no status
+
+    out = _tier_pass(kube, settings, name)
+    # A collateral rejection leaves its records pending (and retried), as for a live tier; any other
+    # verdict consumed them.
+    assert out.wire()["recordsConsumed"] == (20 if collateral else 40)
+    assert [j["metadata"]["name"] for j in kube.list("Job", NS)] == ([f"{name}-train-v4"] if collateral else [])
+    assert out.wire()["currentVersion"] == 3  # the newest accepted one (the residual), from the store
+
+
+def test_a_training_job_records_what_it_consumes(kube: FakeKube, settings: OperatorSettings,
+                                                 swarm_body: dict[str, Any]) -> None:  # fmt: skip
+    _swarm(kube, settings, swarm_body)
+    _records(settings, "alice", 20)
+    _tier_pass(kube, settings, "support-alice-context")
+    [job] = kube.list("Job", NS)
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--records-total") + 1] == "20"
+
+
 def test_tier_training_failures_are_retried_then_reported(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
 ) -> None:
@@ -236,6 +268,31 @@ def test_policy_launches_migrations_and_records_decisions(
     # The source version the Job itself published is not new input: no follow-up Job.
     _policy_pass(kube, settings)
     assert len(kube.list("Job", NS)) == 1
+
+    # Re-created over its store (disaster recovery: the objects are gone, the store is not): the policy
+    # finds the residual its migration left and starts nothing; a version trained after it is new input.
+    del kube.objects[("Job", NS, job)]
+    kube.objects[("MigrationPolicy", NS, "p")].pop("status")
+    _policy_pass(kube, settings)
+    assert not kube.list("Job", NS)
+    _publish(settings, "support-alice-context", tmp_path, {"kind": "training"})
+    _policy_pass(kube, settings)
+    assert [j["metadata"]["name"] for j in kube.list("Job", NS)] == ["mig-p-support-alice-agent-4"]
+
+
+def test_a_recreated_policy_does_not_evaluate_again_what_a_job_already_judged(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    _swarm(kube, settings, swarm_body)
+    _policy(kube)
+    for _ in range(2):
+        _publish(settings, "support-alice-context", tmp_path)
+    # A consolidation Job judged v2 before the disaster (nothing stable: nothing published).
+    write_result(result_path(f"file://{settings.pvc_mount_root}/ckpt/dl", NS, "mig-p-support-alice-agent-2"),
+                 json.dumps({"mode": "migrate", "changed": False}))  # fmt: skip
+    _policy_pass(kube, settings)
+    assert not kube.list("Job", NS)
+    assert kube.objects[("MigrationPolicy", NS, "p")]["status"]["evaluated"] == {"support-alice-context": 2}
 
 
 def _max_migrations(job: dict[str, Any]) -> int:
