@@ -259,6 +259,35 @@ def test_invalid_spec_is_a_permanent_error_not_a_crash_loop(scenario: Scenario) 
     assert sc.operator is not None and sc.operator.poll() is None  # still running
 
 
+def test_only_the_operator_changes_what_is_served(scenario: Scenario) -> None:
+    """Issue 17: on the real pod, the client key (the Secret the operator generated for clients) runs
+    inference but cannot unload or replace an agent's adapter; without a key nothing but probes answer."""
+    import asyncio
+
+    from dynamiclora.serving.client import ClientConfig, VLLMClient
+    from dynamiclora.serving.errors import VLLMAuthError
+
+    sc = scenario
+    entry = sc.wait("alice served", lambda: sc.served("alice"))
+    ip, model = sc.pod_ips()[0], f"{sc.cfg.swarm}-alice"
+
+    async def attempts(key: str | None) -> list[int]:
+        codes = []
+        async with VLLMClient(f"http://{ip}:8000", ClientConfig(api_key=key, retries=0)) as client:
+            for call in (client.unload_adapter(model), client.load_adapter(model, "/tmp", inplace=True)):
+                try:
+                    await call
+                    codes.append(200)
+                except VLLMAuthError as e:
+                    codes.append(e.status)
+        return codes
+
+    assert asyncio.run(attempts(sc.client_key())) == [403, 403]
+    assert asyncio.run(attempts(None)) == [401, 401]
+    assert sc.complete("alice", "the", max_tokens=2).token_ids  # the client key's job
+    assert sc.served("alice") == entry  # nothing moved
+
+
 def test_operator_killed_during_consolidation_publishes_exactly_once(scenario: Scenario) -> None:
     sc = scenario
     ctx, agent_tier = sc.tier_name("alice", "context"), sc.tier_name("alice", "agent")

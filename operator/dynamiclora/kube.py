@@ -51,6 +51,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("v1", "Service", "services"),
         Resource("v1", "Pod", "pods"),
         Resource("v1", "Secret", "secrets"),
+        Resource("v1", "ConfigMap", "configmaps"),
         Resource("v1", "Event", "events"),
     )
 }

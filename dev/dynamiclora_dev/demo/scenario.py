@@ -307,17 +307,30 @@ class Scenario:
         st = self.status("swarms", self.cfg.swarm)
         return [str(p["podIP"]) for p in st.get("pods", []) if p.get("ready") and p.get("podIP")]
 
+    def client_key(self, secret: str | None = None) -> str:
+        """A client's key: the one the operator generated for the Swarm (or the Secret named), as clients read it."""
+        import base64
+
+        from dynamiclora.builders.names import client_key_secret
+
+        name = secret or client_key_secret(self.cfg.swarm)
+        data = self.wait(f"Secret {name} (the client key)", lambda: self.kubectl(
+            "get", "secret", name, "-n", self.cfg.namespace, "-o", "jsonpath={.data.api-key}", check=False).strip()
+            or None, 120)  # fmt: skip
+        return base64.b64decode(data).decode()
+
     def complete(self, agent: str, prompt: str | list[int], max_tokens: int = 8) -> Any:
-        """One greedy completion from the first ready pod, addressed by the agent's stable model name."""
+        """One greedy completion from the first ready pod, as a client: the agent's stable name, the client key."""
         import asyncio
 
-        from dynamiclora.serving.client import VLLMClient
+        from dynamiclora.serving.client import ClientConfig, VLLMClient
 
         # Readiness can flap on a loaded CPU (probes time out while vLLM is busy): wait for a ready pod.
         ip = self.wait("a ready vLLM pod to send the request to", lambda: next(iter(self.pod_ips()), None), 300)
+        key = self.client_key()
 
         async def go() -> Any:
-            async with VLLMClient(f"http://{ip}:8000") as client:
+            async with VLLMClient(f"http://{ip}:8000", ClientConfig(api_key=key)) as client:
                 return await client.complete(f"{self.cfg.swarm}-{agent}", prompt, max_tokens=max_tokens)
 
         return asyncio.run(go())

@@ -15,7 +15,10 @@ from dynamiclora.serving.client import ClientConfig
 from dynamiclora.serving.launcher import VLLMServer, VLLMServerConfig, free_port
 
 SERVER_MAX_LORA_RANK = 16
-SERVER_API_KEY = "dynamiclora-test-key"  # exercises vLLM's real Bearer-token middleware
+# The server runs behind the guard middleware as a pod does (serving/guard.py): the operator's key may
+# manage adapters, the client key may only run inference.
+SERVER_API_KEY = "dynamiclora-test-key"  # the operator's key
+SERVER_CLIENT_KEY = "dynamiclora-test-client-key"
 
 AdapterFactory = Callable[[int, int], Path]
 
@@ -37,7 +40,9 @@ def vllm_server(vllm_tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFact
             model_dir=str(vllm_tiny_model_dir),
             port=free_port(),
             max_lora_rank=SERVER_MAX_LORA_RANK,
-            api_key=SERVER_API_KEY,
+            api_key=SERVER_CLIENT_KEY,
+            admin_key=SERVER_API_KEY,
+            guard_dir=str(logdir / "guard"),
             log_path=str(logdir / "vllm.log"),
         )
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dynamiclora.api.swarm import Swarm
+from dynamiclora.builders.guard import GUARD_ANNOTATION, guard_args, guard_digest, guard_env, guard_volume
 from dynamiclora.builders.jobs import _storage_env_and_volumes, store_uri
 from dynamiclora.builders.names import LABEL_SWARM, base_labels, inference_name, volume_name
 from dynamiclora.builders.security import WRITABLE_HOME, restrict
@@ -121,9 +122,6 @@ def _env(sw: Swarm) -> list[Obj]:
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
     ]
     env += [{"name": k, "value": v} for k, v in sorted(sw.spec.inference.env.items())]
-    ref = sw.spec.inference.api_key_secret_ref
-    if ref:
-        env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     return env
 
 
@@ -176,13 +174,15 @@ def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
     name = inference_name(swarm)
     inf = sw.spec.inference
     volumes, mounts = _volumes(sw, settings)
+    guard, guard_mount = guard_volume(swarm)
+    volumes, mounts = [*volumes, guard], [*mounts, guard_mount]
     resources = inf.resources.to_k8s()
     container: Obj = {
         "name": "vllm",
         "image": inf.image,
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": vllm_args(sw, settings),
-        "env": _env(sw),
+        "args": vllm_args(sw, settings) + guard_args(),
+        "env": _env(sw) + guard_env(sw, swarm),
         "ports": [{"name": "http", "containerPort": inf.port}],
         "readinessProbe": {
             "httpGet": {"path": "/health", "port": inf.port},
@@ -229,6 +229,7 @@ def build_statefulset(body: Obj, sw: Swarm, settings: OperatorSettings) -> Obj:
             "replicas": inf.replicas,
             "podManagementPolicy": "Parallel",
             "selector": {"matchLabels": selector_labels(swarm)},
-            "template": {"metadata": {"labels": _pod_labels(swarm, settings)}, "spec": pod_spec},
+            "template": {"metadata": {"labels": _pod_labels(swarm, settings),
+                                      "annotations": {GUARD_ANNOTATION: guard_digest()}}, "spec": pod_spec},
         },
     }

@@ -116,6 +116,21 @@ def inference_name(swarm: str) -> str:
     return dns_name(swarm, "vllm", limit=MAX_STATEFULSET)  # pods add "-<ordinal>" and a revision-hash label
 
 
+def operator_key_secret(swarm: str) -> str:
+    """Secret holding the key only the operator presents to the swarm's vLLM pods (adapter management)."""
+    return f"{inference_name(swarm)}-operator-key"
+
+
+def client_key_secret(swarm: str) -> str:
+    """Secret holding the generated key clients present for inference (when the spec names none)."""
+    return f"{inference_name(swarm)}-client-key"
+
+
+def guard_config_map(swarm: str) -> str:
+    """ConfigMap holding the guard middleware mounted into the swarm's vLLM containers."""
+    return f"{inference_name(swarm)}-guard"
+
+
 def agent_tier_name(swarm: str, agent: str, level: TierLevel | str) -> str:
     """LoRATier of one per-agent level.
 

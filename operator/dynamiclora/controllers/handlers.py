@@ -29,13 +29,12 @@ from dynamiclora.controllers.conditions import (
 )
 from dynamiclora.controllers.leader import Leadership
 from dynamiclora.controllers.policy import reconcile_policy
-from dynamiclora.controllers.serving import ServingOutcome, sync_serving
+from dynamiclora.controllers.serving import ServingOutcome, operator_key, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm
 from dynamiclora.controllers.swarm_report import (
     export_swarm_metrics,
     is_blocking,
     mark_served,
-    serving_api_key,
     swarm_report,
 )
 from dynamiclora.controllers.tier import reconcile_tier
@@ -113,7 +112,7 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
     outcome: ServingOutcome | None = None
     blocked: Exception | None = None
     try:
-        api_key = await asyncio.to_thread(serving_api_key, rt.kube, ns, body["spec"])
+        api_key = await asyncio.to_thread(operator_key, rt.kube, ns, body["metadata"]["name"])
         outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key, rt.composer)
         await asyncio.to_thread(mark_served, rt.kube, ns, obs, outcome)
     except Exception as err:

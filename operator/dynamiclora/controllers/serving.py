@@ -10,6 +10,7 @@ serving what it served. Re-running the reconcile with unchanged tiers composes n
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -17,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from dynamiclora.api.swarm import MAX_MISSING_LISTED, Swarm
+from dynamiclora.builders.guard import OPERATOR_KEY
 from dynamiclora.builders.inference import adapters_mount as pods_adapters_mount
 from dynamiclora.builders.jobs import store_uri, tier_ref
-from dynamiclora.builders.names import served_adapter_name
+from dynamiclora.builders.names import operator_key_secret, served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
+from dynamiclora.controllers.common import WaitFor
 from dynamiclora.controllers.composer import ComposeProgress, Composer
 from dynamiclora.controllers.promotion import agent_trust, served_version_of
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
@@ -158,6 +161,19 @@ class _Plan:
 
     desired: dict[str, AdapterSpec] = field(default_factory=dict)  # served name -> what to serve
     waiting: list[AgentStack] = field(default_factory=list)
+
+
+def operator_key(kube: Kube, ns: str, swarm: str) -> str:
+    """The key only the operator presents to the swarm's vLLM pods (the guard lets it manage adapters).
+
+    Raises:
+        WaitFor: the Secret is not there yet (the Swarm pass creates it).
+    """
+    secret = kube.get("Secret", ns, operator_key_secret(swarm))
+    data = (secret or {}).get("data", {})
+    if OPERATOR_KEY not in data:
+        raise WaitFor(f"Secret {operator_key_secret(swarm)} (the operator's vLLM key) not found", 5)
+    return base64.b64decode(data[OPERATOR_KEY]).decode()
 
 
 async def _plan(sw: Swarm, body: Obj, settings: OperatorSettings, stacks: list[AgentStack], out: ServingOutcome,

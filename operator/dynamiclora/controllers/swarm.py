@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from dynamiclora.api.conditions import ConditionType, Reason
 from dynamiclora.api.swarm import Swarm, SwarmPhase, SwarmStatus
+from dynamiclora.builders.guard import build_guard_config_map, build_key_secrets
 from dynamiclora.builders.inference import build_service, build_statefulset, selector_labels
 from dynamiclora.builders.names import LABEL_AGENT, LABEL_SWARM, inference_name, swarm_name_problem
 from dynamiclora.builders.tiers import build_agent_tiers
@@ -115,6 +116,14 @@ def conflict_message(obs: SwarmObservation) -> str:
             f"{', '.join(obs.conflicting_agents)} (rename the agent or the Swarm)")[:1000]  # fmt: skip
 
 
+def _ensure_keys(kube: Kube, body: Obj, sw: Swarm) -> None:
+    """Create the swarm's generated key Secrets once; an existing one is never rewritten (clients hold it)."""
+    for secret in build_key_secrets(body, sw):
+        meta = secret["metadata"]
+        if kube.get("Secret", meta["namespace"], meta["name"]) is None:
+            kube.create(secret)
+
+
 def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmObservation:
     """Apply the swarm's children, prune per-agent tiers of removed agents, observe its pods.
 
@@ -146,8 +155,10 @@ def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmO
         old = get_condition(body.get("status"), ConditionType.TIER_NAME_CONFLICT) or {}
         if (old.get("status"), old.get("message")) != ("True", msg):  # one event per new conflict, not per pass
             kube.event(body, "Warning", Reason.TIER_NAME_CONFLICT, msg)
+    _ensure_keys(kube, body, sw)
     pending = []
-    for child in [build_service(body, sw), build_statefulset(body, sw, settings), *desired_tiers]:
+    children = [build_guard_config_map(body), build_service(body, sw), build_statefulset(body, sw, settings)]
+    for child in [*children, *desired_tiers]:
         if child["kind"] == "LoRATier" and child["metadata"]["labels"][LABEL_AGENT] in blocked:
             continue  # never overwrite another Swarm's tier
         live = live_tiers.get(child["metadata"]["name"]) if child["kind"] == "LoRATier" else None

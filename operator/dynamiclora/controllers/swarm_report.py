@@ -8,7 +8,6 @@ function of the outcome.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 
 from dynamiclora.api.conditions import ConditionType, EventType, Reason
@@ -31,22 +30,6 @@ class SwarmReport:
 
     status: SwarmStatus
     events: list[Event] = field(default_factory=list)
-
-
-def serving_api_key(kube: Kube, ns: str, spec: Obj) -> str | None:
-    """The vLLM API key the Swarm names, if any.
-
-    Raises:
-        WaitFor: the Secret or its key is not there (yet).
-    """
-    ref = spec.get("inference", {}).get("apiKeySecretRef")
-    if not ref:
-        return None
-    secret = kube.get("Secret", ns, ref["name"])
-    data = (secret or {}).get("data", {})
-    if ref["key"] not in data:
-        raise WaitFor(f"Secret {ref['name']} with key {ref['key']} (the vLLM API key) not found", 15)
-    return base64.b64decode(data[ref["key"]]).decode()
 
 
 def is_blocking(exc: Exception) -> bool:

@@ -18,6 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dynamiclora.serving.adapters import PodTarget
+from dynamiclora.serving.guard import ADMIN_KEY_ENV, CLIENT_KEY_ENV
+
+GUARD_MODULE = "dynamiclora_guard"  # the name the guard has inside a vLLM container
+GUARD_MIDDLEWARE = f"{GUARD_MODULE}.AdminGuard"
+
+
+def guard_source() -> str:
+    """The guard middleware's source, as mounted into vLLM containers (it needs nothing but the stdlib)."""
+    return (Path(__file__).parent / "guard.py").read_text()
+
+
+def write_guard(folder: Path) -> Path:
+    """Write the guard module into ``folder`` (put on vLLM's PYTHONPATH)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{GUARD_MODULE}.py"
+    path.write_text(guard_source())
+    return path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -40,7 +57,11 @@ class VLLMServerConfig:
     max_model_len: int = field(default=256, metadata={"help": "--max-model-len"})
     max_num_seqs: int = field(default=8, metadata={"help": "--max-num-seqs"})
     kv_cache_gib: int = field(default=1, metadata={"help": "VLLM_CPU_KVCACHE_SPACE in GiB"})
-    api_key: str | None = field(default=None, metadata={"help": "--api-key"})
+    api_key: str | None = field(default=None, metadata={"help": "--api-key, or the client key with admin_key"})
+    admin_key: str | None = field(default=None, metadata={
+        "help": "the operator's key: run behind dynamiclora's guard middleware as a pod does (api_key is then "
+                "the client key, which cannot manage adapters)"})
+    guard_dir: str | None = field(default=None, metadata={"help": "where the guard module is written"})
     log_path: str | None = field(default=None, metadata={"help": "server stdout/stderr file"})
     startup_timeout_s: float = field(default=600.0, metadata={"help": "time allowed to become healthy"})
 
@@ -59,7 +80,9 @@ class VLLMServerConfig:
             "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
             "--max-loras", str(self.max_loras), "--max-cpu-loras", str(self.max_cpu_loras),
         ]
-        if self.api_key:
+        if self.admin_key:
+            args += ["--middleware", GUARD_MIDDLEWARE]
+        elif self.api_key:
             args += ["--api-key", self.api_key]
         return args
 
@@ -75,6 +98,12 @@ class VLLMServerConfig:
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
         )
+        if self.admin_key:
+            if not self.api_key or not self.guard_dir:
+                raise ValueError("VLLMServerConfig: admin_key needs api_key (the client key) and guard_dir")
+            write_guard(Path(self.guard_dir))
+            env.update({ADMIN_KEY_ENV: self.admin_key, CLIENT_KEY_ENV: self.api_key,
+                        "PYTHONPATH": os.pathsep.join(filter(None, [self.guard_dir, env.get("PYTHONPATH")]))})
         return env
 
 
@@ -112,7 +141,8 @@ class VLLMServer:
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.config.startup_timeout_s
-        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        key = self.config.admin_key or self.config.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"vLLM exited with {self.proc.returncode}; see {self.config.log_path}")

@@ -68,7 +68,9 @@ def test_template_objects(helm: str) -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
                             "Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap", "ConfigMap",
-                            "Role", "RoleBinding"])  # fmt: skip
+                            "Role", "RoleBinding", "NetworkPolicy"])  # fmt: skip
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"] and [p["port"] for p in policy["ingress"][0]["ports"]] == [8080, 8081]
     leader = {d["kind"]: d for d in docs if d["metadata"]["name"].endswith("-leader")}
     # Leader election: one Lease in the release's namespace, wherever the watched objects are.
     assert leader["Role"]["metadata"]["namespace"] == leader["RoleBinding"]["metadata"]["namespace"] != "team"

@@ -116,7 +116,7 @@ def test_sidecar_errors_are_clear_and_bounded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert main(["adapter-sync", "--store", "file:///x", "--source", "served/a/b", "--dest", str(tmp_path)]) == 2
-    assert "expected s3://BUCKET" in capsys.readouterr().out
+    assert "served in place, not mirrored" in capsys.readouterr().out
     # An endpoint nobody listens on: the pass fails (after boto's own bounded retries, ~15 s) and the
     # command exits with the error; pass-level retries are covered in tests/unit/serving.
     from dynamiclora_dev.testing.storage import free_port

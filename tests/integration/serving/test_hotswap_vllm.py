@@ -17,7 +17,7 @@ from dynamiclora.serving.errors import AdapterRejected, VerificationFailed, VLLM
 from dynamiclora.serving.hotswap import HotSwapper
 from dynamiclora.serving.launcher import VLLMServer
 from dynamiclora.training.fingerprint import compute_fingerprint
-from dynamiclora_dev.testing.serving import AdapterFactory
+from dynamiclora_dev.testing.serving import SERVER_CLIENT_KEY, AdapterFactory
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -79,6 +79,32 @@ async def test_wrong_api_key_is_an_auth_error(vllm_server: VLLMServer) -> None:
         with pytest.raises(VLLMAuthError) as exc:
             await client.list_models()
     assert exc.value.status == 401
+
+
+async def test_a_client_key_runs_inference_but_cannot_change_what_is_served(
+    vllm_server: VLLMServer, vllm_adapter_factory: AdapterFactory, vllm_client_config: ClientConfig
+) -> None:
+    """Issue 17: the guard in vLLM's own server (as every pod runs it) keeps adapter management the operator's."""
+    pod = vllm_server.target()
+    spec = _spec("dl-guarded", vllm_adapter_factory(4, 8), "1")
+    async with HotSwapper(vllm_client_config) as operator:  # the operator's key: loads and verifies
+        assert (await operator.ensure(pod, spec)).verified
+    async with VLLMClient(vllm_server.base_url, ClientConfig(api_key=SERVER_CLIENT_KEY)) as client:
+        assert "dl-guarded" in await client.list_adapters()
+        assert (await client.complete("dl-guarded", "the", max_tokens=2)).token_ids
+        for attempt in (client.unload_adapter("dl-guarded"),
+                        client.load_adapter("dl-other", str(vllm_adapter_factory(5, 8))),
+                        client.load_adapter("dl-guarded", str(vllm_adapter_factory(5, 8)), inplace=True)):
+            with pytest.raises(VLLMAuthError) as exc:
+                await attempt
+            assert exc.value.status == 403
+    async with VLLMClient(vllm_server.base_url, ClientConfig(api_key=None)) as anonymous:
+        with pytest.raises(VLLMAuthError) as exc:
+            await anonymous.unload_adapter("dl-guarded")
+        assert exc.value.status == 401
+    async with HotSwapper(vllm_client_config) as operator:  # untouched, and still the operator's to remove
+        assert (await operator.ensure(pod, spec)).action == "unchanged"
+        assert await operator.unload(pod, "dl-guarded")
 
 
 async def test_identity_matches_peft(

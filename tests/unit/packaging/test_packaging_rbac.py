@@ -30,7 +30,9 @@ VERBS: dict[str, frozenset[str]] = {
     "Job": DELETED,  # a failed compose Job is deleted so that the next pass retries
     "Service": APPLIED,
     "Pod": frozenset({"get", "list", "watch"}),  # pod IPs and readiness (hot-swap); failed Jobs' messages
-    "Secret": frozenset({"get"}),  # the vLLM API key and S3 credentials Secrets, by name (handlers, tier_storage)
+    # Referenced Secrets by name (S3 credentials, the operator's vLLM key); generated keys created once.
+    "Secret": frozenset({"get", "create"}),
+    "ConfigMap": frozenset({"create", "patch"}),  # the vLLM guard middleware, server-side applied
     "Event": frozenset({"create"}),
 }
 

@@ -66,7 +66,16 @@ def test_statefulset_shape(swarm_body: dict[str, Any], settings: OperatorSetting
     assert sts["spec"]["replicas"] == 2
     assert sts["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]["value"] == "True"
-    assert env["VLLM_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "k", "key": "api-key"}
+    # No key of vLLM's own: the guard middleware checks the client key (the spec's) and the operator's.
+    assert "VLLM_API_KEY" not in env and "--api-key" not in container["args"]
+    assert env["DYNAMICLORA_CLIENT_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "k", "key": "api-key"}
+    assert env["DYNAMICLORA_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "support-vllm-operator-key",
+                                                                         "key": "operator-key"}
+    assert container["args"][-2:] == ["--middleware", "dynamiclora_guard.AdminGuard"]
+    assert env["PYTHONPATH"]["value"] == "/opt/dynamiclora/guard"
+    assert {"name": "guard", "mountPath": "/opt/dynamiclora/guard", "readOnly": True} in container["volumeMounts"]
+    assert {"name": "guard", "configMap": {"name": "support-vllm-guard"}} in pod["spec"]["volumes"]
+    assert len(pod["metadata"]["annotations"]["dynamiclora.io/guard"]) == 16
     assert pod["metadata"]["labels"]["dynamiclora.io/executor"] == "local"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
@@ -75,6 +84,24 @@ def test_statefulset_shape(swarm_body: dict[str, Any], settings: OperatorSetting
     assert sts["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     svc = build_service(body, Swarm.model_validate(body))
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+
+
+def test_generated_keys_and_the_guard(swarm_body: dict[str, Any]) -> None:
+    from dynamiclora.builders.guard import build_guard_config_map, build_key_secrets
+    from dynamiclora.serving.launcher import guard_source
+
+    body = _owned(swarm_body)
+    secrets = build_key_secrets(body, Swarm.model_validate(body))
+    assert [(s["metadata"]["name"], *s["data"]) for s in secrets] == [
+        ("support-vllm-operator-key", "operator-key"), ("support-vllm-client-key", "api-key")]
+    assert all(s["metadata"]["ownerReferences"][0]["uid"] == "uid-1" for s in secrets)  # go with the Swarm
+    again = build_key_secrets(body, Swarm.model_validate(body))
+    assert secrets[0]["data"] != again[0]["data"]  # drawn afresh: only the first creation counts
+    body["spec"]["inference"]["apiKeySecretRef"] = {"name": "mine", "key": "k"}
+    assert [s["metadata"]["name"] for s in build_key_secrets(body, Swarm.model_validate(body))] == [
+        "support-vllm-operator-key"]  # the client key is the user's
+    cm = build_guard_config_map(body)
+    assert cm["data"] == {"dynamiclora_guard.py": guard_source()}
 
 
 def test_no_executor_label_in_production(swarm_body: dict[str, Any]) -> None:

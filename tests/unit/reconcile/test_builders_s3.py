@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from dynamiclora.api.swarm import Swarm
+from dynamiclora.builders.guard import GUARD_MOUNT
 from dynamiclora.builders.inference import build_statefulset
 from dynamiclora.cli import build_parser
 from dynamiclora.settings import OperatorSettings
@@ -102,11 +103,11 @@ def test_adapters_host_root_shares_a_node_folder_mounted_at_its_own_path(
     folder = f"/srv/adapters/{ns}/{name}"
     assert volumes["adapters"]["hostPath"] == {"path": folder, "type": "DirectoryOrCreate"}
     # Mounted at the node's own path: the path the operator hands vLLM at run time is valid in both.
-    assert {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]} == {folder}
+    assert {m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]} == {folder, GUARD_MOUNT}
     assert _arg(pod["containers"][1]["args"], "--dest") == folder
     default = _pod(body, settings)
     assert {v["name"]: v for v in default["volumes"]}["adapters"] == {"name": "adapters", "emptyDir": {}}
-    assert {m["mountPath"] for c in default["containers"] for m in c["volumeMounts"]} == {"/adapters"}
+    assert {m["mountPath"] for c in default["containers"] for m in c["volumeMounts"]} == {"/adapters", GUARD_MOUNT}
 
 
 def test_pod_labels_reach_every_pod_but_not_the_selector(swarm_body: dict[str, Any], tmp_path: Path) -> None:
@@ -129,8 +130,9 @@ def test_malformed_pod_labels_are_refused(bad: str) -> None:
 
 def test_pvc_statefulset_unchanged(swarm_body: dict[str, Any], settings: OperatorSettings) -> None:
     pod = _pod(_body(swarm_body, {"pvc": {"claimName": "ckpt", "path": "dl"}}), settings)
-    assert [v["name"] for v in pod["volumes"]] == ["pvc-ckpt"]
-    assert [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]] == [f"{settings.pvc_mount_root}/ckpt"]
+    assert [v["name"] for v in pod["volumes"]] == ["pvc-ckpt", "guard"]
+    assert [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]] == [f"{settings.pvc_mount_root}/ckpt",
+                                                                             GUARD_MOUNT]
 
 
 def test_scratch_dir_setting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,11 +56,14 @@ def test_swarm_applies_children_idempotently_and_prunes_removed_agents(
 ) -> None:
     live = kube.add(swarm_body)
     obs = reconcile_swarm(kube, settings, live)
-    assert obs.applied[:2] == ["Service/support-vllm", "StatefulSet/support-vllm"]
+    assert obs.applied[:3] == ["ConfigMap/support-vllm-guard", "Service/support-vllm", "StatefulSet/support-vllm"]
+    secrets = {n: kube.get("Secret", NS, n) for n in ("support-vllm-operator-key", "support-vllm-client-key")}
+    assert all(secrets.values())
     assert len(kube.list("LoRATier", NS)) == 4
     before = set(kube.objects)
     obs = reconcile_swarm(kube, settings, live)
     assert set(kube.objects) == before  # second pass: same objects, nothing created or deleted
+    assert {n: kube.get("Secret", NS, n) for n in secrets} == secrets  # generated keys are never rewritten
     assert not [a for a in obs.applied if a.startswith("LoRATier/")]  # and no write for unchanged tiers
     live["spec"]["contextTier"]["rank"] = 4
     obs = reconcile_swarm(kube, settings, live)
