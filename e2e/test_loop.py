@@ -259,6 +259,26 @@ def test_invalid_spec_is_a_permanent_error_not_a_crash_loop(scenario: Scenario) 
     assert sc.operator is not None and sc.operator.poll() is None  # still running
 
 
+def test_a_swarm_outside_the_operators_policy_gets_nothing(scenario: Scenario) -> None:
+    """Issue 17: the operator runs with --allowed-images (as the chart's default policy does): a Swarm naming
+    another image is refused with a condition and an event, and nothing is created for it."""
+    sc = scenario
+    evil = next(o for o in sc.manifests() if o["kind"] == "Swarm")
+    evil = {**evil, "metadata": {"name": "evil", "namespace": sc.cfg.namespace},
+            "spec": {**evil["spec"], "agents": [{"name": "mallory"}], "sharedTiers": {},
+                     "inference": {**evil["spec"]["inference"], "image": "evil.example/miner:1"}}}  # fmt: skip
+    sc.apply([evil])
+    st = sc.wait("the Swarm is refused", lambda: sc.status("swarms", "evil").get("phase") == "Failed"
+                 and sc.status("swarms", "evil"))  # fmt: skip
+    cond = get_condition(st, "Ready")
+    assert cond["reason"] == "PolicyDenied" and "evil.example/miner:1" in cond["message"], cond
+    assert any(e["reason"] == "PolicyDenied" for e in _events(sc, "evil"))
+    children = sc.kubectl("get", "statefulsets,services,configmaps,secrets,loratiers,jobs", "-n", sc.cfg.namespace,
+                          "-l", "dynamiclora.io/swarm=evil", "-o", "name")  # fmt: skip
+    assert not children.strip(), children
+    sc.kubectl("delete", "swarm", "evil", "-n", sc.cfg.namespace)
+
+
 def test_only_the_operator_changes_what_is_served(scenario: Scenario) -> None:
     """Issue 17: on the real pod, the client key (the Secret the operator generated for clients) runs
     inference but cannot unload or replace an agent's adapter; without a key nothing but probes answer."""

@@ -41,6 +41,29 @@ class OperatorSettings:
             "env": "DYNAMICLORA_ADAPTERS_HOST_ROOT",
         },
     )
+    allowed_images: str = field(
+        default="",
+        metadata={
+            "help": "image prefixes a custom resource may name, comma-separated (e.g. ghcr.io/dynamiclora/,vllm/); "
+            "empty: any. A CR naming another image gets Ready=False reason PolicyDenied and nothing is created",
+            "env": "DYNAMICLORA_ALLOWED_IMAGES",
+        },
+    )
+    allowed_service_accounts: str = field(
+        default="",
+        metadata={
+            "help": "service accounts a custom resource may run its Jobs as, comma-separated; empty: any",
+            "env": "DYNAMICLORA_ALLOWED_SERVICE_ACCOUNTS",
+        },
+    )
+    secret_label: str = field(
+        default="",
+        metadata={
+            "help": "key=value label a Secret must carry for a custom resource to name it (S3 credentials, "
+            "client key); empty: any Secret of the resource's namespace",
+            "env": "DYNAMICLORA_SECRET_LABEL",
+        },
+    )
     resync_seconds: float = field(
         default=10.0, metadata={"help": "period of the timers that re-check pods, Jobs and records", "env": ""}
     )
@@ -71,6 +94,27 @@ class OperatorSettings:
         if self.adapters_host_root and not self.adapters_host_root.startswith("/"):
             raise ValueError(f"adapters_host_root must be an absolute path, got {self.adapters_host_root!r}")
         _ = self.extra_pod_labels  # raises on a malformed list
+        _ = self.required_secret_label
+
+    @property
+    def allowed_image_prefixes(self) -> list[str]:
+        """``allowed_images`` as a list (empty: any image)."""
+        return [p.strip() for p in self.allowed_images.split(",") if p.strip()]
+
+    @property
+    def allowed_service_account_names(self) -> list[str]:
+        """``allowed_service_accounts`` as a list (empty: any)."""
+        return [p.strip() for p in self.allowed_service_accounts.split(",") if p.strip()]
+
+    @property
+    def required_secret_label(self) -> tuple[str, str] | None:
+        """``secret_label`` parsed; a malformed one raises ValueError."""
+        if not self.secret_label.strip():
+            return None
+        key, sep, value = self.secret_label.strip().partition("=")
+        if not sep or not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+            raise ValueError(f"secret_label: {self.secret_label!r} is not a valid key=value Kubernetes label")
+        return key, value
 
     @property
     def extra_pod_labels(self) -> dict[str, str]:

@@ -27,6 +27,7 @@ class Reason(StrEnum):
 
     # Any kind.
     INVALID_SPEC = "InvalidSpec"
+    POLICY_DENIED = "PolicyDenied"
     HEALTHY = "Healthy"
     SPEC_CHANGED = "SpecChanged"
     SUSPENDED = "Suspended"

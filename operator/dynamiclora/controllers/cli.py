@@ -28,6 +28,9 @@ def _run(args: argparse.Namespace) -> int:
             namespace=args.namespace,
             pvc_mount_root=args.pvc_root,
             pod_labels=args.pod_labels,
+            allowed_images=args.allowed_images,
+            allowed_service_accounts=args.allowed_service_accounts,
+            secret_label=args.secret_label,
             adapters_host_root=args.adapters_host_root,
             resync_seconds=args.resync_seconds,
             metrics_port=args.metrics_port,
@@ -137,6 +140,9 @@ def register(sub: Any) -> None:
     p.add_argument("--scratch-dir", help="where adapters of S3-only swarms are composed before upload "
                    "(default /var/lib/dynamiclora/scratch)")  # fmt: skip
     p.add_argument("--pod-labels", help="key=value,... labels added to every Job and vLLM pod it creates")
+    p.add_argument("--allowed-images", help="image prefixes a CR may name, comma-separated (default: any)")
+    p.add_argument("--allowed-service-accounts", help="service accounts a CR's Jobs may use (default: any)")
+    p.add_argument("--secret-label", help="key=value label a Secret needs for a CR to name it (default: none)")
     p.add_argument("--adapters-host-root",
                    help="single-node clusters: pods share ROOT/<namespace>/<swarm> for synced adapters")  # fmt: skip
     p.add_argument("--resync-seconds", type=float, help="period of the reconcile timers (default 10)")

@@ -21,6 +21,14 @@ M = TypeVar("M", bound=BaseModel)
 class InvalidSpec(Exception):
     """The object cannot be reconciled until the user changes it (a PermanentError for kopf)."""
 
+    reason: Reason = Reason.INVALID_SPEC
+
+
+class PolicyDenied(InvalidSpec):
+    """The spec names an image, service account or Secret the operator's policy does not allow."""
+
+    reason = Reason.POLICY_DENIED
+
 
 class WaitFor(Exception):
     """Something the object depends on is not there yet; retry after ``delay`` seconds."""

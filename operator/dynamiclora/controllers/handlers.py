@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 
 from dynamiclora import GROUP, VERSION
-from dynamiclora.api.conditions import ConditionType, EventType, Reason
+from dynamiclora.api.conditions import ConditionType, EventType
 from dynamiclora.controllers.common import Event, InvalidSpec, WaitFor, generation
 from dynamiclora.controllers.composer import Composer, JobComposer
 from dynamiclora.controllers.conditions import (
@@ -85,12 +85,12 @@ async def _invalid(rt: Runtime, body: Obj, kind: str, err: InvalidSpec) -> None:
     status = dict(body.get("status") or {})
     gen = generation(body)
     status["conditions"] = set_condition(status.get("conditions", []), ConditionType.READY, False,
-                                         Reason.INVALID_SPEC, str(err), gen)  # fmt: skip
+                                         err.reason, str(err), gen)  # fmt: skip
     status["phase"] = "Failed"
     status["observedGeneration"] = gen
     changed = await asyncio.to_thread(write_status, rt.kube, body, status)
     if changed:
-        await asyncio.to_thread(rt.kube.event, body, EventType.WARNING, Reason.INVALID_SPEC, str(err))
+        await asyncio.to_thread(rt.kube.event, body, EventType.WARNING, err.reason, str(err))
     RECONCILES.labels(kind, "invalid").inc()
     raise kopf.PermanentError(f"invalid {kind}: {err}")
 

@@ -15,6 +15,7 @@ from dynamiclora.builders.guard import build_guard_config_map, build_key_secrets
 from dynamiclora.builders.inference import build_service, build_statefulset, selector_labels
 from dynamiclora.builders.names import LABEL_AGENT, LABEL_SWARM, inference_name, swarm_name_problem
 from dynamiclora.builders.tiers import build_agent_tiers
+from dynamiclora.controllers.admission import admit, swarm_references
 from dynamiclora.controllers.common import InvalidSpec, generation, parse
 from dynamiclora.controllers.conditions import get_condition, set_condition
 from dynamiclora.kube import Kube, Obj
@@ -140,6 +141,7 @@ def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmO
     if problem := swarm_name_problem(name):
         raise InvalidSpec(f"metadata.name {name!r} {problem}")
     sw = parse(Swarm, body)
+    admit(kube, ns, settings, swarm_references(sw))
     obs = SwarmObservation(swarm=sw, body=body, agent_count=len(sw.spec.agents))
 
     desired_tiers = build_agent_tiers(body, sw)

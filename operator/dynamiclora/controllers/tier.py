@@ -20,6 +20,7 @@ from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experience_location, store_uri
 from dynamiclora.builders.names import ANNOTATION_TRAIN_RECORDS, training_job_name
 from dynamiclora.builders.tiers import stack_tier_names
+from dynamiclora.controllers.admission import admit, tier_references
 from dynamiclora.controllers.common import Event, WaitFor, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import get_condition, set_condition, wire_status
 from dynamiclora.controllers.inputs import missing_inputs
@@ -122,6 +123,7 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
     tier = parse(LoRATier, body)
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
+    admit(kube, ns, settings, tier_references(tier))
     level = TierLevel(tier.spec.level)
     old: Obj = dict(body.get("status") or {})
     st: Obj = {k: v for k, v in old.items() if k not in ("conditions",)}

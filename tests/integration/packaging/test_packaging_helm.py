@@ -94,6 +94,8 @@ def test_template_objects(helm: str) -> None:
     assert container["args"][0] == "run" and "--namespace=team" in container["args"]
     parsed = build_parser().parse_args(container["args"])  # the rendered command line is a valid `dynamiclora run`
     assert (parsed.namespace, parsed.metrics_port) == ("team", 8080)
+    assert parsed.allowed_images == "ghcr.io/dynamiclora/,vllm/,docker.io/vllm/"  # secure by default
+    assert parsed.allowed_service_accounts is None and parsed.secret_label is None
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"]
     assert container["image"] == "ghcr.io/dynamiclora/operator:0.1.0"
