@@ -7,6 +7,7 @@ and a real vLLM CPU server per inference pod. Tests run in file order and share 
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import http.client
 import json
@@ -259,24 +260,77 @@ def test_invalid_spec_is_a_permanent_error_not_a_crash_loop(scenario: Scenario) 
     assert sc.operator is not None and sc.operator.poll() is None  # still running
 
 
-def test_a_swarm_outside_the_operators_policy_gets_nothing(scenario: Scenario) -> None:
-    """Issue 17: the operator runs with --allowed-images (as the chart's default policy does): a Swarm naming
-    another image is refused with a condition and an event, and nothing is created for it."""
-    sc = scenario
-    evil = next(o for o in sc.manifests() if o["kind"] == "Swarm")
-    evil = {**evil, "metadata": {"name": "evil", "namespace": sc.cfg.namespace},
-            "spec": {**evil["spec"], "agents": [{"name": "mallory"}], "sharedTiers": {},
-                     "inference": {**evil["spec"]["inference"], "image": "evil.example/miner:1"}}}  # fmt: skip
-    sc.apply([evil])
-    st = sc.wait("the Swarm is refused", lambda: sc.status("swarms", "evil").get("phase") == "Failed"
-                 and sc.status("swarms", "evil"))  # fmt: skip
-    cond = get_condition(st, "Ready")
-    assert cond["reason"] == "PolicyDenied" and "evil.example/miner:1" in cond["message"], cond
-    assert any(e["reason"] == "PolicyDenied" for e in _events(sc, "evil"))
-    children = sc.kubectl("get", "statefulsets,services,configmaps,secrets,loratiers,jobs", "-n", sc.cfg.namespace,
-                          "-l", "dynamiclora.io/swarm=evil", "-o", "name")  # fmt: skip
-    assert not children.strip(), children
-    sc.kubectl("delete", "swarm", "evil", "-n", sc.cfg.namespace)
+def _hostile(sc: Scenario, name: str, edit: Any, kind: str = "Swarm") -> dict[str, Any]:
+    """A copy of the scenario's own object of ``kind``, renamed, then ``edit``ed in place."""
+    doc = copy.deepcopy(next(o for o in sc.manifests() if o["kind"] == kind))
+    doc["metadata"]["name"] = name
+    if kind == "Swarm":
+        doc["spec"]["agents"], doc["spec"]["sharedTiers"] = [{"name": "mallory"}], {}
+    edit(doc)
+    return doc
+
+
+def _set_path(doc: dict[str, Any], path: str, value: Any) -> None:
+    node: Any = doc
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _at(path: str, value: Any) -> Any:
+    return lambda d: _set_path(d, path, value)
+
+
+# (case, kind, edit, where it must stop: "schema" = the API server refuses it, else the condition reason)
+HOSTILE: list[tuple[str, str, Any, str]] = [
+    ("records-prefix-traversal", "Swarm", _at("spec.experience.prefix", "../other-team"), "schema"),
+    ("pvc-path-traversal", "Swarm", _at("spec.storage.pvc.path", "dl/../../etc"), "schema"),
+    ("regression-set-absolute", "Swarm", _at("spec.agents.0.regressionSet", "/etc/shadow"), "schema"),
+    ("regression-set-traversal", "Swarm", _at("spec.agents.0.regressionSet", "reg/../../x.jsonl"), "schema"),
+    ("regression-set-foreign-bucket", "Swarm", _at("spec.agents.0.regressionSet", "s3://theirs/x.jsonl"), "schema"),
+    ("name-with-dots", "Swarm", _at("metadata.name", "evil.v2"), "schema"),
+    ("unicode-agent", "Swarm", _at("spec.agents", [{"name": "m\u00e5llory"}]), "schema"),
+    ("agent-name-300-chars", "Swarm", _at("spec.agents", [{"name": "m" * 300}]), "schema"),
+    ("65-extra-args", "Swarm", _at("spec.inference.extraArgs", ["--x"] * 65), "schema"),
+    ("env-value-2000-chars", "Swarm", _at("spec.inference.env", {"X": "v" * 2000}), "schema"),
+    ("repeated-agents", "Swarm", _at("spec.agents", [{"name": "m"}, {"name": "m"}]), "schema"),
+    ("schedule-beyond-10-years", "Swarm", _at("spec.contextTier.training.schedule", "999999999999h"), "schema"),
+    ("unknown-field", "Swarm", _at("spec.privileged", True), "schema"),
+    ("rank-a-billion", "LoRATier", _at("spec.rank", 10**9), "schema"),
+    ("keep-for-overflow", "LoRATier", _at("spec.retention.keepFor", "999999999999h"), "schema"),
+    ("disallowed-vllm-image", "Swarm", _at("spec.inference.image", "evil.example/miner:1"), "PolicyDenied"),
+    ("disallowed-trainer-image", "Swarm", _at("spec.contextTier.training.image", "evil.example/t:1"), "PolicyDenied"),
+]
+
+
+def test_hostile_custom_resources_are_refused_and_disturb_nothing(scenario: Scenario) -> None:
+    """Issue 17: a table of hostile CRs against the real API server and operator. Each is refused by the
+    schema or ends in a clear condition and event, with no child object; the agents' serving never moves."""
+    sc, ns = scenario, scenario.cfg.namespace
+    before = {a: sc.wait(f"{a} served", lambda a=a: sc.served(a)) for a in ("alice", "carol")}
+    for case, kind, edit, expect in HOSTILE:
+        name = f"evil-{case}"[:40].rstrip("-")
+        doc = _hostile(sc, name, edit, kind)
+        applied = sc.kubectl("apply", "-f", "-", input=json.dumps(doc), check=False)
+        accepted = "created" in applied or "configured" in applied
+        if expect == "schema":
+            assert not accepted, f"{case}: the API server accepted {applied!r}"
+            continue
+        assert accepted, f"{case}: {applied!r}"
+        plural = {"Swarm": "swarms", "LoRATier": "loratiers"}[kind]
+        st = sc.wait(f"{case} refused", lambda p=plural, n=name: sc.status(p, n).get("phase") == "Failed"
+                     and sc.status(p, n))  # fmt: skip
+        cond = get_condition(st, "Ready")
+        assert cond is not None and cond["reason"] == expect, (case, cond)
+        assert any(e["reason"] == expect for e in _events(sc, name)), case
+        children = sc.kubectl("get", "statefulsets,services,configmaps,secrets,loratiers,jobs", "-n", ns,
+                              "-l", f"dynamiclora.io/swarm={name}", "-o", "name")  # fmt: skip
+        assert not children.strip(), (case, children)
+        sc.kubectl("delete", plural, name, "-n", ns)
+    print(f"hostile custom resources tried: {len(HOSTILE)}")
+    assert sc.operator is not None and sc.operator.poll() is None
+    assert {a: sc.served(a) for a in before} == before  # nothing else moved
 
 
 def test_only_the_operator_changes_what_is_served(scenario: Scenario) -> None:
