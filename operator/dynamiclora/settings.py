@@ -67,6 +67,11 @@ class OperatorSettings:
     resync_seconds: float = field(
         default=10.0, metadata={"help": "period of the timers that re-check pods, Jobs and records", "env": ""}
     )
+    reconcile_deadline_seconds: float = field(
+        default=30.0,
+        metadata={"help": "how long one object's periodic pass may hold one of its kind's slots; a slower pass "
+                  "(a hung vLLM pod) runs on without one, so it delays only itself", "env": ""},
+    )
     vllm_timeout_seconds: float = field(
         default=60.0, metadata={"help": "timeout of one vLLM API call", "env": "DYNAMICLORA_VLLM_TIMEOUT"}
     )
@@ -87,8 +92,8 @@ class OperatorSettings:
             raise ValueError(f"pvc_mount_root must be an absolute path, got {self.pvc_mount_root!r}")
         if not self.scratch_dir.startswith("/"):
             raise ValueError(f"scratch_dir must be an absolute path, got {self.scratch_dir!r}")
-        if self.resync_seconds <= 0:
-            raise ValueError("resync_seconds must be positive")
+        if self.resync_seconds <= 0 or self.reconcile_deadline_seconds <= 0:
+            raise ValueError("resync_seconds and reconcile_deadline_seconds must be positive")
         if not 0 < self.metrics_port < 65536:
             raise ValueError(f"metrics_port out of range: {self.metrics_port}")
         if self.adapters_host_root and not self.adapters_host_root.startswith("/"):

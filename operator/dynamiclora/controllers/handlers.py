@@ -236,6 +236,7 @@ async def forget(rt: Runtime, kind: str, body: Obj) -> None:
     ns = meta.get("namespace", "")
     async with rt.lock(kind, ns, meta["name"]):
         forget_object(kind, ns, meta["name"])
+    rt.locks.pop((kind, ns, meta["name"]), None)  # a re-created object gets a fresh one
 
 
 def _register_kind(plural: str, kind: str, handle: Any) -> None:
@@ -251,20 +252,20 @@ def _register_kind(plural: str, kind: str, handle: Any) -> None:
 
 
 async def resync_forever(rt: Runtime, concurrency: int = 16) -> None:
-    """Every ``resync_seconds``, reconcile every object again (finished Jobs, new records, restarted pods)."""
-    gate = asyncio.Semaphore(concurrency)
+    """Every ``resync_seconds``, reconcile every object again (finished Jobs, new records, restarted pods).
 
-    async def one(kind: str, handle: Any, body: Obj) -> None:
-        async with gate:
-            try:
-                await _counted(rt, kind, handle, body)
-            except (kopf.PermanentError, kopf.TemporaryError) as err:
-                log.debug("resync of %s %s: %s", kind, body["metadata"]["name"], err)
-            except Exception:  # one bad object must not stop the loop
-                log.exception("resync of %s %s failed", kind, body["metadata"]["name"])
-
+    Each object's pass is its own task, and the loop never waits for one: a Swarm whose vLLM pod hangs
+    (up to ``vllm_timeout_seconds`` per call, retried) delays only itself, not the other Swarms, tiers or
+    policies. An object whose last pass is still running is skipped, not queued again. Each kind has its
+    own bounded concurrency, and a pass holds its slot for ``reconcile_deadline_seconds`` at most: past
+    that it runs on without one, so a few stuck objects cannot starve the rest.
+    """
+    gates = {kind: asyncio.Semaphore(concurrency) for kind, _ in KINDS.values()}
+    inflight: dict[tuple[str, str, str], asyncio.Task[None]] = {}
     while True:
         await asyncio.sleep(rt.settings.resync_seconds)
+        for key in [k for k, task in inflight.items() if task.done()]:
+            del inflight[key]
         if not rt.leading():
             continue
         for kind, handle in KINDS.values():
@@ -273,5 +274,29 @@ async def resync_forever(rt: Runtime, concurrency: int = 16) -> None:
             except Exception:  # the API server may be briefly unavailable
                 log.exception("listing %s failed", kind)
                 continue
-            live = [o for o in objs if not o["metadata"].get("deletionTimestamp")]
-            await asyncio.gather(*(one(kind, handle, o) for o in live))
+            for obj in objs:
+                meta = obj["metadata"]
+                key = (kind, meta.get("namespace", ""), meta["name"])
+                if meta.get("deletionTimestamp") or key in inflight:
+                    continue  # a pass still running: this object is slow, the others go on
+                inflight[key] = asyncio.create_task(_resync_one(rt, gates[kind], kind, handle, obj))
+
+
+async def _resync_one(rt: Runtime, gate: asyncio.Semaphore, kind: str, handle: Any, body: Obj) -> None:
+    meta = body["metadata"]
+    async with gate:
+        task = asyncio.create_task(_resync_pass(rt, kind, handle, body))
+        done, _ = await asyncio.wait({task}, timeout=rt.settings.reconcile_deadline_seconds)
+    if not done:
+        log.warning("%s %s/%s: its pass is still running after %.0fs; it goes on without a slot", kind,
+                    meta.get("namespace"), meta["name"], rt.settings.reconcile_deadline_seconds)  # fmt: skip
+        await task
+
+
+async def _resync_pass(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
+    try:
+        await _counted(rt, kind, handle, body)
+    except (kopf.PermanentError, kopf.TemporaryError) as err:
+        log.debug("resync of %s %s: %s", kind, body["metadata"]["name"], err)
+    except Exception:  # one bad object must not stop the loop
+        log.exception("resync of %s %s failed", kind, body["metadata"]["name"])

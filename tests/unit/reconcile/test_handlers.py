@@ -20,3 +20,42 @@ from dynamiclora.controllers.handlers import needs_reconcile
 )
 def test_needs_reconcile(event: str | None, body: dict[str, object], expected: bool) -> None:
     assert needs_reconcile(event, body) is expected
+
+
+def test_a_stuck_object_delays_only_itself(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    """Issue 18: a Swarm whose pass hangs (a vLLM pod answering /health but not /v1/*) does not hold the
+    resync loop: the other Swarms, the tiers and the policies keep being reconciled, and the stuck one is
+    not queued again while its pass runs."""
+    import asyncio
+    from collections import Counter
+    from typing import Any
+
+    from dynamiclora.controllers import handlers
+    from dynamiclora.settings import OperatorSettings
+
+    from .fakekube import FakeKube
+
+    kube = FakeKube()
+    for kind, name in [("Swarm", "stuck"), ("Swarm", "fine"), ("LoRATier", "t"), ("MigrationPolicy", "p")]:
+        kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": kind, "metadata": {"name": name, "namespace": "ns"}})
+    calls: Counter[str] = Counter()
+
+    async def handle(rt: Any, body: Any) -> None:
+        calls[body["metadata"]["name"]] += 1
+        if body["metadata"]["name"] == "stuck":
+            await asyncio.Event().wait()  # never answers
+
+    monkeypatch.setattr(handlers, "KINDS", {p: (k, handle) for p, (k, _) in handlers.KINDS.items()})
+    rt = handlers.Runtime(kube, OperatorSettings(namespace="ns", resync_seconds=0.01, reconcile_deadline_seconds=0.05))
+
+    async def run() -> None:
+        loop = asyncio.create_task(handlers.resync_forever(rt, concurrency=1))
+        for _ in range(1000):  # until the others had 5 passes each (10 s at most, on any machine)
+            await asyncio.sleep(0.01)
+            if min(calls["fine"], calls["t"], calls["p"]) >= 5:
+                break
+        loop.cancel()
+
+    asyncio.run(run())
+    assert calls["stuck"] == 1, calls
+    assert min(calls["fine"], calls["t"], calls["p"]) >= 5, calls
