@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -275,6 +278,31 @@ def _created(store: object, uri: str, ns: str, name: str, version: int) -> dt.da
     return _CREATED[key]
 
 
+class StaleWrites:
+    """Unfinished versions judged on the operator's own monotonic clock, not on the storage's file times.
+
+    An unfinished version (no manifest) is a dead writer's leftover once its newest object has not changed
+    for ``after_s`` seconds *as this process measured*, whatever the clocks of the storage, the Jobs and the
+    operator say; a restarted operator starts counting again (it waits longer, it never deletes early).
+    """
+
+    def __init__(self, after_s: float = 3600.0, max_entries: int = 10_000, clock: Callable[[], float] = time.monotonic):
+        self.after_s, self.max_entries, self.clock = after_s, max_entries, clock
+        self._seen: OrderedDict[tuple[str, str, str, int], tuple[dt.datetime, float]] = OrderedDict()
+
+    def judge(self, key: tuple[str, str, str, int], newest: dt.datetime) -> bool:
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is None or seen[0] != newest:  # new, or still being written: start (again) from now
+            self._seen[key] = seen = (newest, now)
+            while len(self._seen) > self.max_entries:
+                self._seen.popitem(last=False)
+        return now - seen[1] >= self.after_s
+
+
+STALE_WRITES = StaleWrites()
+
+
 def _retain(store: object, uri: str, versions: list[int], tier: LoRATier, old: Obj, st: Obj,
             events: list[Event]) -> None:  # fmt: skip
     """Apply the retention policy; the current, served and pinned versions (and young ones) are kept."""
@@ -288,7 +316,8 @@ def _retain(store: object, uri: str, versions: list[int], tier: LoRATier, old: O
         # Ages come from the versions' own manifests: the status history holds only the newest few.
         horizon = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=duration_s(tier.spec.retention.keep_for))
         protected |= {v for v in versions[:-keep] if (c := _created(store, uri, ns, name, v)) and c >= horizon}
-    report = store.retain(ns, name, keep_last=keep, protected=frozenset(int(v) for v in protected))  # type: ignore[attr-defined]
+    report = store.retain(ns, name, keep_last=keep, protected=frozenset(int(v) for v in protected),  # type: ignore[attr-defined]
+                          is_stale=lambda v, newest: STALE_WRITES.judge((uri, ns, name, v), newest))
     if report.deleted:
         msg = f"deleted versions {report.deleted} (keep {keep})"
         events.append(Event(EventType.NORMAL, Reason.RETENTION_APPLIED, msg))

@@ -280,6 +280,7 @@ class CheckpointStore(Protocol):
         protected: frozenset[int] = frozenset(),
         stale_after: timedelta = timedelta(hours=1),
         now: datetime | None = None,
+        is_stale: Callable[[int, datetime], bool] | None = None,
     ) -> RetentionReport:
         """Delete old versions and stale unfinished writes, keeping protected ones and the latest."""
         ...

@@ -17,7 +17,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -253,12 +253,15 @@ class BlobCheckpointStore:
         protected: frozenset[int] = frozenset(),
         stale_after: timedelta = timedelta(hours=1),
         now: datetime | None = None,
+        is_stale: Callable[[int, datetime], bool] | None = None,
     ) -> RetentionReport:
         """Delete published versions beyond the newest ``keep_last`` and stale unfinished writes.
 
         The latest published version and every version in ``protected`` (the current one, the last
         served one, pinned ones) are always kept. An unfinished version (no manifest) is deleted only
-        when its newest object is older than ``stale_after``, so a writer still uploading is left alone.
+        when its newest object is older than ``stale_after``, so a writer still uploading is left alone;
+        ``is_stale(version, newest object time)`` replaces that rule (the operator judges on its own clock,
+        which need not agree with the storage's).
         A published version's manifest is deleted first, so it disappears atomically for readers.
         """
         if keep_last < 1:
@@ -272,8 +275,9 @@ class BlobCheckpointStore:
             if v not in keep:
                 self._delete_version(namespace, tier, v, scan[v])
                 deleted.append(v)
+        stale = is_stale or (lambda _v, newest: now - newest >= stale_after)
         for v in sorted(set(scan) - set(published)):
-            if now - max(scan[v].values()) >= stale_after:
+            if stale(v, max(scan[v].values())):
                 self._delete_version(namespace, tier, v, scan[v])
                 garbage_deleted.append(v)
             else:
