@@ -166,13 +166,15 @@ def test_service_account_has_exactly_the_operators_rights(installed: Any) -> Non
     for kind, res in RESOURCES.items():
         group = "" if res.api_version == "v1" else res.api_version.rsplit("/", 1)[0]
         resource = f"{res.plural}.{group}" if group else res.plural
-        verb = "create" if kind == "Event" else "get"
+        verb = "create" if kind in ("Event", "ConfigMap") else "get"
         assert _can_i(kubectl, verb, resource), f"{kind}: cannot {verb}"
     assert _can_i(kubectl, "patch", "loratiers.dynamiclora.io/status")
     assert _can_i(kubectl, "watch", "customresourcedefinitions.apiextensions.k8s.io")
     assert _can_i(kubectl, "update", "leases.coordination.k8s.io", "dynamiclora-system")  # leader election
     assert not _can_i(kubectl, "update", "leases.coordination.k8s.io", "team")
-    for verb, resource in (("list", "secrets"), ("delete", "pods"), ("create", "configmaps"),
+    assert _can_i(kubectl, "create", "secrets")  # the generated vLLM keys, created once
+    for verb, resource in (("list", "secrets"), ("delete", "pods"), ("get", "configmaps"), ("delete", "configmaps"),
+                           ("update", "secrets"), ("delete", "secrets"),
                            ("delete", "swarms.dynamiclora.io"), ("create", "clusterroles.rbac.authorization.k8s.io"),
                            ("update", "statefulsets.apps"), ("delete", "statefulsets.apps"), ("delete", "services"),
                            ("create", "persistentvolumeclaims")):
