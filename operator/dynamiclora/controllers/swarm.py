@@ -65,6 +65,11 @@ def _pod_ready(pod: Obj) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions", []))
 
 
+def _controlled_by(pod: Obj, uid: str | None) -> bool:
+    return uid is not None and any(o.get("controller") and o.get("uid") == uid
+                                   for o in pod["metadata"].get("ownerReferences") or [])  # fmt: skip
+
+
 def _restarts(pod: Obj) -> int:
     return sum(int(c.get("restartCount", 0)) for c in pod.get("status", {}).get("containerStatuses", []) or [])
 
@@ -184,8 +189,12 @@ def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmO
     obs.replicas = int(sts.get("spec", {}).get("replicas", sw.spec.inference.replicas))
     obs.ready_replicas = int(sts.get("status", {}).get("readyReplicas", 0) or 0)
     obs.pods = sorted(kube.list("Pod", ns, selector_labels(name)), key=lambda p: str(p["metadata"]["name"]))
+    # The operator's key goes only to pods its StatefulSet controls: a pod someone else made with the
+    # Swarm's labels is not a vLLM pod of this Swarm.
+    owner = sts.get("metadata", {}).get("uid")
     obs.ready_pods = [
-        ReadyPod(p["metadata"]["name"], p["status"]["podIP"], _restarts(p)) for p in obs.pods if _pod_ready(p)
+        ReadyPod(p["metadata"]["name"], p["status"]["podIP"], _restarts(p))
+        for p in obs.pods if _pod_ready(p) and _controlled_by(p, owner)
     ]
     SWARM_DESIRED_PODS.labels(ns, name).set(sw.spec.inference.replicas)
     SWARM_READY_PODS.labels(ns, name).set(len(obs.ready_pods))

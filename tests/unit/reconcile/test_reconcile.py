@@ -81,12 +81,20 @@ def test_swarm_ready_pods(kube: FakeKube, settings: OperatorSettings, swarm_body
     live = kube.add(swarm_body)
     labels = {"dynamiclora.io/swarm": "support", "dynamiclora.io/component": "inference"}
     ready = {"phase": "Running", "podIP": "127.10.0.5", "conditions": [{"type": "Ready", "status": "True"}]}
-    kube.add({"kind": "Pod", "metadata": {"name": "support-vllm-0", "labels": labels}, "status": ready})
-    kube.add({"kind": "Pod", "metadata": {"name": "support-vllm-1", "labels": labels},
+    reconcile_swarm(kube, settings, live)
+    sts = kube.get("StatefulSet", NS, "support-vllm")
+    assert sts is not None
+    owned = [{"kind": "StatefulSet", "name": "support-vllm", "uid": sts["metadata"]["uid"], "controller": True}]
+    kube.add({"kind": "Pod", "metadata": {"name": "support-vllm-0", "labels": labels, "ownerReferences": owned},
+              "status": ready})  # fmt: skip
+    kube.add({"kind": "Pod", "metadata": {"name": "support-vllm-1", "labels": labels, "ownerReferences": owned},
               "status": {"phase": "Pending"}})  # fmt: skip
+    # A ready pod someone else made with the Swarm's labels never gets the operator's key.
+    kube.add({"kind": "Pod", "metadata": {"name": "impostor", "labels": labels},
+              "status": {**ready, "podIP": "1.2.3.4"}})  # fmt: skip
     obs = reconcile_swarm(kube, settings, live)
     assert [p.ip for p in obs.ready_pods] == ["127.10.0.5"]
-    assert len(obs.pods) == 2
+    assert len(obs.pods) == 3
 
 
 def test_invalid_swarm_is_a_permanent_error(kube: FakeKube, settings: OperatorSettings,
