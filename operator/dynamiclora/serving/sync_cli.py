@@ -1,12 +1,6 @@
-"""``dynamiclora adapter-sync``: mirror an S3-only swarm's composed adapters into a vLLM pod's volume.
-
-The operator uploads every composed adapter under ``<store>/served/<ns>/<swarm>/<agent>/<key>/`` and
-writes a ``COMPLETE`` marker (the file list with sha256s) last. This sidecar mirrors every adapter that
-has its marker into ``<dest>/<agent>/<key>/``: the files are downloaded into a hidden temporary folder in
-``dest``, checked against the marker, then renamed into place, so vLLM never sees a partial adapter.
-Local adapters whose remote copy is gone are removed (renamed away first, then deleted). Several
-mirrors may share one ``dest`` (the local executor's pods do): renames decide who wins, and only
-temporary folders older than :data:`STALE_TMP_S` are treated as leftovers of a crashed pass.
+"""``dynamiclora adapter-sync``: the sidecar that mirrors an S3-only swarm's composed adapters into a vLLM
+pod's volume, pass after pass (:class:`dynamiclora.serving.mirror.AdapterMirror` does one pass and says how
+the files appear atomically).
 """
 
 from __future__ import annotations
