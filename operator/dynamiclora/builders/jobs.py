@@ -166,7 +166,11 @@ class TrainingInputs:
     seed: int = 0
     exclude_windows: list[str] = field(default_factory=list)  # "FROM/TO" of quarantined (rejected) records
     replay_boost: int = 0  # retries of an update rejected for collateral forgetting: each rehearses more
+    version: int | None = None  # the version this Job produces: its attempts share a work area in the store
     model_claim: str | None = None  # the base model's PVC (spec.baseModel.pvc), mounted read-only
+
+
+WORK_DIR = "_work"  # below the store root: training attempts' mirrored checkpoints, per version produced
 
 
 def replay_fraction(base: float, boost: int) -> float:
@@ -196,6 +200,7 @@ def training_config(
         rank=spec.rank, alpha=spec.alpha, target_modules=list(spec.target_modules), dropout=spec.dropout,
         lr=p.learning_rate, steps=t.max_steps, batch_size=t.batch_size, checkpoint_every=t.checkpoint_every,
         seed=inputs.seed, threads=settings.trainer_threads, work_dir=f"/work/{job_name}",
+        work_store=f"{store.rstrip('/')}/{WORK_DIR}/{ns}/{tier}/v{inputs.version:06d}" if inputs.version else None,
         max_records=max(inputs.new_records, 1), records_total=inputs.total_records,
         exclude_window=list(inputs.exclude_windows),
         bad_lines=inputs.bad_records,  # type: ignore[arg-type]  # the API's Literal["reject", "skip"]

@@ -417,6 +417,7 @@ def _maybe_train(
         seed=next_version,
         exclude_windows=[f"{w['from']}/{w['to']}" for w in st.get("quarantine", [])],
         replay_boost=int(st.get("collateralRetries") or 0),
+        version=next_version,
         model_claim=swarm.spec.base_model.pvc.claim_name if swarm.spec.base_model.pvc else None,
     )
     job = build_training_job(body, tier.spec, inputs, job_name, settings)

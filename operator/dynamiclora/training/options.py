@@ -143,6 +143,9 @@ class TrainConfig:
     work_dir: str | None = field(default=None, metadata={
         "help": "resume directory for checkpoints; a restarted Job resumes from the latest one here "
                 "(default: a temporary directory, not resumable)"})
+    work_store: str | None = field(default=None, metadata={
+        "help": "store location mirroring this version's checkpoints and published marker, so that a retried "
+                "Job (a new pod, an empty --work-dir) resumes, and one whose predecessor published reports it"})
     max_records: int | None = field(default=None, metadata={"help": "use at most the newest N records"})
     records_total: int | None = field(default=None, metadata={
         "help": "records at the location when this Job was created, recorded as recordsConsumed in the "

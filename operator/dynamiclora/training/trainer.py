@@ -23,6 +23,7 @@ import torch
 
 from dynamiclora.storage import CheckpointStore, open_store, parse_tier_ref
 from dynamiclora.storage.base import validate_name
+from dynamiclora.storage.schemes import blob_backend
 from dynamiclora.training import checkpoint as ckpt
 from dynamiclora.training.data import (
     Example,
@@ -69,6 +70,7 @@ from dynamiclora.training.records import InteractionRecord, RecordsError, Source
 from dynamiclora.training.rehearsal import keyed, protect_slower_tiers, replay_examples
 from dynamiclora.training.replay import newest_per_key
 from dynamiclora.training.stats import STATS_FILE, tier_statistics
+from dynamiclora.training.work_mirror import WorkMirror
 
 __all__ = ["evaluate", "run_training"]
 
@@ -260,18 +262,24 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         fp = _run_fingerprint(cfg, fingerprint(mix), refs)
         work = Path(cfg.work_dir) if cfg.work_dir else tmp / "work"
         work.mkdir(parents=True, exist_ok=True)
-        prior = _already_published(work, fp)
+        ckpt.clean_temporaries(work)
+        mirror = _work_mirror(cfg, work, fp, log)
+        # With a mirror, the work area is this version's: whatever an earlier attempt published is it.
+        prior = _already_published(work, None if mirror else fp)
         if prior is not None:
             log(f"already published {prior['uri']}; nothing to do")
             return prior
-        ckpt.clean_temporaries(work)
-        run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect)
+        saved = mirror.checkpoint_saved if mirror else None
+        run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect, saved)
         if (homeostasis := regulate_end(cfg, peft_model, init_dir, tmp, log)) is not None:
             data_info["homeostasis"] = homeostasis
         verdict = _judge(cfg, peft_model, gate_sets, baseline, sel.batch, pad)
         log(f"quality gate: {verdict['reason']}")
         stats = _statistics(cfg, peft_model, work, init_dir, data_info)
-        return _publish(cfg, store, work, fp, refs, stats, run, verdict, sel, started, log)
+        result = _publish(cfg, store, work, fp, refs, stats, run, verdict, sel, started, log)
+        if mirror:
+            mirror.published(work)
+        return result
 
 
 def _load_inputs(cfg: TrainConfig, model: Any, store: CheckpointStore,
@@ -290,13 +298,27 @@ def _load_inputs(cfg: TrainConfig, model: Any, store: CheckpointStore,
     return frozen, refs, init_dir
 
 
-def _already_published(work: Path, fp: str) -> dict[str, Any] | None:
-    """The result of a finished run with the same fingerprint (a retried Job reports, not retrains)."""
+def _already_published(work: Path, fp: str | None) -> dict[str, Any] | None:
+    """The result of a finished run (with the same fingerprint unless ``fp`` is None): a retry reports it."""
     done = work / PUBLISHED
     if not done.exists():
         return None
     prior = json.loads(done.read_text())
-    return dict(prior["result"]) if prior.get("fingerprint") == fp else None
+    return dict(prior["result"]) if fp is None or prior.get("fingerprint") == fp else None
+
+
+def _work_mirror(cfg: TrainConfig, work: Path, fp: str, log: Log) -> WorkMirror | None:
+    """The store side of this version's work area, restored into ``work`` (None without ``--work-store``)."""
+    if not cfg.work_store:
+        return None
+    mirror = WorkMirror(blob_backend(cfg.work_store), PUBLISHED)
+    mirror.restore(work, log)
+    try:
+        ckpt.load_latest(work, fp)
+    except ckpt.ResumeMismatchError:  # an earlier attempt on other records or settings: start afresh
+        log("the mirrored checkpoint belongs to a run on other inputs; training from the start")
+        mirror.forget_checkpoints(work)
+    return mirror
 
 
 @dataclass
@@ -314,7 +336,8 @@ class TrainRun:
 
 
 def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: list[Example], pad: int,
-                work: Path, fp: str, log: Log, protect: Protection | None = None) -> TrainRun:  # fmt: skip
+                work: Path, fp: str, log: Log, protect: Protection | None = None,
+                saved: Callable[[Path], None] | None = None) -> TrainRun:  # fmt: skip
     """Optimise the trained tier on ``mix``, checkpointing and resuming in ``work``."""
     params = target_parameters(peft_model)
     frozen_before = {n: p.detach().clone() for n, p in peft_model.named_parameters()
@@ -356,12 +379,14 @@ def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set:
             rate = seg_tokens / max(time.monotonic() - seg_start, 1e-9)
             log(f"step {step}/{total} loss {run.curve[-1]:.4f} tokens/s {rate:.0f}")
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-            ckpt.save_checkpoint(work, step, {
+            path = ckpt.save_checkpoint(work, step, {
                 "fingerprint": fp, "step": step, "curve": run.curve, "processed": run.processed,
                 "elapsed": run.elapsed + time.monotonic() - seg_start, "initial_loss": run.initial_loss,
                 "params": {n: p.detach().clone() for n, p in params.items()},
                 "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
             })  # fmt: skip
+            if saved is not None:
+                saved(path)
     run.elapsed += time.monotonic() - seg_start
     run.final_loss = evaluate(peft_model, eval_set, cfg.batch_size, pad)
     if not all(torch.equal(p, frozen_before[n]) for n, p in peft_model.named_parameters() if n in frozen_before):

@@ -110,6 +110,46 @@ def test_train_learns_and_resume_after_sigkill_is_exact(
     assert result_of(again)["version"] == 2
     assert open_store(store_uri).list_versions(NS, TIER) == [1, 2]
 
+    # 4. Issue 18: a retried Job is a new pod with an empty work dir. With --work-store the checkpoints are
+    # mirrored into the store, so the retry resumes from there and publishes the same adapter.
+    work_store = f"{store_uri}/_work/{NS}/{TIER}/v000003"
+    mirrored = (*args, "--work-store", work_store)
+    _kill_after_step(12, [sys.executable, "-m", "dynamiclora.cli",
+                          *train_args(tiny_model_dir, records_file, store_uri, tmp_path / "pod1", *mirrored)])
+    area = Path(store_uri.removeprefix("file://"), "_work", NS, TIER, "v000003")
+    latest = json.loads((area / "LATEST.json").read_text())
+    assert latest["checkpoint"] in {"ckpt-000010", "ckpt-000015", "ckpt-000020"}
+    retry = run_cli(*train_args(tiny_model_dir, records_file, store_uri, tmp_path / "pod2", *mirrored))
+    assert retry.returncode == 0, retry.stderr
+    assert "restored checkpoint" in retry.stdout and "resumed from" in retry.stdout
+    assert result_of(retry)["version"] == 3
+    c = adapter_tensors(store_uri, 3, tmp_path / "v3")
+    assert all(torch.equal(a[key], c[key]) for key in a)
+    left = sorted(p.name for p in area.iterdir())
+    assert left == ["published.json"]  # the checkpoints went with the publication
+
+    # 5. An attempt after one that published (crashed before the Job completed), even on more records:
+    # it reports that version; no second version is ever published for one Job.
+    late = run_cli(*train_args(tiny_model_dir, records_file, store_uri, tmp_path / "pod3", *mirrored,
+                               "--max-records", "5"))  # fmt: skip
+    assert late.returncode == 0 and "already published" in late.stdout, late.stdout[-2000:]
+    assert result_of(late)["version"] == 3
+    assert open_store(store_uri).list_versions(NS, TIER) == [1, 2, 3]
+
+
+def _kill_after_step(step: int, cmd: list[str]) -> None:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env())
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if line.startswith(f"step {step}/"):
+                proc.send_signal(signal.SIGKILL)
+                break
+        assert proc.wait(timeout=120) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
 
 def _env() -> dict[str, str]:
     import os

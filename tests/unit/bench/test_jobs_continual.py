@@ -85,7 +85,7 @@ def test_the_jobs_it_runs_are_the_operators(tmp_path: Path) -> None:
     inputs = TrainingInputs(model_path=str(base), storage=op.swarm.spec.storage,
                             experience_prefix=op.swarm.spec.experience.prefix,
                             bad_records=op.swarm.spec.experience.bad_records, new_records=18, total_records=54,
-                            init_version=1, seed=2)  # fmt: skip
+                            init_version=1, seed=2, version=2)  # fmt: skip
     job = build_training_job(tier, LoRATierSpec.model_validate(tier["spec"]), inputs, runs[1][0].name, op.settings)
     assert runs[1][0].args == local_args(job_args(job), tmp_path / "op" / "work")
     ran = from_namespace(TrainConfig, build_parser().parse_args(runs[1][0].args))
