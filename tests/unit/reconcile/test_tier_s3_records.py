@@ -156,3 +156,42 @@ def test_unreadable_records_keep_the_rest_of_the_pass(
     assert f"s3://{s3_bucket}/dl/interactions/default/support/bob/huge.jsonl has" in message and "split it" in message
     assert _condition(out, "Ready")[1] == "NoVersionYet"  # the store was observed as usual
     assert [e.reason for e in out.events] == ["RecordsUnavailable"] and not kube.list("Job", NS)
+
+
+def test_the_endpoint_down_for_a_while_is_a_condition_then_recovers(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], s3_env: dict[str, str],
+) -> None:  # fmt: skip
+    """Issue 18: S3 goes away (its endpoint refuses connections: a real server stopped, not a fake), then
+    comes back. Meanwhile the tier says so once and nothing is lost; afterwards it carries on."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from dynamiclora_dev.testing.storage import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket="outage")
+        _secret(kube, "testing", "testing")
+        _swarm(kube, settings, swarm_body, "outage", endpoint)
+        _records(client, "outage", "batch-1.jsonl", 20)
+        assert _pass(kube, settings).wire()["activeJob"] == f"{TIER}-train-v1"
+
+        server.stop()
+        out = _pass(kube, settings)
+        status, reason, message = _condition(out, "Ready")
+        assert (status, reason) == ("False", "StorageUnavailable") and endpoint in message, message
+        assert [e.reason for e in out.events] == ["StorageUnavailable"]
+        assert out.wire()["activeJob"] == f"{TIER}-train-v1"  # the Job in flight is still followed
+        assert [j["metadata"]["name"] for j in kube.list("Job", NS)] == [f"{TIER}-train-v1"]
+        assert not _pass(kube, settings).events  # still down: no second event
+
+        server.start()  # back (moto keeps its objects in the process)
+        out = _pass(kube, settings)
+        assert _condition(out, "Ready")[1] == "NoVersionYet" and out.wire()["recordsSeen"] == 20
+        assert out.wire()["activeJob"] == f"{TIER}-train-v1" and len(kube.list("Job", NS)) == 1
+    finally:
+        server.stop()
