@@ -21,6 +21,7 @@ from dynamiclora.builders.names import (
 from dynamiclora.builders.security import restrict
 from dynamiclora.kube import Obj, owner_reference
 from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage.results import work_uri
 from dynamiclora.training.options import ComposeConfig, ConsolidateConfig, StackSpec, TrainConfig, to_argv
 
 
@@ -170,9 +171,6 @@ class TrainingInputs:
     model_claim: str | None = None  # the base model's PVC (spec.baseModel.pvc), mounted read-only
 
 
-WORK_DIR = "_work"  # below the store root: training attempts' mirrored checkpoints, per version produced
-
-
 def replay_fraction(base: float, boost: int) -> float:
     """The replay share of a (re)try: each retry of a collaterally forgetting update rehearses more."""
     return min(0.9, base + 0.2 * boost) if base > 0 else 0.0
@@ -200,7 +198,7 @@ def training_config(
         rank=spec.rank, alpha=spec.alpha, target_modules=list(spec.target_modules), dropout=spec.dropout,
         lr=p.learning_rate, steps=t.max_steps, batch_size=t.batch_size, checkpoint_every=t.checkpoint_every,
         seed=inputs.seed, threads=settings.trainer_threads, work_dir=f"/work/{job_name}",
-        work_store=f"{store.rstrip('/')}/{WORK_DIR}/{ns}/{tier}/v{inputs.version:06d}" if inputs.version else None,
+        work_store=work_uri(store, ns, tier, inputs.version) if inputs.version else None,
         max_records=max(inputs.new_records, 1), records_total=inputs.total_records,
         exclude_window=list(inputs.exclude_windows),
         bad_lines=inputs.bad_records,  # type: ignore[arg-type]  # the API's Literal["reject", "skip"]

@@ -47,6 +47,7 @@ from dynamiclora.metrics import (
 )
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage.base import CheckpointStore, StoreError
+from dynamiclora.storage.results import prune_work
 
 MAX_TRAINING_ATTEMPTS = 3
 MAX_COLLATERAL_RETRIES = 2
@@ -321,6 +322,7 @@ def _retain(store: object, uri: str, versions: list[int], tier: LoRATier, old: O
     if report.deleted:
         msg = f"deleted versions {report.deleted} (keep {keep})"
         events.append(Event(EventType.NORMAL, Reason.RETENTION_APPLIED, msg))
+        prune_work(store.backend, ns, name, report.deleted)  # type: ignore[attr-defined]
 
 
 def _read_stats(store: object, ns: str, name: str, version: int) -> Obj | None:

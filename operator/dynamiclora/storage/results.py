@@ -9,13 +9,15 @@ overwrites the failed attempt's error with its own result), so the operator neve
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from dynamiclora.storage.base import BlobBackend
+from dynamiclora.storage.base import BlobBackend, parse_version_dir
 from dynamiclora.storage.schemes import blob_backend
 
 RESULTS_DIR = "_jobs"
+WORK_DIR = "_work"  # training attempts' mirrored checkpoints and published markers, per version produced
 
 
 def result_uri(store: str, namespace: str, job: str) -> str:
@@ -44,3 +46,22 @@ def read_result(uri: str, client: Any = None) -> bytes:
     backend, name = _split(uri, client)
     data: bytes = backend.get_bytes(name)
     return data
+
+
+def work_uri(store: str, namespace: str, tier: str, version: int) -> str:
+    """Where the attempts at producing ``version`` of a tier mirror their work (``training/work_mirror.py``)."""
+    return f"{store.rstrip('/')}/{WORK_DIR}/{namespace}/{tier}/v{version:06d}"
+
+
+def prune_work(backend: BlobBackend, namespace: str, tier: str, versions: Collection[int]) -> int:
+    """Delete the work areas of ``versions`` (those retention deleted); returns the objects deleted.
+
+    A version's area holds its published marker once it is published (an unpublished one is reused, then
+    emptied, by the next attempt at that number), so retention bounds it as it bounds the versions.
+    """
+    prefix = f"{WORK_DIR}/{namespace}/{tier}/"
+    doomed = [info.key for info in backend.list(prefix)
+              if parse_version_dir(info.key[len(prefix):].split("/")[0]) in versions]  # fmt: skip
+    for key in doomed:
+        backend.delete(key)
+    return len(doomed)

@@ -345,10 +345,14 @@ def test_retention_keeps_current_served_and_pinned_versions(
               "spec": {"level": "domain", "storage": {"pvc": {"claimName": "ckpt", "path": "dl"}},
                        "retention": {"keepVersions": 2}, "pinnedVersion": 2},
               "status": {"servedVersion": 1}})  # fmt: skip
-    for _ in range(6):
+    work = Path(settings.pvc_mount_root) / "ckpt/dl/_work" / NS / "dom"
+    for v in range(1, 7):
         _publish(settings, "dom", tmp_path)
+        (work / f"v{v:06d}").mkdir(parents=True)
+        (work / f"v{v:06d}" / "published.json").write_text("{}")  # what each version's Job left
     out = _tier_pass(kube, settings, "dom")
     assert open_store(_store(settings)).list_versions(NS, "dom") == [1, 2, 5, 6]
+    assert sorted(p.name for p in work.iterdir()) == ["v000001", "v000002", "v000005", "v000006"]
     assert any(e.reason == "RetentionApplied" for e in out.events)
     assert out.wire()["currentVersion"] == 6
 
