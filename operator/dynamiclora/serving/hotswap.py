@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -84,6 +85,18 @@ class FleetSwapResult:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+
+# (pod URL, served name, adapter path) this process has seen answer as it should, newest last; bounded.
+_VERIFIED: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+MAX_VERIFIED = 100_000
+
+
+def _remember(pod: PodTarget, spec: AdapterSpec) -> None:
+    _VERIFIED[(pod.base_url, spec.name, spec.path)] = None
+    _VERIFIED.move_to_end((pod.base_url, spec.name, spec.path))
+    while len(_VERIFIED) > MAX_VERIFIED:
+        _VERIFIED.popitem(last=False)
 
 
 def _count_failure(exc: BaseException) -> None:
@@ -167,8 +180,16 @@ class HotSwapper:
         current = (await client.list_adapters()).get(spec.name)
         previous = current.root if current is not None else None
         if previous == spec.path:
+            if (pod.base_url, spec.name, spec.path) in _VERIFIED:
+                return SwapResult(pod.label, spec.name, spec.version, spec.path, previous, "unchanged",
+                                  False, 0.0, 0.0, time.perf_counter() - start)
+            # Listed but never verified by this process: a swap interrupted between load and check, or a
+            # restarted operator. Check it once before counting it as served (a wrong one is unloaded).
+            t_verify = time.perf_counter()
+            verified = await self._verify(client, pod, spec, None)
+            _remember(pod, spec)
             return SwapResult(pod.label, spec.name, spec.version, spec.path, previous, "unchanged",
-                              False, 0.0, 0.0, time.perf_counter() - start)
+                              verified, 0.0, time.perf_counter() - t_verify, time.perf_counter() - start)
         t_load = time.perf_counter()
         inplace = current is not None
         try:
@@ -187,6 +208,7 @@ class HotSwapper:
         load_s = time.perf_counter() - t_load
         t_verify = time.perf_counter()
         verified = await self._verify(client, pod, spec, previous)
+        _remember(pod, spec)
         verify_s = time.perf_counter() - t_verify
         action: Action = "swapped" if inplace else "loaded"
         log.info("pod %s: %s %s -> version %s (%s) in %.3fs", pod.label, action, spec.name, spec.version,

@@ -107,6 +107,33 @@ async def test_a_client_key_runs_inference_but_cannot_change_what_is_served(
         assert await operator.unload(pod, "dl-guarded")
 
 
+async def test_a_loaded_but_never_verified_adapter_is_checked_once(
+    vllm_server: VLLMServer, vllm_adapter_factory: AdapterFactory, vllm_client_config: ClientConfig
+) -> None:
+    """Issue 18: a swap interrupted between its load and its check (or an operator that restarted) left a
+    path listed that nobody verified: the next ensure checks it before counting it as served, and
+    unloads it when it does not answer as its fingerprint says."""
+    pod = vllm_server.target()
+    good = _spec("dl-interrupted", vllm_adapter_factory(6, 8), "1")
+    async with VLLMClient(vllm_server.base_url, vllm_client_config) as raw:  # loaded, never verified
+        await raw.load_adapter(good.name, good.path)
+    async with HotSwapper(vllm_client_config) as sw:
+        first = await sw.ensure(pod, good)
+        assert (first.action, first.verified) == ("unchanged", True)
+        again = await sw.ensure(pod, good)
+        assert (again.action, again.verified) == ("unchanged", False)  # checked once is enough
+        await sw.unload(pod, good.name)
+
+    other = _spec("dl-wrong", vllm_adapter_factory(7, 8), "1")
+    wrong = replace(good, name="dl-wrong", fingerprint=other.fingerprint)  # the path answers otherwise
+    async with VLLMClient(vllm_server.base_url, vllm_client_config) as raw:
+        await raw.load_adapter(wrong.name, wrong.path)
+    async with HotSwapper(vllm_client_config) as sw:
+        with pytest.raises(VerificationFailed) as exc:
+            await sw.ensure(pod, wrong)
+        assert exc.value.rolled_back and "dl-wrong" not in await sw.client(pod).list_adapters()
+
+
 async def test_identity_matches_peft(
     vllm_server: VLLMServer,
     vllm_adapter_factory: AdapterFactory,
