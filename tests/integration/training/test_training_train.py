@@ -75,18 +75,8 @@ def test_train_learns_and_resume_after_sigkill_is_exact(
 
     # 2. Same run, SIGKILLed right after a mid-run progress line (checkpoint at step 10 exists).
     work = tmp_path / "w2"
-    cmd = [sys.executable, "-m", "dynamiclora.cli", *train_args(tiny_model_dir, records_file, store_uri, work, *args)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=_env())
-    assert proc.stdout is not None
-    try:
-        for line in proc.stdout:
-            if line.startswith("step 12/40"):
-                proc.send_signal(signal.SIGKILL)
-                break
-        assert proc.wait(timeout=120) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _kill_after_step(12, [sys.executable, "-m", "dynamiclora.cli",
+                          *train_args(tiny_model_dir, records_file, store_uri, work, *args)])
     assert not (work / "published.json").exists()
     assert sorted(p.name for p in work.glob("ckpt-*"))[-1] in {"ckpt-000010", "ckpt-000015", "ckpt-000020"}
     assert open_store(store_uri).list_versions(NS, TIER) == [1]
