@@ -73,13 +73,21 @@ class Leadership:
         return self.leader and self.clock() - self._renewed > self.duration_s
 
     def release(self) -> None:
-        """Give the Lease up (on a clean stop), so that a follower need not wait for it to expire."""
+        """Give the Lease up (on a clean stop), so that a follower need not wait for it to expire.
+
+        Best effort: at shutdown with the API server unreachable there is nothing better to do than to
+        stop (a follower takes over when the Lease expires). Raising here kept a stopping operator alive,
+        its shutdown retrying the release every minute.
+        """
         if not self.leader:
             return
-        lease = self.client.get_lease(self.namespace, self.name)
-        if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
-            lease["spec"]["holderIdentity"] = ""
-            self.client.write_lease(lease)
+        try:
+            lease = self.client.get_lease(self.namespace, self.name)
+            if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                lease["spec"]["holderIdentity"] = ""
+                self.client.write_lease(lease)
+        except Exception as exc:  # the kubernetes client raises urllib3's errors as well as ApiException
+            log.warning("could not release the Lease (%s): a follower takes over when it expires", exc)
         self.set_leader(False)
 
     def _lease(self, current: Obj, transitions: int, acquired: str | None = None) -> Obj:

@@ -100,6 +100,16 @@ def test_release_lets_the_follower_in_without_waiting() -> None:
     assert not a.leader and b.try_acquire()
 
 
+def test_release_without_the_api_server_still_lets_the_process_stop() -> None:
+    # `make demo-down` stops the cluster with the operator: its shutdown must not wait for the server.
+    leases, clock = MemLeases(), Clock()
+    a, _ = _pair(leases, clock)
+    assert a.try_acquire()
+    leases.down = True
+    a.release()
+    assert not a.leader
+
+
 def test_a_standalone_operator_counts_as_the_leader() -> None:
     """Without election it reconciles: the "replicas leading" panel must show 1, not 0."""
     import argparse
