@@ -174,7 +174,7 @@ class Scenario:
         return [
             str(ensure_operator_env()), "-m", "dynamiclora.cli", "run", "--kubeconfig", str(self.cluster.kubeconfig),
             "--pod-labels", f"{EXECUTOR_LABEL}={EXECUTOR_VALUE}", "--adapters-host-root", str(self.adapters_root),
-            "--allowed-images", "ghcr.io/dynamiclora/,vllm/",  # the chart's default policy
+            "--allowed-images", "ghcr.io/dynamiclora/,vllm/",  # as the chart's default policy (its images)
             "--pvc-root", str(self.pvc_root), "--resync-seconds", str(self.cfg.resync_seconds),
             "--namespace", self.cfg.namespace, "--leader-election-namespace", self.cfg.namespace,
             "--leader-lease-seconds", "6",

@@ -270,7 +270,9 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
             log(f"already published {prior['uri']}; nothing to do")
             return prior
         saved = mirror.checkpoint_saved if mirror else None
-        run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect, saved)
+        forget = (lambda: mirror.forget_checkpoints(work)) if mirror else None
+        run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect, saved,
+                          forget)  # fmt: skip
         if (homeostasis := regulate_end(cfg, peft_model, init_dir, tmp, log)) is not None:
             data_info["homeostasis"] = homeostasis
         verdict = _judge(cfg, peft_model, gate_sets, baseline, sel.batch, pad)
@@ -313,11 +315,6 @@ def _work_mirror(cfg: TrainConfig, work: Path, fp: str, log: Log) -> WorkMirror 
         return None
     mirror = WorkMirror(blob_backend(cfg.work_store), PUBLISHED)
     mirror.restore(work, log)
-    try:
-        ckpt.load_latest(work, fp)
-    except ckpt.ResumeMismatchError:  # an earlier attempt on other records or settings: start afresh
-        log("the mirrored checkpoint belongs to a run on other inputs; training from the start")
-        mirror.forget_checkpoints(work)
     return mirror
 
 
@@ -337,14 +334,23 @@ class TrainRun:
 
 def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: list[Example], pad: int,
                 work: Path, fp: str, log: Log, protect: Protection | None = None,
-                saved: Callable[[Path], None] | None = None) -> TrainRun:  # fmt: skip
+                saved: Callable[[Path], None] | None = None,
+                forget: Callable[[], None] | None = None) -> TrainRun:  # fmt: skip
     """Optimise the trained tier on ``mix``, checkpointing and resuming in ``work``."""
     params = target_parameters(peft_model)
     frozen_before = {n: p.detach().clone() for n, p in peft_model.named_parameters()
                      if "lora_" in n and not p.requires_grad}
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.steps or cfg.epochs * steps_per_epoch(len(mix), cfg.batch_size)
-    state = ckpt.load_latest(work, fp)
+    try:
+        state = ckpt.load_latest(work, fp)
+    except ckpt.ResumeMismatchError:
+        if forget is None:  # a --work-dir the user gave: refusing it is the clear error
+            raise
+        # A checkpoint mirrored by an earlier attempt on other records or settings: start afresh.
+        log("the mirrored checkpoint belongs to a run on other inputs; training from the start")
+        forget()
+        state = None
     if state is None:
         run = TrainRun(total, [], 0, 0.0, evaluate(peft_model, eval_set, cfg.batch_size, pad), 0.0)
         step = 0
