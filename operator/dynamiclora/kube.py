@@ -295,25 +295,33 @@ class CachedGets:
     """A :class:`Kube` whose ``get`` of some kinds is served from a short-lived cache.
 
     Thousands of per-agent tiers each read their Swarm on every resync; the Swarm changes rarely, so a
-    few seconds of staleness cost nothing and save one API call per tier per pass. Writes pass through and
-    drop the cached copy of what they wrote.
+    few seconds of staleness cost nothing and save one API call per tier per pass. Secrets likewise: each
+    Swarm pass reads its generated keys, the operator's vLLM key and the Secrets its resources name (a
+    watch would need list/watch on every Secret of the cluster, which the operator does not ask for), so
+    someone else's change to a Secret is seen within its TTL (a minute: a rotated key is picked up
+    within a minute). Writes pass through and drop the cached copy of what they wrote, so what the
+    operator creates is seen at once.
     """
 
-    def __init__(self, inner: Kube, kinds: frozenset[str] = frozenset({"Swarm"}), ttl: float = 5.0) -> None:
+    DEFAULT_TTLS: Mapping[str, float] = {"Swarm": 5.0, "Secret": 60.0}
+    # Past this many entries, expired ones (objects deleted meanwhile, mostly) are dropped.
+    PRUNE_AT = 4096
+
+    def __init__(self, inner: Kube, ttls: Mapping[str, float] | None = None) -> None:
         self.inner = inner
-        self.kinds = kinds
-        self.ttl = ttl
+        self.ttls = dict(self.DEFAULT_TTLS if ttls is None else ttls)
         self._cache: dict[tuple[str, str, str], tuple[float, Obj | None]] = {}
         self._flights: dict[tuple[str, str, str], threading.Lock] = {}
         self._lock = threading.Lock()
 
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
-        if kind not in self.kinds:
+        ttl = self.ttls.get(kind, 0.0)
+        if ttl <= 0:
             return self.inner.get(kind, namespace, name)
         key = (kind, namespace, name)
         with self._lock:
             hit = self._cache.get(key)
-            if hit and time.monotonic() - hit[0] < self.ttl:
+            if hit and time.monotonic() - hit[0] < ttl:
                 return hit[1]
             flight = self._flights.setdefault(key, threading.Lock())
         # Single flight: when the entry expires, one thread fetches and the others wait for its result
@@ -321,11 +329,15 @@ class CachedGets:
         with flight:
             with self._lock:
                 hit = self._cache.get(key)
-                if hit and time.monotonic() - hit[0] < self.ttl:
+                if hit and time.monotonic() - hit[0] < ttl:
                     return hit[1]
             obj = self.inner.get(kind, namespace, name)
             with self._lock:
-                self._cache[key] = (time.monotonic(), obj)
+                now = time.monotonic()
+                self._cache[key] = (now, obj)
+                if len(self._cache) > self.PRUNE_AT:
+                    self._cache = {k: v for k, v in self._cache.items() if now - v[0] < self.ttls[k[0]]}
+                    self._flights = {k: f for k, f in self._flights.items() if k in self._cache or f.locked()}
             return obj
 
     def _forget(self, obj: Obj) -> None:

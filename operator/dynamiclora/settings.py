@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field, fields
+from functools import cached_property
+from pathlib import Path
 
 _NAME = r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)"
 _LABEL_KEY = re.compile(rf"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?{_NAME}")
 _LABEL_VALUE = re.compile(rf"{_NAME}?")
+MIN_AUDIT_KEY_BYTES = 16  # an HMAC key short enough to guess would vouch for nothing
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,12 @@ class OperatorSettings:
         metadata={"help": "how long one object's periodic pass may hold one of its kind's slots; a slower pass "
                   "(a hung vLLM pod) runs on without one, so it delays only itself", "env": ""},
     )
+    pod_deadline_seconds: float = field(
+        default=30.0,
+        metadata={"help": "how long one pass may spend on one vLLM pod; pods are reconciled side by side, so a "
+                  "stalled pod is reported (Degraded: PodUnresponsive) without holding back the others",
+                  "env": "DYNAMICLORA_POD_DEADLINE"},
+    )
     vllm_timeout_seconds: float = field(
         default=60.0, metadata={"help": "timeout of one vLLM API call", "env": "DYNAMICLORA_VLLM_TIMEOUT"}
     )
@@ -86,20 +95,80 @@ class OperatorSettings:
             "env": "DYNAMICLORA_SCRATCH_DIR",
         },
     )
+    # Not a `dynamiclora run` option: a key on the command line would show in the process list.
+    audit_key: str = field(
+        default="",
+        repr=False,
+        compare=False,
+        metadata={
+            "help": "HMAC key signing the segments old audit records are compacted into (docs/audit.md); "
+            "without a key (here or in audit_key_file) the audit trail is never compacted",
+            "env": "DYNAMICLORA_AUDIT_KEY",
+        },
+    )
+    audit_key_file: str = field(
+        default="",
+        metadata={"help": "file holding the audit key (wins over DYNAMICLORA_AUDIT_KEY)",
+                  "env": "DYNAMICLORA_AUDIT_KEY_FILE"},
+    )
+    audit_compact_threshold: int = field(
+        default=256,
+        metadata={
+            "help": "a tier's audit trail is compacted when an append leaves more loose records than this: "
+            "all but the newest audit_keep_loose are folded into one signed segment",
+            "env": "DYNAMICLORA_AUDIT_COMPACT_THRESHOLD",
+        },
+    )
+    audit_keep_loose: int = field(
+        default=32,
+        metadata={"help": "newest audit records left loose by a compaction", "env": "DYNAMICLORA_AUDIT_KEEP_LOOSE"},
+    )
 
     def __post_init__(self) -> None:
         if not self.pvc_mount_root.startswith("/"):
             raise ValueError(f"pvc_mount_root must be an absolute path, got {self.pvc_mount_root!r}")
         if not self.scratch_dir.startswith("/"):
             raise ValueError(f"scratch_dir must be an absolute path, got {self.scratch_dir!r}")
-        if self.resync_seconds <= 0 or self.reconcile_deadline_seconds <= 0:
-            raise ValueError("resync_seconds and reconcile_deadline_seconds must be positive")
+        if min(self.resync_seconds, self.reconcile_deadline_seconds, self.pod_deadline_seconds) <= 0:
+            raise ValueError("resync_seconds, reconcile_deadline_seconds and pod_deadline_seconds must be positive")
         if not 0 < self.metrics_port < 65536:
             raise ValueError(f"metrics_port out of range: {self.metrics_port}")
         if self.adapters_host_root and not self.adapters_host_root.startswith("/"):
             raise ValueError(f"adapters_host_root must be an absolute path, got {self.adapters_host_root!r}")
+        if not 0 <= self.audit_keep_loose < self.audit_compact_threshold:
+            raise ValueError(
+                f"audit_keep_loose ({self.audit_keep_loose}) must be >= 0 and below audit_compact_threshold "
+                f"({self.audit_compact_threshold})"
+            )
         _ = self.extra_pod_labels  # raises on a malformed list
         _ = self.required_secret_label
+
+    @cached_property
+    def audit_signing_key(self) -> bytes | None:
+        """The audit key (surrounding whitespace dropped), read once; ``None`` when none is configured.
+
+        Raises:
+            ValueError: the key file cannot be read, or the key is shorter than 16 bytes.
+        """
+        if self.audit_key_file:
+            try:
+                raw = Path(self.audit_key_file).read_bytes()
+            except OSError as e:
+                raise ValueError(f"audit_key_file: cannot read {self.audit_key_file}: {e.strerror or e}") from None
+            source = self.audit_key_file
+        else:
+            raw, source = self.audit_key.encode(), "DYNAMICLORA_AUDIT_KEY"
+        key = raw.strip()
+        if not key:
+            return None
+        if len(key) < MIN_AUDIT_KEY_BYTES:
+            raise ValueError(f"the audit key in {source} is {len(key)} bytes; use at least {MIN_AUDIT_KEY_BYTES}")
+        return key
+
+    @property
+    def audit_segment_records(self) -> int:
+        """Records per compacted segment: what a compaction at the threshold folds."""
+        return self.audit_compact_threshold - self.audit_keep_loose
 
     @property
     def allowed_image_prefixes(self) -> list[str]:

@@ -47,3 +47,12 @@ app.kubernetes.io/part-of: dynamiclora
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/* Name of the Secret holding the audit key (its data key "key"); empty when the operator gets none. */}}
+{{- define "dynamiclora.auditKeySecret" -}}
+{{- if .Values.audit.existingSecret }}
+{{- .Values.audit.existingSecret }}
+{{- else if .Values.audit.generateKey }}
+{{- printf "%s-audit-key" (include "dynamiclora.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -178,9 +179,25 @@ class Scenario:
             "--pvc-root", str(self.pvc_root), "--resync-seconds", str(self.cfg.resync_seconds),
             "--namespace", self.cfg.namespace, "--leader-election-namespace", self.cfg.namespace,
             "--leader-lease-seconds", "6",
+            # A low threshold, so that the loop's audit trails are compacted into signed segments.
+            "--audit-key-file", str(self.audit_key_file), "--audit-compact-threshold", "8", "--audit-keep-loose", "2",
             "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port),
             "--liveness", f"http://127.0.0.1:{free_port()}/healthz",
         ]  # fmt: skip
+
+    @property
+    def audit_key_file(self) -> Path:
+        """The HMAC key of the audit segments (generated once per work folder, as the chart generates it)."""
+        path = self.cfg.work_dir / "audit.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(32))
+        return path
+
+    @property
+    def audit_key(self) -> bytes:
+        return self.audit_key_file.read_bytes().strip()
 
     def operator_environ(self) -> dict[str, str] | None:
         """The operator process's environment (None: this process's)."""

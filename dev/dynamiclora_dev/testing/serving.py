@@ -6,13 +6,23 @@ adapters and the server are only built when a test asks for the fixtures.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from dynamiclora.api.swarm import Swarm
+from dynamiclora.builders.inference import model_path
+from dynamiclora.builders.jobs import compose_config
+from dynamiclora.controllers.composer import ComposeProgress
 from dynamiclora.serving.client import ClientConfig
 from dynamiclora.serving.launcher import VLLMServer, VLLMServerConfig, free_port
+from dynamiclora.settings import OperatorSettings
+from dynamiclora.training.options import StackSpec, to_argv
 
 SERVER_MAX_LORA_RANK = 16
 # The server runs behind the guard middleware as a pod does (serving/guard.py): the operator's key may
@@ -78,3 +88,20 @@ def vllm_adapter_factory(
         return made[(seed, rank)]
 
     return factory
+
+
+class SubprocessComposer:
+    """The compose Job's command, run as a process here (what the Job's container runs), then done."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        self.settings = settings
+        self.runs = 0
+
+    async def compose(self, body: dict[str, Any], sw: Swarm, stacks: list[StackSpec]) -> ComposeProgress:
+        cfg = compose_config(body, sw.spec.storage, stacks, sw.spec.inference.max_lora_rank, sw.spec.base_model.name,
+                             model_path(sw, self.settings), self.settings)  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "dynamiclora.cli", "compose", *to_argv(cfg)],
+                              capture_output=True, text=True, timeout=300, env=os.environ.copy())  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        self.runs += 1
+        return ComposeProgress(done=True)

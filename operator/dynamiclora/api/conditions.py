@@ -67,6 +67,7 @@ class Reason(StrEnum):
     NOT_ALL_SERVED = "NotAllServed"
     ADAPTERS_SERVED = "AdaptersServed"
     ADAPTER_LOAD_FAILED = "AdapterLoadFailed"
+    POD_UNRESPONSIVE = "PodUnresponsive"
     SERVING_UNAVAILABLE = "ServingUnavailable"
     WAITING = "Waiting"
     COMPOSING = "Composing"

@@ -36,7 +36,11 @@ def _run(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             trainer_threads=args.trainer_threads,
             scratch_dir=args.scratch_dir,
+            audit_key_file=args.audit_key_file,
+            audit_compact_threshold=args.audit_compact_threshold,
+            audit_keep_loose=args.audit_keep_loose,
         )
+        _ = settings.audit_signing_key  # an unreadable or too short key stops the start, not the first compaction
     except ValueError as err:
         print(f"dynamiclora run: {err}")
         return 2
@@ -148,6 +152,11 @@ def register(sub: Any) -> None:
     p.add_argument("--resync-seconds", type=float, help="period of the reconcile timers (default 10)")
     p.add_argument("--trainer-threads", type=int, help="CPU threads per trainer process (default 1)")
     p.add_argument("--metrics-port", type=int, help="port of /metrics (default 8080)")
+    p.add_argument("--audit-key-file", help="file with the HMAC key signing compacted audit segments (default: "
+                   "$DYNAMICLORA_AUDIT_KEY; neither: audit trails are never compacted)")  # fmt: skip
+    p.add_argument("--audit-compact-threshold", type=int,
+                   help="compact a tier's audit trail past this many loose records (default 256)")  # fmt: skip
+    p.add_argument("--audit-keep-loose", type=int, help="newest audit records a compaction leaves loose (default 32)")
     p.add_argument("--metrics-host", default="0.0.0.0", help="address of /metrics (default 0.0.0.0)")
     p.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
                    help="kopf liveness endpoint URL (default http://0.0.0.0:8081/healthz)")  # fmt: skip

@@ -14,12 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
-from dynamiclora import GROUP, VERSION
+from dynamiclora import FIELD_MANAGER, GROUP, VERSION
 from dynamiclora.api.conditions import ConditionType, EventType
 from dynamiclora.controllers.common import Event, InvalidSpec, WaitFor, generation
 from dynamiclora.controllers.composer import Composer, JobComposer
@@ -27,6 +28,7 @@ from dynamiclora.controllers.conditions import (
     set_condition,
     write_status,
 )
+from dynamiclora.controllers.job_events import finished, followups
 from dynamiclora.controllers.leader import Leadership
 from dynamiclora.controllers.policy import reconcile_policy
 from dynamiclora.controllers.serving import ServingOutcome, operator_key, sync_serving
@@ -55,6 +57,7 @@ class Runtime:
     leadership: Leadership | None = None  # None: standalone (no leader election), always reconciles
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     retries: dict[tuple[str, str, str], asyncio.Task[None]] = field(default_factory=dict)  # one per object
+    jobs_seen: OrderedDict[str, None] = field(default_factory=OrderedDict)  # finished Jobs reacted to (uids)
 
     def __post_init__(self) -> None:
         self.composer = JobComposer(self.kube, self.settings)
@@ -166,6 +169,36 @@ KINDS: dict[str, tuple[str, Any]] = {
 }
 
 
+# Finished Jobs remembered so that later events of one (pods cleaned up, labels) trigger nothing more.
+JOBS_REMEMBERED = 4096
+
+
+async def on_job_finished(rt: Runtime, job: Obj) -> None:
+    """Reconcile at once what a finished Job changed: its owner, the tiers it wrote, their Swarms."""
+    uid = job["metadata"].get("uid", job["metadata"]["name"])
+    if not finished(job) or uid in rt.jobs_seen or not rt.leading():
+        return
+    rt.jobs_seen[uid] = None
+    while len(rt.jobs_seen) > JOBS_REMEMBERED:
+        rt.jobs_seen.popitem(last=False)
+    ns = job["metadata"]["namespace"]
+    handles = {kind: handle for kind, handle in KINDS.values()}
+    for kind, name in await asyncio.to_thread(followups, rt.kube, job):
+        fresh = await asyncio.to_thread(rt.kube.get, kind, ns, name)
+        if fresh is not None and not fresh["metadata"].get("deletionTimestamp"):
+            await reconcile_now(rt, kind, handles[kind], fresh)
+
+
+def _register_jobs() -> None:
+    async def jobs_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
+        # None: the initial listing (Jobs that finished before this operator started: the resync covers them).
+        if type in (None, "DELETED"):
+            return
+        await on_job_finished(_runtime(memo), _plain(body))
+
+    kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": FIELD_MANAGER})(jobs_event)
+
+
 def register(settings: OperatorSettings) -> None:
     """Register the watch handlers on kopf's default registry (called once by ``dynamiclora run``).
 
@@ -179,6 +212,7 @@ def register(settings: OperatorSettings) -> None:
     """
     for plural, (kind, handle) in KINDS.items():
         _register_kind(plural, kind, handle)
+    _register_jobs()
 
 
 def needs_reconcile(event_type: str | None, body: Obj) -> bool:

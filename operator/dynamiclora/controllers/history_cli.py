@@ -1,8 +1,11 @@
 """``dynamiclora history TIER``: print a tier's audit trail (see docs/audit.md).
 
 The store is given with ``--store`` or resolved like the operator does: the LoRATier's ``spec.storage``,
-else the storage of the Swarm named by ``spec.swarmRef``. Exit codes: 0 success, 1 ``--verify`` found
-problems or the store failed, 2 bad input (tier not found, no storage, bad options).
+else the storage of the Swarm named by ``spec.swarmRef``. The signatures of compacted segments are
+checked with the operator's audit key: ``--audit-key-file``, else ``$DYNAMICLORA_AUDIT_KEY_FILE`` or
+``$DYNAMICLORA_AUDIT_KEY``; without one only the hash chain is checked (and the output says so).
+Exit codes: 0 success, 1 ``--verify`` found problems (a bad signature too) or the store failed, 2 bad
+input (tier not found, no storage, bad options, an unreadable key file).
 """
 
 from __future__ import annotations
@@ -172,6 +175,19 @@ def _open_log(args: argparse.Namespace) -> AuditLog:
         raise InputError(str(e)) from None
 
 
+def _audit_key(args: argparse.Namespace) -> bytes | None:
+    """The key the operator signs segments with, taken the way the operator takes it."""
+    from dynamiclora.settings import OperatorSettings
+
+    # Only the key's settings: other operator variables in the environment are no business of this command.
+    key_file = args.audit_key_file or os.environ.get("DYNAMICLORA_AUDIT_KEY_FILE", "")
+    try:
+        settings = OperatorSettings(audit_key=os.environ.get("DYNAMICLORA_AUDIT_KEY", ""), audit_key_file=key_file)
+        return settings.audit_signing_key
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
 def run_history(args: argparse.Namespace) -> int:
     """Handler of ``dynamiclora history``."""
     from dynamiclora.storage.base import StoreError
@@ -180,9 +196,10 @@ def run_history(args: argparse.Namespace) -> int:
         print("error: --limit must be >= 1", file=sys.stderr)
         return 2
     try:
+        key = _audit_key(args)
         log = _open_log(args)
         records = log.records()
-        problems = log.verify()
+        problems = log.verify(key)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -195,10 +212,13 @@ def run_history(args: argparse.Namespace) -> int:
     if args.verify:
         for p in problems:
             print(p)
+        for note in problems.notes:
+            print(f"note: {note} (pass --audit-key-file or set DYNAMICLORA_AUDIT_KEY)", file=sys.stderr)
         if problems:
             print(f"{len(problems)} problem(s) in the audit trail at {log.uri}", file=sys.stderr)
             return 1
-        print(f"audit trail at {log.uri} is intact: {len(records)} record(s), hash chain valid")
+        signed = f", {problems.segments} segment signature(s) valid" if key is not None and problems.segments else ""
+        print(f"audit trail at {log.uri} is intact: {len(records)} record(s), hash chain valid{signed}")
         return 0
     if problems:
         print(f"warning: the audit trail has {len(problems)} problem(s); run with --verify", file=sys.stderr)
@@ -234,7 +254,11 @@ def register(subparsers: Any) -> None:
         help="where PVC storage is mounted locally "
         "(default: $DYNAMICLORA_PVC_ROOT or the operator's default)",
     )
-    p.add_argument("--verify", action="store_true", help="check the hash chain; exit 1 on any problem")
+    p.add_argument("--verify", action="store_true",
+                   help="check the hash chain and, with a key, the segments' signatures; exit 1 on any problem")
+    p.add_argument("--audit-key-file",
+                   help="file with the operator's audit key (default: $DYNAMICLORA_AUDIT_KEY_FILE, "
+                   "$DYNAMICLORA_AUDIT_KEY; none: signatures are not checked)")
     p.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
     p.add_argument("--limit", type=int, help="show only the last N records")
     p.set_defaults(func=run_history)

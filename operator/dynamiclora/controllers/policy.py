@@ -255,7 +255,7 @@ def _reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Poli
 
     swarms = _swarms(kube, ns, pol)
     stores = {sn: store_access(kube, ns, sw.spec.storage, settings) for sn, sw in swarms.items()}
-    active, busy_targets, evaluated = _collect(kube, ns, old, stores, st, decisions, events)
+    active, busy_targets, evaluated = _collect(kube, settings, ns, old, stores, st, decisions, events)
     st["reservations"] = {j: int(n) for j, n in dict(old.get("reservations") or {}).items() if j in active}
 
     if pol.spec.suspend:
@@ -294,8 +294,8 @@ def _reconcile_policy(kube: Kube, settings: OperatorSettings, body: Obj) -> Poli
     return PolicyOutcome(status, events)
 
 
-def _collect(kube: Kube, ns: str, old: Obj, stores: dict[str, StoreAccess], st: Obj, decisions: list[Obj],
-             events: list[Event]) -> tuple[list[str], set[str], dict[str, int]]:  # fmt: skip
+def _collect(kube: Kube, settings: OperatorSettings, ns: str, old: Obj, stores: dict[str, StoreAccess], st: Obj,
+             decisions: list[Obj], events: list[Event]) -> tuple[list[str], set[str], dict[str, int]]:  # fmt: skip
     """Record the Jobs that finished since the last pass; (Jobs still running, their targets, evaluated)."""
     active: list[str] = []
     busy_targets: set[str] = set()
@@ -310,7 +310,7 @@ def _collect(kube: Kube, ns: str, old: Obj, stores: dict[str, StoreAccess], st: 
             continue
         store = stores.get(labels.get("dynamiclora.io/swarm", ""), next(iter(stores.values()), StoreAccess("")))
         why = failure_reason(kube, job) if job is not None and state != "Complete" else ""
-        events.append(_record_job(job_name, state, job, store, ns, st, decisions, why))
+        events.append(_record_job(job_name, state, job, store, ns, st, decisions, why, settings))
         # What the Job itself published must not look like new input to the next evaluation.
         annotations = (job or {}).get("metadata", {}).get("annotations", {})
         key, inputs = annotations.get(ANNOTATION_KEY), annotations.get(ANNOTATION_INPUTS, "")
@@ -395,7 +395,7 @@ def _job_tiers(job: Obj | None) -> tuple[str, str]:
 
 def _record_job(
     job_name: str, state: str, job: Obj | None, store: StoreAccess, ns: str, st: Obj, decisions: list[Obj],
-    why: str = "",
+    why: str = "", settings: OperatorSettings | None = None,
 ) -> Event:
     """Turn a finished consolidation Job into decisions and counters (``why``: a failed Job's last error)."""
     target, src_tier = _job_tiers(job)
@@ -414,7 +414,7 @@ def _record_job(
         return Event(EventType.WARNING, Reason.RESULT_MISSING, msg)
     report = result.get("report", {})
     migrate = result.get("mode") == "migrate"
-    summary = audit_consolidation(store, ns, target, job_name, result, src_tier if migrate else None)
+    summary = audit_consolidation(store, ns, target, job_name, result, src_tier if migrate else None, settings)
     if result.get("status") == "rejected":
         decisions.append({"time": now_rfc3339(), "sourceTier": src_tier, "targetTier": target, "outcome": "Rejected",
                           "reason": summary[:1024], "job": job_name, "components": 0,

@@ -15,7 +15,7 @@ from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import QualityGate
 from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import ConsolidationInputs, experience_location, storage_path, store_uri, tier_ref
-from dynamiclora.controllers.promotion import served_version_of
+from dynamiclora.controllers.promotion import compact_audit, served_version_of
 from dynamiclora.controllers.tier_storage import StoreAccess
 from dynamiclora.kube import Kube
 from dynamiclora.settings import OperatorSettings
@@ -76,8 +76,9 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
 
 
 def audit_consolidation(store: StoreAccess, ns: str, target: str, job_name: str, result: dict[str, Any],
-                        source: str | None = None) -> str:  # fmt: skip
-    """Append the Job's outcome to the target tier's audit trail (once per Job); returns a summary."""
+                        source: str | None = None, settings: OperatorSettings | None = None) -> str:  # fmt: skip
+    """Append the Job's outcome to the target tier's audit trail (once per Job), then compact it if due
+    (see :func:`compact_audit`); returns a summary."""
     from dynamiclora.storage.audit import AuditLog
 
     gate = result.get("gate") if isinstance(result.get("gate"), dict) else None
@@ -107,8 +108,10 @@ def audit_consolidation(store: StoreAccess, ns: str, target: str, job_name: str,
         detail = f"{report.get('migrated', 0)} migrated, {report.get('bypassed', 0)} bypassed" if kind == "migration" \
             else f"{len(contributors)} agents ({report.get('rule', '')})"  # fmt: skip
         msg = f"{kind} by Job {job_name} into v{version}: {detail}"
-    AuditLog(store.open(), ns, target).append(
+    audit = AuditLog(store.open(), ns, target)
+    audit.append(
         kind, id=f"job/{job_name}", version=version, actor=f"job/{job_name}", contributors=contributors,
         gate=gate, message=msg[:1000],
     )  # fmt: skip
+    compact_audit(audit, settings)
     return msg

@@ -6,20 +6,32 @@ the version itself. The operator only reads verdicts: the newest *accepted* vers
 ``currentVersion`` (what is composed and served unless a pin says otherwise); a rejected version stays
 in the store for inspection and can still be pinned explicitly. Every verdict and every pin change is
 appended to the tier's audit trail exactly once (the record id is derived from the version or the
-object generation, so a restarted operator re-deriving the same facts writes nothing twice).
+object generation, so a restarted operator re-deriving the same facts writes nothing twice). Once an
+append leaves more loose records than the threshold, the oldest are folded into a signed segment
+(:func:`compact_audit`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynamiclora.api.conditions import EventType, Reason
 from dynamiclora.controllers.common import Event
+from dynamiclora.controllers.tier_storage import is_storage_error
 from dynamiclora.kube import Obj
 from dynamiclora.metrics import GATE_DECISIONS
+from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage.base import CheckpointStore, VersionRef
+
+if TYPE_CHECKING:
+    from dynamiclora.storage.audit import AuditLog, Compaction
+
+log = logging.getLogger("dynamiclora.operator")
+_NO_KEY_LOGGED = threading.Event()
 
 HISTORY_LIMIT = 20
 QUARANTINE_LIMIT = 20
@@ -118,11 +130,12 @@ class Promotion:
 
 
 def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | None, old: Obj, st: Obj,
-                     events: list[Event]) -> Promotion:  # fmt: skip
+                     events: list[Event], settings: OperatorSettings | None = None) -> Promotion:  # fmt: skip
     """Record every version published since the last pass: history, verdict, audit, events.
 
     Versions only grow, so anything above the newest version in the status history is new; older
-    versions are never re-read (retention may have deleted them meanwhile).
+    versions are never re-read (retention may have deleted them meanwhile). ``settings`` decide whether
+    the audit trail is compacted afterwards (None: never).
     """
     versions = store.list_versions(ns, name)
     history: list[Obj] = list(old.get("history", []))
@@ -162,6 +175,7 @@ def observe_versions(store: CheckpointStore, ns: str, name: str, agent: str | No
             if r.id.startswith("gate/"):
                 counts["accepted" if r.kind == "promotion" else "rejected"] += 1
         st["gateCounts"] = counts
+        compact_audit(audit, settings)
     st["history"] = sorted(history, key=lambda h: int(h["version"]))[-HISTORY_LIMIT:]
     current = latest_accepted(store, ns, name, versions)
     st["latestVersion"] = versions[-1] if versions else None
@@ -193,7 +207,8 @@ def _release(audit: Any, ref: VersionRef, st: Obj, events: list[Event]) -> None:
 
 
 def observe_pin(store: CheckpointStore, ns: str, name: str, pinned: int | None, generation: int | None,
-                current: int | None, old: Obj, st: Obj, events: list[Event]) -> None:  # fmt: skip
+                current: int | None, old: Obj, st: Obj, events: list[Event],
+                settings: OperatorSettings | None = None) -> None:  # fmt: skip
     """Audit a change of ``spec.pinnedVersion`` (rollback, roll-forward, unpin) once per generation."""
     before = old.get("pinnedVersion")
     if pinned == before:
@@ -206,8 +221,9 @@ def observe_pin(store: CheckpointStore, ns: str, name: str, pinned: int | None, 
         kind, msg = "rollforward", f"pinned to v{pinned}, ahead of the newest accepted v{current}"
     else:
         kind, msg = "pin", f"pinned to v{pinned}"
-    _audit(store, ns, name).append(kind, id=f"pin/g{generation}/{pinned}", version=pinned,
-                                   actor="spec.pinnedVersion", message=msg)  # fmt: skip
+    audit = _audit(store, ns, name)
+    audit.append(kind, id=f"pin/g{generation}/{pinned}", version=pinned, actor="spec.pinnedVersion", message=msg)
+    compact_audit(audit, settings)
     events.append(Event(EventType.NORMAL, Reason.UNPINNED if pinned is None else Reason.PINNED, msg))
     if pinned is None:
         st.pop("pinnedVersion", None)
@@ -250,7 +266,35 @@ def agent_trust(tiers: Mapping[str, Obj], swarm: str, agent: Any) -> float:
     return trust_score(float(agent.trust_weight), counts)
 
 
-def _audit(store: CheckpointStore, ns: str, name: str) -> Any:
+def _audit(store: CheckpointStore, ns: str, name: str) -> AuditLog:
     from dynamiclora.storage.audit import AuditLog
 
     return AuditLog(store, ns, name)
+
+
+def compact_audit(audit: AuditLog, settings: OperatorSettings | None) -> Compaction | None:
+    """Fold the oldest records of ``audit`` into a signed segment when more than the threshold are loose.
+
+    Called after appends (``audit.loose_records`` is what the last read listed). Without a key nothing is
+    ever compacted (logged once per process); a failed compaction leaves every record as it was.
+    """
+    if settings is None or audit.loose_records <= settings.audit_compact_threshold:
+        return None
+    key = settings.audit_signing_key
+    if key is None:
+        if not _NO_KEY_LOGGED.is_set():
+            _NO_KEY_LOGGED.set()
+            log.warning("audit trails are not compacted: no audit key (DYNAMICLORA_AUDIT_KEY or --audit-key-file); "
+                        "%s has %d loose records", audit.uri, audit.loose_records)  # fmt: skip
+        return None
+    try:
+        done = audit.compact(key, keep=settings.audit_keep_loose, segment_records=settings.audit_segment_records)
+    except Exception as e:  # housekeeping: the append it follows succeeded, and the next one tries again
+        if not is_storage_error(e):
+            raise
+        log.warning("audit trail %s not compacted: %s", audit.uri, e)
+        return None
+    if done.segments:
+        log.info("audit trail %s compacted into %s (%d loose records left)", audit.uri, ", ".join(done.segments),
+                 done.loose)  # fmt: skip
+    return done

@@ -10,12 +10,13 @@ serving what it served. Re-running the reconcile with unchanged tiers composes n
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dynamiclora.api.swarm import MAX_MISSING_LISTED, Swarm
 from dynamiclora.builders.guard import OPERATOR_KEY
@@ -31,8 +32,13 @@ from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.controllers.tier_storage import s3_client_for
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.serving.adapters import AdapterSpec
+from dynamiclora.serving.errors import ServingError
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.training.options import StackSpec
+
+if TYPE_CHECKING:  # imported lazily at run time (httpx is only needed once a pod is reached)
+    from dynamiclora.serving.hotswap import HotSwapper
+    from dynamiclora.serving.reconcile import ReconcileResult
 
 LEVEL_LETTER = {"context": "c", "agent": "a", "swarm": "s", "domain": "d", "foundation": "f"}
 
@@ -147,6 +153,7 @@ class ServingOutcome:
     agents: list[Obj] = field(default_factory=list)
     pods: list[Obj] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
+    unresponsive: dict[str, str] = field(default_factory=dict)  # pod -> why its pass failed as a whole
     swapped: list[str] = field(default_factory=list)
     # "<pod>/<adapter>" the pod's adapter-sync sidecar has not mirrored yet (retried, not a failure)
     pending: dict[str, str] = field(default_factory=dict)
@@ -277,37 +284,67 @@ def _carry_waiting(body: Obj, swarm: str, waiting: list[AgentStack], served_on: 
 async def _reconcile_pods(sw: Swarm, swarm: str, ready_pods: list[ReadyPod], api_key: str | None,
                           settings: OperatorSettings, plan: _Plan, keep: set[str],
                           out: ServingOutcome) -> dict[str, int]:  # fmt: skip
-    """Hot-swap each ready pod to ``plan.desired``; returns on how many pods each served name is loaded."""
-    from dynamiclora.serving import served_s3
-    from dynamiclora.serving.adapters import PodTarget
+    """Hot-swap each ready pod to ``plan.desired``; returns on how many pods each served name is loaded.
+
+    Pods are reconciled side by side, each within ``pod_deadline_seconds``: a pod that accepts
+    connections but never answers (a stalled process) costs the pass one deadline, not one per pod,
+    and the other pods are served as if it were not there.
+    """
     from dynamiclora.serving.client import ClientConfig
     from dynamiclora.serving.hotswap import HotSwapper
 
-    desired = plan.desired
-    served_on: dict[str, int] = {}
     cfg = ClientConfig(api_key=api_key, timeout_s=settings.vllm_timeout_seconds)
+    served_on: dict[str, int] = {}
     async with HotSwapper(cfg) as swapper:
-        for pod in ready_pods:
-            target = PodTarget(
-                base_url=f"http://{pod.ip}:{sw.spec.inference.port}",
-                max_lora_rank=sw.spec.inference.max_lora_rank,
-                base_model=sw.spec.base_model.name,
-                base_model_aliases=(sw.spec.base_model.name,),
-                max_cpu_loras=sw.spec.inference.max_cpu_loras,
-                name=pod.name,
-            )
-            result = await swapper.reconcile(target, desired, managed_prefix=f"{swarm}-", keep=keep)
-            out.swapped += [f"{pod.name}:{n}" for n in result.swapped + result.loaded]
-            for n, err in result.failed.items():
-                exc = result.errors.get(n)
-                if sw.spec.storage.s3 is not None and exc is not None and served_s3.is_not_synced(exc):
-                    out.pending[f"{pod.name}/{n}"] = err  # the sidecar has not mirrored it yet
-                else:
-                    out.failures[f"{pod.name}/{n}"] = err
-            ok = [n for n in desired if n not in result.failed] + result.kept
-            for n in ok:
-                served_on[n] = served_on.get(n, 0) + 1
-            missing = sorted(n for n in desired if n in result.failed)
-            out.pods.append({"name": pod.name, "podIP": pod.ip, "ready": True, "loadedAdapters": len(ok),
-                             "missingAdapters": missing[:MAX_MISSING_LISTED]})  # fmt: skip
+        results = await asyncio.gather(*(
+            _reconcile_pod(swapper, sw, swarm, pod, plan.desired, keep, settings.pod_deadline_seconds)
+            for pod in ready_pods))  # fmt: skip
+    for pod, result in zip(ready_pods, results, strict=True):
+        if isinstance(result, str):
+            out.unresponsive[pod.name] = result
+            ok: list[str] = []
+        else:
+            ok = _record_pod_result(sw, pod, result, plan.desired, out)
+        for n in ok:
+            served_on[n] = served_on.get(n, 0) + 1
+        missing = sorted(n for n in plan.desired if n not in ok)
+        out.pods.append({"name": pod.name, "podIP": pod.ip, "ready": True, "loadedAdapters": len(ok),
+                         "missingAdapters": missing[:MAX_MISSING_LISTED]})  # fmt: skip
     return served_on
+
+
+async def _reconcile_pod(swapper: HotSwapper, sw: Swarm, swarm: str, pod: ReadyPod, desired: dict[str, AdapterSpec],
+                         keep: set[str], deadline: float) -> ReconcileResult | str:  # fmt: skip
+    """One pod's reconcile, or why it was given up on (the deadline passed)."""
+    from dynamiclora.serving.adapters import PodTarget
+
+    target = PodTarget(
+        base_url=f"http://{pod.ip}:{sw.spec.inference.port}",
+        max_lora_rank=sw.spec.inference.max_lora_rank,
+        base_model=sw.spec.base_model.name,
+        base_model_aliases=(sw.spec.base_model.name,),
+        max_cpu_loras=sw.spec.inference.max_cpu_loras,
+        name=pod.name,
+    )
+    try:
+        return await asyncio.wait_for(
+            swapper.reconcile(target, desired, managed_prefix=f"{swarm}-", keep=keep), deadline)
+    except TimeoutError:
+        return f"no answer within {deadline:g} s (pod stalled?); its adapters are checked again next pass"
+    except ServingError as exc:  # the pod as a whole (listing refused, no connection): this pod only
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _record_pod_result(sw: Swarm, pod: ReadyPod, result: ReconcileResult, desired: dict[str, AdapterSpec],
+                       out: ServingOutcome) -> list[str]:  # fmt: skip
+    """Book one pod's reconcile into ``out``; returns the served names the pod serves as desired."""
+    from dynamiclora.serving import served_s3
+
+    out.swapped += [f"{pod.name}:{n}" for n in result.swapped + result.loaded]
+    for n, err in result.failed.items():
+        exc = result.errors.get(n)
+        if sw.spec.storage.s3 is not None and exc is not None and served_s3.is_not_synced(exc):
+            out.pending[f"{pod.name}/{n}"] = err  # the sidecar has not mirrored it yet
+        else:
+            out.failures[f"{pod.name}/{n}"] = err
+    return [n for n in desired if n not in result.failed] + result.kept

@@ -104,6 +104,12 @@ def _degraded(conditions: list[Obj], outcome: ServingOutcome, gen: int | None, e
     if outcome.compose is not None and outcome.compose.failure:
         msg = f"compose Job {outcome.compose.job}: {outcome.compose.failure}"[:MAX_MESSAGE]
         return set_condition(conditions, ConditionType.DEGRADED, True, Reason.COMPOSITION_FAILED, msg, gen)
+    if outcome.unresponsive:
+        msg = "; ".join(f"pod {k}: {v}" for k, v in sorted(outcome.unresponsive.items()))[:MAX_MESSAGE]
+        before = get_condition({"conditions": conditions}, ConditionType.DEGRADED) or {}
+        if before.get("reason") != Reason.POD_UNRESPONSIVE or before.get("message") != msg:
+            events.append(Event(EventType.WARNING, Reason.POD_UNRESPONSIVE, msg))
+        return set_condition(conditions, ConditionType.DEGRADED, True, Reason.POD_UNRESPONSIVE, msg, gen)
     if outcome.failures:
         msg = "; ".join(f"{k}: {v}" for k, v in sorted(outcome.failures.items()))[:MAX_MESSAGE]
         events.append(Event(EventType.WARNING, Reason.ADAPTER_LOAD_FAILED, msg))

@@ -138,7 +138,7 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
     conditions = _reset_on_new_generation(old, st, conditions, gen)
     storage, swarm = _resolve(kube, tier, ns)
     store = open_store(store_uri(storage, settings), s3_client=s3_client_for(kube, ns, storage))
-    promo = observe_versions(store, ns, name, tier.spec.agent, old, st, events)
+    promo = observe_versions(store, ns, name, tier.spec.agent, old, st, events, settings)
     latest = promo.current
     if latest is not None:
         if latest.version != old.get("currentVersion"):
@@ -146,7 +146,7 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
         st.update(currentVersion=latest.version, checkpointUri=latest.uri, checkpointSha256=latest.digest)
         _apply_stats(st, store, ns, name, latest.version)
         TIER_VERSION.labels(ns, name, level.value).set(latest.version)
-    observe_pin(store, ns, name, tier.spec.pinned_version, gen, st.get("currentVersion"), old, st, events)
+    observe_pin(store, ns, name, tier.spec.pinned_version, gen, st.get("currentVersion"), old, st, events, settings)
     if promo.latest is not None:
         _retain(store, store_uri(storage, settings), promo.versions, tier, old, st, events)
     if level == TierLevel.CONTEXT and "recordsConsumed" not in old:

@@ -11,7 +11,11 @@ filesystem, ``If-None-Match: *`` on S3), never overwritten, so a crashed or conc
 rewrite history: a writer that loses the race for a sequence number re-reads the log and tries the next
 one. Each record carries the sha256 of its predecessor's exact bytes, so :meth:`AuditLog.verify` detects
 a record that was edited, removed or inserted out of band. Appends are idempotent by a caller-given
-``id``: an operator that re-runs a step after a crash gets the existing record back. See docs/audit.md.
+``id``: an operator that re-runs a step after a crash gets the existing record back.
+
+:meth:`AuditLog.compact` folds old records into signed, immutable segments (``_audit/segments/``, see
+:mod:`dynamiclora.storage.audit_segments`) holding their exact bytes, so the chain is unchanged and the
+number of objects stays small; readers see segments and loose records as one sequence. See docs/audit.md.
 """
 
 from __future__ import annotations
@@ -20,12 +24,25 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+from dynamiclora.storage.audit_record import AUDIT_KINDS, SEQ_WIDTH, AuditKind, AuditRecord
+from dynamiclora.storage.audit_segments import SEGMENT_DIR, Segment, parse_segment_name, segment_name
+from dynamiclora.storage.audit_view import (
+    Entry,
+    SegmentObject,
+    View,
+    duplicate_problems,
+    entry,
+    merge,
+    record_problems,
+    segment_problems,
+)
 from dynamiclora.storage.base import (
     BlobBackend,
+    BlobInfo,
     BlobNotFoundError,
     CheckpointStore,
     StoreError,
@@ -34,112 +51,20 @@ from dynamiclora.storage.base import (
 from dynamiclora.storage.store import _now, rfc3339
 
 AUDIT_DIR = "_audit"
-AUDIT_FORMAT = "dynamiclora.audit/v1"
-AuditKind = Literal[
-    "promotion",
-    "rejection",
-    "migration",
-    "consolidation",
-    "consensus",
-    "rollback",
-    "rollforward",
-    "pin",
-    "unpin",
-    "training-failed",
-    "quarantine-release",
-]
-AUDIT_KINDS: tuple[str, ...] = get_args(AuditKind)
 MAX_ID_CHARS = 256
 MAX_ACTOR_CHARS = 256
 MAX_MESSAGE_CHARS = 4096
 MAX_RECORD_BYTES = 256 * 1024
-SEQ_WIDTH = 8
 # Each failed attempt means another writer created a record meanwhile; this many in a row means
 # something is badly wrong (or the writers are far more than one operator and a few Jobs).
 MAX_APPEND_ATTEMPTS = 32
+# A listed object gone before it is read was folded into a segment meanwhile: list again, this often.
+MAX_LOAD_ATTEMPTS = 3
+# The operator's defaults: past 256 loose records, all but the newest 32 become one segment.
+DEFAULT_KEEP = 32
+DEFAULT_SEGMENT_RECORDS = 224
 _KEY_RE = re.compile(rf"^(\d{{{SEQ_WIDTH}}})\.json$")
-_FIELDS = (
-    "seq",
-    "id",
-    "time",
-    "kind",
-    "namespace",
-    "tier",
-    "version",
-    "actor",
-    "contributors",
-    "gate",
-    "message",
-    "prev",
-)
-
-
-@dataclass(frozen=True)
-class AuditRecord:
-    """One immutable audit event of a tier."""
-
-    seq: int
-    id: str
-    time: str
-    kind: str
-    namespace: str
-    tier: str
-    version: int | None
-    actor: str
-    contributors: list[dict[str, Any]]
-    gate: dict[str, Any] | None
-    message: str
-    prev: str
-
-    def to_json(self) -> bytes:
-        """Canonical bytes: sorted keys, compact separators, ASCII only (stable across Python versions)."""
-        doc = asdict(self)
-        doc["format"] = AUDIT_FORMAT
-        return json.dumps(
-            doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        ).encode()
-
-    @property
-    def digest(self) -> str:
-        """sha256 hex of :meth:`to_json` (what the next record's ``prev`` holds)."""
-        return hashlib.sha256(self.to_json()).hexdigest()
-
-    @classmethod
-    def from_json(cls, data: bytes, where: str) -> AuditRecord:
-        """Parse record bytes read from ``where`` (named in errors).
-
-        Raises:
-            StoreError: invalid JSON, unknown format, or a missing or mistyped field.
-        """
-        try:
-            doc = json.loads(data)
-            if not isinstance(doc, dict):
-                raise ValueError("not a JSON object")
-            if doc.get("format") != AUDIT_FORMAT:
-                raise ValueError(f"unknown format {doc.get('format')!r}")
-            missing = [f for f in _FIELDS if f not in doc]
-            if missing:
-                raise ValueError(f"missing field(s) {', '.join(missing)}")
-            version = doc["version"]
-            contributors = doc["contributors"]
-            gate = doc["gate"]
-            if not isinstance(doc["seq"], int) or isinstance(doc["seq"], bool):
-                raise ValueError("seq is not an integer")
-            if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-                raise ValueError("version is neither null nor an integer")
-            if not isinstance(contributors, list) or not all(isinstance(c, dict) for c in contributors):
-                raise ValueError("contributors is not a list of objects")
-            if gate is not None and not isinstance(gate, dict):
-                raise ValueError("gate is neither null nor an object")
-            strings = {
-                f: doc[f] for f in ("id", "time", "kind", "namespace", "tier", "actor", "message", "prev")
-            }
-            bad = [f for f, v in strings.items() if not isinstance(v, str)]
-            if bad:
-                raise ValueError(f"field(s) {', '.join(bad)} not strings")
-            return cls(seq=doc["seq"], version=version, contributors=contributors, gate=gate, **strings)
-        except (ValueError, TypeError) as e:
-            raise StoreError(f"invalid audit record {where}: {e}") from e
+_SEGMENTS = f"{SEGMENT_DIR}/"
 
 
 def _plain_json(field_name: str, value: Any) -> Any:
@@ -159,15 +84,23 @@ def _check_text(field_name: str, value: str, limit: int, *, required: bool) -> N
         raise ValueError(f"audit {field_name} is {len(value)} characters long; the limit is {limit}")
 
 
-@dataclass
-class _Entry:
-    """One stored object of the log as read: raw bytes and, when parsable, the record."""
+class Verification(list[str]):
+    """What :meth:`AuditLog.verify` found: the problems (this list, empty when intact), ``notes`` on what
+    it could not check (segment signatures, without a key) and how many ``segments`` it read."""
 
-    seq: int
-    key: str
-    raw: bytes
-    record: AuditRecord | None
-    error: str | None
+    def __init__(self, problems: Iterable[str] = (), notes: Iterable[str] = (), segments: int = 0) -> None:
+        super().__init__(problems)
+        self.notes = list(notes)
+        self.segments = segments
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What :meth:`AuditLog.compact` did."""
+
+    segments: list[str]  # URIs of the segments written (or found already written) by this run
+    deleted: int  # loose record objects removed because a segment holds identical copies
+    loose: int  # loose record objects left
 
 
 def _backend_of(store: CheckpointStore) -> BlobBackend:
@@ -186,10 +119,12 @@ class AuditLog:
         self.tier = validate_name("tier", tier)
         self._backend = _backend_of(store)
         self._prefix = f"{namespace}/{tier}/{AUDIT_DIR}/"
-        # Records are immutable, so bytes read once never need reading again: repeated has()/records()
-        # calls cost one listing each instead of one GET per record.
-        self._cache: dict[str, bytes] = {}
+        # Loose records and segments are immutable, so what was read once is never read again: repeated
+        # has()/records()/append() calls cost one listing each plus reads of new objects only.
+        self._loose: dict[str, Entry] = {}
+        self._segments: dict[str, SegmentObject] = {}
         self._lock = threading.Lock()
+        self.loose_records = 0  # loose record objects seen by the last listing (the compaction trigger)
 
     @property
     def uri(self) -> str:
@@ -199,37 +134,60 @@ class AuditLog:
     def _key(self, seq: int) -> str:
         return f"{self._prefix}{seq:0{SEQ_WIDTH}d}.json"
 
-    def _load(self) -> tuple[list[_Entry], list[str]]:
-        """Every record object, ascending by seq, and the keys under the prefix that are not records."""
-        entries: list[_Entry] = []
+    def _load(self) -> View:
+        """The trail as one listing shows it; listed again when an object vanished before it was read
+        (a compactor folded it into a segment meanwhile)."""
+        attempts = MAX_LOAD_ATTEMPTS
+        while True:
+            attempts -= 1
+            view = self._view(self._backend.list(self._prefix), retry=attempts > 0)
+            if view is not None:
+                return view
+
+    def _view(self, listing: Sequence[BlobInfo], retry: bool) -> View | None:
+        loose: list[Entry] = []
+        segments: list[SegmentObject] = []
         strays: list[str] = []
-        for info in self._backend.list(self._prefix):
-            m = _KEY_RE.match(info.key[len(self._prefix) :])
-            if not m:
-                strays.append(info.key)
-                continue
-            raw = self._cache.get(info.key)
-            if raw is None:
-                try:
-                    raw = self._backend.get_bytes(info.key)
-                except BlobNotFoundError:
-                    continue  # deleted between listing and reading; verify() reports the gap
-                self._cache[info.key] = raw
-            where = self._backend.describe(info.key)
+        for info in listing:
+            rel = info.key[len(self._prefix) :]
+            m = _KEY_RE.match(rel)
             try:
-                entries.append(
-                    _Entry(int(m.group(1)), info.key, raw, AuditRecord.from_json(raw, where), None)
-                )
-            except StoreError as e:
-                entries.append(_Entry(int(m.group(1)), info.key, raw, None, str(e)))
-        entries.sort(key=lambda e: e.seq)
-        return entries, strays
+                if m:
+                    loose.append(self._read_loose(info.key, int(m.group(1))))
+                elif rel.startswith(_SEGMENTS) and parse_segment_name(rel[len(_SEGMENTS) :]):
+                    segments.append(self._read_segment(info.key))
+                else:
+                    strays.append(info.key)
+            except BlobNotFoundError:
+                if retry:
+                    return None
+                # Gone again on the last attempt: verify() reports the gap.
+        listed = {info.key for info in listing}
+        for cache in (self._loose, self._segments):
+            for key in [k for k in cache if k not in listed]:
+                del cache[key]
+        self.loose_records = len(loose)
+        return merge(loose, segments, strays)
+
+    def _read_loose(self, key: str, seq: int) -> Entry:
+        cached = self._loose.get(key)
+        if cached is None:
+            cached = entry(seq, key, self._backend.describe(key), self._backend.get_bytes(key))
+            self._loose[key] = cached
+        return cached
+
+    def _read_segment(self, key: str) -> SegmentObject:
+        cached = self._segments.get(key)
+        if cached is None:
+            cached = SegmentObject.parse(key, self._backend.describe(key), self._backend.get_bytes(key))
+            self._segments[key] = cached
+        return cached
 
     def records(self) -> list[AuditRecord]:
-        """Every parsable record, ascending by seq (unparsable ones are reported by :meth:`verify`)."""
+        """Every parsable record once, ascending by seq (unparsable ones are reported by :meth:`verify`)."""
         with self._lock:
-            entries, _ = self._load()
-        return [e.record for e in entries if e.record is not None]
+            view = self._load()
+        return [e.record for e in view.entries if e.record is not None]
 
     def has(self, id: str) -> bool:
         """Whether a record with this idempotency key exists."""
@@ -285,7 +243,7 @@ class AuditLog:
         plain_gate = _plain_json("gate", dict(gate)) if gate is not None else None
         with self._lock:
             for _ in range(MAX_APPEND_ATTEMPTS):
-                entries, _strays = self._load()
+                entries = self._load().entries
                 for e in entries:
                     if e.record is not None and e.record.id == id:
                         return e.record, False
@@ -312,7 +270,8 @@ class AuditLog:
                     )
                 key = self._key(record.seq)
                 if self._backend.put_bytes_if_absent(key, data):
-                    self._cache[key] = data
+                    self._loose[key] = entry(record.seq, key, self._backend.describe(key), data)
+                    self.loose_records += 1
                     return record, True
                 # Another writer took this number: re-read (it may even have written our id) and retry.
         raise StoreError(
@@ -320,51 +279,98 @@ class AuditLog:
             f"number {MAX_APPEND_ATTEMPTS} times in a row"
         )
 
-    def verify(self) -> list[str]:
-        """Check the whole trail; returns human-readable problems (empty when intact).
+    def compact(
+        self, key: bytes, *, keep: int = DEFAULT_KEEP, segment_records: int = DEFAULT_SEGMENT_RECORDS
+    ) -> Compaction:
+        """Fold the oldest loose records into signed segments of ``segment_records`` records each.
+
+        The newest ``keep`` records (at least) stay loose. Segments follow on from the last one, so two
+        compactors with the same ``segment_records`` write byte-identical objects. A loose record is
+        deleted only once a segment holding identical bytes is stored and read back; a crash in between
+        leaves duplicates that readers see once and the next compaction deletes.
+
+        Raises:
+            ValueError: no key, ``keep < 0`` or ``segment_records < 1``.
+            StoreError: the trail has problems (a signature must never vouch for a broken chain, so nothing
+                is folded), a segment exists with other content, or the store failed.
+        """
+        if not key:
+            raise ValueError("compacting the audit trail needs a non-empty signing key")
+        if keep < 0 or segment_records < 1:
+            raise ValueError(f"keep must be >= 0 and segment_records >= 1, got {keep} and {segment_records}")
+        with self._lock:
+            # What is signed and deleted must be what is stored now, not what this log read earlier.
+            self._loose.clear()
+            view = self._load()
+            problems = self._problems(view, None)
+            if problems:
+                raise StoreError(
+                    f"not compacting the audit trail at {self.uri}: {len(problems)} problem(s), "
+                    f"the first: {problems[0]}"
+                )
+            done = view.compacted
+            newest = view.entries[-1].seq if view.entries else 0
+            by_seq = {e.seq: e for e in view.entries}
+            written = [
+                self._write_segment(first, [by_seq[s] for s in range(first, first + segment_records)], key)
+                for first in range(done + 1, newest - keep - segment_records + 2, segment_records)
+            ]
+            # Listed again after writing: a segment is trusted for deletion only as the store shows it.
+            deleted = self._delete_folded(self._load() if written else view)
+        return Compaction(written, deleted, self.loose_records)
+
+    def _write_segment(self, first: int, entries: list[Entry], key: bytes) -> str:
+        """Create the segment of ``entries`` (or find it created identically); returns its URI."""
+        assert entries[0].record is not None  # _problems() found none: every record parsed
+        seg = Segment.build(self.namespace, self.tier, first, entries[0].record.prev, [e.raw for e in entries], key)
+        data = seg.to_json()
+        seg_key = f"{self._prefix}{_SEGMENTS}{segment_name(seg.first, seg.last)}"
+        # False: another compactor, or a run that crashed before deleting, wrote it first. Either way
+        # only a byte-identical object may stand in for the loose records.
+        self._backend.put_bytes_if_absent(seg_key, data)
+        if self._backend.get_bytes(seg_key) != data:
+            raise StoreError(
+                f"{self._backend.describe(seg_key)} exists with other content (another key, or modified): "
+                "its records stay loose; run `dynamiclora history --verify`"
+            )
+        self._segments[seg_key] = SegmentObject.parse(seg_key, self._backend.describe(seg_key), data)
+        return self._backend.describe(seg_key)
+
+    def _delete_folded(self, view: View) -> int:
+        """Delete loose records of which a consistent segment holds identical bytes."""
+        kept = {e.seq: e for e in view.entries}
+        sound = {s.key for s in view.segments if not s.problems(self.namespace, self.tier)}
+        deleted = 0
+        for e in view.loose:
+            copy = kept[e.seq]
+            if copy is not e and copy.key in sound and copy.raw == e.raw:
+                self._backend.delete(e.key)
+                self._loose.pop(e.key, None)
+                deleted += 1
+        self.loose_records -= deleted
+        return deleted
+
+    def verify(self, key: bytes | None = None) -> Verification:
+        """Check the whole trail; returns the problems (empty when intact) with notes.
 
         Detects gaps in the sequence, records whose ``prev`` does not match the sha256 of the previous
-        record's bytes, unparsable or non-canonical records, records naming another namespace/tier or
-        another seq than their key, duplicate ids, and stray objects under the audit prefix.
+        record's bytes (across segments too), unparsable or non-canonical records and segments, records
+        naming another namespace/tier or another seq than where they are stored, duplicate ids, two
+        different copies of one record, segments that contradict their name or records or overlap, and
+        stray objects. With ``key``, every segment's signature is checked too; without, ``notes`` says so.
         """
         with self._lock:
-            entries, strays = self._load()
-        problems = [f"{self._backend.describe(k)}: unexpected object in the audit folder" for k in strays]
-        seen_ids: dict[str, int] = {}
-        by_seq = {e.seq: e for e in entries}
-        expected = 1
-        for e in entries:
-            where = self._backend.describe(e.key)
-            if e.seq > expected:
-                missing = f"{expected}" if e.seq == expected + 1 else f"{expected}-{e.seq - 1}"
-                problems.append(f"{self.uri}: record(s) {missing} missing (gap before seq {e.seq})")
-            expected = e.seq + 1
-            if e.record is None:
-                problems.append(f"{where}: {e.error}")
-                continue
-            r = e.record
-            if r.seq != e.seq:
-                problems.append(f"{where}: record says seq {r.seq}, stored as seq {e.seq}")
-            if (r.namespace, r.tier) != (self.namespace, self.tier):
-                problems.append(
-                    f"{where}: record belongs to {r.namespace}/{r.tier}, not {self.namespace}/{self.tier}"
-                )
-            if r.kind not in AUDIT_KINDS:
-                problems.append(f"{where}: unknown kind {r.kind!r}")
-            if e.raw != r.to_json():
-                problems.append(f"{where}: bytes are not in canonical form (edited outside the audit log?)")
-            if r.id in seen_ids:
-                problems.append(f"{where}: id {r.id!r} already used by seq {seen_ids[r.id]}")
-            seen_ids.setdefault(r.id, e.seq)
-            before = by_seq.get(e.seq - 1)
-            if e.seq == 1 and r.prev != "":
-                problems.append(f"{where}: first record has prev {r.prev[:12]}..., expected empty")
-            elif before is not None and r.prev != hashlib.sha256(before.raw).hexdigest():
-                problems.append(
-                    f"{where}: prev-hash chain broken: prev does not match the sha256 of "
-                    f"seq {before.seq} (that record was modified or replaced)"
-                )
-        return problems
+            view = self._load()
+        notes = []
+        if key is None and view.segments:
+            notes.append(f"signatures of {len(view.segments)} segment(s) not checked: no key given")
+        return Verification(self._problems(view, key), notes, len(view.segments))
+
+    def _problems(self, view: View, key: bytes | None) -> list[str]:
+        problems = [f"{self._backend.describe(k)}: unexpected object in the audit folder" for k in view.strays]
+        problems += segment_problems(view.segments, self.namespace, self.tier, key)
+        problems += duplicate_problems(view)
+        return problems + record_problems(view.entries, self.namespace, self.tier, self.uri)
 
 
 def open_audit(store_uri: str, namespace: str, tier: str) -> AuditLog:
@@ -374,4 +380,14 @@ def open_audit(store_uri: str, namespace: str, tier: str) -> AuditLog:
     return AuditLog(open_store(store_uri), namespace, tier)
 
 
-__all__ = ["AUDIT_DIR", "AUDIT_KINDS", "AuditKind", "AuditLog", "AuditRecord", "open_audit"]
+__all__ = [
+    "AUDIT_DIR",
+    "AUDIT_KINDS",
+    "MAX_MESSAGE_CHARS",
+    "AuditKind",
+    "AuditLog",
+    "AuditRecord",
+    "Compaction",
+    "Verification",
+    "open_audit",
+]

@@ -149,9 +149,34 @@ def run_consolidation(cfg: ConsolidateConfig, log: Log = _print) -> dict[str, An
     return result
 
 
+# How far back a retry looks for its own last write: versions published on that tier since (training, a
+# later migration) are few, since the operator starts no other consolidation of the tier meanwhile.
+_OWN_WRITE_LOOKBACK = 16
+
+
+def _published_by_this_job(io: _Io, last: TierRef, kind: str) -> dict[str, Any] | None:
+    """The manifest metadata of ``kind`` this very Job (``DYNAMICLORA_JOB``) published on ``last`` (its last
+    write), or None. A pod killed after publishing everything is retried by the Job controller; the retry
+    must report that publication, not consolidate a second time from the versions it produced."""
+    job = _job().get("job")
+    if not job:
+        return None
+    for v in reversed(io.versions(last)[-_OWN_WRITE_LOOKBACK:]):
+        md = io.store(last).get(last.namespace, last.tier, v).manifest.metadata
+        if md.get("kind") == kind and md.get("job") == job:
+            io.log(f"Job {job} already published this step ({last} v{v}): publishing nothing")
+            return dict(md)
+    return None
+
+
 def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     assert cfg.source is not None  # checked by ConsolidateConfig
     src, dest = parse_tier_ref(cfg.source), parse_tier_ref(cfg.dest)
+    done = None if cfg.dry_run else _published_by_this_job(io, src, "migration-source")
+    if done is not None:
+        report = done.get("report") or {"migrated": done.get("migrated", 0), "bypassed": done.get("bypassed", 0)}
+        return {"mode": "migrate", "report": report, "published": [], "changed": True, "alreadyPublished": True,
+                **({"gate": done["gate"]} if "gate" in done else {})}
     stability = StabilityConfig(method=cfg.method, threshold=cfg.threshold,  # type: ignore[arg-type]
                                 min_consecutive=cfg.min_consecutive, window_length=cfg.window_length,
                                 min_energy_fraction=cfg.min_energy_fraction)
@@ -194,6 +219,8 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     meta = {"kind": "migration", "derivedFrom": inputs, "destBase": base_version,
             "migrated": report.count(Decision.MIGRATED), "bypassed": report.count(Decision.BYPASSED),
             "truncationError": report.truncation_error, **({"gate": result["gate"]} if "gate" in result else {}),
+            "report": {k: summary[k] for k in ("migrated", "bypassed", "throttled", "movedEnergyFraction")
+                       if k in summary},
             **_job()}
     if dest_done:
         io.log(f"{dest} already holds this migration; publishing the source only")
@@ -210,6 +237,13 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
 def _consensus(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     dest = parse_tier_ref(cfg.dest)
     agents = [parse_tier_ref(a) for a in cfg.agent_tier]
+    last, kind = (agents[-1], "consensus-agent") if cfg.update_agents and agents else (dest, "consensus")
+    done = None if cfg.dry_run else _published_by_this_job(io, last, kind)
+    if done is not None:
+        summary = {"rule": done.get("rule"), "agentWeights": done.get("agentWeights"),
+                   "truncationError": done.get("truncationError")}
+        return {"mode": "consensus", "report": summary, "published": [], "changed": True, "alreadyPublished": True,
+                **({"gate": done["gate"]} if "gate" in done else {})}
     loaded = []
     for a in agents:
         versions = [v for v in io.versions(a) if a.version is None or v <= a.version]

@@ -231,6 +231,9 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     store = open_store(cfg.output_store)
+    if (own := _published_in_store(cfg, store)) is not None:
+        log(f"already published {own['uri']} (this Job's work area); nothing to do")
+        return own
     sel = _select(cfg, log)
     model, tokenizer = load_base(cfg.base_model)
     check_targets(model, cfg.target_modules, cfg.rank, f"tier {cfg.namespace}/{cfg.tier}")
@@ -298,6 +301,30 @@ def _load_inputs(cfg: TrainConfig, model: Any, store: CheckpointStore,
     if init_meta:
         refs.append({"init": init_meta})
     return frozen, refs, init_dir
+
+
+# Versions published on the tier since this Job's own (by other Jobs) are few: the operator runs one
+# training Job per tier at a time, and a consolidation or two may land in between.
+_OWN_VERSION_LOOKBACK = 16
+
+
+def _published_in_store(cfg: TrainConfig, store: CheckpointStore) -> dict[str, Any] | None:
+    """The version an earlier attempt of this Job published, found by its work area in the manifests.
+
+    The attempt may have died after its manifest was written and before its marker reached the work
+    area: without this look, the retry would publish the same training a second time.
+    """
+    if not cfg.work_store:
+        return None
+    for v in reversed(store.list_versions(cfg.namespace, cfg.tier)[-_OWN_VERSION_LOOKBACK:]):
+        ref = store.get(cfg.namespace, cfg.tier, v)
+        md = ref.manifest.metadata
+        if md.get("kind") == "training" and md.get("workStore") == cfg.work_store:
+            return {"namespace": cfg.namespace, "tier": cfg.tier, "version": v, "uri": ref.uri, "digest": ref.digest,
+                    "records": md.get("records"), "initialLoss": md.get("initialLoss"),
+                    "finalLoss": md.get("finalLoss"), "deltaNorm": md.get("deltaNorm"), "gate": md.get("gate"),
+                    "replayed": md.get("replayed", 0), "alreadyPublished": True}  # fmt: skip
+    return None
 
 
 def _already_published(work: Path, fp: str | None) -> dict[str, Any] | None:
@@ -456,6 +483,8 @@ def _publish(cfg: TrainConfig, store: CheckpointStore, work: Path, fp: str, refs
         meta["job"] = os.environ["DYNAMICLORA_JOB"]
     if cfg.records_total is not None:
         meta["recordsConsumed"] = cfg.records_total
+    if cfg.work_store:  # the Job's identity: a retry finds what an attempt of it published (_published_in_store)
+        meta["workStore"] = cfg.work_store
     published = store.publish(cfg.namespace, cfg.tier, files, meta, progress=lambda m: log(f"store: {m}"))
     result = {
         "namespace": cfg.namespace, "tier": cfg.tier, "version": published.version,

@@ -8,6 +8,7 @@ SubjectAccessReviews as the chart's ServiceAccount.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -68,7 +69,7 @@ def test_template_objects(helm: str) -> None:
     kinds = sorted(d["kind"] for d in docs)
     assert kinds == sorted(["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
                             "Deployment", "Service", "ServiceMonitor", "PrometheusRule", "ConfigMap", "ConfigMap",
-                            "Role", "RoleBinding", "NetworkPolicy"])  # fmt: skip
+                            "Role", "RoleBinding", "NetworkPolicy", "Secret"])  # fmt: skip
     policy = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress"] and [p["port"] for p in policy["ingress"][0]["ports"]] == [8080, 8081]
     leader = {d["kind"]: d for d in docs if d["metadata"]["name"].endswith("-leader")}
@@ -96,6 +97,13 @@ def test_template_objects(helm: str) -> None:
     assert (parsed.namespace, parsed.metrics_port) == ("team", 8080)
     assert parsed.allowed_images == "ghcr.io/dynamiclora/,vllm/,docker.io/vllm/"  # secure by default
     assert parsed.allowed_service_accounts is None and parsed.secret_label is None
+    assert (parsed.audit_compact_threshold, parsed.audit_keep_loose) == (256, 32)
+    # The audit key: generated into a Secret kept on uninstall, handed to the operator as its env var.
+    secret = by_kind["Secret"]
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert len(base64.b64decode(secret["data"]["key"])) == 48
+    (env,) = [e for e in container["env"] if e["name"] == "DYNAMICLORA_AUDIT_KEY"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": secret["metadata"]["name"], "key": "key"}
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["resources"]["requests"]
     assert container["image"] == "ghcr.io/dynamiclora/operator:0.1.0"
@@ -118,12 +126,27 @@ def test_template_defaults_and_digest(helm: str) -> None:
     assert deploy["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:" + "a" * 64)
 
 
+@pytest.mark.parametrize(("settings", "secret"), [
+    (["--set", "audit.existingSecret=team-audit-key"], "team-audit-key"),  # the user's Secret, none generated
+    (["--set", "audit.generateKey=false"], None),  # no key: the operator never compacts
+])
+def test_template_audit_key_choices(helm: str, settings: list[str], secret: str | None) -> None:
+    docs = render(helm, *settings)
+    assert "Secret" not in {d["kind"] for d in docs}
+    container = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    refs = [e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if e["name"] == "DYNAMICLORA_AUDIT_KEY"]
+    assert refs == ([secret] if secret else [])
+    proc = run_helm(helm, "template", "x", str(CHART), "--set", "audit.keepLoose=300")
+    assert proc.returncode != 0 and "audit.keepLoose must be below audit.compactThreshold" in proc.stderr
+
+
 @pytest.mark.parametrize(("setting", "complaint"), [
     ("replicaCount=4", "replicaCount"),
     ("imagePullPolicy=Always", "imagePullPolicy"),
     ("image.pullPolicy=Sometimes", "pullPolicy"),
     ("metrics.port=70000", "port"),
     ("watchNamespace=Not_A_Namespace", "watchNamespace"),
+    ("audit.existingSecret=Not_A_Secret", "existingSecret"),
 ])
 def test_schema_rejects_bad_values(helm: str, setting: str, complaint: str) -> None:
     proc = run_helm(helm, "template", "x", str(CHART), "--set", setting)
@@ -243,9 +266,24 @@ def test_operator_runs_with_the_chart_rbac_and_prometheus_scrapes_it(installed: 
     assert not denied, "the chart's ClusterRole is missing rights the operator uses:\n" + "\n".join(denied[:20])
 
 
+def _audit_key(kubectl: Any) -> str:
+    proc = kubectl("-n", "dynamiclora-system", "get", "secret", "dynamiclora-audit-key", "-o", "jsonpath={.data.key}")
+    return str(proc.stdout)
+
+
+def test_upgrade_keeps_the_audit_key(helm: str, installed: Any) -> None:
+    before = _audit_key(installed.kubectl)
+    assert len(base64.b64decode(before)) == 48
+    proc = run_helm(helm, "upgrade", "dynamiclora", str(CHART), "--namespace", "dynamiclora-system", "--reuse-values",
+                    kubeconfig=installed.kubeconfig)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert _audit_key(installed.kubectl) == before  # a new key would fail every older segment's signature
+
+
 def test_uninstall_keeps_crds(helm: str, installed: Any) -> None:
     proc = run_helm(helm, "uninstall", "dynamiclora", "--namespace", "dynamiclora-system",
                     kubeconfig=installed.kubeconfig)
     assert proc.returncode == 0, proc.stderr
     assert installed.kubectl("-n", "dynamiclora-system", "get", "deployment/dynamiclora", check=False).returncode != 0
     installed.kubectl("get", "crd", "swarms.dynamiclora.io")
+    assert _audit_key(installed.kubectl)  # kept: the segments outlive the release

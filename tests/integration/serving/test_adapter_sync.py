@@ -21,12 +21,9 @@ import pytest
 import yaml
 
 from dynamiclora.api.swarm import Swarm
-from dynamiclora.builders.inference import model_path
-from dynamiclora.builders.jobs import compose_config
 from dynamiclora.builders.names import served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.cli import main
-from dynamiclora.controllers.composer import ComposeProgress
 from dynamiclora.controllers.serving import sync_serving
 from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.serving.adapters import Fingerprint
@@ -36,8 +33,7 @@ from dynamiclora.serving.marker import COMPLETE_MARKER
 from dynamiclora.serving.served_s3 import publish_adapter, remote_backend, served_prefix
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage import open_store
-from dynamiclora.training.options import StackSpec, to_argv
-from dynamiclora_dev.testing.serving import SERVER_API_KEY, SERVER_MAX_LORA_RANK, AdapterFactory
+from dynamiclora_dev.testing.serving import SERVER_API_KEY, SERVER_MAX_LORA_RANK, AdapterFactory, SubprocessComposer
 
 pytestmark = [pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[3]
@@ -53,23 +49,6 @@ def _adapter(path: Path, seed: int) -> Path:
 def _sync_cli(store: str, source: str, dest: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dynamiclora.cli", "adapter-sync", "--store", store, "--source", source,
             "--dest", str(dest), *extra]  # fmt: skip
-
-
-class SubprocessComposer:
-    """The compose Job's command, run as a process here (what the Job's container runs), then done."""
-
-    def __init__(self, settings: OperatorSettings) -> None:
-        self.settings = settings
-        self.runs = 0
-
-    async def compose(self, body: dict[str, Any], sw: Swarm, stacks: list[StackSpec]) -> ComposeProgress:
-        cfg = compose_config(body, sw.spec.storage, stacks, sw.spec.inference.max_lora_rank, sw.spec.base_model.name,
-                             model_path(sw, self.settings), self.settings)  # fmt: skip
-        done = subprocess.run([sys.executable, "-m", "dynamiclora.cli", "compose", *to_argv(cfg)],
-                              capture_output=True, text=True, timeout=300, env=os.environ.copy())  # fmt: skip
-        assert done.returncode == 0, done.stdout + done.stderr
-        self.runs += 1
-        return ComposeProgress(done=True)
 
 
 def _tree(dest: Path) -> set[str]:

@@ -264,12 +264,48 @@ def test_cached_gets_serve_swarms_from_cache_until_written() -> None:
 
     inner = FakeKube()
     inner.add({"kind": "Swarm", "metadata": {"name": "s"}, "spec": {"x": 1}})
-    kube = CachedGets(inner, ttl=60)
+    kube = CachedGets(inner, {"Swarm": 60})
     assert kube.get("Swarm", "default", "s")["spec"] == {"x": 1}  # type: ignore[index]
     inner.objects[("Swarm", "default", "s")]["spec"] = {"x": 2}
     assert kube.get("Swarm", "default", "s")["spec"] == {"x": 1}  # type: ignore[index]  # cached
     kube.apply({"kind": "Swarm", "metadata": {"name": "s", "namespace": "default"}, "spec": {"x": 3}})
     assert kube.get("Swarm", "default", "s")["spec"] == {"x": 3}  # type: ignore[index]  # write forgets
+
+
+def test_cached_gets_remember_secrets_found_or_not_and_forget_what_they_write() -> None:
+    from dynamiclora.kube import CachedGets
+
+    from .fakekube import FakeKube
+
+    class Counting(FakeKube):
+        gets: list[str] = []
+
+        def get(self, kind: str, namespace: str, name: str) -> dict[str, object] | None:
+            self.gets.append(kind)
+            return super().get(kind, namespace, name)
+
+    inner = Counting()
+    kube = CachedGets(inner)
+    assert kube.get("Secret", "default", "k") is None
+    inner.add({"kind": "Secret", "metadata": {"name": "k"}, "data": {"a": "MQ=="}})
+    assert kube.get("Secret", "default", "k") is None  # someone else's write: seen within the TTL
+    kube.create({"kind": "Secret", "metadata": {"name": "k", "namespace": "default"}, "data": {"a": "MQ=="}})
+    for _ in range(5):  # our own write: seen at once, then one GET per TTL, not one per reader
+        assert kube.get("Secret", "default", "k")["data"] == {"a": "MQ=="}  # type: ignore[index]
+    assert inner.gets == ["Secret", "Secret"]
+    assert kube.get("Pod", "default", "p") is None and inner.gets[-1] == "Pod"  # other kinds: not cached
+
+
+def test_cached_gets_drop_expired_entries_past_a_bound() -> None:
+    from dynamiclora.kube import CachedGets
+
+    from .fakekube import FakeKube
+
+    kube = CachedGets(FakeKube(), {"Secret": 1e-9})
+    kube.PRUNE_AT = 10  # type: ignore[misc]
+    for i in range(100):
+        kube.get("Secret", "default", f"s{i}")
+    assert len(kube._cache) <= 11 and len(kube._flights) <= 11
 
 
 def test_cached_gets_fetch_once_for_concurrent_readers() -> None:
@@ -293,7 +329,7 @@ def test_cached_gets_fetch_once_for_concurrent_readers() -> None:
     lock = threading.Lock()
     inner = Slow()
     inner.add({"kind": "Swarm", "metadata": {"name": "s"}, "spec": {"x": 1}})
-    kube = CachedGets(inner, ttl=60)
+    kube = CachedGets(inner, {"Swarm": 60})
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(lambda _: kube.get("Swarm", "default", "s"), range(16)))
     assert all(g and g["spec"] == {"x": 1} for g in got) and Slow.gets == 1

@@ -162,6 +162,27 @@ async def test_one_broken_stack_does_not_hold_back_the_others(
     assert list(out.failures) == [f"bob/{bob.key}"] and "adapter_config.json" in out.failures[f"bob/{bob.key}"]
 
 
+async def test_a_corrupt_checkpoint_fails_only_its_agent(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 18: bytes of a stored version changed after publication (bit rot, a bad copy) are caught by the
+    manifest's checksums when the compose Job reads them; the other agent is composed and published."""
+    live = _swarm_with_versions(kube, settings, swarm_body, tmp_path)
+    sw = Swarm.model_validate(live)
+    await sync_serving(kube, settings, live, sw, [], None, JobComposer(kube, settings))
+    (job,) = kube.list("Job", NS)
+    cfg = _job_config(job)
+    stored = Path(settings.pvc_mount_root) / "ckpt/dl" / NS / "support-bob-context" / "v000001"
+    weights = stored / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit pattern in the last tensor: still a loadable file, wrong weights
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ComposeError, match=r"1 of 2 stack\(s\) not composed \(1 done\): bob: .*checksum mismatch"):
+        run_compose(cfg, log=lambda _m: None)
+    served = Path(settings.pvc_mount_root) / "ckpt/dl/served" / NS / "support"
+    assert [p.name for p in served.iterdir()] == ["alice"]
+
+
 def _finish(kube: FakeKube, name: str, state: str, seconds_ago: float) -> None:
     when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=seconds_ago)
     kube.objects[("Job", NS, name)]["status"] = {"conditions": [{

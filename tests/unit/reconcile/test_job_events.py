@@ -1,0 +1,84 @@
+"""A finished Job is acted on at once (issue 19: event-driven freshness), not at the next resync."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dynamiclora.builders.names import ANNOTATION_TARGET, base_labels
+from dynamiclora.controllers import handlers
+from dynamiclora.controllers.job_events import followups
+from dynamiclora.controllers.policy import ANNOTATION_INPUTS
+from dynamiclora.controllers.swarm import reconcile_swarm
+from dynamiclora.kube import owner_reference
+from dynamiclora.settings import OperatorSettings
+
+from .fakekube import FakeKube
+from .test_composer import _publish_adapter
+
+NS = "default"
+
+
+def _job(name: str, owner: dict[str, Any], component: str, state: str = "Complete",
+         annotations: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": NS, "labels": base_labels(component),
+                         "annotations": annotations or {}, "ownerReferences": [owner_reference(owner)]},
+            "status": {"conditions": [{"type": state, "status": "True"}]} if state else {}}  # fmt: skip
+
+
+def _swarm(kube: FakeKube, settings: OperatorSettings, body: dict[str, Any]) -> dict[str, Any]:
+    body["spec"]["agents"] = body["spec"]["agents"][:1]
+    body["spec"].pop("sharedTiers", None)
+    live = kube.add(body)
+    reconcile_swarm(kube, settings, live)
+    return live
+
+
+def test_followups_name_the_owner_the_tiers_written_and_their_swarm(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
+    swarm = _swarm(kube, settings, swarm_body)
+    ctx = kube.objects[("LoRATier", NS, "support-alice-context")]
+    policy = kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy", "metadata": {"name": "p"}})
+    assert followups(kube, _job("t", ctx, "trainer")) == [("LoRATier", "support-alice-context"), ("Swarm", "support")]
+    migration = _job("m", policy, "consolidator", annotations={ANNOTATION_TARGET: "support-alice-agent",
+                                                                ANNOTATION_INPUTS: "support-alice-context"})
+    assert followups(kube, migration) == [("MigrationPolicy", "p"), ("LoRATier", "support-alice-agent"),
+                                          ("LoRATier", "support-alice-context"), ("Swarm", "support")]  # fmt: skip
+    assert followups(kube, _job("c", swarm, "composer")) == [("Swarm", "support")]
+
+
+def test_a_finished_training_job_gets_its_version_composed_without_waiting_for_the_resync(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    _swarm(kube, settings, swarm_body)
+    tier = kube.objects[("LoRATier", NS, "support-alice-context")]
+    _publish_adapter(settings, "support-alice-context", tmp_path, seed=0)  # what the Job published
+    rt = handlers.Runtime(kube, settings)
+    running = kube.add(_job("support-alice-context-train-v1", tier, "trainer", state=""))
+    asyncio.run(handlers.on_job_finished(rt, running))
+    assert "currentVersion" not in (kube.objects[("LoRATier", NS, tier["metadata"]["name"])].get("status") or {})
+
+    done = dict(running, status={"conditions": [{"type": "Complete", "status": "True"}]})
+    asyncio.run(handlers.on_job_finished(rt, done))
+    # The tier took the version, and the Swarm, reconciled right after, started the compose Job for it.
+    assert kube.objects[("LoRATier", NS, tier["metadata"]["name"])]["status"]["currentVersion"] == 1
+    composers = [j for j in kube.list("Job", NS) if j["metadata"]["labels"].get("dynamiclora.io/component") == "composer"]
+    assert len(composers) == 1
+
+    seen: list[str] = []
+
+    async def record(rt: Any, body: Any) -> None:
+        seen.append(body["metadata"]["name"])
+
+    monkeypatch.setattr(handlers, "KINDS", {p: (k, record) for p, (k, _) in handlers.KINDS.items()})
+    asyncio.run(handlers.on_job_finished(rt, done))  # the same Job's later events: nothing more
+    assert seen == []
+    follower = handlers.Runtime(kube, settings, leadership=type("L", (), {"leader": False})())  # type: ignore[arg-type]
+    asyncio.run(handlers.on_job_finished(follower, dict(done, metadata={**done["metadata"], "uid": "other"})))
+    assert seen == []  # a follower never reconciles
