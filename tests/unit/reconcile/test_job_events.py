@@ -68,8 +68,8 @@ def test_a_finished_training_job_gets_its_version_composed_without_waiting_for_t
     asyncio.run(handlers.on_job_finished(rt, done))
     # The tier took the version, and the Swarm, reconciled right after, started the compose Job for it.
     assert kube.objects[("LoRATier", NS, tier["metadata"]["name"])]["status"]["currentVersion"] == 1
-    composers = [j for j in kube.list("Job", NS) if j["metadata"]["labels"].get("dynamiclora.io/component") == "composer"]
-    assert len(composers) == 1
+    jobs = kube.list("Job", NS)
+    assert [j["metadata"]["labels"].get("dynamiclora.io/component") for j in jobs].count("composer") == 1
 
     seen: list[str] = []
 
