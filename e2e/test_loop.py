@@ -425,6 +425,7 @@ def test_operator_killed_at_random_points_of_a_round_loses_and_doubles_nothing(s
     names = [j["metadata"]["name"] for j in jobs]
     assert len(names) == len(set(names))
     assert AuditLog(_store(sc), sc.cfg.namespace, ctx).verify(sc.audit_key) == []
+    sc.wait("the consolidations the round led to are done", lambda: _quiet(sc, ctx))  # a quiet start for the next
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -540,6 +541,7 @@ def test_pin_rolls_back_and_unpin_resumes_and_the_audit_trail_survives_restart(s
     sc.wait("consolidations done and alice served with her newest version", lambda: _quiet(sc, ctx))
     current = int(sc.status("loratiers", ctx)["currentVersion"])
     assert current >= 2
+    stored = _store(sc).list_versions(sc.cfg.namespace, ctx)
 
     _pin(sc, {"context": 1})  # GitOps rollback: the pin lives in the Swarm spec
     # Served as it was then: every agent-tier version holds content migrated from later context versions,
@@ -550,8 +552,10 @@ def test_pin_rolls_back_and_unpin_resumes_and_the_audit_trail_survives_restart(s
     assert {"tier": ctx, "level": "context", "version": 1} in composition["tiers"]
     _answers_like_its_fingerprint(sc, pinned)  # vLLM's greedy tokens are those of the v1 stack under PEFT
     st = sc.wait("the pin is recorded", lambda: (s := sc.status("loratiers", ctx)).get("pinnedVersion") == 1 and s)
-    assert int(st["currentVersion"]) == current  # rolling back deletes nothing and changes no version
-    assert 1 in _store(sc).list_versions(sc.cfg.namespace, ctx)
+    # Rolling back deletes nothing and rewinds no version. (A migration decided before the pin may still
+    # land meanwhile: its residual is a newer version, not a changed one.)
+    assert int(st["currentVersion"]) >= current
+    assert set(stored) <= set(_store(sc).list_versions(sc.cfg.namespace, ctx)) and 1 in stored
     assert any(e["reason"] == "Pinned" for e in _events(sc, ctx))
 
     before = audit.records()

@@ -111,8 +111,18 @@ class Plasticity(ApiModel):
         return self
 
 
+MAX_TRAINING_NODES = 64
+MAX_PROCS_PER_NODE = 16
+
+
 class TrainingTemplate(ApiModel):
     """How training Jobs of this tier are run."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [cel(
+        "(has(self.batchSize) ? self.batchSize : 8) >= "
+        "(has(self.nodes) ? self.nodes : 1) * (has(self.procsPerNode) ? self.procsPerNode : 1)",
+        "training.batchSize must be at least nodes x procsPerNode: each training process needs a share of "
+        "every batch")]})
 
     image: str = Field(
         default=DEFAULT_TRAINER_IMAGE, min_length=1, max_length=MAX_IMAGE, description="Trainer container image."
@@ -155,6 +165,29 @@ class TrainingTemplate(ApiModel):
         max_length=253,
         description="ServiceAccount of training pods (e.g. for workload identity).",
     )
+    nodes: int = Field(
+        default=1, ge=1, le=MAX_TRAINING_NODES,
+        description="Pods of one training Job. With nodes x procsPerNode above 1 the Job trains data-parallel "
+        "under torchrun (an indexed Job and a headless Service for the c10d rendezvous); each process takes its "
+        "share of every batch, so batchSize must be at least nodes x procsPerNode.",
+    )
+    procs_per_node: int = Field(
+        default=1, ge=1, le=MAX_PROCS_PER_NODE,
+        description="Training processes per pod (one per GPU of the pod).",
+    )
+    queue: str | None = Field(
+        default=None, pattern=DNS_SUBDOMAIN, max_length=63,
+        description="Kueue LocalQueue of the training Jobs: set as their kueue.x-k8s.io/queue-name label, and "
+        "the Jobs are created suspended for Kueue to admit them (all pods of a Job at once).",
+    )
+
+    @model_validator(mode="after")
+    def _batch_covers_processes(self) -> TrainingTemplate:
+        if self.batch_size < self.nodes * self.procs_per_node:
+            raise ValueError(f"training.batchSize ({self.batch_size}) must be at least nodes x procsPerNode "
+                             f"({self.nodes} x {self.procs_per_node}): each training process needs a share of "
+                             "every batch")
+        return self
 
 
 class Retention(ApiModel):

@@ -8,6 +8,7 @@ from typing import Any
 
 from dynamiclora.api.common import STORE_LOCATION, Storage, outside_storage
 from dynamiclora.api.tier import LoRATierSpec, TrainingTemplate
+from dynamiclora.builders.distributed import shape
 from dynamiclora.builders.names import (
     ANNOTATION_JOB_KIND,
     ANNOTATION_TARGET,
@@ -223,7 +224,7 @@ def build_training_job(
     args = ["train", *to_argv(training_config(body, spec, inputs, job_name, settings))]
     extra_volumes: list[Obj] = [{"name": "work", "emptyDir": {}}]
     extra_mounts: list[Obj] = [{"name": "work", "mountPath": "/work"}]
-    return _job(
+    return shape(_job(
         name=job_name,
         namespace=ns,
         owner=body,
@@ -236,7 +237,7 @@ def build_training_job(
         extra_volumes=extra_volumes,
         extra_mounts=extra_mounts,
         model_claim=inputs.model_claim,
-    )
+    ), t)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dynamiclora.api.common import Storage, TierLevel
 from dynamiclora.api.conditions import ConditionType, EventType, Reason
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import LoRATier, LoRATierStatus, TierPhase
+from dynamiclora.builders.distributed import needs_rendezvous, rendezvous_service
 from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experience_location, store_uri
 from dynamiclora.builders.names import ANNOTATION_TRAIN_RECORDS, training_job_name
@@ -424,6 +425,8 @@ def _maybe_train(
     )
     job = build_training_job(body, tier.spec, inputs, job_name, settings)
     created = kube.create(job)
+    if needs_rendezvous(job) and (live := created or kube.get("Job", job["metadata"]["namespace"], job_name)):
+        kube.create(rendezvous_service(live))  # after the Job: it owns the Service, which goes with it
     st["activeJob"] = job_name
     if created is not None:
         JOBS.labels("training", "started").inc()

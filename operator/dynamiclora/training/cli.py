@@ -97,7 +97,8 @@ def _run(job: Callable[[], dict[str, Any]], result_file: str | None) -> int:
         traceback.print_exc()
         return _fail(f"{type(e).__name__}: {e}", result_file, 1)
     print(RESULT_PREFIX + json.dumps(result, sort_keys=True), flush=True)
-    _write_result_file(result_file, result)
+    if "worker" not in result:  # a distributed run's other ranks: rank 0 writes the Job's result
+        _write_result_file(result_file, result)
     return 0
 
 

@@ -25,6 +25,7 @@ from dynamiclora.storage import CheckpointStore, open_store, parse_tier_ref
 from dynamiclora.storage.base import validate_name
 from dynamiclora.storage.schemes import blob_backend
 from dynamiclora.training import checkpoint as ckpt
+from dynamiclora.training import distributed as dist
 from dynamiclora.training.data import (
     Example,
     batch_indices,
@@ -223,17 +224,34 @@ def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]])
 
 
 def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
-    """Train, publish and return the compact result (see docs/training.md)."""
+    """Train, publish and return the compact result (see docs/training.md).
+
+    Under ``torchrun`` every process trains its share of each batch (training/distributed.py); rank 0
+    alone checkpoints, judges and publishes, the others report ``{"worker": rank}``.
+    """
+    d = dist.init_from_env()
+    try:
+        return _run_training(cfg, log if d.leader else _quiet, d)
+    finally:
+        dist.close(d)
+
+
+def _quiet(_msg: str) -> None:
+    """Ranks other than 0 do not narrate: their lines would repeat rank 0's."""
+
+
+def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
     started = time.monotonic()
     validate_name("namespace", cfg.namespace)
     validate_name("tier", cfg.tier)
+    dist.check_batch(cfg.batch_size, d)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     store = open_store(cfg.output_store)
     if (own := _published_in_store(cfg, store)) is not None:
         log(f"already published {own['uri']} (this Job's work area); nothing to do")
-        return own
+        return own if d.leader else dist.worker_result(d)
     sel = _select(cfg, log)
     model, tokenizer = load_base(cfg.base_model)
     check_targets(model, cfg.target_modules, cfg.rank, f"tier {cfg.namespace}/{cfg.tier}")
@@ -263,19 +281,22 @@ def run_training(cfg: TrainConfig, log: Log = _print) -> dict[str, Any]:
             data_info["protection"] = protect.summary()
         mix = examples + replayed
         fp = _run_fingerprint(cfg, fingerprint(mix), refs)
-        work = Path(cfg.work_dir) if cfg.work_dir else tmp / "work"
+        # The work directory is rank 0's: the others keep nothing (rank 0 hands them the resume state).
+        work = Path(cfg.work_dir) if cfg.work_dir and d.leader else tmp / "work"
         work.mkdir(parents=True, exist_ok=True)
         ckpt.clean_temporaries(work)
-        mirror = _work_mirror(cfg, work, fp, log)
+        mirror = _work_mirror(cfg, work, fp, log) if d.leader else None
         # With a mirror, the work area is this version's: whatever an earlier attempt published is it.
-        prior = _already_published(work, None if mirror else fp)
+        prior = dist.broadcast(_already_published(work, None if mirror else fp) if d.leader else None, d)
         if prior is not None:
             log(f"already published {prior['uri']}; nothing to do")
-            return prior
+            return prior if d.leader else dist.worker_result(d)
         saved = mirror.checkpoint_saved if mirror else None
         forget = (lambda: mirror.forget_checkpoints(work)) if mirror else None
         run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect, saved,
-                          forget)  # fmt: skip
+                          forget, d)  # fmt: skip
+        if not d.leader:
+            return dist.worker_result(d, {"steps": run.total})
         if (homeostasis := regulate_end(cfg, peft_model, init_dir, tmp, log)) is not None:
             data_info["homeostasis"] = homeostasis
         verdict = _judge(cfg, peft_model, gate_sets, baseline, sel.batch, pad)
@@ -362,22 +383,15 @@ class TrainRun:
 def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: list[Example], pad: int,
                 work: Path, fp: str, log: Log, protect: Protection | None = None,
                 saved: Callable[[Path], None] | None = None,
-                forget: Callable[[], None] | None = None) -> TrainRun:  # fmt: skip
-    """Optimise the trained tier on ``mix``, checkpointing and resuming in ``work``."""
+                forget: Callable[[], None] | None = None, d: dist.Dist = dist.SINGLE) -> TrainRun:  # fmt: skip
+    """Optimise the trained tier on ``mix`` (this process's share of each batch), checkpointing and
+    resuming in ``work`` (rank 0's)."""
     params = target_parameters(peft_model)
     frozen_before = {n: p.detach().clone() for n, p in peft_model.named_parameters()
                      if "lora_" in n and not p.requires_grad}
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.steps or cfg.epochs * steps_per_epoch(len(mix), cfg.batch_size)
-    try:
-        state = ckpt.load_latest(work, fp)
-    except ckpt.ResumeMismatchError:
-        if forget is None:  # a --work-dir the user gave: refusing it is the clear error
-            raise
-        # A checkpoint mirrored by an earlier attempt on other records or settings: start afresh.
-        log("the mirrored checkpoint belongs to a run on other inputs; training from the start")
-        forget()
-        state = None
+    state = dist.broadcast(_resume_state(work, fp, log, forget) if d.leader else None, d)
     if state is None:
         run = TrainRun(total, [], 0, 0.0, evaluate(peft_model, eval_set, cfg.batch_size, pad), 0.0)
         step = 0
@@ -390,28 +404,28 @@ def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set:
         step = int(state["step"])
         run = TrainRun(total, list(state["curve"]), int(state["processed"]), float(state["elapsed"]),
                        float(state["initial_loss"]), 0.0)
-        log(f"resumed from {ckpt.list_checkpoints(work)[-1]} at step {step}/{total}")
+        if d.leader:  # the others were handed the state: their work directory holds no checkpoint
+            log(f"resumed from {ckpt.list_checkpoints(work)[-1]} at step {step}/{total}")
     log(f"training tier {cfg.namespace}/{cfg.tier}: {total} steps, batch {cfg.batch_size}, rank {cfg.rank}, "
         f"{len(cfg.frozen)} frozen tier(s), initial loss {run.initial_loss:.4f}")
     seg_start, seg_tokens = time.monotonic(), 0
     while step < total:
         peft_model.train()
-        batch = collate([mix[i] for i in batch_indices(step, len(mix), cfg.batch_size, cfg.seed)], pad)
-        loss = peft_model(**batch).loss
+        mine = dist.share(batch_indices(step, len(mix), cfg.batch_size, cfg.seed), d)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, n_tok = _backward(peft_model, [mix[i] for i in mine], pad)
+        batch_loss = dist.reduce_step(params, loss, n_tok[1], d)
         opt.step()
         if protect is not None:
             protect.apply(params)
         step += 1
-        run.curve.append(float(loss.detach()))
-        n_tok = int(batch["attention_mask"].sum())
-        run.processed += n_tok
-        seg_tokens += n_tok
+        run.curve.append(batch_loss)
+        run.processed += n_tok[0]
+        seg_tokens += n_tok[0]
         if step % cfg.log_every == 0 or step == total:
             rate = seg_tokens / max(time.monotonic() - seg_start, 1e-9)
             log(f"step {step}/{total} loss {run.curve[-1]:.4f} tokens/s {rate:.0f}")
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+        if d.leader and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
             path = ckpt.save_checkpoint(work, step, {
                 "fingerprint": fp, "step": step, "curve": run.curve, "processed": run.processed,
                 "elapsed": run.elapsed + time.monotonic() - seg_start, "initial_loss": run.initial_loss,
@@ -425,6 +439,30 @@ def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set:
     if not all(torch.equal(p, frozen_before[n]) for n, p in peft_model.named_parameters() if n in frozen_before):
         raise RuntimeError("a frozen tier changed during training")  # pragma: no cover - freezing is broken
     return run
+
+
+def _backward(peft_model: Any, examples: list[Example], pad: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Loss and gradients of one (share of a) batch; ``(loss, (tokens, loss tokens))``. A process whose
+    share of the epoch's short last batch is empty still takes part in the gradient exchange."""
+    if not examples:
+        return torch.zeros(()), (0, 0)
+    batch = collate(examples, pad)
+    loss = peft_model(**batch).loss
+    loss.backward()
+    return loss, (int(batch["attention_mask"].sum()), dist.loss_tokens(batch["labels"]))
+
+
+def _resume_state(work: Path, fp: str, log: Log, forget: Callable[[], None] | None) -> dict[str, Any] | None:
+    """The newest checkpoint of this run in ``work``, or None to start from the beginning."""
+    try:
+        return ckpt.load_latest(work, fp)
+    except ckpt.ResumeMismatchError:
+        if forget is None:  # a --work-dir the user gave: refusing it is the clear error
+            raise
+        # A checkpoint mirrored by an earlier attempt on other records or settings: start afresh.
+        log("the mirrored checkpoint belongs to a run on other inputs; training from the start")
+        forget()
+        return None
 
 
 def _judge(cfg: TrainConfig, peft_model: Any, gate_sets: GateSets, baseline: dict[str, list[Any]],

@@ -137,6 +137,22 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         "plasticity.screenThreshold must be greater than plasticity.freeThreshold (hysteresis)",
     ),
     (
+        "tier-batch-covers-processes",
+        "LoRATier",
+        SWARM_TIER,
+        setter("spec.training.nodes", 64),  # 64 processes, the default batch of 8 records
+        False,
+        "training.batchSize must be at least nodes x procsPerNode: each training process needs a share of every batch",
+    ),
+    (
+        "swarm-batch-covers-processes",
+        "Swarm",
+        SWARM,
+        setter("spec.contextTier.training.procsPerNode", 16),
+        False,
+        "training.batchSize must be at least nodes x procsPerNode: each training process needs a share of every batch",
+    ),
+    (
         "tier-decay",
         "LoRATier",
         SWARM_TIER,

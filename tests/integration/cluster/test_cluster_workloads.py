@@ -233,3 +233,29 @@ def test_crashing_container_is_restarted_with_backoff(local_cluster: LocalCluste
     assert log.read_text().count("crash") >= 3
     rest.call("DELETE", f"/api/v1/namespaces/{NS}/pods/crasher")
     wait_until("crasher deleted", lambda: rest.get_or_none(f"/api/v1/namespaces/{NS}/pods/crasher") is None, 30)
+
+
+def test_a_distributed_training_job_and_its_rendezvous_service(local_cluster: LocalCluster) -> None:
+    """Issue 20: the indexed Job and headless Service the operator builds for torchrun, on the real API
+    server: accepted as built, one pod per node index with the stable hostname the rendezvous endpoint
+    names, and the Service goes with its Job. (kwok simulates the pods: nothing runs torchrun here.)"""
+    from dynamiclora.api.tier import TrainingTemplate
+    from dynamiclora.builders.distributed import rendezvous_service, shape
+
+    rest = local_cluster.rest()
+    plain = job("dist-train", ["true"], local=False)
+    plain["metadata"].update(namespace=NS, labels={"app": "dist-train"}, annotations={})
+    built = shape(plain, TrainingTemplate(nodes=2, procs_per_node=1, batch_size=8))
+    created = rest.create(f"/apis/batch/v1/namespaces/{NS}/jobs", built)
+    rest.create(f"/api/v1/namespaces/{NS}/services", rendezvous_service(created))
+    assert wait_until("indexed job completes", lambda: job_condition(rest, NS, "dist-train"), 120) == "Complete"
+    names = wait_until("both indexed pods", lambda: sorted(
+        (p["spec"].get("hostname"), p["spec"].get("subdomain")) for p in pods(rest, NS, "test-job=dist-train"))
+        if len(pods(rest, NS, "test-job=dist-train")) == 2 else None, 60)  # fmt: skip
+    assert names == [("dist-train-0", "dist-train"), ("dist-train-1", "dist-train")]  # <job>-0.<job> resolves
+    svc = rest.get(f"/api/v1/namespaces/{NS}/services/dist-train")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == created["metadata"]["uid"]
+    rest.call("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/dist-train", {"propagationPolicy": "Background"})
+    wait_until("the Service goes with its Job",
+               lambda: rest.get_or_none(f"/api/v1/namespaces/{NS}/services/dist-train") is None or None, 60)

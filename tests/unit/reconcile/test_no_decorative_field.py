@@ -215,6 +215,9 @@ def _template_cases(kind_prefix: str, tier: str, keep: int, trains: bool = True)
         **kept,
         f"{kind_prefix}.training.image": Case(value="ghcr.io/dynamiclora/trainer:other"),
         f"{kind_prefix}.training.serviceAccountName": Case(value="trainer"),
+        f"{kind_prefix}.training.queue": Case(value="team-queue"),
+        f"{kind_prefix}.training.nodes": Case(value=2),
+        f"{kind_prefix}.training.procsPerNode": Case(value=2),
         f"{kind_prefix}.training.minSamples": Case(value=31),  # more than the 30 records there are
         f"{kind_prefix}.training.schedule": Case(_recently_trained(tier), "1h"),
         f"{kind_prefix}.qualityGate.regressionSet": Case(value="regression/set.jsonl"),
