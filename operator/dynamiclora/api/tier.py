@@ -452,6 +452,10 @@ class LoRATierStatus(ApiModel):
     )
     last_training_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     active_job: str | None = Field(default=None, description="Name of the running training/consolidation Job.")
+    training_workers: str | None = Field(
+        default=None, max_length=16,
+        description="nodes x procsPerNode of the running training Job when it trains data-parallel (e.g. 2x4).",
+    )
     history: list[VersionRecord] = Field(
         default_factory=list, max_length=50, description="Most recent versions, newest last."
     )

@@ -26,6 +26,7 @@ ANNOTATION_TRAIN_RECORDS = "dynamiclora.io/records"
 ANNOTATION_JOB_KIND = "dynamiclora.io/job-kind"
 # The tier a consolidation Job writes (label values are shortened past 63 characters; annotations are not).
 ANNOTATION_TARGET = "dynamiclora.io/target-tier"
+ANNOTATION_INPUTS = "dynamiclora.io/inputs"  # a consolidation Job's input tiers, comma-separated
 
 MAX_LABEL = 63  # a DNS label, a label value, a Job name (it becomes the pods' job-name label)
 # A StatefulSet's pods carry "controller-revision-hash: <name>-<10 chars>", a label value (<= 63).

@@ -9,9 +9,8 @@ belong to; each reconcile is the usual idempotent pass, so an event seen twice c
 
 from __future__ import annotations
 
-from dynamiclora.builders.names import ANNOTATION_TARGET, LABEL_COMPONENT, LABEL_SWARM
+from dynamiclora.builders.names import ANNOTATION_INPUTS, ANNOTATION_TARGET, LABEL_COMPONENT, LABEL_SWARM
 from dynamiclora.controllers.common import job_state
-from dynamiclora.controllers.policy import ANNOTATION_INPUTS
 from dynamiclora.kube import Kube, Obj
 
 OWNER_KINDS = ("MigrationPolicy", "LoRATier", "Swarm")

@@ -22,7 +22,7 @@ from dynamiclora.api.policy import MigrationPolicy, MigrationPolicyStatus, Polic
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import TrainingTemplate
 from dynamiclora.builders.jobs import ConsolidationInputs, build_consolidation_job
-from dynamiclora.builders.names import ANNOTATION_TARGET, agent_tier_name, consolidation_job_name
+from dynamiclora.builders.names import ANNOTATION_INPUTS, ANNOTATION_TARGET, agent_tier_name, consolidation_job_name
 from dynamiclora.controllers.common import Event, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import set_condition, wire_status
 from dynamiclora.controllers.job_failure import failure_reason
@@ -37,7 +37,6 @@ from dynamiclora.storage.results import read_result, result_uri
 
 DECISION_LIMIT = 100
 ANNOTATION_KEY = "dynamiclora.io/evaluation-key"
-ANNOTATION_INPUTS = "dynamiclora.io/inputs"
 CONSOLIDATOR = TrainingTemplate(
     resources={"requests": {"cpu": "1", "memory": "2Gi"}}, backoff_limit=3, active_deadline_seconds=1800
 )
@@ -94,6 +93,10 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
             s_name = agent_tier_name(swarm_name, agent.name, src)
             d_name = agent_tier_name(swarm_name, agent.name, dst)
             if s_name not in live or d_name not in live:
+                continue
+            if (live[s_name].get("status") or {}).get("activeJob"):
+                # Its training Job trains from the current version: moving content out of that version now
+                # would leave the new version holding it too. Evaluated again once the Job is done.
                 continue
             v = _version(store, ns, s_name)
             if v is None or v < pol.spec.stability.window:

@@ -19,10 +19,16 @@ from dynamiclora.api.common import Storage, TierLevel
 from dynamiclora.api.conditions import ConditionType, EventType, Reason
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import LoRATier, LoRATierStatus, TierPhase
-from dynamiclora.builders.distributed import needs_rendezvous, rendezvous_service
+from dynamiclora.builders.distributed import ANNOTATION_WORKERS, needs_rendezvous, rendezvous_service
 from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experience_location, store_uri
-from dynamiclora.builders.names import ANNOTATION_TRAIN_RECORDS, training_job_name
+from dynamiclora.builders.names import (
+    ANNOTATION_INPUTS,
+    ANNOTATION_TARGET,
+    ANNOTATION_TRAIN_RECORDS,
+    LABEL_COMPONENT,
+    training_job_name,
+)
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.admission import admit, tier_references
 from dynamiclora.controllers.common import Event, WaitFor, duration_s, generation, job_state, parse, parse_time
@@ -165,6 +171,7 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
             st["lastTrainingTime"] = now_rfc3339()
             st["failedAttempts"] = 0
             st.pop("activeJob", None)
+            st.pop("trainingWorkers", None)
             JOBS.labels("training", "succeeded").inc()
             started = parse_time(job.get("status", {}).get("startTime"))
             if started:
@@ -177,6 +184,7 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
             attempts = int(old.get("failedAttempts", 0)) + 1
             st["failedAttempts"] = attempts
             st.pop("activeJob", None)
+            st.pop("trainingWorkers", None)
             JOBS.labels("training", "failed").inc()
             msg = f"Job {active} {'failed' if state == 'Failed' else 'disappeared'} (attempt {attempts})"
             why = failure_reason(kube, job) if job is not None and state == "Failed" else ""
@@ -399,6 +407,12 @@ def _maybe_train(
     missing = missing_inputs(tier.spec, storage, settings, s3_client_for(kube, ns, storage))
     if missing:
         return _input_missing(conditions, missing, events, generation(body))
+    if busy := consolidation_touching(kube, ns, name):
+        # Training from the current version while a migration moves content out of it would compose the
+        # new version (which still holds that content) with the destination that received it: twice.
+        return set_condition(conditions, ConditionType.TRAINING, False, Reason.WAITING,
+                             f"waiting for consolidation Job {busy}, which moves this tier's content",
+                             generation(body))  # fmt: skip
     current = st.get("currentVersion")
     # Numbered after the newest *published* version (a rejected one included), but trained from the newest
     # accepted one: deriving the name from ``current`` would re-adopt the rejected version's finished Job.
@@ -427,6 +441,7 @@ def _maybe_train(
     created = kube.create(job)
     if needs_rendezvous(job) and (live := created or kube.get("Job", job["metadata"]["namespace"], job_name)):
         kube.create(rendezvous_service(live))  # after the Job: it owns the Service, which goes with it
+        st["trainingWorkers"] = job["metadata"]["annotations"][ANNOTATION_WORKERS]
     st["activeJob"] = job_name
     if created is not None:
         JOBS.labels("training", "started").inc()
@@ -437,6 +452,16 @@ def _maybe_train(
     if previous.get("reason") == Reason.JOB_FAILED:  # a retry keeps saying why the last attempt failed
         running = f"Job {job_name} retries version {next_version}; {previous.get('message')}"
     return set_condition(conditions, ConditionType.TRAINING, True, Reason.JOB_RUNNING, running, generation(body))
+
+
+def consolidation_touching(kube: Kube, ns: str, tier: str) -> str | None:
+    """A running consolidation Job that reads or writes ``tier``, if any (listed only when training is due)."""
+    for job in kube.list("Job", ns, {LABEL_COMPONENT: "consolidator"}):
+        ann = job["metadata"].get("annotations") or {}
+        touched = {ann.get(ANNOTATION_TARGET, ""), *str(ann.get(ANNOTATION_INPUTS, "")).split(",")}
+        if tier in touched and job_state(job) == "Running":
+            return str(job["metadata"]["name"])
+    return None
 
 
 def _input_missing(conditions: list[Obj], missing: list[str], events: list[Event], gen: int | None) -> list[Obj]:

@@ -41,6 +41,23 @@ _FIELDS = (
 )
 
 
+def json_object(data: bytes, fmt: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    """``data`` as a JSON object of format ``fmt`` with every one of ``fields``.
+
+    Raises:
+        ValueError: not JSON, not an object, another format, or a field missing (the message says which).
+    """
+    doc = json.loads(data)
+    if not isinstance(doc, dict):
+        raise ValueError("not a JSON object")
+    if doc.get("format") != fmt:
+        raise ValueError(f"unknown format {doc.get('format')!r}")
+    missing = [f for f in fields if f not in doc]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
+    return doc
+
+
 @dataclass(frozen=True)
 class AuditRecord:
     """One immutable audit event of a tier."""
@@ -79,14 +96,7 @@ class AuditRecord:
             StoreError: invalid JSON, unknown format, or a missing or mistyped field.
         """
         try:
-            doc = json.loads(data)
-            if not isinstance(doc, dict):
-                raise ValueError("not a JSON object")
-            if doc.get("format") != AUDIT_FORMAT:
-                raise ValueError(f"unknown format {doc.get('format')!r}")
-            missing = [f for f in _FIELDS if f not in doc]
-            if missing:
-                raise ValueError(f"missing field(s) {', '.join(missing)}")
+            doc = json_object(data, AUDIT_FORMAT, _FIELDS)
             version = doc["version"]
             contributors = doc["contributors"]
             gate = doc["gate"]

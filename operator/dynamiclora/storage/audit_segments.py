@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dynamiclora.storage.audit_record import SEQ_WIDTH
+from dynamiclora.storage.audit_record import SEQ_WIDTH, json_object
 from dynamiclora.storage.base import StoreError
 
 SEGMENT_DIR = "segments"
@@ -116,14 +116,7 @@ class Segment:
             StoreError: invalid JSON, unknown format, or a missing or mistyped field.
         """
         try:
-            doc = json.loads(data)
-            if not isinstance(doc, dict):
-                raise ValueError("not a JSON object")
-            if doc.get("format") != SEGMENT_FORMAT:
-                raise ValueError(f"unknown format {doc.get('format')!r}")
-            missing = [f for f in _FIELDS if f not in doc]
-            if missing:
-                raise ValueError(f"missing field(s) {', '.join(missing)}")
+            doc = json_object(data, SEGMENT_FORMAT, _FIELDS)
             ints = [doc["first"], doc["last"]]
             if any(not isinstance(v, int) or isinstance(v, bool) for v in ints):
                 raise ValueError("first/last are not integers")

@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from dynamiclora.builders.names import ANNOTATION_TARGET, base_labels
+from dynamiclora.builders.names import ANNOTATION_INPUTS, ANNOTATION_TARGET, base_labels
 from dynamiclora.controllers import handlers
 from dynamiclora.controllers.job_events import followups
-from dynamiclora.controllers.policy import ANNOTATION_INPUTS
 from dynamiclora.controllers.swarm import reconcile_swarm
 from dynamiclora.kube import owner_reference
 from dynamiclora.settings import OperatorSettings

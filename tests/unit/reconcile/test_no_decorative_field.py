@@ -149,6 +149,11 @@ def agent_tier_keeps_5(w: World, ctx: Ctx) -> None:
     _publish_more("support-alice-agent", 6)(w, ctx)
 
 
+def no_training_in_flight(w: World, ctx: Ctx) -> None:
+    """No new records: no context tier trains, so the policy may migrate out of it (never beside a training)."""
+    w.records = {"alice": 0, "bob": 0}
+
+
 def model_on_pvc(w: World, ctx: Ctx) -> None:
     w.swarm["spec"]["baseModel"] = {"name": "tiny-llama", "pvc": {"claimName": "models", "path": "tiny"}}
 
@@ -231,6 +236,11 @@ CASES: dict[tuple[str, str], Case] = {
         # keepFor only sees versions in the status history (20 newest): with the example's keepVersions 20
         # it can protect nothing, a product defect reported separately; with fewer kept it acts.
         "spec.agentTier.retention.keepFor": Case(agent_tier_keeps_5, "1h"),
+        # What the migration Job into the agent tier is given (its rank, its gate): a migration starts
+        # when no training runs out of the context tier.
+        **{f"spec.agentTier.{f}": Case(no_training_in_flight) for f in (
+            "rank", "qualityGate.enabled", "qualityGate.maxRegression", "qualityGate.significance",
+            "qualityGate.evalRecords")},
         "spec.baseModel.name": Case(value="other-model"),
         "spec.baseModel.path": Case(value="/models/other"),
         "spec.baseModel.pvc.claimName": Case(model_on_pvc, "models2"),

@@ -153,6 +153,27 @@ def test_tier_training_lifecycle(kube: FakeKube, settings: OperatorSettings, swa
     assert len(kube.list("Job", NS)) == 1
 
 
+def test_a_distributed_training_job_gets_its_rendezvous_service_and_shows_its_workers(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    swarm_body["spec"]["contextTier"]["training"].update(nodes=2, procsPerNode=2)
+    _swarm(kube, settings, swarm_body)
+    name = "support-alice-context"
+    _records(settings, "alice", 20)
+    out = _tier_pass(kube, settings, name)
+    job = kube.objects[("Job", NS, f"{name}-train-v1")]
+    assert job["spec"]["completionMode"] == "Indexed" and out.wire()["trainingWorkers"] == "2x2"
+    svc = kube.objects[("Service", NS, f"{name}-train-v1")]
+    assert svc["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["uid"]
+    kube.objects[("Job", NS, f"{name}-train-v1")]["status"] = {"conditions": [{"type": "Failed", "status": "True"}]}
+    retry = _tier_pass(kube, settings, name).wire()  # a dead worker failed the Job: retried, distributed again
+    assert retry["activeJob"] == f"{name}-train-v1-r1" and retry["trainingWorkers"] == "2x2"
+    assert ("Service", NS, f"{name}-train-v1-r1") in kube.objects
+    done = {"conditions": [{"type": "Complete", "status": "True"}]}
+    kube.objects[("Job", NS, f"{name}-train-v1-r1")]["status"] = done
+    assert "trainingWorkers" not in _tier_pass(kube, settings, name).wire()
+
+
 @pytest.mark.parametrize("collateral", [False, True])
 def test_a_tier_recreated_over_its_store_does_not_train_again(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path, collateral: bool
@@ -289,6 +310,35 @@ def test_policy_launches_migrations_and_records_decisions(
     _publish(settings, "support-alice-context", tmp_path, {"kind": "training"})
     _policy_pass(kube, settings)
     assert [j["metadata"]["name"] for j in kube.list("Job", NS)] == ["mig-p-support-alice-agent-4"]
+
+
+def test_training_and_a_migration_out_of_one_tier_never_overlap(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    """A training Job starts from the tier's current version; a migration moving content out of that
+    version meanwhile would leave the new version holding the content too, served with the destination
+    that received it (seen in CI: a flipped fact lost under the old answer, counted twice)."""
+    _swarm(kube, settings, swarm_body)
+    _policy(kube)
+    name = "support-alice-context"
+    for _ in range(2):
+        _publish(settings, name, tmp_path)
+    kube.objects[("LoRATier", NS, name)]["status"] = {"activeJob": f"{name}-train-v3"}  # a training Job runs
+    _policy_pass(kube, settings)
+    assert not kube.list("Job", NS)  # not now: evaluated again at the next interval
+    kube.objects[("LoRATier", NS, name)]["status"] = {}
+    _policy_pass(kube, settings)
+    (migration,) = kube.list("Job", NS)
+
+    _records(settings, "alice", 20)  # training is due, but the migration reads and rewrites the tier
+    out = _tier_pass(kube, settings, name)
+    cond = get_condition(out.wire(), "Training")
+    assert cond["reason"] == "Waiting" and migration["metadata"]["name"] in cond["message"]
+    assert [j["metadata"]["name"] for j in kube.list("Job", NS)] == [migration["metadata"]["name"]]
+    kube.objects[("Job", NS, migration["metadata"]["name"])]["status"] = {
+        "conditions": [{"type": "Complete", "status": "True"}]}
+    _tier_pass(kube, settings, name)
+    assert f"{name}-train-v3" in [j["metadata"]["name"] for j in kube.list("Job", NS)]
 
 
 def test_a_recreated_policy_does_not_evaluate_again_what_a_job_already_judged(
