@@ -280,6 +280,15 @@ class HotSwapper:
         metrics.UNLOADS.inc()
         return True
 
+    def settled(self, pod: PodTarget, spec: AdapterSpec, listed_root: str | None) -> bool:
+        """Whether a pod that lists ``spec.name`` at ``listed_root`` already serves ``spec`` as verified by
+        this process: :meth:`ensure` would answer ``unchanged`` after listing the pod again. Counted as such
+        (metric included), so a pass costs one listing per pod, not one per adapter."""
+        if listed_root != spec.path or (pod.base_url, spec.name, spec.path) not in _VERIFIED:
+            return False
+        metrics.SWAP_SECONDS.labels(action="unchanged").observe(0.0)
+        return True
+
     async def reconcile(
         self, pod: PodTarget, desired: Mapping[str, AdapterSpec], *, managed_prefix: str,
         keep: Collection[str] = (),

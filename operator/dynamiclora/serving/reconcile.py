@@ -63,6 +63,10 @@ async def reconcile_pod(
                 result.failed[name] = str(exc)
                 result.errors[name] = exc
     for name, spec in sorted(desired.items()):
+        card = loaded.get(name)
+        if swapper.settled(pod, spec, card.root if card is not None else None):
+            result.unchanged.append(name)
+            continue
         try:
             out = await swapper.ensure(pod, spec)
         except ServingError as exc:

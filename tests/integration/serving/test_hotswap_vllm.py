@@ -260,6 +260,10 @@ async def test_restart_reapplies_desired_set_and_rejects_oversized_rank(
         assert await client.list_adapters() == {}, "vLLM kept runtime adapters across a restart?"
         again = await sw.reconcile(pod, desired, managed_prefix="dl-r-")
         assert sorted(again.loaded) == ["dl-r-a", "dl-r-b"] and again.ok
+        log.clear()
+        steady = await sw.reconcile(pod, desired, managed_prefix="dl-r-")
+        assert sorted(steady.unchanged) == ["dl-r-a", "dl-r-b"]
+        assert [r.path for r in log] == ["/v1/models"]  # one listing per pod and pass, not one per adapter
         for spec in desired.values():
             assert spec.fingerprint is not None
             got = await client.complete(spec.name, spec.fingerprint.prompt_token_ids, max_tokens=8)
