@@ -138,16 +138,35 @@ def accuracy(model: Any, tokenizer: Any, facts: Sequence[Fact], template: int = 
     return sum(s.correct for s in scores) / len(scores)
 
 
+def _scores(model: Any, tokenizer: Any, facts: Sequence[Fact], template: int) -> list[Any]:
+    return score(model, examples(facts, template, tokenizer), 64, int(tokenizer.pad_token_id))
+
+
 def answer_nats(model: Any, tokenizer: Any, facts: Sequence[Fact], template: int) -> list[float]:
     """Log-probability (nats) ``model`` gives each fact's whole answer in ``template`` (gate scoring)."""
-    scores = score(model, examples(facts, template, tokenizer), 64, int(tokenizer.pad_token_id))
-    return [-s.loss * s.tokens for s in scores]
+    return [-s.loss * s.tokens for s in _scores(model, tokenizer, facts, template)]
+
+
+@dataclass(frozen=True)
+class Migrated:
+    """Per fact: does the slow tier alone hold it (see :func:`migrated_facts`)."""
+
+    known: list[bool]  # answers it (greedy) and gains min_gain nats over the bare base, each on min_templates
+    gained: list[bool]  # gains min_gain nats on min_templates only (the looser reading)
 
 
 def migrated_facts(slow: Any, base: Any, tokenizer: Any, facts: Sequence[Fact], min_gain: float = 1.0,
-                   min_templates: int = 3) -> list[bool]:  # fmt: skip
-    """Chance-corrected migration: the slow tier alone gains ``min_gain`` nats over the bare base on at
-    least ``min_templates`` of the templates (a fact merely guessed right does not count)."""
-    gains = [[a - b for a, b in zip(answer_nats(slow, tokenizer, facts, t), answer_nats(base, tokenizer, facts, t),
-                                    strict=True)] for t in range(len(TEMPLATES))]  # fmt: skip
-    return [sum(1 for g in per_t if g >= min_gain) >= min_templates for per_t in zip(*gains, strict=True)]
+                   min_templates: int = 3) -> Migrated:  # fmt: skip
+    """Chance-corrected migration. ``known``: the slow tier alone answers the fact (greedy decoding gives its
+    answer and end of sequence) on at least ``min_templates`` of the templates, and gains at least ``min_gain``
+    nats of log-probability over the bare base on as many: held by the slow tier, not guessed right by
+    the base. ``gained``: the gain alone, which also counts an answer that goes from very unlikely to
+    merely unlikely (e.g. -15 to -7 nats under a base that is confidently wrong about a new entity) as
+    held, although the tier would never give it."""
+    per_t = [(_scores(slow, tokenizer, facts, t), _scores(base, tokenizer, facts, t)) for t in range(len(TEMPLATES))]
+    gains = [[(-a.loss * a.tokens) - (-b.loss * b.tokens) >= min_gain for a, b in zip(s, b_, strict=True)]
+             for s, b_ in per_t]  # fmt: skip
+    right = [[a.correct for a in s] for s, _ in per_t]
+    gained = [sum(g) >= min_templates for g in zip(*gains, strict=True)]
+    answered = [sum(r) >= min_templates for r in zip(*right, strict=True)]
+    return Migrated([a and g for a, g in zip(answered, gained, strict=True)], gained)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -21,6 +22,7 @@ from dynamiclora_dev.tinymodel import TinyModelConfig
 from jobsbench.base import PretrainConfig, pretrain_base
 from jobsbench.facts import (
     DataConfig,
+    Fact,
     WordPool,
     answer_words,
     build_sequence,
@@ -33,7 +35,7 @@ from jobsbench.metrics import interval
 
 Log = Callable[[str], None]
 SCALARS = ("acc", "bwt", "forgetting", "flip_new_when_taught", "flip_stale_final", "migration_precision",
-           "migration_recall")
+           "migration_recall", "migration_precision_gain_only", "migration_recall_gain_only")
 KINDS = ("recurring", "transient", "flipped")
 
 
@@ -66,6 +68,21 @@ def quick_config(seeds: list[int] | None = None, windows: int = 3) -> RunConfig:
                      jobs=JobsConfig(steps=60), pretrain=PretrainConfig(steps=200))  # fmt: skip
 
 
+def _base(root: Path, model_cfg: TinyModelConfig, facts: list[Fact], cfg: PretrainConfig) -> Path:
+    """The pretrained base; with ``JOBSBENCH_BASE_CACHE`` set, kept there per configuration (the pretraining
+    is deterministic, so a cached base is the one this run would train)."""
+    cache = os.environ.get("JOBSBENCH_BASE_CACHE")
+    if not cache:
+        return pretrain_base(root / "base", model_cfg, facts, cfg)
+    key = hashlib.sha256(json.dumps([asdict(model_cfg), asdict(cfg), [asdict(f) for f in facts]],
+                                    sort_keys=True).encode()).hexdigest()[:16]  # fmt: skip
+    path = Path(cache) / key
+    if not (path / "config.json").is_file():
+        pretrain_base(root / "base", model_cfg, facts, cfg)
+        shutil.copytree(root / "base", path, dirs_exist_ok=True)
+    return path
+
+
 def run(cfg: RunConfig, log: Log = _print, workdir: Path | None = None) -> dict[str, Any]:
     """Pretrain the base once, then for every seed run every method on the same windows; aggregate."""
     t0 = time.perf_counter()
@@ -74,7 +91,7 @@ def run(cfg: RunConfig, log: Log = _print, workdir: Path | None = None) -> dict[
     pre_entities, bench_entities = split_entities(model_cfg, cfg.data.answers, cfg.pretrain.entities)
     root = Path(tempfile.mkdtemp(prefix="jobsbench-", dir=workdir))
     try:
-        base = pretrain_base(root / "base", model_cfg, pretrain_facts(pre_entities, answers), cfg.pretrain)
+        base = _base(root, model_cfg, pretrain_facts(pre_entities, answers), cfg.pretrain)
         log(f"pretrained the base in {time.perf_counter() - t0:.0f}s")
         per_seed: list[dict[str, Any]] = []
         for seed in cfg.seeds:
@@ -152,8 +169,11 @@ def markdown_table(result: dict[str, Any], command: str) -> str:
                      f"{_fmt(r['flip_stale_final'])} |")
     migrating = [(n, r) for n, r in result["methods"].items() if r["migration_recall"]["n"]]
     if migrating:
-        lines += ["", "| method | migration precision | migration recall |", "|---|---|---|"]
-        lines += [f"| `{n}` | {_fmt(r['migration_precision'])} | {_fmt(r['migration_recall'])} |" for n, r in migrating]
+        lines += ["", "| method | migration precision | migration recall | precision (gain only) "
+                      "| recall (gain only) |", "|---|---|---|---|---|"]
+        lines += [f"| `{n}` | {_fmt(r['migration_precision'])} | {_fmt(r['migration_recall'])} | "
+                  f"{_fmt(r['migration_precision_gain_only'])} | {_fmt(r['migration_recall_gain_only'])} |"
+                  for n, r in migrating]
     if result["paired_differences"]:
         lines += ["", "| paired difference | ACC | BWT | recurring | transient | flipped |",
                   "|---|---|---|---|---|---|"]

@@ -47,6 +47,7 @@ class TierPair(ApiModel):
 class StabilityMethod(StrEnum):
     SUBSPACE = "subspace"
     AUTOCORRELATION = "autocorrelation"
+    RECURRENCE = "recurrence"
 
 
 class StabilityDetector(ApiModel):
@@ -55,7 +56,8 @@ class StabilityDetector(ApiModel):
     method: StabilityMethod = Field(
         default=StabilityMethod.SUBSPACE,
         description="subspace: similarity of top singular subspaces across versions; autocorrelation: "
-        "agreement of successive update directions.",
+        "agreement of successive update directions; recurrence: answers the source tier was taught in several "
+        "of its training rounds move up (the slower tier learns them), transient ones never do.",
     )
     window: int = Field(default=4, ge=2, le=100, description="Successive versions compared.")
     threshold: float = Field(default=0.8, gt=0, le=1, description="Similarity above which a window counts as stable.")

@@ -18,7 +18,7 @@ from typing import Any
 
 from dynamiclora.api.common import TierLevel
 from dynamiclora.api.conditions import ConditionType, EventType, Reason
-from dynamiclora.api.policy import MigrationPolicy, MigrationPolicyStatus, PolicyPhase, TierPair
+from dynamiclora.api.policy import MigrationPolicy, MigrationPolicyStatus, PolicyPhase, StabilityMethod, TierPair
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import TrainingTemplate
 from dynamiclora.builders.jobs import ConsolidationInputs, build_consolidation_job
@@ -26,7 +26,7 @@ from dynamiclora.builders.names import ANNOTATION_INPUTS, ANNOTATION_TARGET, age
 from dynamiclora.controllers.common import Event, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import set_condition, wire_status
 from dynamiclora.controllers.job_failure import failure_reason
-from dynamiclora.controllers.policy_gate import audit_consolidation, consolidation_gate_args
+from dynamiclora.controllers.policy_gate import audit_consolidation, consolidation_gate_args, recurrence_args
 from dynamiclora.controllers.promotion import agent_trust, latest_accepted
 from dynamiclora.controllers.tier_storage import StoreAccess, guard_storage, store_access
 from dynamiclora.kube import Kube, Obj, now_rfc3339
@@ -79,6 +79,13 @@ def _input_version(store: StoreAccess, ns: str, inputs: list[str]) -> int:
     return sum(_version(store, ns, t) or 0 for t in inputs)
 
 
+def _versions_needed(pol: MigrationPolicy) -> int:
+    """Source versions before a migration can find anything: a window of them to compare, or, judged by
+    recurrence, as many training rounds as an answer must recur in."""
+    s = pol.spec.stability
+    return s.min_consecutive_windows if s.method == StabilityMethod.RECURRENCE else s.window
+
+
 def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str, sw: Swarm,
                 pol: MigrationPolicy, pair: TierPair) -> list[Candidate]:  # fmt: skip
     src, dst = TierLevel(pair.source), TierLevel(pair.target)
@@ -99,7 +106,7 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
                 # would leave the new version holding it too. Evaluated again once the Job is done.
                 continue
             v = _version(store, ns, s_name)
-            if v is None or v < pol.spec.stability.window:
+            if v is None or v < _versions_needed(pol):
                 continue
             out.append(Candidate(s_name, v, ConsolidationInputs("migrate", d_name, storage, source_tier=s_name)))
         return out
@@ -125,7 +132,7 @@ def _candidates(kube: Kube, settings: OperatorSettings, ns: str, swarm_name: str
             out.append(Candidate(f"consensus:{target}", _input_version(store, ns, tiers), inputs))
         return out
     source = {TierLevel.SWARM: sw.spec.shared_tiers.swarm, TierLevel.DOMAIN: sw.spec.shared_tiers.domain}.get(src)
-    if source and (v := _version(store, ns, source)) and v >= pol.spec.stability.window:
+    if source and (v := _version(store, ns, source)) and v >= _versions_needed(pol):
         out.append(Candidate(source, v, ConsolidationInputs("migrate", target, storage, source_tier=source)))
     return out
 
@@ -333,7 +340,10 @@ def _launch(kube: Kube, settings: OperatorSettings, body: Obj, pol: MigrationPol
     if target is not None:  # stored at the destination's own rank: room for what moves up, not the source's
         options["dest_rank"] = int(target.get("spec", {}).get("rank") or 0) or 16
     c = cand.inputs
-    claim = sw.spec.base_model.pvc.claim_name if sw.spec.base_model.pvc and "gate_base_model" in options else None
+    if c.mode == "migrate" and pol.spec.stability.method == StabilityMethod.RECURRENCE:
+        options.update(recurrence_args(kube, settings, ns, sw, c))
+    needs_model = "gate_base_model" in options or "model_dir" in options
+    claim = sw.spec.base_model.pvc.claim_name if sw.spec.base_model.pvc and needs_model else None
     inputs = ConsolidationInputs(c.mode, c.target_tier, c.storage, c.source_tier, c.agent_tiers, c.weights, options,
                                  claim)  # fmt: skip
     job = build_consolidation_job(body, inputs, job_name, CONSOLIDATOR, settings)

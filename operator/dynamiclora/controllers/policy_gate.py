@@ -12,7 +12,7 @@ from typing import Any
 
 from dynamiclora.api.common import TierLevel
 from dynamiclora.api.swarm import Swarm
-from dynamiclora.api.tier import QualityGate
+from dynamiclora.api.tier import LoRATierSpec, QualityGate
 from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import ConsolidationInputs, experience_location, storage_path, store_uri, tier_ref
 from dynamiclora.controllers.promotion import compact_audit, served_version_of
@@ -60,10 +60,14 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
             data.append(storage_path(storage, agent.regression_set, settings))
     if not data:
         return {}  # nothing to evaluate on yet: the Job would have no figures to compare
-    frozen: list[str] = []
-    args = {"gate_base_model": model_path(sw, settings), "gate_max_regression": gate.max_regression,
+    return {"gate_base_model": model_path(sw, settings), "gate_max_regression": gate.max_regression,
             "gate_significance": gate.significance, "gate_records": gate.eval_records, "gate_data": data,
-            "gate_frozen": frozen}  # fmt: skip
+            "gate_frozen": served_beneath(kube, ns, sw, level, store)}  # fmt: skip
+
+
+def served_beneath(kube: Kube, ns: str, sw: Swarm, level: TierLevel, store: str) -> list[str]:
+    """References of the shared tiers served beneath ``level`` (their served versions), slowest last."""
+    frozen: list[str] = []
     shared = {TierLevel.SWARM: sw.spec.shared_tiers.swarm, TierLevel.DOMAIN: sw.spec.shared_tiers.domain,
               TierLevel.FOUNDATION: sw.spec.shared_tiers.foundation}  # fmt: skip
     for slower in ORDER[ORDER.index(level) + 1 :]:
@@ -72,7 +76,30 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
         version = served_version_of(tier) if tier else None
         if name and version:
             frozen.append(tier_ref(store, ns, name, version))
-    return args
+    return frozen
+
+
+def recurrence_args(kube: Kube, settings: OperatorSettings, ns: str, sw: Swarm,
+                    inputs: ConsolidationInputs) -> dict[str, Any]:  # fmt: skip
+    """What a migration by recurrence needs: the source agent's records (quarantine and held-out share
+    as its training Jobs see them), the base model, the tiers served beneath the destination, and the
+    source's training settings: the destination learns the stable answers as the source learned them
+    (it is stored at LoRA scaling 1, so the rate is scaled by the source's alpha / rank)."""
+    source = kube.get("LoRATier", ns, inputs.source_tier or "")
+    target = kube.get("LoRATier", ns, inputs.target_tier)
+    if source is None or target is None or not source["spec"].get("agent"):
+        return {}
+    src, dst = LoRATierSpec.model_validate(source["spec"]), LoRATierSpec.model_validate(target["spec"])
+    storage = sw.spec.storage
+    location = experience_location(storage, sw.spec.experience.prefix, ns, sw.metadata.name or "", src.agent or "",
+                                   settings)  # fmt: skip
+    quarantine = (source.get("status") or {}).get("quarantine") or []
+    return {"records": [location], "exclude_window": [f"{w['from']}/{w['to']}" for w in quarantine],
+            "holdout_fraction": src.quality_gate.holdout_fraction, "model_dir": model_path(sw, settings),
+            "frozen": served_beneath(kube, ns, sw, TierLevel(dst.level), store_uri(storage, settings)),
+            "distill_steps": src.training.max_steps,
+            "distill_lr": src.plasticity.learning_rate * src.alpha / src.rank,
+            "distill_batch_size": src.training.batch_size, "threads": settings.trainer_threads}  # fmt: skip
 
 
 def audit_consolidation(store: StoreAccess, ns: str, target: str, job_name: str, result: dict[str, Any],

@@ -65,6 +65,8 @@ class StabilityConfig:
         """Minimum window size (versions, newest included) that can ever declare stability."""
         if self.method is StabilityMethod.SUBSPACE:
             return self.min_consecutive + 1
+        if self.method is StabilityMethod.RECURRENCE:
+            return self.min_consecutive
         return self.window_length + self.min_consecutive - 1
 
 

@@ -30,8 +30,25 @@ from dynamiclora.memory import (
     tier_sub,
     truncate,
 )
+from dynamiclora.memory.recurrence import record_of
 from dynamiclora.storage import CheckpointStore, TierRef, VersionRef, open_store, parse_tier_ref
+from dynamiclora.training.anchored import AnchoredRun, TierTraining, train_anchored
 from dynamiclora.training.consolidate_gate import judge
+from dynamiclora.training.distill import (
+    DEFAULT_BATCH,
+    DEFAULT_LR,
+    DEFAULT_STEPS,
+    anchor_set,
+    decide,
+    distill_set,
+    read_distilled,
+    refit_set,
+    stash,
+    taught_records,
+    train_tier,
+    training_spans,
+    write_distilled,
+)
 from dynamiclora.training.options import ConsolidateConfig
 from dynamiclora.training.stats import STATS_FILE, tier_statistics
 
@@ -50,6 +67,7 @@ class _Io:
         self.log = log
         self._stores: dict[str, CheckpointStore] = {}
         self._n = 0
+        self.dirs: dict[str, Path] = {}  # version URI -> where it was downloaded
 
     def store(self, ref: TierRef) -> CheckpointStore:
         if ref.store_uri not in self._stores:
@@ -63,6 +81,7 @@ class _Io:
         self._n += 1
         got = self.store(ref).download(ref.namespace, ref.tier, version, self.tmp / f"in{self._n}")
         delta, meta = load_adapter(self.tmp / f"in{self._n}")
+        self.dirs[got.uri] = self.tmp / f"in{self._n}"
         return delta, meta, got
 
     def load_latest(self, ref_text: str) -> TierDelta:
@@ -73,10 +92,12 @@ class _Io:
         return self.load(ref, versions[-1])[0]
 
     def publish(self, ref: TierRef, delta: TierDelta, rank: int, targets: list[str], base: str | None,
-                meta: dict[str, Any]) -> dict[str, Any]:
+                meta: dict[str, Any], distilled: dict[str, str] | None = None) -> dict[str, Any]:
         self._n += 1
         out = save_adapter(delta, self.tmp / f"out{self._n}", r=rank, target_modules=targets,
                            base_model_name_or_path=base)
+        if distilled is not None:
+            write_distilled(out, distilled)
         stats = tier_statistics(out)
         (out / STATS_FILE).write_text(__import__("json").dumps({**stats, **meta}, indent=2, sort_keys=True))
         files = {p.name: p for p in out.iterdir() if p.is_file()}
@@ -185,6 +206,8 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
         versions = [v for v in versions if v <= src.version]
     if not versions:
         raise ValueError(f"--source {cfg.source}: the tier has no published version")
+    if stability.method == "recurrence":
+        return _migrate_recurrence(cfg, io, src, dest, versions)
     window_n = cfg.window or stability.versions_needed()
     loaded = [io.load(src, v) for v in versions[-window_n:]]
     window = [d for d, _, _ in loaded]
@@ -230,6 +253,61 @@ def _migrate(cfg: ConsolidateConfig, io: _Io) -> dict[str, Any]:
     result["published"].append(
         io.publish(src, new_src, src_meta.r, list(src_meta.target_modules), base,
                    {**meta, "kind": "migration-source", "destBase": "n/a"}))
+    result["changed"] = True
+    return result
+
+
+def _migrate_recurrence(cfg: ConsolidateConfig, io: _Io, src: TierRef, dest: TierRef,
+                        versions: list[int]) -> dict[str, Any]:  # fmt: skip
+    """Migration by recurrence (training/distill.py): the destination learns the stable answers."""
+    source, src_meta, src_ref = io.load(src, versions[-1])
+    inputs = [_ident(src_ref)]
+    base_version, dest_done = _resume_point(io, dest, inputs, src)
+    dest_delta: TierDelta = {}
+    dest_tier = TierTraining(dest.namespace, dest.tier, None, None, cfg.dest_rank or src_meta.r,
+                             list(src_meta.target_modules))  # fmt: skip
+    if base_version is not None:
+        dest_delta, dest_meta, got = io.load(dest, base_version)
+        ref = str(TierRef(dest.store_uri, dest.namespace, dest.tier, base_version))
+        dest_tier = TierTraining(dest.namespace, dest.tier, io.dirs[got.uri], ref, dest_meta.r,
+                                 list(dest_meta.target_modules))  # fmt: skip
+    records, newest = taught_records(cfg)
+    spans = training_spans(io.store(src), src, versions, cfg.window or cfg.min_consecutive)
+    chosen, stable = decide(cfg, records, newest, spans, read_distilled(dest_tier.init))
+    report = {"migrated": len(chosen.moved), "rewritten": len(chosen.rewritten), "bypassed": 0,
+              "throttled": len(chosen.throttled), "stable": stable, "rounds": len(spans),
+              "held": len(chosen.targets), "movedEnergyFraction": 0.0}  # fmt: skip
+    io.log(f"migration {src} -> {dest} by recurrence over {len(spans)} training round(s): {stable} stable "
+           f"answer(s), {report['migrated']} move up, {report['rewritten']} rewritten, {report['throttled']} "
+           f"throttled; the destination holds {report['held']}")
+    result: dict[str, Any] = {"mode": "migrate", "window": [versions[-1]], "report": report, "published": []}
+    if cfg.dry_run or not chosen.changes:
+        result["changed"] = False
+        return result
+    # The destination learns the stable answers alone; then the source re-learns its newest questions on top
+    # of it, so the served stack answers as before while the destination now holds the stable part.
+    assert cfg.model_dir is not None  # checked by ConsolidateConfig
+    run = AnchoredRun(cfg.model_dir, dest_tier, list(cfg.frozen), distill_set(records, chosen.targets),
+                      anchor_set(records, chosen.targets), cfg.distill_steps or DEFAULT_STEPS,
+                      cfg.distill_lr or DEFAULT_LR, cfg.distill_batch_size or DEFAULT_BATCH)  # fmt: skip
+    new_dest, dest_dir = train_anchored(run, io.tmp / "distill-dest", io.log)
+    src_tier = TierTraining(src.namespace, src.tier, io.dirs[src_ref.uri], src_ref.uri, src_meta.r,
+                            list(src_meta.target_modules))  # fmt: skip
+    beneath = [*cfg.frozen, stash(dest_dir, dest_tier, io.tmp)]
+    new_src, _ = train_tier(cfg, src_tier, refit_set(records), beneath, io.tmp / "distill-source", io.log)
+    if _rejected(cfg, io, result, {f"{src.namespace}/{src.tier}": ([dest_delta, source], [new_dest, new_src])}):
+        return result
+    base = cfg.base_model or src_meta.base_model_name_or_path
+    meta = {"kind": "migration", "method": "recurrence", "derivedFrom": inputs, "destBase": base_version,
+            "migrated": report["migrated"], "bypassed": 0, "report": report,
+            **({"gate": result["gate"]} if "gate" in result else {}), **_job()}  # fmt: skip
+    if dest_done:
+        io.log(f"{dest} already holds this migration; publishing the source only")
+    else:
+        result["published"].append(io.publish(dest, new_dest, dest_tier.rank, dest_tier.targets, base, meta,
+                                              record_of(chosen.targets)))  # fmt: skip
+    result["published"].append(io.publish(src, new_src, src_meta.r, list(src_meta.target_modules), base,
+                                          {**meta, "kind": "migration-source", "destBase": "n/a"}))
     result["changed"] = True
     return result
 

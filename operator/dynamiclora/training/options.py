@@ -272,8 +272,9 @@ class ConsolidateConfig:
         "help": "base model recorded in the written adapters (default: the one recorded in the inputs)"})
     window: int | None = field(default=None, metadata={
         "help": "migrate: source versions judged, newest last (default: what the detector needs)"})
-    method: Literal["subspace", "autocorrelation"] = field(default="subspace", metadata={
-        "help": "migrate: stability detector"})
+    method: Literal["subspace", "autocorrelation", "recurrence"] = field(default="subspace", metadata={
+        "help": "migrate: stability detector; recurrence judges the answers --records taught the source tier "
+                "and trains the destination on the stable ones (distillation) instead of moving components"})
     threshold: float = field(default=0.9, metadata={"help": "migrate: stability score needed, in (0, 1]"})
     min_consecutive: int = field(default=2, metadata={"help": "migrate: consecutive windows above threshold"})
     window_length: int = field(default=3, metadata={"help": "migrate: versions per autocorrelation window"})
@@ -300,6 +301,25 @@ class ConsolidateConfig:
     update_agents: bool = field(default=True, metadata={
         "help": "consensus: also publish each agent tier minus the consensus, so every agent's stack "
                 "output is unchanged while the shared part moves up"})
+    records: list[str] = field(default_factory=list, metadata={
+        "help": "recurrence: the source agent's interaction records (.jsonl, directory or s3://); repeat",
+        "repeat": True, "metavar": "SOURCE"})
+    exclude_window: list[str] = field(default_factory=list, metadata={
+        "help": "recurrence: quarantined records (RFC 3339 FROM/TO, inclusive) never move up; repeat",
+        "repeat": True, "metavar": "FROM/TO"})
+    holdout_fraction: float | None = field(default=None, metadata={
+        "help": "recurrence: the source tier's held-out share (by record hash), never trained on here either "
+                "(default 0.1)"})
+    model_dir: str | None = field(default=None, metadata={"help": "recurrence: directory of the base model"})
+    frozen: list[str] = field(default_factory=list, metadata={
+        "help": "recurrence: a tier served beneath the destination, STORE/NAMESPACE/TIER/vNNNNNN, active and "
+                "frozen while the destination learns; repeat", "repeat": True, "metavar": "REF"})
+    distill_steps: int | None = field(default=None, metadata={
+        "help": "recurrence: optimizer steps of the destination (default 200)"})
+    distill_lr: float | None = field(default=None, metadata={
+        "help": "recurrence: learning rate of the destination (default 1e-3)"})
+    distill_batch_size: int | None = field(default=None, metadata={"help": "recurrence: records per step (default 8)"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     dry_run: bool = field(default=False, metadata={"help": "decide and report; publish nothing"})
     gate_base_model: str | None = field(default=None, metadata={
         "help": "quality gate: base model directory to evaluate the stacks on (default: gate disabled)"})
@@ -340,6 +360,12 @@ class ConsolidateConfig:
             raise ValueError(f"--gate-records must be >= 1, got {self.gate_records}")
         if not 0 < self.gate_significance < 1:
             raise ValueError(f"--gate-significance must be in (0, 1), got {self.gate_significance}")
+        if self.method == "recurrence" and self.mode == "migrate" and not (self.records and self.model_dir):
+            raise ValueError("--method recurrence needs --records and --model-dir")
+        if any(v is not None and not v > 0 for v in (self.distill_steps, self.distill_batch_size, self.distill_lr)):
+            raise ValueError("--distill-steps, --distill-batch-size and --distill-lr must be positive")
+        if self.holdout_fraction is not None and not 0 <= self.holdout_fraction <= 0.5:
+            raise ValueError(f"--holdout-fraction must be in [0, 0.5], got {self.holdout_fraction}")
         if self.gate_base_model and not self.gate_data:
             raise ValueError("--gate-base-model needs at least one --gate-data source to evaluate on")
 

@@ -1,0 +1,120 @@
+"""Teach a slower tier chosen answers and nothing else: cross-entropy on them, KL anchors elsewhere.
+
+Trained on the stable answers alone, a tier also learns what they have in common (here: which answer
+words are likely after such a question), and then answers *every* similar question differently, which
+is transient content leaking into the slow memory by another door. Each step therefore adds, for a batch
+of other questions the agent was asked (anchors), the KL divergence from how the tiers beneath it answer
+them, so the tier changes the answers where the stable ones are and adds nothing elsewhere.
+
+Small and deterministic (one process, no resume: a retried Job recomputes it from the same inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dynamiclora.memory import TierDelta, load_adapter
+from dynamiclora.storage import open_store, parse_tier_ref
+from dynamiclora.training.data import IGNORE, Example, batch_indices, collate, tokenize
+from dynamiclora.training.model import (
+    build_stack,
+    load_base,
+    load_target,
+    lora_config,
+    save_target,
+    target_parameters,
+)
+from dynamiclora.training.records import SourcedRecord
+
+MAX_SEQ_LEN = 256
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TierTraining:
+    """One tier to train: where it starts and its LoRA shape."""
+
+    namespace: str
+    tier: str
+    init: Path | None  # the downloaded version it starts from, if any
+    init_ref: str | None  # that version's reference
+    rank: int
+    targets: list[str]
+
+
+@dataclass(frozen=True)
+class AnchoredRun:
+    """What :func:`train_anchored` trains and how."""
+
+    model_dir: str
+    tier: TierTraining
+    frozen: list[str]  # references of the tiers served beneath it (active, frozen)
+    learn: list[SourcedRecord]  # the answers to teach
+    anchors: list[SourcedRecord]  # other questions whose answer distribution must not move
+    steps: int
+    lr: float  # at LoRA scaling 1 (the tier is trained at alpha = rank)
+    batch_size: int
+    seed: int = 0
+
+
+def _download(ref_text: str, dest: Path) -> Path:
+    ref = parse_tier_ref(ref_text)
+    store = open_store(ref.store_uri)
+    version = ref.version if ref.version is not None else store.list_versions(ref.namespace, ref.tier)[-1]
+    store.download(ref.namespace, ref.tier, version, dest)
+    return dest
+
+
+def _answer_logprobs(model: Any, examples: Sequence[Example], pad: int) -> torch.Tensor:
+    """Log-probabilities over the vocabulary at every trained position, ``[positions, vocab]``."""
+    batch = collate(examples, pad)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    mask = batch["labels"][:, 1:] != IGNORE
+    return torch.log_softmax(logits[mask].float(), dim=-1)
+
+
+def anchor_loss(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """KL divergence of the answer distributions from the reference, per position."""
+    return torch.sum(reference.exp() * (reference - current)) / max(len(reference), 1)
+
+
+def train_anchored(run: AnchoredRun, tmp: Path, log: Log) -> tuple[TierDelta, Path]:
+    """Train ``run.tier``; its delta (scaling folded in) and the PEFT adapter directory written."""
+    model, tokenizer = load_base(run.model_dir)
+    pad = int(tokenizer.pad_token_id)
+    frozen = [(f"frozen tier {r}", _download(r, tmp / f"frozen{i}")) for i, r in enumerate(run.frozen)]
+    torch.manual_seed(run.seed)
+    config = lora_config(run.tier.rank, float(run.tier.rank), run.tier.targets, 0.0, run.model_dir)
+    # Built without the version to start from, the tier adds nothing yet (LoRA B = 0): the reference is how
+    # the tiers beneath answer, so what the tier adds on other questions is pulled back to nothing, even
+    # where an earlier run let some drift in.
+    peft_model = build_stack(model, config, frozen, None)
+    learn = tokenize(run.learn, tokenizer, MAX_SEQ_LEN)
+    anchors = tokenize(run.anchors, tokenizer, MAX_SEQ_LEN)
+    peft_model.eval()
+    with torch.no_grad():
+        reference = [_answer_logprobs(peft_model, [e], pad) for e in anchors]
+    if run.tier.init is not None:
+        load_target(peft_model, run.tier.init)
+    params = target_parameters(peft_model)
+    opt = torch.optim.AdamW(list(params.values()), lr=run.lr, weight_decay=0.0)
+    peft_model.train()
+    for step in range(run.steps):
+        opt.zero_grad(set_to_none=True)
+        picked = [learn[i] for i in batch_indices(step, len(learn), run.batch_size, run.seed)]
+        loss = peft_model(**collate(picked, pad)).loss
+        if anchors:
+            idx = batch_indices(step, len(anchors), run.batch_size, run.seed + 1)
+            current = _answer_logprobs(peft_model, [anchors[i] for i in idx], pad)
+            loss = loss + anchor_loss(current, torch.cat([reference[i] for i in idx]))
+        loss.backward()
+        opt.step()
+        if (step + 1) % max(run.steps // 4, 1) == 0:
+            log(f"{run.tier.tier}: step {step + 1}/{run.steps} loss {float(loss.detach()):.4f}")
+    out = save_target(peft_model, tmp / "out", run.model_dir)
+    return load_adapter(out)[0], out
