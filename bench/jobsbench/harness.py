@@ -35,7 +35,7 @@ from jobsbench.metrics import interval
 
 Log = Callable[[str], None]
 SCALARS = ("acc", "bwt", "forgetting", "flip_new_when_taught", "flip_stale_final", "migration_precision",
-           "migration_recall", "migration_precision_gain_only", "migration_recall_gain_only")
+           "migration_recall", "migration_precision_gain_only", "migration_recall_gain_only", "optimizer_steps")
 KINDS = ("recurring", "transient", "flipped")
 
 

@@ -101,10 +101,11 @@ def job_summary(run: JobRun) -> dict[str, Any]:
                            "cause": gate.get("cause"), "verdict": gate.get("reason")}
     if run.kind == "training":
         doc.update(version=r.get("version"), records=r.get("records"), replayed=r.get("replayed"),
-                   finalLoss=r.get("finalLoss"))
+                   finalLoss=r.get("finalLoss"), steps=r.get("steps", 0))
     else:
         report = r.get("report") or {}
-        doc.update(changed=r.get("changed"), migrated=report.get("migrated"), bypassed=report.get("bypassed"))
+        doc.update(changed=r.get("changed"), migrated=report.get("migrated"), bypassed=report.get("bypassed"),
+                   steps=report.get("steps", 0))
     return doc
 
 
@@ -166,6 +167,8 @@ def run_method(method: str, seq: TaskSequence, base_dir: Path, cfg: JobsConfig, 
         "training_jobs": len(training),
         "rejected_training_jobs": sum(1 for j in training if j["accepted"] is False),
         "migrated_components": sum(int(j.get("migrated") or 0) for j in jobs if j["kind"] == "consolidation"),
+        # Compute spent: every optimizer step of every Job (rejected ones too), the consolidations' included.
+        "optimizer_steps": sum(int(j.get("steps") or 0) for j in jobs),
         "served_versions": {lvl: op.current_version(lvl) for lvl in ("context", "agent")},
         "migration_precision": migration.get("precision", math.nan),
         "migration_recall": migration.get("recall", math.nan),

@@ -295,6 +295,7 @@ def _migrate_recurrence(cfg: ConsolidateConfig, io: _Io, src: TierRef, dest: Tie
                             list(src_meta.target_modules))  # fmt: skip
     beneath = [*cfg.frozen, stash(dest_dir, dest_tier, io.tmp)]
     new_src, _ = train_tier(cfg, src_tier, refit_set(records), beneath, io.tmp / "distill-source", io.log)
+    report["steps"] = 2 * run.steps  # the destination's distillation and the source's refit
     if _rejected(cfg, io, result, {f"{src.namespace}/{src.tier}": ([dest_delta, source], [new_dest, new_src])}):
         return result
     base = cfg.base_model or src_meta.base_model_name_or_path

@@ -11,12 +11,12 @@ import pytest
 from dynamiclora.builders.names import ANNOTATION_INPUTS, ANNOTATION_TARGET, base_labels
 from dynamiclora.controllers import handlers
 from dynamiclora.controllers.job_events import followups
-from dynamiclora.controllers.swarm import reconcile_swarm
 from dynamiclora.kube import owner_reference
 from dynamiclora.settings import OperatorSettings
 
 from .fakekube import FakeKube
 from .test_composer import _publish_adapter
+from .test_reconcile import _swarm as _one_swarm
 
 NS = "default"
 
@@ -30,11 +30,10 @@ def _job(name: str, owner: dict[str, Any], component: str, state: str = "Complet
 
 
 def _swarm(kube: FakeKube, settings: OperatorSettings, body: dict[str, Any]) -> dict[str, Any]:
+    """The example Swarm cut to one agent and no shared tiers."""
     body["spec"]["agents"] = body["spec"]["agents"][:1]
     body["spec"].pop("sharedTiers", None)
-    live = kube.add(body)
-    reconcile_swarm(kube, settings, live)
-    return live
+    return _one_swarm(kube, settings, body)
 
 
 def test_followups_name_the_owner_the_tiers_written_and_their_swarm(
