@@ -28,13 +28,10 @@ from dynamiclora.training import checkpoint as ckpt
 from dynamiclora.training import distributed as dist
 from dynamiclora.training.data import (
     Example,
-    batch_indices,
-    collate,
     drop_windows,
     fingerprint,
     parse_windows,
     select_records,
-    steps_per_epoch,
     tokenize,
 )
 from dynamiclora.training.dynamics import decay_start, plasticity_of, regulate_end
@@ -52,6 +49,7 @@ from dynamiclora.training.gate import (
     score_sets,
     split_holdout,
 )
+from dynamiclora.training.loop import TrainRun, train_loop
 from dynamiclora.training.model import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -63,10 +61,8 @@ from dynamiclora.training.model import (
     lora_config,
     read_adapter_config,
     save_target,
-    target_parameters,
 )
 from dynamiclora.training.options import TrainConfig
-from dynamiclora.training.protection import Protection
 from dynamiclora.training.records import InteractionRecord, RecordsError, SourcedRecord, iter_sources, read_records
 from dynamiclora.training.rehearsal import keyed, protect_slower_tiers, replay_examples
 from dynamiclora.training.replay import newest_per_key
@@ -293,7 +289,7 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
             return prior if d.leader else dist.worker_result(d)
         saved = mirror.checkpoint_saved if mirror else None
         forget = (lambda: mirror.forget_checkpoints(work)) if mirror else None
-        run = _train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect, saved,
+        run = train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect, saved,
                           forget, d)  # fmt: skip
         if not d.leader:
             return dist.worker_result(d, {"steps": run.total})
@@ -364,105 +360,6 @@ def _work_mirror(cfg: TrainConfig, work: Path, fp: str, log: Log) -> WorkMirror 
     mirror = WorkMirror(blob_backend(cfg.work_store), PUBLISHED)
     mirror.restore(work, log)
     return mirror
-
-
-@dataclass
-class TrainRun:
-    """What the optimisation loop did."""
-
-    total: int
-    curve: list[float]
-    processed: int
-    elapsed: float
-    initial_loss: float
-    final_loss: float
-
-
-
-
-def _train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: list[Example], pad: int,
-                work: Path, fp: str, log: Log, protect: Protection | None = None,
-                saved: Callable[[Path], None] | None = None,
-                forget: Callable[[], None] | None = None, d: dist.Dist = dist.SINGLE) -> TrainRun:  # fmt: skip
-    """Optimise the trained tier on ``mix`` (this process's share of each batch), checkpointing and
-    resuming in ``work`` (rank 0's)."""
-    params = target_parameters(peft_model)
-    frozen_before = {n: p.detach().clone() for n, p in peft_model.named_parameters()
-                     if "lora_" in n and not p.requires_grad}
-    opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.steps or cfg.epochs * steps_per_epoch(len(mix), cfg.batch_size)
-    state = dist.broadcast(_resume_state(work, fp, log, forget) if d.leader else None, d)
-    if state is None:
-        run = TrainRun(total, [], 0, 0.0, evaluate(peft_model, eval_set, cfg.batch_size, pad), 0.0)
-        step = 0
-    else:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(state["params"][n])
-        opt.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        step = int(state["step"])
-        run = TrainRun(total, list(state["curve"]), int(state["processed"]), float(state["elapsed"]),
-                       float(state["initial_loss"]), 0.0)
-        if d.leader:  # the others were handed the state: their work directory holds no checkpoint
-            log(f"resumed from {ckpt.list_checkpoints(work)[-1]} at step {step}/{total}")
-    log(f"training tier {cfg.namespace}/{cfg.tier}: {total} steps, batch {cfg.batch_size}, rank {cfg.rank}, "
-        f"{len(cfg.frozen)} frozen tier(s), initial loss {run.initial_loss:.4f}")
-    seg_start, seg_tokens = time.monotonic(), 0
-    while step < total:
-        peft_model.train()
-        mine = dist.share(batch_indices(step, len(mix), cfg.batch_size, cfg.seed), d)
-        opt.zero_grad(set_to_none=True)
-        loss, n_tok = _backward(peft_model, [mix[i] for i in mine], pad)
-        batch_loss = dist.reduce_step(params, loss, n_tok[1], d)
-        opt.step()
-        if protect is not None:
-            protect.apply(params)
-        step += 1
-        run.curve.append(batch_loss)
-        run.processed += n_tok[0]
-        seg_tokens += n_tok[0]
-        if step % cfg.log_every == 0 or step == total:
-            rate = seg_tokens / max(time.monotonic() - seg_start, 1e-9)
-            log(f"step {step}/{total} loss {run.curve[-1]:.4f} tokens/s {rate:.0f}")
-        if d.leader and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-            path = ckpt.save_checkpoint(work, step, {
-                "fingerprint": fp, "step": step, "curve": run.curve, "processed": run.processed,
-                "elapsed": run.elapsed + time.monotonic() - seg_start, "initial_loss": run.initial_loss,
-                "params": {n: p.detach().clone() for n, p in params.items()},
-                "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-            })  # fmt: skip
-            if saved is not None:
-                saved(path)
-    run.elapsed += time.monotonic() - seg_start
-    run.final_loss = evaluate(peft_model, eval_set, cfg.batch_size, pad)
-    if not all(torch.equal(p, frozen_before[n]) for n, p in peft_model.named_parameters() if n in frozen_before):
-        raise RuntimeError("a frozen tier changed during training")  # pragma: no cover - freezing is broken
-    return run
-
-
-def _backward(peft_model: Any, examples: list[Example], pad: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Loss and gradients of one (share of a) batch; ``(loss, (tokens, loss tokens))``. A process whose
-    share of the epoch's short last batch is empty still takes part in the gradient exchange."""
-    if not examples:
-        return torch.zeros(()), (0, 0)
-    batch = collate(examples, pad)
-    loss = peft_model(**batch).loss
-    loss.backward()
-    return loss, (int(batch["attention_mask"].sum()), dist.loss_tokens(batch["labels"]))
-
-
-def _resume_state(work: Path, fp: str, log: Log, forget: Callable[[], None] | None) -> dict[str, Any] | None:
-    """The newest checkpoint of this run in ``work``, or None to start from the beginning."""
-    try:
-        return ckpt.load_latest(work, fp)
-    except ckpt.ResumeMismatchError:
-        if forget is None:  # a --work-dir the user gave: refusing it is the clear error
-            raise
-        # A checkpoint mirrored by an earlier attempt on other records or settings: start afresh.
-        log("the mirrored checkpoint belongs to a run on other inputs; training from the start")
-        forget()
-        return None
 
 
 def _judge(cfg: TrainConfig, peft_model: Any, gate_sets: GateSets, baseline: dict[str, list[Any]],
