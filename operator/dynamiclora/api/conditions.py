@@ -44,6 +44,8 @@ class Reason(StrEnum):
     TRAINING_STARTED = "TrainingStarted"
     TRAINING_SUCCEEDED = "TrainingSucceeded"
     TRAINING_FAILED = "TrainingFailed"
+    RENDEZVOUS_FAILED = "RendezvousFailed"  # the workers of a distributed training never formed a group
+    WORKER_FAILED = "WorkerFailed"  # one worker of a distributed training died (the others stop with it)
     TRAINING_FAILING = "TrainingFailing"
     UPDATE_RETRIED = "UpdateRetried"
     # LoRATier: the quality gate, pins, retention.

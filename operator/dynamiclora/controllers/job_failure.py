@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
+from dynamiclora.api.conditions import Reason
 from dynamiclora.kube import Kube, KubeError, Obj
 
 # The current label first; the legacy one is what clusters before Kubernetes 1.27 set.
@@ -52,7 +54,8 @@ def pod_failure(pod: Obj) -> str:
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if not term or not term.get("exitCode"):
             continue
-        line = last_line(str(term.get("message") or ""))
+        text = str(term.get("message") or "")
+        line = distributed_failure(text) or last_line(text)
         if line:
             return line
         why = f" ({term['reason']})" if term.get("reason") not in (None, "", "Error") else ""
@@ -68,3 +71,36 @@ def last_line(message: str) -> str:
             return str(doc["error"]).strip().split("\n", 1)[0]
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+# torchrun's accounts of a failed run (torch.distributed.elastic): a rendezvous error names its class; a
+# worker that died is the "Root Cause" block of a ChildFailedError, whose last line is a border of "=".
+_RENDEZVOUS = re.compile(r"\b((?:Rendezvous\w*|DistNetwork|DistStore)Error)\b:?[ \t]*([^\n]*)")
+_ROOT_CAUSE = re.compile(r"Root Cause \(first observed failure\):(.*)", re.S)
+RENDEZVOUS_FAILED, WORKER_FAILED = "rendezvous failed", "worker rank"
+
+
+def distributed_failure(message: str) -> str:
+    """One line saying how a ``torchrun`` run failed (rendezvous, or which worker died and how), or "" when
+    the message is not torchrun's."""
+    if m := _RENDEZVOUS.search(message):
+        return f"{RENDEZVOUS_FAILED} ({m.group(1)}): {m.group(2).strip() or 'see the pod log'}"
+    root = _ROOT_CAUSE.search(message)
+    if root is None:
+        return ""
+    block = root.group(1)
+    rank = re.search(r"rank\s*:\s*(\d+)", block)
+    code = re.search(r"exitcode\s*:\s*(-?\d+)[^\n]*?(SIG[A-Z]+)?\s*$", block, re.M)
+    errors = [ln.strip() for ln in message[: root.start()].splitlines() if ln.strip().startswith("error:")]
+    how = f"exited with code {code.group(1)}" + (f" ({code.group(2)})" if code and code.group(2) else "") \
+        if code else "failed"  # fmt: skip
+    return f"{WORKER_FAILED} {rank.group(1) if rank else '?'} {how}" + (f": {errors[-1]}" if errors else "")
+
+
+def failure_condition_reason(why: str) -> Reason:
+    """The condition reason of a failed training Job whose failure reads ``why``."""
+    if why.startswith(RENDEZVOUS_FAILED):
+        return Reason.RENDEZVOUS_FAILED
+    if why.startswith(WORKER_FAILED):
+        return Reason.WORKER_FAILED
+    return Reason.JOB_FAILED

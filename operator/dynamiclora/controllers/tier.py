@@ -34,7 +34,7 @@ from dynamiclora.controllers.admission import admit, tier_references
 from dynamiclora.controllers.common import Event, WaitFor, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import get_condition, set_condition, wire_status
 from dynamiclora.controllers.inputs import missing_inputs
-from dynamiclora.controllers.job_failure import failure_reason
+from dynamiclora.controllers.job_failure import failure_condition_reason, failure_reason
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
 from dynamiclora.controllers.tier_storage import (
@@ -189,7 +189,8 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
             msg = f"Job {active} {'failed' if state == 'Failed' else 'disappeared'} (attempt {attempts})"
             why = failure_reason(kube, job) if job is not None and state == "Failed" else ""
             msg += f": {why}" if why else ""
-            conditions = set_condition(conditions, ConditionType.TRAINING, False, Reason.JOB_FAILED, msg, gen)
+            conditions = set_condition(conditions, ConditionType.TRAINING, False, failure_condition_reason(why),
+                                       msg, gen)  # fmt: skip
             st["lastFailureTime"] = now_rfc3339()
             if attempts >= MAX_TRAINING_ATTEMPTS:
                 retry = f"; retrying in {training_backoff(attempts):.0f}s (a spec change retries at once)"

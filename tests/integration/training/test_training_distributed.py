@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from test_training_train import NS, TIER, train_args
 from trainhelpers import result_of, run_cli
 
+from dynamiclora.controllers.job_failure import distributed_failure
 from dynamiclora.storage import open_store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -104,6 +105,9 @@ def test_a_dead_worker_fails_the_run_and_the_retry_resumes_and_publishes_once(
                 break
         rest = launcher.stdout.read()
         assert launcher.wait(timeout=300) != 0, rest[-3000:]
+        # What the tier's condition says: from the log tail the kubelet keeps (FallbackToLogsOnError, 2 KiB).
+        why = distributed_failure(rest[-2048:])
+        assert why.startswith("worker rank ") and " exited with code " in why, rest[-3000:]
     finally:
         if launcher.poll() is None:
             launcher.kill()
