@@ -83,3 +83,29 @@ def test_a_batch_smaller_than_the_processes_is_refused(swarm_body: dict[str, Any
     raw["training"] = {**raw.get("training", {}), "batchSize": 4, "nodes": 2, "procsPerNode": 4}
     with pytest.raises(ValueError, match=r"batchSize \(4\) must be at least nodes x procsPerNode \(2 x 4\)"):
         LoRATierSpec.model_validate(raw)
+
+
+@pytest.mark.parametrize(("training", "queue"), [({"nodes": 2, "procsPerNode": 2}, None),
+                                                 ({"nodes": 3, "queue": "team-a"}, "team-a")])
+def test_a_train_job_runs_exactly_what_the_job_runs(swarm_body: dict[str, Any], settings: OperatorSettings,
+                                                    training: dict[str, Any], queue: str | None) -> None:  # fmt: skip
+    from dynamiclora.api.tier import TrainingTemplate
+    from dynamiclora.builders.trainjob import TORCHRUN, TRAINJOB_API_VERSION, train_job
+
+    job = _job(swarm_body, settings, **training)
+    t = TrainingTemplate.model_validate({"batchSize": 8, **training})
+    tj = train_job(job, t, "torch-distributed")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    trainer, (override,) = tj["spec"]["trainer"], tj["spec"]["podSpecOverrides"]
+    assert (tj["apiVersion"], tj["kind"], tj["metadata"]["name"]) == (TRAINJOB_API_VERSION, "TrainJob", NAME)
+    assert tj["metadata"]["ownerReferences"] == job["metadata"]["ownerReferences"]  # deleted with its tier
+    assert (trainer["image"], trainer["args"], trainer["env"]) == (container["image"], container["args"],
+                                                                   container["env"])  # fmt: skip
+    assert trainer["command"] == TORCHRUN and (trainer["numNodes"], trainer["numProcPerNode"]) == (
+        t.nodes, t.procs_per_node)
+    assert trainer["resourcesPerNode"] == container["resources"]
+    assert override["volumes"] == pod["volumes"] and override["containers"] == [
+        {"name": "node", "volumeMounts": container["volumeMounts"]}]
+    assert tj["metadata"]["labels"].get(KUEUE_QUEUE_LABEL) == queue and tj["spec"].get("suspend", False) is bool(queue)
+    assert "labels" not in tj["spec"]  # the runtime's Jobs are not the operator's to watch
