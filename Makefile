@@ -84,17 +84,18 @@ bench-merge: ## Low-rank merge vs PEFT add_weighted_adapter(svd) at d=1024/2048/
 	$(PY) bench/merge.py --out bench/results/merge.json
 
 .PHONY: bench-continual
-bench-continual: ## Continual learning through the operator's reconcilers and Job entrypoints (~13 min)
+bench-continual: ## Continual learning through the operator's reconcilers and Job entrypoints (~18 min)
 	nice $(PY) bench/jobs_continual.py --seeds 5 --out bench/results/continual_jobs.json
 
 .PHONY: bench-continual-long
-bench-continual-long: ## The same over 10 windows (migration fires repeatedly), and on the tuning seeds 101-103
+bench-continual-long: ## The same over 10 windows, on the tuning seeds 101-103, and against replay at matched compute
 	nice $(PY) bench/jobs_continual.py --seeds 3 --windows 10 --methods dynamiclora,replay_full \
 	  --out bench/results/continual_jobs_long.json
 	nice $(PY) bench/jobs_continual.py --seeds 3 --windows 10 --window-shape 4,4,1 --methods dynamiclora,replay_full \
 	  --out bench/results/continual_jobs_long_small.json
-	nice $(PY) bench/jobs_continual.py --seeds 3 --first-seed 101 --methods dynamiclora,replay_full,replay_small \
-	  --out bench/results/continual_jobs_tuning.json
+	nice $(PY) bench/jobs_continual.py --seeds 3 --first-seed 101 --out bench/results/continual_jobs_tuning.json
+	nice $(PY) bench/jobs_continual.py --seeds 5 --methods dynamiclora,replay_full_2x \
+	  --out bench/results/continual_jobs_compute.json
 
 .PHONY: bench-scale
 bench-scale: ## Operator convergence time and peak RSS for 10/100/1,000 agents on the local control plane

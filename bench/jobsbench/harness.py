@@ -30,7 +30,7 @@ from jobsbench.facts import (
     pretrain_facts,
     split_entities,
 )
-from jobsbench.methods import METHODS, JobsConfig, run_method
+from jobsbench.methods import EXTRA_METHODS, METHODS, JobsConfig, run_method
 from jobsbench.metrics import interval
 
 Log = Callable[[str], None]
@@ -57,9 +57,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("RunConfig.seeds must not be empty")
-        unknown = sorted(set(self.methods) - set(METHODS))
+        unknown = sorted(set(self.methods) - {*METHODS, *EXTRA_METHODS})
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; known: {list(METHODS)}")
+            raise ValueError(f"unknown methods {unknown}; known: {[*METHODS, *EXTRA_METHODS]}")
 
 
 def quick_config(seeds: list[int] | None = None, windows: int = 3) -> RunConfig:
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window-shape", default=None, metavar="TRANSIENT,GROUP,FLIPS",
                     help="facts per window: transient ones, recurring group size, flips (default 10,6,3); "
                          "smaller windows let ten of them fit the default vocabulary")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"comma-separated subset of {','.join((*METHODS, *EXTRA_METHODS))}")
     ap.add_argument("--out", type=Path, default=Path("bench/results/continual_jobs.json"), help="JSON output")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the bench process")
     args = ap.parse_args(argv)

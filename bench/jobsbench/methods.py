@@ -37,6 +37,9 @@ from jobsbench.operator_sim import AGENT, NAMESPACE, JobRun, Log, Obj, SimOperat
 
 METHODS: tuple[str, ...] = ("dynamiclora", "dynamiclora_subspace", "dynamiclora_protected", "replay_full",
                              "replay_small", "seq_lora")
+# Peers not in the default run: ``replay_full_2x`` is ``replay_full`` with twice the steps per Job, about the
+# compute DynamicLoRA spends (its migrations train twice); compared in bench/results/continual_jobs_compute.json.
+EXTRA_METHODS: tuple[str, ...] = ("replay_full_2x",)
 SMALL_BUFFER = 24  # stored records rehearsed per Job by ``replay_small``
 
 
@@ -60,15 +63,17 @@ class JobsConfig:
 
 def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path, all_records: int) -> Obj:
     """The Swarm spec of ``method`` (one agent); the operator derives both LoRATiers from it."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}")
+    if method not in (*METHODS, *EXTRA_METHODS):
+        raise ValueError(f"unknown method {method!r}; known: {[*METHODS, *EXTRA_METHODS]}")
     tiered = method.startswith("dynamiclora")
     rank = cfg.ctx_rank if tiered else cfg.ctx_rank + cfg.agent_rank
     training: Obj = {"maxSteps": cfg.steps, "batchSize": cfg.batch, "minSamples": 1}
     if method == "seq_lora":
         training["replayFraction"] = 0.0
-    elif method == "replay_full":
+    elif method in ("replay_full", "replay_full_2x"):
         training.update(replayFraction=0.5, replayBudget=max(all_records, 1))
+        if method == "replay_full_2x":
+            training["maxSteps"] = 2 * cfg.steps
     elif method == "replay_small":
         training.update(replayFraction=0.5, replayBudget=SMALL_BUFFER)
     gate = {"enabled": cfg.gate}
