@@ -2,11 +2,12 @@
 
 The consolidation Job (``dynamiclora consolidate --method recurrence``) reads the source agent's records,
 splits them into the source tier's training rounds (the record time span each accepted training version
-recorded), judges which answers are stable (:mod:`dynamiclora.memory.recurrence`) and trains the
-destination tier on them, with the tiers served beneath it active and frozen, through the training
-entrypoint itself (:func:`~dynamiclora.training.trainer.run_training`) into a scratch store. The result
-goes through the consolidation gate and is published like any migration; the source tier keeps its
-content (its own replay and decay retire it), so nothing served changes but what the slower tier adds.
+recorded) and judges which answers are stable (:mod:`dynamiclora.memory.recurrence`). The destination
+learns exactly those, plus what it held, with the tiers served beneath it frozen and the agent's other
+questions as anchors (:mod:`dynamiclora.training.anchored`); then the source re-learns its newest questions
+on top of the grown destination, through the training entrypoint itself
+(:func:`~dynamiclora.training.trainer.run_training`, into a scratch store), so that the stack answers as it
+did. Both go through the consolidation gate and are published like any migration (destination, then source).
 """
 
 from __future__ import annotations
