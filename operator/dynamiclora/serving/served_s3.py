@@ -17,6 +17,7 @@ copy into its scratch folder to read the adapter's rank and fingerprint (:class:
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,8 +107,13 @@ def fetch_published(backend: BlobBackend, swarm_prefix: str, swarm_dir: Path, ag
     return True
 
 
+# An unmarked key younger than this may be an upload in flight (another pass of the operator composing the
+# next version: a pass never waits for another): only older unmarked keys are uploads that died.
+UPLOAD_GRACE_SECONDS = 600.0
+
+
 def prune_remote(backend: BlobBackend, swarm_prefix: str, current: dict[str, str], agents: Collection[str],
-                 keep_last: int = 3) -> list[str]:
+                 keep_last: int = 3, now: float | None = None) -> list[str]:
     """Delete old composed adapters of a swarm from the bucket (the sidecars then drop their copies).
 
     Per agent, the current key and the ``keep_last`` newest complete keys stay (a pod may still serve
@@ -121,13 +127,18 @@ def prune_remote(backend: BlobBackend, swarm_prefix: str, current: dict[str, str
     """
     by_key: dict[tuple[str, str], list[str]] = {}
     marked: dict[tuple[str, str], float] = {}
+    touched: dict[tuple[str, str], float] = {}  # newest object of each key
     for info in backend.list(swarm_prefix + "/"):
         parts = info.key[len(swarm_prefix) + 1:].split("/")
         if len(parts) != 3:
             continue
         by_key.setdefault((parts[0], parts[1]), []).append(info.key)
+        stamp = info.modified.timestamp()
+        touched[(parts[0], parts[1])] = max(touched.get((parts[0], parts[1]), stamp), stamp)
         if parts[2] == COMPLETE_MARKER:
-            marked[(parts[0], parts[1])] = info.modified.timestamp()
+            marked[(parts[0], parts[1])] = stamp
+    in_flight = {k for k, t in touched.items()
+                 if k not in marked and (time.time() if now is None else now) - t < UPLOAD_GRACE_SECONDS}
     doomed: list[tuple[str, str]] = []
     for agent in sorted({a for a, _ in by_key}):
         keys = sorted((k for a, k in marked if a == agent), key=lambda k: marked[(agent, k)], reverse=True)
@@ -135,8 +146,9 @@ def prune_remote(backend: BlobBackend, swarm_prefix: str, current: dict[str, str
             doomed += [(agent, k) for a, k in by_key if a == agent]
             continue
         keep = set(keys[:keep_last]) | {current.get(agent, "")}
-        # Unmarked keys other than the current one are uploads that died (this reconcile's are done).
-        doomed += sorted((a, k) for a, k in by_key if a == agent and k not in keep)
+        # Unmarked keys other than the current one are uploads that died, unless young enough to be in flight
+        # (deleting the files of another pass's upload before it writes its marker left a marker with no files).
+        doomed += sorted((a, k) for a, k in by_key if a == agent and k not in keep and (a, k) not in in_flight)
     for agent, key in doomed:
         objects = sorted(by_key[(agent, key)], key=lambda k: not k.endswith("/" + COMPLETE_MARKER))
         for obj in objects:

@@ -17,6 +17,7 @@ from dynamiclora.serving.errors import VLLMBadRequest, VLLMServerError, parse_er
 from dynamiclora.serving.marker import COMPLETE_MARKER, parse_marker
 from dynamiclora.serving.mirror import STALE_TMP_S, AdapterMirror, SyncReport
 from dynamiclora.serving.served_s3 import (
+    UPLOAD_GRACE_SECONDS,
     fetch_published,
     is_not_synced,
     pod_adapter_path,
@@ -201,11 +202,15 @@ def test_prune_remote_keeps_current_and_newest(tmp_path: Path) -> None:
     publish_adapter(backend, make_adapter(tmp_path / "gone", 9), f"{src}/zed/k9")  # agent left the swarm
     backend.put_file(f"{src}/alice/dead/adapter_config.json", tmp_path / "a0" / "adapter_config.json")
 
-    deleted = prune_remote(backend, src, current={"alice": "k0"}, agents={"alice"}, keep_last=2)
-    assert sorted(deleted) == ["alice/dead", "alice/k1", "alice/k2", "zed/k9"]
+    # Written just now, the unmarked key may be another pass's upload in flight: it stays until it is old.
+    assert sorted(prune_remote(backend, src, current={"alice": "k0"}, agents={"alice"}, keep_last=2)) == [
+        "alice/k1", "alice/k2", "zed/k9"]
+    later = time.time() + UPLOAD_GRACE_SECONDS + 1
+    deleted = prune_remote(backend, src, current={"alice": "k0"}, agents={"alice"}, keep_last=2, now=later)
+    assert sorted(deleted) == ["alice/dead"]
     left = {b.key.split("/")[4] for b in backend.list(src + "/")}
     assert left == {"k0", "k3", "k4"}  # current (even if old) + the two newest
-    assert prune_remote(backend, src, current={"alice": "k0"}, agents={"alice"}, keep_last=2) == []
+    assert prune_remote(backend, src, current={"alice": "k0"}, agents={"alice"}, keep_last=2, now=later) == []
 
     agent_dir = tmp_path / "scratch" / "alice"
     for name in ("k0", "k3", ".k5-inflight"):
