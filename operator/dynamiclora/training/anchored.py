@@ -19,10 +19,10 @@ from typing import Any
 import torch
 
 from dynamiclora.memory import TierDelta, load_adapter
-from dynamiclora.storage import open_store, parse_tier_ref
 from dynamiclora.training.data import IGNORE, Example, batch_indices, collate, tokenize
 from dynamiclora.training.model import (
     build_stack,
+    fetch_tier,
     load_base,
     load_target,
     lora_config,
@@ -60,14 +60,7 @@ class AnchoredRun:
     lr: float  # at LoRA scaling 1 (the tier is trained at alpha = rank)
     batch_size: int
     seed: int = 0
-
-
-def _download(ref_text: str, dest: Path) -> Path:
-    ref = parse_tier_ref(ref_text)
-    store = open_store(ref.store_uri)
-    version = ref.version if ref.version is not None else store.list_versions(ref.namespace, ref.tier)[-1]
-    store.download(ref.namespace, ref.tier, version, dest)
-    return dest
+    threads: int | None = None  # torch CPU threads (default: torch's choice)
 
 
 def _answer_logprobs(model: Any, examples: Sequence[Example], pad: int) -> torch.Tensor:
@@ -85,9 +78,11 @@ def anchor_loss(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 def train_anchored(run: AnchoredRun, tmp: Path, log: Log) -> tuple[TierDelta, Path]:
     """Train ``run.tier``; its delta (scaling folded in) and the PEFT adapter directory written."""
+    if run.threads:
+        torch.set_num_threads(run.threads)
     model, tokenizer = load_base(run.model_dir)
     pad = int(tokenizer.pad_token_id)
-    frozen = [(f"frozen tier {r}", _download(r, tmp / f"frozen{i}")) for i, r in enumerate(run.frozen)]
+    frozen = [(f"frozen tier {r}", fetch_tier(r, tmp / f"frozen{i}")[0]) for i, r in enumerate(run.frozen)]
     torch.manual_seed(run.seed)
     config = lora_config(run.tier.rank, float(run.tier.rank), run.tier.targets, 0.0, run.model_dir)
     # Built without the version to start from, the tier adds nothing yet (LoRA B = 0): the reference is how

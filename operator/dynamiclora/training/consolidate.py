@@ -289,7 +289,8 @@ def _migrate_recurrence(cfg: ConsolidateConfig, io: _Io, src: TierRef, dest: Tie
     assert cfg.model_dir is not None  # checked by ConsolidateConfig
     run = AnchoredRun(cfg.model_dir, dest_tier, list(cfg.frozen), distill_set(records, chosen.targets),
                       anchor_set(records, chosen.targets), cfg.distill_steps or DEFAULT_STEPS,
-                      cfg.distill_lr or DEFAULT_LR, cfg.distill_batch_size or DEFAULT_BATCH)  # fmt: skip
+                      cfg.distill_lr or DEFAULT_LR, cfg.distill_batch_size or DEFAULT_BATCH,
+                      threads=cfg.threads)  # fmt: skip
     new_dest, dest_dir = train_anchored(run, io.tmp / "distill-dest", io.log)
     src_tier = TierTraining(src.namespace, src.tier, io.dirs[src_ref.uri], src_ref.uri, src_meta.r,
                             list(src_meta.target_modules))  # fmt: skip

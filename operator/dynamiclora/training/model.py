@@ -20,6 +20,7 @@ from torch import nn
 
 from dynamiclora.memory.peft_io import CONFIG_FILE, WEIGHTS_FILE
 from dynamiclora.memory.stack import freeze_except
+from dynamiclora.storage import CheckpointStore, open_store, parse_tier_ref
 
 TARGET = "target"
 ADAPTER_CONFIG = CONFIG_FILE
@@ -211,3 +212,18 @@ def save_target(peft_model: Any, directory: Path, base_model: str) -> Path:
     if not (directory / ADAPTER_CONFIG).exists():  # pragma: no cover - PEFT layout change guard
         raise RuntimeError(f"PEFT did not write {directory / ADAPTER_CONFIG}")
     return directory
+
+
+def fetch_tier(ref_text: str, dest: Path, default_store: CheckpointStore | None = None) -> tuple[Path, dict[str, Any]]:
+    """Download a tier reference (latest version when none is given) into ``dest``; its directory and
+    what the trainer records of it (uri, version, digest)."""
+    ref = parse_tier_ref(ref_text)
+    store = open_store(ref.store_uri) if default_store is None else default_store
+    version = ref.version
+    if version is None:
+        latest = store.latest(ref.namespace, ref.tier)
+        if latest is None:
+            raise TierMismatchError(f"{ref_text}: the tier has no published version")
+        version = latest.version
+    got = store.download(ref.namespace, ref.tier, version, dest)
+    return dest, {"uri": got.uri, "version": got.version, "digest": got.digest}

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from dynamiclora.storage import CheckpointStore, open_store, parse_tier_ref
+from dynamiclora.storage import CheckpointStore, open_store
 from dynamiclora.storage.base import validate_name
 from dynamiclora.storage.schemes import blob_backend
 from dynamiclora.training import checkpoint as ckpt
@@ -57,6 +57,7 @@ from dynamiclora.training.model import (
     build_stack,
     check_adapter,
     check_targets,
+    fetch_tier,
     load_base,
     lora_config,
     read_adapter_config,
@@ -80,20 +81,6 @@ REEXAMINE_RECORDS = 64
 
 def _print(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _fetch(ref_text: str, dest: Path, default_store: CheckpointStore | None = None) -> tuple[Path, dict[str, Any]]:
-    """Download a tier reference (latest version when none is given) into ``dest``."""
-    ref = parse_tier_ref(ref_text)
-    store = open_store(ref.store_uri) if default_store is None else default_store
-    version = ref.version
-    if version is None:
-        latest = store.latest(ref.namespace, ref.tier)
-        if latest is None:
-            raise TierMismatchError(f"{ref_text}: the tier has no published version")
-        version = latest.version
-    got = store.download(ref.namespace, ref.tier, version, dest)
-    return dest, {"uri": got.uri, "version": got.version, "digest": got.digest}
 
 
 @dataclass
@@ -310,7 +297,7 @@ def _load_inputs(cfg: TrainConfig, model: Any, store: CheckpointStore,
     frozen: list[tuple[str, Path]] = []
     refs: list[dict[str, Any]] = []
     for i, ref in enumerate(cfg.frozen):
-        directory, meta = _fetch(ref, tmp / f"frozen{i}")
+        directory, meta = fetch_tier(ref, tmp / f"frozen{i}")
         check_adapter(model, directory, f"frozen tier {ref}")
         frozen.append((f"frozen tier {ref}", directory))
         refs.append(meta)
@@ -446,7 +433,7 @@ def _init_source(cfg: TrainConfig, store: CheckpointStore, dest: Path) -> tuple[
         store.download(cfg.namespace, cfg.tier, latest.version, dest)
         meta: dict[str, Any] = {"uri": latest.uri, "version": latest.version, "digest": latest.digest}
     else:
-        dest, meta = _fetch(cfg.init_from, dest)
+        dest, meta = fetch_tier(cfg.init_from, dest)
     acfg = read_adapter_config(dest)
     if int(acfg.get("r", -1)) != cfg.rank or sorted(acfg.get("target_modules") or []) != sorted(cfg.target_modules):
         raise TierMismatchError(
