@@ -53,6 +53,9 @@ RESOURCES: dict[str, Resource] = {
         Resource("v1", "Secret", "secrets"),
         Resource("v1", "ConfigMap", "configmaps"),
         Resource("v1", "Event", "events"),
+        # Distributed training through Kubeflow Trainer, where its CRD is installed (read to find out).
+        Resource("trainer.kubeflow.org/v1alpha1", "TrainJob", "trainjobs"),
+        Resource("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),
     )
 }
 

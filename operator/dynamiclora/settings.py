@@ -44,6 +44,15 @@ class OperatorSettings:
             "env": "DYNAMICLORA_ADAPTERS_HOST_ROOT",
         },
     )
+    training_runtime: str = field(
+        default="",
+        metadata={
+            "help": "Kubeflow Trainer ClusterTrainingRuntime (torch-distributed) that launches data-parallel "
+            "training as TrainJobs where the trainjobs.trainer.kubeflow.org CRD is installed; a tier's "
+            "training.runtime overrides it. Empty: the operator's own launcher (indexed Job + headless Service)",
+            "env": "DYNAMICLORA_TRAINING_RUNTIME",
+        },
+    )
     allowed_images: str = field(
         default="",
         metadata={

@@ -180,6 +180,13 @@ class TrainingTemplate(ApiModel):
         description="Kueue LocalQueue of the training Jobs: set as their kueue.x-k8s.io/queue-name label, and "
         "the Jobs are created suspended for Kueue to admit them (all pods of a Job at once).",
     )
+    runtime: str | None = Field(
+        default=None, pattern=DNS_SUBDOMAIN, max_length=253,
+        description="Kubeflow Trainer ClusterTrainingRuntime (torch-distributed) that launches this tier's "
+        "data-parallel training as a TrainJob when the trainjobs.trainer.kubeflow.org CRD is installed; default "
+        "the operator's trainingRuntime setting. Without either, or without the CRD, the operator's own launcher "
+        "runs it (an indexed Job and a headless Service). Single-process training is always a plain Job.",
+    )
 
     @model_validator(mode="after")
     def _batch_covers_processes(self) -> TrainingTemplate:
@@ -452,6 +459,9 @@ class LoRATierStatus(ApiModel):
     )
     last_training_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     active_job: str | None = Field(default=None, description="Name of the running training/consolidation Job.")
+    active_job_kind: Literal["Job", "TrainJob"] | None = Field(
+        default=None, description="Kind of activeJob: a batch/v1 Job, or a Kubeflow Trainer TrainJob."
+    )
     training_workers: str | None = Field(
         default=None, max_length=16,
         description="nodes x procsPerNode of the running training Job when it trains data-parallel (e.g. 2x4).",

@@ -31,6 +31,7 @@ def _run(args: argparse.Namespace) -> int:
             allowed_images=args.allowed_images,
             allowed_service_accounts=args.allowed_service_accounts,
             secret_label=args.secret_label,
+            training_runtime=args.training_runtime,
             adapters_host_root=args.adapters_host_root,
             resync_seconds=args.resync_seconds,
             metrics_port=args.metrics_port,
@@ -147,6 +148,8 @@ def register(sub: Any) -> None:
     p.add_argument("--allowed-images", help="image prefixes a CR may name, comma-separated (default: any)")
     p.add_argument("--allowed-service-accounts", help="service accounts a CR's Jobs may use (default: any)")
     p.add_argument("--secret-label", help="key=value label a Secret needs for a CR to name it (default: none)")
+    p.add_argument("--training-runtime", help="Kubeflow Trainer ClusterTrainingRuntime of data-parallel training "
+                   "where its TrainJob CRD is installed (default: the operator's own launcher)")  # fmt: skip
     p.add_argument("--adapters-host-root",
                    help="single-node clusters: pods share ROOT/<namespace>/<swarm> for synced adapters")  # fmt: skip
     p.add_argument("--resync-seconds", type=float, help="period of the reconcile timers (default 10)")

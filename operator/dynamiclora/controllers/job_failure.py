@@ -16,7 +16,8 @@ from dynamiclora.api.conditions import Reason
 from dynamiclora.kube import Kube, KubeError, Obj
 
 # The current label first; the legacy one is what clusters before Kubernetes 1.27 set.
-JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+# A TrainJob's pods carry the name of its JobSet, which is the TrainJob's.
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name", "jobset.sigs.k8s.io/jobset-name")
 MAX_REASON_CHARS = 512
 
 
@@ -25,8 +26,8 @@ def failure_reason(kube: Kube, job: Obj) -> str:
     cond: Obj = next((c for c in job.get("status", {}).get("conditions") or []
                       if c.get("type") == "Failed" and c.get("status") == "True"), {})  # fmt: skip
     # The Job controller's reason wins when it ended the Job itself (deadline, pod failure policy):
-    # the pods then show only the signal that killed them.
-    if cond.get("reason") and cond["reason"] != "BackoffLimitExceeded":
+    # the pods then show only the signal that killed them. A TrainJob's says only that its JobSet failed.
+    if cond.get("reason") and cond["reason"] != "BackoffLimitExceeded" and job.get("kind") != "TrainJob":
         return f"{cond['reason']}: {cond.get('message', '')}"[:MAX_REASON_CHARS]
     meta = job["metadata"]
     pods: list[Obj] = []

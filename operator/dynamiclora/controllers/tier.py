@@ -19,7 +19,7 @@ from dynamiclora.api.common import Storage, TierLevel
 from dynamiclora.api.conditions import ConditionType, EventType, Reason
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import LoRATier, LoRATierStatus, TierPhase
-from dynamiclora.builders.distributed import ANNOTATION_WORKERS, needs_rendezvous, rendezvous_service
+from dynamiclora.builders.distributed import ANNOTATION_WORKERS
 from dynamiclora.builders.inference import model_path
 from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experience_location, store_uri
 from dynamiclora.builders.names import (
@@ -35,6 +35,7 @@ from dynamiclora.controllers.common import Event, WaitFor, duration_s, generatio
 from dynamiclora.controllers.conditions import get_condition, set_condition, wire_status
 from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_condition_reason, failure_reason
+from dynamiclora.controllers.launch import choose_launch, launch, started_at
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
 from dynamiclora.controllers.tier_storage import (
@@ -160,9 +161,9 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
         st["recordsConsumed"] = consumed_from_store(store, ns, name, promo.versions)
 
     # Work in flight.
-    active = old.get("activeJob")
+    active, kind = old.get("activeJob"), old.get("activeJobKind") or "Job"
     if active:
-        job = kube.get("Job", ns, active)
+        job = kube.get(kind, ns, active)
         state = job_state(job) if job else "Gone"
         if state == "Complete":
             assert job is not None
@@ -172,21 +173,23 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
             st["failedAttempts"] = 0
             st.pop("activeJob", None)
             st.pop("trainingWorkers", None)
+            st.pop("activeJobKind", None)
             JOBS.labels("training", "succeeded").inc()
-            started = parse_time(job.get("status", {}).get("startTime"))
+            started = parse_time(started_at(job))
             if started:
                 JOB_SECONDS.labels("training").observe((dt.datetime.now(dt.UTC) - started).total_seconds())
             conditions = set_condition(conditions, ConditionType.TRAINING, False, Reason.SUCCEEDED,
-                                       f"Job {active} succeeded", gen)  # fmt: skip
+                                       f"{kind} {active} succeeded", gen)  # fmt: skip
             conditions = set_condition(conditions, ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
-            events.append(Event(EventType.NORMAL, Reason.TRAINING_SUCCEEDED, f"Job {active} succeeded"))
+            events.append(Event(EventType.NORMAL, Reason.TRAINING_SUCCEEDED, f"{kind} {active} succeeded"))
         elif state in ("Failed", "Gone"):
             attempts = int(old.get("failedAttempts", 0)) + 1
             st["failedAttempts"] = attempts
             st.pop("activeJob", None)
             st.pop("trainingWorkers", None)
+            st.pop("activeJobKind", None)
             JOBS.labels("training", "failed").inc()
-            msg = f"Job {active} {'failed' if state == 'Failed' else 'disappeared'} (attempt {attempts})"
+            msg = f"{kind} {active} {'failed' if state == 'Failed' else 'disappeared'} (attempt {attempts})"
             why = failure_reason(kube, job) if job is not None and state == "Failed" else ""
             msg += f": {why}" if why else ""
             conditions = set_condition(conditions, ConditionType.TRAINING, False, failure_condition_reason(why),
@@ -439,19 +442,22 @@ def _maybe_train(
         model_claim=swarm.spec.base_model.pvc.claim_name if swarm.spec.base_model.pvc else None,
     )
     job = build_training_job(body, tier.spec, inputs, job_name, settings)
-    created = kube.create(job)
-    if needs_rendezvous(job) and (live := created or kube.get("Job", job["metadata"]["namespace"], job_name)):
-        kube.create(rendezvous_service(live))  # after the Job: it owns the Service, which goes with it
+    how = choose_launch(kube, settings, tier.spec.training)
+    if how.note:
+        events.append(Event(EventType.WARNING, Reason.LAUNCHER_UNAVAILABLE, how.note))
+    created = launch(kube, job, tier.spec.training, how)
+    if ANNOTATION_WORKERS in job["metadata"]["annotations"]:
         st["trainingWorkers"] = job["metadata"]["annotations"][ANNOTATION_WORKERS]
-    st["activeJob"] = job_name
+    st["activeJob"], st["activeJobKind"] = job_name, how.kind
     if created is not None:
         JOBS.labels("training", "started").inc()
-        msg = f"Job {job_name} trains v{next_version} on {pending} records"
+        msg = f"{how.kind} {job_name} trains v{next_version} on {pending} records"
+        msg += f" (runtime {how.runtime})" if how.runtime else ""
         events.append(Event(EventType.NORMAL, Reason.TRAINING_STARTED, msg))
-    running = f"Job {job_name} trains version {next_version}"
+    running = f"{how.kind} {job_name} trains version {next_version}"
     previous = get_condition({"conditions": conditions}, ConditionType.TRAINING) or {}
     if previous.get("reason") == Reason.JOB_FAILED:  # a retry keeps saying why the last attempt failed
-        running = f"Job {job_name} retries version {next_version}; {previous.get('message')}"
+        running = f"{how.kind} {job_name} retries version {next_version}; {previous.get('message')}"
     return set_condition(conditions, ConditionType.TRAINING, True, Reason.JOB_RUNNING, running, generation(body))
 
 

@@ -34,6 +34,9 @@ VERBS: dict[str, frozenset[str]] = {
     "Secret": frozenset({"get", "create"}),
     "ConfigMap": frozenset({"create", "patch"}),  # the vLLM guard middleware, server-side applied
     "Event": frozenset({"create"}),
+    "TrainJob": frozenset({"get", "create"}),  # Kubeflow Trainer, where installed
+    # Whether the TrainJob CRD is installed (get); kopf's discovery (list, watch).
+    "CustomResourceDefinition": frozenset({"get", "list", "watch"}),
 }
 
 # kopf itself: CRD discovery, namespace discovery with --namespace (it runs standalone, no peering).

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from dynamiclora.api.common import Storage
 from dynamiclora.builders.jobs import experience_location, store_uri
+from dynamiclora.builders.trainjob import TRAINJOB_CRD
 from dynamiclora.controllers.conditions import write_status
 from dynamiclora.controllers.policy import reconcile_policy
 from dynamiclora.controllers.swarm import reconcile_swarm
@@ -86,6 +87,7 @@ class World:
     tier_spec: Obj = field(default_factory=dict)  # merged into TIER's spec (LoRATier cases)
     data_storage: Obj | None = None  # where records and versions go; the Swarm's storage when None
     secrets: list[str] = field(default_factory=list)
+    crds: list[str] = field(default_factory=list)  # CustomResourceDefinitions installed in the cluster
 
 
 def _default_world() -> World:
@@ -208,6 +210,21 @@ def _storage_cases(prefix: str, s3_setup: Setup, pvc_setup: Setup | None) -> dic
     }
 
 
+def _kubeflow_trainer(kind_prefix: str) -> Setup:
+    """Kubeflow Trainer installed and the tier trains on 2 nodes: a runtime decides what runs it."""
+
+    def setup(w: World, ctx: Ctx) -> None:
+        w.crds.append(TRAINJOB_CRD)
+        training = w.swarm["spec"]["contextTier"].setdefault("training", {})
+        if kind_prefix == "spec":  # the tier's spec replaces the Swarm template's training block
+            w.tier_spec["training"] = {**training, "nodes": 2}
+        else:
+            training["nodes"] = 2
+
+    setup.__name__ = f"kubeflow_trainer_{kind_prefix.replace('.', '_')}"
+    return setup
+
+
 def _template_cases(kind_prefix: str, tier: str, keep: int, trains: bool = True) -> dict[str, Case]:
     """Cases of a tier template (a LoRATier's spec, a Swarm's contextTier, or its agentTier: no training)."""
     kept = {
@@ -223,6 +240,7 @@ def _template_cases(kind_prefix: str, tier: str, keep: int, trains: bool = True)
         f"{kind_prefix}.training.queue": Case(value="team-queue"),
         f"{kind_prefix}.training.nodes": Case(value=2),
         f"{kind_prefix}.training.procsPerNode": Case(value=2),
+        f"{kind_prefix}.training.runtime": Case(_kubeflow_trainer(kind_prefix), "torch-distributed"),
         f"{kind_prefix}.training.minSamples": Case(value=31),  # more than the 30 records there are
         f"{kind_prefix}.training.schedule": Case(_recently_trained(tier), "1h"),
         f"{kind_prefix}.qualityGate.regressionSet": Case(value="regression/set.jsonl"),
@@ -375,6 +393,8 @@ def _prepare(kube: FakeKube, settings: OperatorSettings, w: World, ctx: Ctx) -> 
                                  "stats.json": payload / "stats.json"}, meta)  # fmt: skip
     for name in w.secrets:
         kube.add({"kind": "Secret", "metadata": {"name": name}, "data": dict(AGENT_KEYS)})
+    for name in w.crds:
+        kube.add({"kind": "CustomResourceDefinition", "metadata": {"name": name, "namespace": ""}})
     for name, level in (("support-swarm", "swarm"), ("billing-domain", "domain"), ("base-foundation", "foundation")):
         kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "LoRATier", "metadata": {"name": name},
                   "spec": {"level": level}, "status": {"currentVersion": 1}})  # fmt: skip
