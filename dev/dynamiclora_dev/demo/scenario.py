@@ -113,7 +113,7 @@ class Scenario:
             {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",
              "metadata": {"name": f"{sw}-consolidation", "namespace": ns},
              "spec": {"swarmRef": sw, "pairs": [{"source": "context", "target": "agent"}],
-                      "stability": {"method": "subspace", "window": 2, "threshold": 0.5, "minConsecutiveWindows": 1},
+                      "stability": {"method": "recurrence", "window": 3, "threshold": 0.5, "minConsecutiveWindows": 2},
                       "bandwidth": {"maxMigrationsPerPeriod": 1000, "period": "1h", "maxEnergyFraction": 0.9},
                       "interval": "5s"}},
         ]  # fmt: skip
@@ -292,9 +292,12 @@ class Scenario:
             if r == rounds:  # an answer that changed: the first round's first fact gets another answer
                 entity = sorted(round_facts(agent, 0))[0]
                 new = {entity: sorted(round_facts(agent, 1).values())[0]}
+            # A fact is taught again in the round after its own (as users come back to what they asked), so
+            # it recurs and migration by recurrence moves it to the slow tier; the changed answer is not.
+            again = {e: a for e, a in round_facts(agent, r - 1).items() if e not in new} if 0 < r < rounds else {}
             taught.update(new)
             after = int(self.status("loratiers", ctx).get("latestVersion") or 0)
-            total = self.teach(agent, 100 + r, new)
+            total = self.teach(agent, 100 + r, {**again, **new})
             v = self.wait(f"round {r + 1}: {ctx} trained on {total} records and accepted",
                           lambda: self.trained_on(agent, total, after))  # noqa: B023 - waited on at once
             self.round_versions.append(v)
