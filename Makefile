@@ -49,6 +49,10 @@ test-unit: ## Unit tests only (no network, no servers)
 k8s-binaries: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok (cold ~15-40 min, then cached)
 	bash hack/k8s-binaries.sh
 
+.PHONY: kubeflow-binaries
+kubeflow-binaries: ## Build the Kubeflow Trainer v2.0.0 and JobSet controllers for the e2e (cold ~7 min, then cached)
+	nice $(PY) -c "from dynamiclora_dev.kubeflow_controllers import build_controllers as b; print(b())"
+
 .PHONY: cluster-up
 cluster-up: k8s-binaries ## Start a local control plane + executor in the background; prints export KUBECONFIG=...
 	$(PY) -m dynamiclora_dev cluster up

@@ -515,6 +515,62 @@ def test_quality_gate_rejects_a_corrupted_update_and_promotes_a_genuine_one(scen
     assert {("rejection", bad), ("promotion", good)} <= kinds
 
 
+def _train_alice_once(sc: Scenario, round_: int) -> tuple[int, dict[str, Any]]:
+    """Feed alice a genuine round; the version it trains once accepted and served (with its served entry)."""
+    ctx = sc.tier_name("alice", "context")
+    sc.wait("consolidations done and alice served with her newest version", lambda: _quiet(sc, ctx))
+    st = sc.status("loratiers", ctx)
+    latest = int(st.get("latestVersion") or st["currentVersion"])
+    sc.feed("alice", round_)
+    st = sc.wait("the round is trained and judged", lambda: sc.judged(ctx, latest))
+    version = int(st["latestVersion"])
+    assert st["lastGate"]["version"] == version and st["lastGate"]["accepted"] is True, st["lastGate"]
+    entry = sc.wait(f"alice served with context v{version} or later", lambda: (e := sc.served("alice"))
+                    and int(e["servedVersion"].split(".")[0][1:]) >= version and e)  # fmt: skip
+    return version, entry
+
+
+def _set_training(sc: Scenario, **training: Any) -> None:
+    sc.kubectl("patch", "swarm", sc.cfg.swarm, "-n", sc.cfg.namespace, "--type", "merge",
+               "-p", json.dumps({"spec": {"contextTier": {"training": training}}}))  # fmt: skip
+
+
+def test_data_parallel_training_on_two_pods_and_as_a_kubeflow_trainjob(
+    scenario: Scenario, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Issue 20: alice's tier trains on 2 pods, first by the operator's own launcher (an indexed Job whose
+    torchrun workers meet at pod 0 through the headless Service's name), then as a TrainJob run by the real
+    Kubeflow Trainer v2.0.0 controller (and JobSet). Each update passes the quality gate, is published
+    once, hot-swapped and answers through vLLM as its fingerprint says."""
+    from dynamiclora_dev.kubeflow_controllers import install, running_controllers
+
+    sc = scenario
+    ctx = sc.tier_name("alice", "context")
+    _set_training(sc, nodes=2)
+    try:
+        version, entry = _train_alice_once(sc, 40)
+        job = json.loads(sc.kubectl("get", "job", f"{ctx}-train-v{version}", "-n", sc.cfg.namespace, "-o", "json"))
+        assert job["spec"]["completionMode"] == "Indexed" and job["status"].get("succeeded") == 2, job["status"]
+        _answers_like_its_fingerprint(sc, entry)
+
+        install(sc.cluster.kubeconfig)
+        with running_controllers(sc.cluster.kubeconfig, tmp_path_factory.mktemp("kubeflow")) as controllers:
+            _set_training(sc, nodes=2, runtime="torch-distributed")
+            try:
+                version, entry = _train_alice_once(sc, 41)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{controllers.tails()}") from None
+        tj = json.loads(sc.kubectl("get", "trainjob", f"{ctx}-train-v{version}", "-n", sc.cfg.namespace,
+                                   "-o", "json"))  # fmt: skip
+        done = [c for c in tj["status"]["conditions"] if c["type"] == "Complete" and c["status"] == "True"]
+        assert done and tj["spec"]["trainer"]["numNodes"] == 2, tj["status"]
+        history = sc.status("loratiers", ctx)["history"]
+        assert [h["version"] for h in history].count(version) == 1  # published once
+        _answers_like_its_fingerprint(sc, entry)
+    finally:
+        _set_training(sc, nodes=None, runtime=None)
+
+
 def _pin(sc: Scenario, versions: dict[str, int] | None) -> None:
     body = json.loads(sc.kubectl("get", "swarm", sc.cfg.swarm, "-n", sc.cfg.namespace, "-o", "json"))
     agents = body["spec"]["agents"]

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dynamiclora_dev.localcluster.cluster_dns import resolve
 from dynamiclora_dev.localcluster.podspec import (
     EXECUTOR_LABEL,
     EXECUTOR_VALUE,
@@ -293,6 +294,7 @@ class Executor:
                 pod_dir=run.dir,
                 base_env=self._base_env(run.pod),
             )
+            plan = resolve(plan, run.pod, [r.pod for r in self.runs.values()])
         except PodSpecError as exc:
             first = run.spec_error_since = run.spec_error_since or time.monotonic()
             if not exc.transient or time.monotonic() - first > SPEC_ERROR_RETRY_SECONDS:

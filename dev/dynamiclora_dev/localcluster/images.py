@@ -15,7 +15,7 @@ handled the way a container runtime would:
 
 | image repository              | local command                                              |
 |-------------------------------|------------------------------------------------------------|
-| ghcr.io/dynamiclora/trainer   | ``dynamiclora``, trainer image environment (``$DYNAMICLORA_TRAINER_PYTHON``) |
+| ghcr.io/dynamiclora/trainer   | ``dynamiclora``, ``torchrun``; trainer image env. (``$DYNAMICLORA_TRAINER_PYTHON``) |
 | ghcr.io/dynamiclora/operator  | ``dynamiclora``, operator image env. (``$DYNAMICLORA_OPERATOR_PYTHON``) |
 | vllm/vllm-openai-cpu          | ``python -m vllm.entrypoints.openai.api_server`` (this venv) |
 | busybox, python (test images) | run ``command``/``args`` as written, ``python`` = this venv |
@@ -51,6 +51,7 @@ class LocalImage:
     host_flag: str | None = None
     positional_flag: str | None = None
     python: str = sys.executable  # what ``python``/``python3`` means in a command for this image
+    tools: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = ()  # other commands of the image -> local argv
 
 
 TRAINER_PYTHON = "DYNAMICLORA_TRAINER_PYTHON"
@@ -67,7 +68,9 @@ def image_table() -> dict[str, LocalImage]:
     vllm_module = ("-m", "vllm.entrypoints.openai.api_server")
     return {
         "ghcr.io/dynamiclora/trainer": LocalImage(prefix=(trainer, "-m", "dynamiclora.cli"),
-                                                  entrypoints=(("dynamiclora",),), python=trainer),
+                                                  entrypoints=(("dynamiclora",),), python=trainer,
+                                                  # data-parallel training (indexed Jobs, TrainJobs)
+                                                  tools=((("torchrun",), (trainer, "-m", "torch.distributed.run")),)),
         "ghcr.io/dynamiclora/operator": LocalImage(prefix=(operator, "-m", "dynamiclora.cli"),
                                                    entrypoints=(("dynamiclora",),), python=operator),
         "vllm/vllm-openai-cpu": LocalImage(
@@ -123,6 +126,9 @@ def local_argv(image: str, command: Sequence[str], args: Sequence[str]) -> list[
         for entrypoint in sorted(entry.entrypoints, key=len, reverse=True):
             if tuple(command[: len(entrypoint)]) == entrypoint:
                 return [*entry.prefix, *_flagged(entry, [*command[len(entrypoint) :], *args])]
+        for tool, local in entry.tools:
+            if tuple(command[: len(tool)]) == tool:
+                return [*local, *command[len(tool) :], *args]
         if command[0] in ("python", "python3"):
             # The image's interpreter (its environment), not whatever ``python`` is on this machine.
             return [entry.python, *command[1:], *args]

@@ -259,3 +259,39 @@ def test_a_distributed_training_job_and_its_rendezvous_service(local_cluster: Lo
     rest.call("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/dist-train", {"propagationPolicy": "Background"})
     wait_until("the Service goes with its Job",
                lambda: rest.get_or_none(f"/api/v1/namespaces/{NS}/services/dist-train") is None or None, 60)
+
+
+ALL_REDUCE = """
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(t)
+print(f"rank {dist.get_rank()} of {dist.get_world_size()}: sum {t.item():.0f}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_workers_of_an_indexed_job_meet_at_pod_0(local_cluster: LocalCluster, tmp_path: Path) -> None:
+    """Issue 20: the built-in launcher's rendezvous really forms on the cluster. Two pods of the indexed
+    Job the operator builds run torchrun (trainer image), find pod 0 by its name ``<job>-0.<job>`` (the
+    executor's stand-in for cluster DNS) and all-reduce over gloo."""
+    from dynamiclora.api.tier import TrainingTemplate
+    from dynamiclora.builders.distributed import rendezvous_service, shape
+
+    rest = local_cluster.rest()
+    script = tmp_path / "all_reduce.py"
+    script.write_text(ALL_REDUCE)
+    plain = job("ddp-meet", [], local=True, container={"image": "ghcr.io/dynamiclora/trainer:dev"})
+    plain["metadata"].update(namespace=NS, labels={"app": "ddp-meet"}, annotations={})
+    built = shape(plain, TrainingTemplate(nodes=2, procs_per_node=1, batch_size=8))
+    (container,) = built["spec"]["template"]["spec"]["containers"]
+    assert container["command"][-2:] == ["-m", "dynamiclora.cli"]
+    container["command"] = [*container["command"][:-2], str(script)]  # the same launcher, a 6-line program
+    created = rest.create(f"/apis/batch/v1/namespaces/{NS}/jobs", built)
+    rest.create(f"/api/v1/namespaces/{NS}/services", rendezvous_service(created))
+    state = wait_until("the indexed job finishes", lambda: job_condition(rest, NS, "ddp-meet"), 180)
+    logs = {p["spec"]["hostname"]: (Path(p["metadata"]["annotations"]["dynamiclora.io/local-logs"]) / "main.log")
+            for p in pods(rest, NS, "test-job=ddp-meet")}  # fmt: skip
+    text = {host: log.read_text() if log.is_file() else "" for host, log in logs.items()}
+    assert state == "Complete", text
+    assert "rank 0 of 2: sum 3" in text["ddp-meet-0"] and "rank 1 of 2: sum 3" in text["ddp-meet-1"], text
