@@ -142,9 +142,14 @@ class TrainingTemplate(ApiModel):
     max_steps: int = Field(default=100, ge=1, le=1_000_000, description="Optimizer steps per training Job.")
     batch_size: int = Field(default=8, ge=1, le=4096, description="Records per optimizer step.")
     checkpoint_every: int = Field(default=20, ge=1, le=1_000_000, description="Steps between resumable checkpoints.")
-    backoff_limit: int = Field(default=3, ge=0, le=20, description="Retries of a failed training Job.")
+    backoff_limit: int = Field(
+        default=3, ge=0, le=20,
+        description="Retries of a failed training Job's pods (a TrainJob's pods are retried as its runtime says).",
+    )
     active_deadline_seconds: int = Field(
-        default=3600, ge=60, le=30 * 86400, description="Time limit of one training Job."
+        default=3600, ge=60, le=30 * 86400,
+        description="Time limit of one training Job; a TrainJob (which has none) is deleted by the operator "
+        "when it runs longer, and retried as a failed attempt.",
     )
     replay_fraction: float = Field(
         default=0.5,

@@ -10,12 +10,14 @@ and both are followed the same way: ``Complete`` / ``Failed`` conditions.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Literal
 
 from dynamiclora.api.tier import TrainingTemplate
 from dynamiclora.builders.distributed import needs_rendezvous, rendezvous_service
 from dynamiclora.builders.trainjob import TRAINJOB_CRD, train_job
+from dynamiclora.controllers.common import job_state, parse_time
 from dynamiclora.kube import Kube, KubeError, Obj
 from dynamiclora.settings import OperatorSettings
 
@@ -79,3 +81,26 @@ def started_at(job: Obj) -> str | None:
     """When the run started: a Job's ``status.startTime``; a TrainJob has none, so its creation time."""
     when = (job.get("status") or {}).get("startTime") or job["metadata"].get("creationTimestamp")
     return str(when) if when else None
+
+
+def expired(job: Obj, deadline_s: int, now: dt.datetime | None = None) -> str:
+    """Why a TrainJob running past ``training.activeDeadlineSeconds`` must fail, else "".
+
+    A Job enforces that deadline itself; a TrainJob has none, so the operator does (it deletes the TrainJob
+    and counts a failed attempt). Time counts from its creation, or from its last resumption when it was
+    suspended (Kueue admission); a suspended TrainJob is not running.
+    """
+    if job.get("kind") != "TrainJob" or job_state(job) != "Running":
+        return ""
+    suspended = next((c for c in (job.get("status") or {}).get("conditions") or [] if c.get("type") == "Suspended"),
+                     None)  # fmt: skip
+    if suspended is not None and suspended.get("status") == "True":
+        return ""
+    since = parse_time((suspended or {}).get("lastTransitionTime") or job["metadata"].get("creationTimestamp"))
+    if since is None:
+        return ""
+    ran = ((now or dt.datetime.now(dt.UTC)) - since).total_seconds()
+    if ran <= deadline_s:
+        return ""
+    return (f"DeadlineExceeded: the TrainJob ran {ran:.0f}s, longer than training.activeDeadlineSeconds "
+            f"({deadline_s}s); deleted")  # fmt: skip

@@ -35,7 +35,7 @@ from dynamiclora.controllers.common import Event, WaitFor, duration_s, generatio
 from dynamiclora.controllers.conditions import get_condition, set_condition, wire_status
 from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_condition_reason, failure_reason
-from dynamiclora.controllers.launch import choose_launch, launch, started_at
+from dynamiclora.controllers.launch import choose_launch, expired, launch, started_at
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
 from dynamiclora.controllers.tier_storage import (
@@ -165,6 +165,9 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
     if active:
         job = kube.get(kind, ns, active)
         state = job_state(job) if job else "Gone"
+        if overdue := expired(job, tier.spec.training.active_deadline_seconds) if job else "":
+            kube.delete(kind, ns, active)
+            state = "Failed"
         if state == "Complete":
             assert job is not None
             _consume(tier, st, old, int(job["metadata"].get("annotations", {}).get(ANNOTATION_TRAIN_RECORDS, 0)),
@@ -190,7 +193,7 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
             st.pop("activeJobKind", None)
             JOBS.labels("training", "failed").inc()
             msg = f"{kind} {active} {'failed' if state == 'Failed' else 'disappeared'} (attempt {attempts})"
-            why = failure_reason(kube, job) if job is not None and state == "Failed" else ""
+            why = overdue or (failure_reason(kube, job) if job is not None and state == "Failed" else "")
             msg += f": {why}" if why else ""
             conditions = set_condition(conditions, ConditionType.TRAINING, False, failure_condition_reason(why),
                                        msg, gen)  # fmt: skip

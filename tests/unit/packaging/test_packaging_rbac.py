@@ -34,7 +34,7 @@ VERBS: dict[str, frozenset[str]] = {
     "Secret": frozenset({"get", "create"}),
     "ConfigMap": frozenset({"create", "patch"}),  # the vLLM guard middleware, server-side applied
     "Event": frozenset({"create"}),
-    "TrainJob": frozenset({"get", "create"}),  # Kubeflow Trainer, where installed
+    "TrainJob": frozenset({"get", "create", "delete"}),  # Kubeflow Trainer, where installed; delete: deadline
     # Whether the TrainJob CRD is installed (get); kopf's discovery (list, watch).
     "CustomResourceDefinition": frozenset({"get", "list", "watch"}),
 }

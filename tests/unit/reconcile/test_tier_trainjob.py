@@ -8,6 +8,7 @@ tests/integration/cluster/test_cluster_kubeflow_controller.py.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -115,3 +116,27 @@ def test_a_failed_trainjob_says_which_worker_died_from_its_pods(
                   "exitCode": 1, "message": message}}}]}})  # fmt: skip
     retry = _tier_pass(kube, settings, NAME).wire()
     assert message in get_condition(retry, "Training")["message"]
+
+
+def test_a_trainjob_past_the_deadline_is_deleted_and_retried_unless_suspended(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
+    """A Job stops itself at activeDeadlineSeconds; a TrainJob has no such field, so the operator does it."""
+    settings = dataclasses.replace(settings, training_runtime="torch-distributed")
+    _crd(kube)
+    _swarm(kube, settings, _distributed(swarm_body, activeDeadlineSeconds=600))
+    _records(settings, "alice", 20)
+    _tier_pass(kube, settings, NAME)
+    key = ("TrainJob", NS, f"{NAME}-train-v1")
+    hour_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
+    kube.objects[key]["metadata"]["creationTimestamp"] = hour_ago
+    kube.objects[key]["status"] = {"conditions": [{"type": "Suspended", "status": "True"}]}  # waits for Kueue
+    assert _tier_pass(kube, settings, NAME).wire()["activeJob"] == f"{NAME}-train-v1" and key in kube.objects
+    five_min_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).isoformat()
+    kube.objects[key]["status"] = {"conditions": [{"type": "Suspended", "status": "False",
+                                                   "lastTransitionTime": five_min_ago}]}  # fmt: skip
+    assert _tier_pass(kube, settings, NAME).wire()["activeJob"] == f"{NAME}-train-v1"  # 5 of 10 minutes run
+    kube.objects[key]["status"] = {}  # never suspended: an hour since its creation
+    retry = _tier_pass(kube, settings, NAME).wire()
+    assert key not in kube.objects and retry["activeJob"] == f"{NAME}-train-v1-r1"
+    assert "DeadlineExceeded" in get_condition(retry, "Training")["message"]
