@@ -104,6 +104,12 @@ class PolicyConsensus(ApiModel):
     )
 
 
+# Recurrence judges the answers an agent was taught (its records, its context tier's training rounds); a
+# shared tier has neither. Pairs from an agent's tier into a shared one are consensus, which it leaves alone.
+RECURRENCE_PAIRS = ("stability.method recurrence moves what the records of an agent taught: pairs whose source is a "
+                    "shared tier (swarm, domain) cannot use it")
+
+
 class MigrationPolicySpec(ApiModel):
     """Desired behaviour of migrations for the tiers it selects."""
 
@@ -114,7 +120,13 @@ class MigrationPolicySpec(ApiModel):
                     "self.pairs.all(p, self.pairs.exists_one(q, q.source == p.source && q.target == p.target))",
                     "spec.pairs must not repeat a pair",
                     field_path=".pairs",
-                )
+                ),
+                cel(
+                    "!has(self.stability) || !has(self.stability.method) || self.stability.method != 'recurrence'"
+                    " || self.pairs.all(p, p.source != 'swarm' && p.source != 'domain')",
+                    RECURRENCE_PAIRS,
+                    field_path=".pairs",
+                ),
             ]
         }
     )
@@ -139,6 +151,10 @@ class MigrationPolicySpec(ApiModel):
         keys = [(p.source, p.target) for p in self.pairs]
         if len(set(keys)) != len(keys):
             raise ValueError("spec.pairs must not repeat a pair")
+        if self.stability.method == StabilityMethod.RECURRENCE and any(
+            not TierLevel(p.source).per_agent for p in self.pairs
+        ):
+            raise ValueError(RECURRENCE_PAIRS)
         return self
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from dynamiclora.api.policy import RECURRENCE_PAIRS
 from dynamiclora_dev.localcluster import LocalCluster
 
 pytestmark = pytest.mark.integration
@@ -175,6 +176,15 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         setter("spec.pairs", [{"source": "context", "target": "agent"}] * 2),
         False,
         "spec.pairs must not repeat a pair",
+    ),
+    (
+        "policy-recurrence-from-a-shared-tier",
+        "MigrationPolicy",
+        POLICY,
+        lambda d: setter("spec.pairs", [{"source": "swarm", "target": "domain"}])(
+            setter("spec.stability", {"method": "recurrence"})(d)),
+        False,
+        RECURRENCE_PAIRS,
     ),
     (
         "policy-pair-direction",
