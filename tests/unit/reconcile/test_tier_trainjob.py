@@ -35,14 +35,20 @@ def _distributed(swarm_body: dict[str, Any], **training: Any) -> dict[str, Any]:
     return swarm_body
 
 
+def _launched(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any],
+              **training: Any) -> tuple[OperatorSettings, Any]:  # fmt: skip
+    """Kubeflow Trainer installed, the operator's runtime set, alice's 2-node tier's first training pass."""
+    settings = dataclasses.replace(settings, training_runtime="torch-distributed")
+    _crd(kube)
+    _swarm(kube, settings, _distributed(swarm_body, **training))
+    _records(settings, "alice", 20)
+    return settings, _tier_pass(kube, settings, NAME)
+
+
 def test_a_distributed_training_runs_as_a_trainjob_of_the_named_runtime_and_is_followed(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
 ) -> None:
-    settings = dataclasses.replace(settings, training_runtime="torch-distributed")
-    _crd(kube)
-    _swarm(kube, settings, _distributed(swarm_body))
-    _records(settings, "alice", 20)
-    first = _tier_pass(kube, settings, NAME)
+    settings, first = _launched(kube, settings, swarm_body)
     out = first.wire()
     tj = kube.objects[("TrainJob", NS, f"{NAME}-train-v1")]
     assert tj["spec"]["runtimeRef"]["name"] == "torch-distributed" and tj["spec"]["trainer"]["numNodes"] == 2
@@ -102,11 +108,7 @@ def test_otherwise_the_builtin_launcher_runs_it(
 def test_a_failed_trainjob_says_which_worker_died_from_its_pods(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
 ) -> None:
-    settings = dataclasses.replace(settings, training_runtime="torch-distributed")
-    _crd(kube)
-    _swarm(kube, settings, _distributed(swarm_body))
-    _records(settings, "alice", 20)
-    _tier_pass(kube, settings, NAME)
+    settings, _ = _launched(kube, settings, swarm_body)
     kube.objects[("TrainJob", NS, f"{NAME}-train-v1")]["status"] = FAILED
     message = "RuntimeError: worker ran out of memory"
     kube.add({"apiVersion": "v1", "kind": "Pod",
@@ -122,11 +124,7 @@ def test_a_trainjob_past_the_deadline_is_deleted_and_retried_unless_suspended(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
 ) -> None:
     """A Job stops itself at activeDeadlineSeconds; a TrainJob has no such field, so the operator does it."""
-    settings = dataclasses.replace(settings, training_runtime="torch-distributed")
-    _crd(kube)
-    _swarm(kube, settings, _distributed(swarm_body, activeDeadlineSeconds=600))
-    _records(settings, "alice", 20)
-    _tier_pass(kube, settings, NAME)
+    settings, _ = _launched(kube, settings, swarm_body, activeDeadlineSeconds=600)
     key = ("TrainJob", NS, f"{NAME}-train-v1")
     hour_ago = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()
     kube.objects[key]["metadata"]["creationTimestamp"] = hour_ago
