@@ -22,6 +22,7 @@ import kopf
 
 from dynamiclora import FIELD_MANAGER, GROUP, VERSION
 from dynamiclora.api.conditions import ConditionType, EventType
+from dynamiclora.builders.trainjob import TRAINJOB_API_VERSION
 from dynamiclora.controllers.common import Event, InvalidSpec, WaitFor, generation
 from dynamiclora.controllers.composer import Composer, JobComposer
 from dynamiclora.controllers.conditions import (
@@ -197,6 +198,11 @@ def _register_jobs() -> None:
         await on_job_finished(_runtime(memo), _plain(body))
 
     kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": FIELD_MANAGER})(jobs_event)
+    # Kubeflow Trainer's TrainJobs carry the same labels and conditions. Where the CRD is absent kopf logs
+    # that it cannot serve them and starts watching once the CRD is created (it watches CRDs).
+    group, version = TRAINJOB_API_VERSION.split("/")
+    kopf.on.event(group, version, "trainjobs", labels={"app.kubernetes.io/managed-by": FIELD_MANAGER},
+                  id="trainjobs_event")(jobs_event)  # fmt: skip
 
 
 def register(settings: OperatorSettings) -> None:

@@ -34,7 +34,8 @@ VERBS: dict[str, frozenset[str]] = {
     "Secret": frozenset({"get", "create"}),
     "ConfigMap": frozenset({"create", "patch"}),  # the vLLM guard middleware, server-side applied
     "Event": frozenset({"create"}),
-    "TrainJob": frozenset({"get", "create", "delete"}),  # Kubeflow Trainer, where installed; delete: deadline
+    # Kubeflow Trainer, where installed: watched for completion; delete: the deadline it does not enforce.
+    "TrainJob": frozenset({"get", "list", "watch", "create", "delete"}),
     # Whether the TrainJob CRD is installed (get); kopf's discovery (list, watch).
     "CustomResourceDefinition": frozenset({"get", "list", "watch"}),
 }

@@ -6,9 +6,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 
 from dynamiclora.builders.names import ANNOTATION_INPUTS, ANNOTATION_TARGET, base_labels
+from dynamiclora.builders.trainjob import TRAINJOB_API_VERSION
 from dynamiclora.controllers import handlers
 from dynamiclora.controllers.job_events import followups
 from dynamiclora.kube import owner_reference
@@ -80,3 +82,23 @@ def test_a_finished_training_job_gets_its_version_composed_without_waiting_for_t
     follower = handlers.Runtime(kube, settings, leadership=type("L", (), {"leader": False})())  # type: ignore[arg-type]
     asyncio.run(handlers.on_job_finished(follower, dict(done, metadata={**done["metadata"], "uid": "other"})))
     assert seen == []  # a follower never reconciles
+
+
+def test_a_finished_trainjob_is_followed_up_like_a_job(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
+    """Kubeflow Trainer's TrainJob carries the operator's labels and owner: its completion triggers the same
+    reconciles (the kopf handler for trainjobs forwards it to ``on_job_finished``)."""
+    _swarm(kube, settings, swarm_body)
+    ctx = kube.objects[("LoRATier", NS, "support-alice-context")]
+    train_job = dict(_job("support-alice-context-train-v1", ctx, "trainer"), apiVersion=TRAINJOB_API_VERSION,
+                     kind="TrainJob")  # fmt: skip
+    assert followups(kube, train_job) == [("LoRATier", "support-alice-context"), ("Swarm", "support")]
+    previous, registry = kopf.get_default_registry(), kopf.OperatorRegistry()
+    kopf.set_default_registry(registry)  # a registry of its own: the process-wide one is left as it was
+    try:
+        handlers._register_jobs()
+    finally:
+        kopf.set_default_registry(previous)
+    watched = {(h.selector.group, h.selector.any_name) for h in registry._watching.get_all_handlers()}
+    assert watched == {("batch", "jobs"), ("trainer.kubeflow.org", "trainjobs")}
