@@ -533,8 +533,9 @@ def _train_alice_once(sc: Scenario, round_: int) -> tuple[int, dict[str, Any]]:
 def _completed(sc: Scenario, plural: str, name: str) -> list[dict[str, Any]]:
     """The completed ``plural`` named ``name`` or a retry of it (``name-rN``)."""
     items = json.loads(sc.kubectl("get", plural, "-n", sc.cfg.namespace, "-o", "json"))["items"]
-    return [o for o in items if re.fullmatch(rf"{re.escape(name)}(-r\d+)?", o["metadata"]["name"])
-            and any(c["type"] == "Complete" and c["status"] == "True" for c in o["status"].get("conditions", []))]
+    named = [o for o in items if re.fullmatch(rf"{re.escape(name)}(-r\d+)?", o["metadata"]["name"])]
+    return [o for o in named if any(c["type"] == "Complete" and c["status"] == "True"
+                                    for c in (o.get("status") or {}).get("conditions") or [])]  # fmt: skip
 
 
 def _set_training(sc: Scenario, **training: Any) -> None:
