@@ -27,7 +27,7 @@ from dynamiclora.serving.adapters import FINGERPRINT_FILE, Fingerprint
 from dynamiclora.serving.errors import VLLMError
 from dynamiclora.serving.marker import COMPLETE_MARKER, parse_marker
 from dynamiclora.storage.uri import open_store
-from dynamiclora.training.fingerprint import make_random_adapter
+from dynamiclora.training.fingerprint import compute_fingerprint, make_random_adapter
 from dynamiclora_dev.demo.scenario import DemoConfig, Scenario
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
@@ -116,9 +116,8 @@ def _publish_version(sc: S3Scenario, seed: int) -> tuple[int, Fingerprint]:
     store = open_store(f"s3://{BUCKET}/{PREFIX}")
     ref = store.publish(NAMESPACE, sc.tier_name(AGENT, "context"), {n: src / n for n in ADAPTER_FILES},
                         metadata={"kind": "import", "note": f"e2e seed {seed}"})  # fmt: skip
-    fp = Fingerprint.read(src)
-    assert fp is not None
-    return ref.version, fp
+    # What a compose Job computes for it (the most decisive probe), not the fixed-probe one written beside it.
+    return ref.version, compute_fingerprint(sc.model_dir, src)
 
 
 def _served_as(sc: S3Scenario, label: str) -> dict[str, Any] | None:
