@@ -380,7 +380,7 @@ class Scenario:
         self.log(f"[4/7] more records for {agent}: a second version of the context tier")
         self.feed(agent, 2)
         seen["v2"] = self.wait(f"{self.tier_name(agent, 'context')} v2", lambda: self._version_at_least(agent, 2))
-        self.log("[5/7] migration: stable components move from the context tier to the agent tier")
+        self.log("[5/7] migration: answers taught in two rounds move from the context tier to the agent tier")
         seen["agent_v1"] = self.wait(
             f"{self.tier_name(agent, 'agent')} v1 (migrated)", lambda: self.tier_version(agent, "agent") or None
         )
