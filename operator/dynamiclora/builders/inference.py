@@ -33,6 +33,12 @@ def model_path(sw: Swarm, settings: OperatorSettings) -> str:
     return MODEL_MOUNT  # s3Uri: fetched into an emptyDir by the init container
 
 
+def job_model_path(sw: Swarm, settings: OperatorSettings) -> str:
+    """What the Jobs are given as the base model: its path, or its ``s3://`` URI, which the Job entrypoints
+    fetch themselves (training/base_model.py); the vLLM pods' init container fetches it for them."""
+    return sw.spec.base_model.s3_uri or model_path(sw, settings)
+
+
 def vllm_args(sw: Swarm, settings: OperatorSettings) -> list[str]:
     """Command-line arguments of the vLLM OpenAI server for this swarm."""
     inf = sw.spec.inference

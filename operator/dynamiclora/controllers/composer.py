@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dynamiclora.api.swarm import Swarm
-from dynamiclora.builders.inference import model_path
+from dynamiclora.builders.inference import job_model_path
 from dynamiclora.builders.jobs import build_compose_job, compose_config
 from dynamiclora.builders.names import LABEL_COMPONENT, LABEL_SWARM, compose_job_name, label_value
 from dynamiclora.controllers.common import job_state, parse_time
@@ -77,7 +77,7 @@ class JobComposer:
         if running:  # one at a time: the next Job composes whatever is still missing then
             return ComposeProgress(job=running[0])
         cfg = compose_config(body, sw.spec.storage, stacks, sw.spec.inference.max_lora_rank, sw.spec.base_model.name,
-                             model_path(sw, self.settings), self.settings)  # fmt: skip
+                             job_model_path(sw, self.settings), self.settings)  # fmt: skip
         claim = sw.spec.base_model.pvc.claim_name if sw.spec.base_model.pvc else None
         job = build_compose_job(body, cfg, name, sw.spec.context_tier.training, sw.spec.storage, self.settings, claim)
         self.kube.create(job)

@@ -13,7 +13,7 @@ from typing import Any
 from dynamiclora.api.common import TierLevel
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import LoRATierSpec, QualityGate
-from dynamiclora.builders.inference import model_path
+from dynamiclora.builders.inference import job_model_path
 from dynamiclora.builders.jobs import ConsolidationInputs, experience_location, storage_path, store_uri, tier_ref
 from dynamiclora.controllers.promotion import compact_audit, served_version_of
 from dynamiclora.controllers.tier_storage import StoreAccess
@@ -60,7 +60,7 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
             data.append(storage_path(storage, agent.regression_set, settings))
     if not data:
         return {}  # nothing to evaluate on yet: the Job would have no figures to compare
-    return {"gate_base_model": model_path(sw, settings), "gate_max_regression": gate.max_regression,
+    return {"gate_base_model": job_model_path(sw, settings), "gate_max_regression": gate.max_regression,
             "gate_significance": gate.significance, "gate_records": gate.eval_records, "gate_data": data,
             "gate_frozen": served_beneath(kube, ns, sw, level, store)}  # fmt: skip
 
@@ -95,7 +95,7 @@ def recurrence_args(kube: Kube, settings: OperatorSettings, ns: str, sw: Swarm,
                                    settings)  # fmt: skip
     quarantine = (source.get("status") or {}).get("quarantine") or []
     return {"records": [location], "exclude_window": [f"{w['from']}/{w['to']}" for w in quarantine],
-            "holdout_fraction": src.quality_gate.holdout_fraction, "model_dir": model_path(sw, settings),
+            "holdout_fraction": src.quality_gate.holdout_fraction, "model_dir": job_model_path(sw, settings),
             "frozen": served_beneath(kube, ns, sw, TierLevel(dst.level), store_uri(storage, settings)),
             "distill_steps": src.training.max_steps,
             "distill_lr": src.plasticity.learning_rate * src.alpha / src.rank,

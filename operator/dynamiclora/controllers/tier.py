@@ -20,7 +20,7 @@ from dynamiclora.api.conditions import ConditionType, EventType, Reason
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import LoRATier, LoRATierStatus, TierPhase
 from dynamiclora.builders.distributed import ANNOTATION_WORKERS
-from dynamiclora.builders.inference import model_path
+from dynamiclora.builders.inference import job_model_path
 from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experience_location, store_uri
 from dynamiclora.builders.names import (
     ANNOTATION_INPUTS,
@@ -430,7 +430,7 @@ def _maybe_train(
     view = StoreView({store: s3_client_for(kube, ns, storage)})
     frozen = _frozen_tiers(kube, ns, swarm, tier, store, view, int(current) if current else None)
     inputs = TrainingInputs(
-        model_path=model_path(swarm, settings),
+        model_path=job_model_path(swarm, settings),
         storage=storage,
         experience_prefix=swarm.spec.experience.prefix,
         bad_records=swarm.spec.experience.bad_records,

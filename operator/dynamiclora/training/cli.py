@@ -120,7 +120,9 @@ def _entrypoint(config_cls: type[Any], runner: str) -> Callable[[argparse.Namesp
         module, _, func = runner.partition(":")
 
         def job() -> dict[str, Any]:
-            result: dict[str, Any] = getattr(importlib.import_module(module), func)(cfg)
+            from dynamiclora.training.base_model import with_local_models
+
+            result: dict[str, Any] = getattr(importlib.import_module(module), func)(with_local_models(cfg))
             return result
 
         return _run(job, cfg.result_file)

@@ -116,7 +116,8 @@ BadLines = Literal["reject", "skip"]
 class TrainConfig:
     """Options of ``dynamiclora train`` (one tier of one stack)."""
 
-    base_model: str = field(metadata={"help": "directory of the base model (Hugging Face format)"})
+    base_model: str = field(metadata={"help": "directory of the base model (Hugging Face format), or an s3:// "
+                                               "prefix holding one (fetched once into $DYNAMICLORA_MODEL_CACHE)"})
     data: str = field(metadata={"help": "interaction records: a .jsonl file, a directory of them, or s3://bucket/prefix"})
     output_store: str = field(metadata={"help": "checkpoint store URI (file:///path or s3://bucket/prefix)"})
     tier: str = field(metadata={"help": "name of the tier to train (its checkpoints live under NAMESPACE/TIER)"})
@@ -310,7 +311,8 @@ class ConsolidateConfig:
     holdout_fraction: float | None = field(default=None, metadata={
         "help": "recurrence: the source tier's held-out share (by record hash), never trained on here either "
                 "(default 0.1)"})
-    model_dir: str | None = field(default=None, metadata={"help": "recurrence: directory of the base model"})
+    model_dir: str | None = field(default=None, metadata={
+        "help": "recurrence: directory of the base model, or an s3:// prefix"})
     frozen: list[str] = field(default_factory=list, metadata={
         "help": "recurrence: a tier served beneath the destination, STORE/NAMESPACE/TIER/vNNNNNN, active and "
                 "frozen while the destination learns; repeat", "repeat": True, "metavar": "REF"})
@@ -322,7 +324,8 @@ class ConsolidateConfig:
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     dry_run: bool = field(default=False, metadata={"help": "decide and report; publish nothing"})
     gate_base_model: str | None = field(default=None, metadata={
-        "help": "quality gate: base model directory to evaluate the stacks on (default: gate disabled)"})
+        "help": "quality gate: base model directory (or s3:// prefix) to evaluate the stacks on (default: gate "
+                "disabled)"})
     gate_data: list[str] = field(default_factory=list, metadata={
         "help": "quality gate: interaction records to evaluate on (.jsonl, directory or s3://); repeat "
                 "for several", "repeat": True, "metavar": "SOURCE"})
@@ -421,7 +424,8 @@ class ComposeConfig:
         "help": "largest rank the vLLM pods accept: a composed stack above it is truncated (SVD)"})
     base_model_name: str = field(default="", metadata={"help": "base model name recorded in adapter_config.json"})
     model_dir: str | None = field(default=None, metadata={
-        "help": "base model weights: when readable, each adapter gets the fingerprint the hot-swap verifies"})
+        "help": "base model weights (a directory or an s3:// prefix): when readable, each adapter gets the "
+                "fingerprint the hot-swap verifies"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     result_file: str | None = field(default=None, metadata={
         "help": "also write the result JSON here (e.g. /dev/termination-log)"})
