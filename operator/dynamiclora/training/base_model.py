@@ -37,28 +37,25 @@ def fetch_base(uri: str, client: Any = None, cache: Path | None = None) -> str:
     if not uri.startswith("s3://"):
         return uri
     bucket, _, key = uri[len("s3://") :].partition("/")
-    prefix = key.rstrip("/") + "/"
     dest = (cache or cache_root()) / hashlib.sha256(uri.encode()).hexdigest()[:24]
     if (dest / COMPLETE).is_file():
         return str(dest)
-    if client is None:
-        from dynamiclora.storage.s3 import s3_client_from_env
+    from dynamiclora.storage.s3 import S3Backend
 
-        client = s3_client_from_env()
+    backend = S3Backend(bucket, key, client)
     tmp = dest.with_name(f"{dest.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     count = 0
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            rel = PurePosixPath(obj["Key"][len(prefix) :])
-            if not rel.parts or obj["Key"].endswith("/"):
-                continue
-            if ".." in rel.parts:
-                raise ValueError(f"base model {uri}: object key {obj['Key']!r} leaves its folder")
-            target = tmp.joinpath(*rel.parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, obj["Key"], str(target))
-            count += 1
+    for blob in backend.list(""):
+        rel = PurePosixPath(blob.key)
+        if not rel.parts or blob.key.endswith("/"):
+            continue
+        if ".." in rel.parts:
+            raise ValueError(f"base model {uri}: object key {blob.key!r} leaves its folder")
+        target = tmp.joinpath(*rel.parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        backend.get_to_file(blob.key, target)
+        count += 1
     if count == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise ValueError(f"base model {uri}: no objects under it")
