@@ -544,8 +544,19 @@ def _suspend(sc: Scenario, tier: str, suspend: bool | None) -> None:
 
 
 def _set_training(sc: Scenario, **training: Any) -> None:
+    """Patch the Swarm's context-tier template and wait until alice's tier has reconciled it: a round fed
+    before the change reaches the tier would be trained as the old spec says (CI once saw that)."""
     sc.kubectl("patch", "swarm", sc.cfg.swarm, "-n", sc.cfg.namespace, "--type", "merge",
                "-p", json.dumps({"spec": {"contextTier": {"training": training}}}))  # fmt: skip
+    ctx = sc.tier_name("alice", "context")
+
+    def applied() -> bool:
+        tier = sc.get("loratiers", ctx) or {}
+        spec, status = tier.get("spec", {}).get("training", {}), tier.get("status") or {}
+        return all(spec.get(k) == v for k, v in training.items()) and (
+            status.get("observedGeneration") == tier["metadata"]["generation"])  # fmt: skip
+
+    sc.wait(f"alice's tier trains with {training}", applied)
 
 
 def test_data_parallel_training_on_two_pods_and_as_a_kubeflow_trainjob(
