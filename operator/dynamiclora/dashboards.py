@@ -240,8 +240,10 @@ def serving_dashboard() -> Dashboard:
                 Panel("Ready vs desired pods", "Ready inference pods of each swarm against its replicas.",
                       (Query(f"dynamiclora_swarm_ready_pods{{{sw}}}", "ready {{swarm}}"),
                        Query(f"dynamiclora_swarm_desired_pods{{{sw}}}", "desired {{swarm}}"))),
-                Panel("Pods serving each agent's adapter", "Ready pods serving the agent's current adapter.",
-                      (Query(f"dynamiclora_agent_served_pods{{{sw}}}", "{{swarm}}/{{agent}}"),), width=24),
+                Panel("Pods serving each agent's adapter",
+                      "Pods serving the agent's current adapter against the pods it is placed on.",
+                      (Query(f"dynamiclora_agent_served_pods{{{sw}}}", "served {{swarm}}/{{agent}}"),
+                       Query(f"dynamiclora_agent_placed_pods{{{sw}}}", "placed {{swarm}}/{{agent}}")), width=24),
             )),
             ("Operator", (
                 Panel("Reconcile errors", "Failed (error) or rejected (invalid) reconciliations per second by kind.",

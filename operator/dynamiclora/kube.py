@@ -53,6 +53,7 @@ RESOURCES: dict[str, Resource] = {
         Resource("v1", "Secret", "secrets"),
         Resource("v1", "ConfigMap", "configmaps"),
         Resource("v1", "Event", "events"),
+        Resource("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),  # per-agent routes (placement)
         # Distributed training through Kubeflow Trainer, where its CRD is installed (read to find out).
         Resource("trainer.kubeflow.org/v1alpha1", "TrainJob", "trainjobs"),
         Resource("apiextensions.k8s.io/v1", "CustomResourceDefinition", "customresourcedefinitions", False),

@@ -84,6 +84,10 @@ AGENT_SERVED_PODS = Gauge(
     "dynamiclora_agent_served_pods", "Ready pods serving the agent's current composed adapter.",
     ["namespace", "swarm", "agent"], registry=REGISTRY,
 )
+AGENT_PLACED_PODS = Gauge(
+    "dynamiclora_agent_placed_pods", "Ready pods the agent's adapter is placed on (spec.inference.placement).",
+    ["namespace", "swarm", "agent"], registry=REGISTRY,
+)
 POD_LOADED_ADAPTERS = Gauge(
     "dynamiclora_pod_loaded_adapters", "Adapters loaded in one vLLM pod.", ["namespace", "swarm", "pod"],
     registry=REGISTRY,
@@ -91,7 +95,7 @@ POD_LOADED_ADAPTERS = Gauge(
 
 TIER_GAUGES = (TIER_VERSION, TIER_SERVED_VERSION, TIER_ENERGY, TIER_SCREENED, TIER_TIME_SCALE, TIER_LAST_TRAINED,
                TIER_PENDING_RECORDS)  # fmt: skip
-SWARM_GAUGES = (SWARM_DESIRED_PODS, SWARM_READY_PODS, AGENT_SERVED_PODS, POD_LOADED_ADAPTERS)
+SWARM_GAUGES = (SWARM_DESIRED_PODS, SWARM_READY_PODS, AGENT_SERVED_PODS, AGENT_PLACED_PODS, POD_LOADED_ADAPTERS)
 # kind -> (its per-object metrics, the label naming the object)
 _PER_OBJECT: dict[str, tuple[tuple[MetricWrapperBase, ...], str]] = {
     "LoRATier": ((*TIER_GAUGES, GATE_DECISIONS), "tier"), "Swarm": (SWARM_GAUGES, "swarm"),

@@ -315,18 +315,20 @@ class Scenario:
         return int(self.status("loratiers", self.tier_name(agent, level)).get("currentVersion") or 0)
 
     def served(self, agent: str) -> dict[str, Any] | None:
-        """The agent's entry in the Swarm status once every ready pod serves it."""
+        """The agent's entry in the Swarm status once every pod it is placed on serves it."""
         st = self.status("swarms", self.cfg.swarm)
         entry = next((a for a in st.get("agents", []) if a.get("name") == agent), None)
-        pods = [p for p in st.get("pods", []) if p.get("ready")]
-        if entry and pods and entry.get("servedOnPods") == len(pods):
+        if entry and entry.get("placedOn") and entry.get("servedOnPods") == len(entry["placedOn"]):
             # The status keeps each adapter relative to servedRoot (bounded status); callers want the URI.
             return {**entry, "adapterUri": f"{st.get('servedRoot')}/{entry.get('adapterPath')}"}
         return None
 
-    def pod_ips(self) -> list[str]:
+    def pod_ips(self, agent: str | None = None) -> list[str]:
+        """Ready pods' IPs: all of them, or those ``agent`` is placed on (status ``placedOn``, pod ordinals)."""
         st = self.status("swarms", self.cfg.swarm)
-        return [str(p["podIP"]) for p in st.get("pods", []) if p.get("ready") and p.get("podIP")]
+        placed = next((a.get("placedOn") for a in st.get("agents", []) if a.get("name") == agent), None)
+        return [str(p["podIP"]) for p in st.get("pods", []) if p.get("ready") and p.get("podIP")
+                and (agent is None or int(p["name"].rsplit("-", 1)[1]) in (placed or ()))]  # fmt: skip
 
     def client_key(self, secret: str | None = None) -> str:
         """A client's key: the one the operator generated for the Swarm (or the Secret named), as clients read it."""
@@ -341,18 +343,26 @@ class Scenario:
         return base64.b64decode(data).decode()
 
     def complete(self, agent: str, prompt: str | list[int], max_tokens: int = 8) -> Any:
-        """One greedy completion from the first ready pod, as a client: the agent's stable name, the client key."""
+        """One greedy completion from a ready pod that holds the agent, as a client: the agent's stable name, the
+        client key."""
+
+
+        # Readiness can flap on a loaded CPU (probes time out while vLLM is busy): wait for a ready pod.
+        ip = self.wait(f"a ready vLLM pod holding {agent} to send the request to",
+                       lambda: next(iter(self.pod_ips(agent)), None), 300)  # fmt: skip
+        return self.complete_at(ip, 8000, f"{self.cfg.swarm}-{agent}", prompt, max_tokens)
+
+    def complete_at(self, ip: str, port: int, model: str, prompt: str | list[int], max_tokens: int = 8) -> Any:
+        """One greedy completion of ``model`` from the server at ``ip:port``, with the client key."""
         import asyncio
 
         from dynamiclora.serving.client import ClientConfig, VLLMClient
 
-        # Readiness can flap on a loaded CPU (probes time out while vLLM is busy): wait for a ready pod.
-        ip = self.wait("a ready vLLM pod to send the request to", lambda: next(iter(self.pod_ips()), None), 300)
         key = self.client_key()
 
         async def go() -> Any:
-            async with VLLMClient(f"http://{ip}:8000", ClientConfig(api_key=key)) as client:
-                return await client.complete(f"{self.cfg.swarm}-{agent}", prompt, max_tokens=max_tokens)
+            async with VLLMClient(f"http://{ip}:{port}", ClientConfig(api_key=key)) as client:
+                return await client.complete(model, prompt, max_tokens=max_tokens)
 
         return asyncio.run(go())
 

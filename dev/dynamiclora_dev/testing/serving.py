@@ -7,6 +7,7 @@ adapters and the server are only built when a test asks for the fixtures.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -105,3 +106,9 @@ class SubprocessComposer:
         assert done.returncode == 0, done.stdout + done.stderr
         self.runs += 1
         return ComposeProgress(done=True)
+
+
+def signal_group(server: VLLMServer, sig: signal.Signals) -> None:
+    """Send ``sig`` to the server's whole process group (SIGSTOP: a pod that accepts and never answers)."""
+    if server.proc is not None and server.proc.poll() is None:
+        os.killpg(server.proc.pid, sig)

@@ -71,6 +71,8 @@ class Reason(StrEnum):
     ADAPTERS_SERVED = "AdaptersServed"
     ADAPTER_LOAD_FAILED = "AdapterLoadFailed"
     POD_UNRESPONSIVE = "PodUnresponsive"
+    ROUTES_FAILED = "RoutesFailed"  # an agent's Service or EndpointSlice was refused
+    NO_ROOM = "NoRoom"  # the ready pods' --max-cpu-loras cannot hold every agent's placement replicas
     SERVING_UNAVAILABLE = "ServingUnavailable"
     WAITING = "Waiting"
     COMPOSING = "Composing"

@@ -163,10 +163,29 @@ class SharedTiers(ApiModel):
     )
 
 
+MAX_PODS = 64
+
+
+class Placement(ApiModel):
+    """Which vLLM pods hold each agent's adapter (docs/serving.md, Placement): a bounded set per agent,
+    never more adapters on a pod than its ``--max-cpu-loras``, sticky across passes."""
+
+    replicas_per_agent: int = Field(
+        default=2, ge=1, le=MAX_PODS,
+        description="Pods that hold each agent's adapter (every ready pod when there are fewer).",
+    )
+    agent_services: StrictBool = Field(
+        default=False,
+        description="Give each agent a Service <swarm>-<agent> without selector and an EndpointSlice the operator "
+        "keeps to the pods that serve the agent's adapter (for gateways and clients). A pod leaves the slice one "
+        "pass before the adapter is unloaded from it.",
+    )
+
+
 class Inference(ApiModel):
     """The vLLM multi-LoRA StatefulSet."""
 
-    replicas: int = Field(default=1, ge=0, le=64, description="Number of vLLM pods.")
+    replicas: int = Field(default=1, ge=0, le=MAX_PODS, description="Number of vLLM pods.")
     image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1, max_length=MAX_IMAGE, description="vLLM server image.")
     port: int = Field(default=8000, ge=1024, le=65535, description="HTTP port of the OpenAI-compatible API.")
     max_loras: int = Field(default=4, ge=1, le=256, description="Adapters active in one batch (--max-loras).")
@@ -191,6 +210,9 @@ class Inference(ApiModel):
         max_length=MAX_MAP,
         default_factory=dict,
         description="Extra environment variables of the vLLM container (e.g. VLLM_CPU_KVCACHE_SPACE on CPU nodes).",
+    )
+    placement: Placement = Field(
+        default_factory=Placement, description="How many pods hold each agent's adapter, and per-agent routing."
     )
 
 
@@ -299,7 +321,12 @@ class AgentStatus(ApiModel):
     )
     pinned: bool | None = Field(default=None, description="True when a pin decides what is served (else left out).")
     served_on_pods: int | None = Field(
-        default=None, ge=0, description="Ready pods serving the agent's current version (servedVersion)."
+        default=None, ge=0, description="Placed pods serving the agent's current version (servedVersion)."
+    )
+    placed_on: list[int] = Field(
+        default_factory=list, max_length=MAX_PODS,
+        description="Ordinals of the pods that hold the agent's adapter (<swarm>-inference-<n>); served everywhere "
+        "when servedOnPods is their number.",
     )
 
 
@@ -340,7 +367,7 @@ class SwarmStatus(ApiModel):
         default=None, description="Where the composed adapters live: an agent's is <servedRoot>/<adapterPath>."
     )
     agents: list[AgentStatus] = Field(default_factory=list, max_length=2000)
-    pods: list[PodStatus] = Field(default_factory=list, max_length=64)
+    pods: list[PodStatus] = Field(default_factory=list, max_length=MAX_PODS)
 
 
 class Swarm(ApiModel):

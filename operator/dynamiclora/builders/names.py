@@ -146,6 +146,12 @@ def served_adapter_name(swarm: str, agent: str) -> str:
     return f"{swarm}-{agent}"
 
 
+def agent_service_name(swarm: str, agent: str) -> str:
+    """The agent's Service and EndpointSlice (``spec.inference.placement.agentServices``): ``<swarm>-<agent>``
+    like its model name, cut with a hash when longer than a DNS label."""
+    return dns_name(swarm, agent)
+
+
 def training_job_name(tier: str, version: int, attempt: int = 0) -> str:
     """Deterministic: one Job per (tier, target version, retry), so a restarted operator finds it again."""
     return dns_name(tier, "train", f"v{version}", f"r{attempt}" if attempt else "")

@@ -32,6 +32,7 @@ from dynamiclora.controllers.conditions import (
 from dynamiclora.controllers.job_events import finished, followups
 from dynamiclora.controllers.leader import Leadership
 from dynamiclora.controllers.policy import reconcile_policy
+from dynamiclora.controllers.routing import sync_routes
 from dynamiclora.controllers.serving import ServingOutcome, operator_key, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm
 from dynamiclora.controllers.swarm_report import (
@@ -119,6 +120,8 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
         api_key = await asyncio.to_thread(operator_key, rt.kube, ns, body["metadata"]["name"])
         outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key, rt.composer)
         await asyncio.to_thread(mark_served, rt.kube, ns, obs, outcome)
+        routes = await asyncio.to_thread(sync_routes, rt.kube, body, obs.swarm, outcome.endpoints)
+        outcome.route_failures = routes.failed
     except Exception as err:
         if not is_blocking(err):
             raise

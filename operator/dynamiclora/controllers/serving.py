@@ -1,4 +1,4 @@
-"""Keep every ready vLLM pod serving each agent's tier stack, composed into one adapter.
+"""Keep the ready vLLM pods an agent is placed on serving its tier stack, composed into one adapter.
 
 The composed adapter of an agent is keyed by the exact (tier, version) list it was built from and lives
 at ``<storage>/served/<namespace>/<swarm>/<agent>/<key>/``: on the volume the vLLM pods mount, or, with
@@ -26,6 +26,7 @@ from dynamiclora.builders.names import operator_key_secret, served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.common import WaitFor
 from dynamiclora.controllers.composer import ComposeProgress, Composer
+from dynamiclora.controllers.placement import PodPlan, plan_pods
 from dynamiclora.controllers.promotion import agent_trust, served_version_of
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
 from dynamiclora.controllers.swarm import ReadyPod
@@ -160,6 +161,9 @@ class ServingOutcome:
     served_root: str | None = None  # where the composed adapters live: <servedRoot>/<agent>/<key>
     composing: list[str] = field(default_factory=list)  # agents whose current stack a compose Job still builds
     compose: ComposeProgress | None = None  # that Job, or why it failed
+    placement: PodPlan = field(default_factory=PodPlan)  # which ready pods hold each agent (serving/placement.py)
+    endpoints: dict[str, list[ReadyPod]] = field(default_factory=dict)  # agent -> placed pods that serve it
+    route_failures: dict[str, str] = field(default_factory=dict)  # agent -> why its Service/EndpointSlice failed
 
 
 @dataclass
@@ -261,30 +265,34 @@ async def sync_serving(
             out = ServingOutcome(tiers=out.tiers)
             plan = await _plan(sw, body, settings, stacks, out, adapters_mount, s3_client)
         out.composing, out.compose = [s.agent for s in plan.waiting], progress
-    keep = {served_adapter_name(swarm, s.agent) for s in plan.waiting}
-    kept = await _reconcile_pods(sw, swarm, ready_pods, api_key, settings, plan, keep, out)
+    pods = plan_pods(sw, body, [s.agent for s in stacks], [p.name for p in ready_pods])
+    out.placement = pods
+    waiting = {s.agent for s in plan.waiting}
+    kept = await _reconcile_pods(sw, swarm, ready_pods, api_key, settings, plan, pods, waiting, out)
     for agent in out.agents:
-        agent["servedOnPods"] = kept.get(served_adapter_name(swarm, agent["name"]), 0)
-    _carry_waiting(body, swarm, plan.waiting, kept, out)
+        agent["servedOnPods"] = kept.get(agent["name"], 0)
+        agent["placedOn"] = pods.ordinals(agent["name"])
+    _carry_waiting(body, plan.waiting, kept, pods, out)
     return out
 
 
-def _carry_waiting(body: Obj, swarm: str, waiting: list[AgentStack], served_on: dict[str, int],
+def _carry_waiting(body: Obj, waiting: list[AgentStack], served_on: dict[str, int], pods: PodPlan,
                    out: ServingOutcome) -> None:  # fmt: skip
     """A waiting agent still serves its previous version: its last status entry stays, re-counted."""
     before = {a.get("name"): a for a in (body.get("status") or {}).get("agents") or []}
     for stack in waiting:
         prev = before.get(stack.agent)
         if prev is not None:
-            name = served_adapter_name(swarm, stack.agent)
             carried = {k: v for k, v in prev.items() if k != "servedAdapter"}  # written by an older operator
-            out.agents.append({**carried, "servedOnPods": served_on.get(name, 0)})
+            out.agents.append({**carried, "servedOnPods": served_on.get(stack.agent, 0),
+                               "placedOn": pods.ordinals(stack.agent)})  # fmt: skip
 
 
 async def _reconcile_pods(sw: Swarm, swarm: str, ready_pods: list[ReadyPod], api_key: str | None,
-                          settings: OperatorSettings, plan: _Plan, keep: set[str],
+                          settings: OperatorSettings, plan: _Plan, pods: PodPlan, waiting: set[str],
                           out: ServingOutcome) -> dict[str, int]:  # fmt: skip
-    """Hot-swap each ready pod to ``plan.desired``; returns on how many pods each served name is loaded.
+    """Hot-swap each ready pod to the adapters of the agents placed on it; returns on how many placed pods
+    each agent is served, and books where (``out.endpoints``).
 
     Pods are reconciled side by side, each within ``pod_deadline_seconds``: a pod that accepts
     connections but never answers (a stalled process) costs the pass one deadline, not one per pod,
@@ -294,20 +302,31 @@ async def _reconcile_pods(sw: Swarm, swarm: str, ready_pods: list[ReadyPod], api
     from dynamiclora.serving.hotswap import HotSwapper
 
     cfg = ClientConfig(api_key=api_key, timeout_s=settings.vllm_timeout_seconds)
-    served_on: dict[str, int] = {}
+    agent_of = {served_adapter_name(swarm, a): a for a in pods.placement.pods}
+    work = []
+    for pod in ready_pods:
+        placed = pods.agents_on(pod.name)
+        desired = {n: spec for n, spec in plan.desired.items() if agent_of.get(n) in placed}
+        # Drained agents stay one pass (their endpoint is withdrawn first); waiting ones serve what they had.
+        keep = {served_adapter_name(swarm, a) for a in pods.draining.get(pod.name, set()) | (placed & waiting)}
+        work.append((pod, desired, keep))
     async with HotSwapper(cfg) as swapper:
         results = await asyncio.gather(*(
-            _reconcile_pod(swapper, sw, swarm, pod, plan.desired, keep, settings.pod_deadline_seconds)
-            for pod in ready_pods))  # fmt: skip
-    for pod, result in zip(ready_pods, results, strict=True):
+            _reconcile_pod(swapper, sw, swarm, pod, desired, keep, settings.pod_deadline_seconds)
+            for pod, desired, keep in work))  # fmt: skip
+    served_on: dict[str, int] = {}
+    for (pod, desired, _), result in zip(work, results, strict=True):
         if isinstance(result, str):
             out.unresponsive[pod.name] = result
             ok: list[str] = []
         else:
-            ok = _record_pod_result(sw, pod, result, plan.desired, out)
-        for n in ok:
-            served_on[n] = served_on.get(n, 0) + 1
-        missing = sorted(n for n in plan.desired if n not in ok)
+            ok = _record_pod_result(sw, pod, result, desired, out)
+        placed = pods.agents_on(pod.name)
+        for agent in (agent_of[n] for n in ok if n in agent_of):
+            if agent in placed:
+                served_on[agent] = served_on.get(agent, 0) + 1
+                out.endpoints.setdefault(agent, []).append(pod)
+        missing = sorted(n for n in desired if n not in ok)
         out.pods.append({"name": pod.name, "podIP": pod.ip, "ready": True, "loadedAdapters": len(ok),
                          "missingAdapters": missing[:MAX_MISSING_LISTED]})  # fmt: skip
     return served_on

@@ -18,6 +18,7 @@ from dynamiclora.builders.tiers import build_agent_tiers
 from dynamiclora.controllers.admission import admit, swarm_references
 from dynamiclora.controllers.common import InvalidSpec, generation, parse
 from dynamiclora.controllers.conditions import get_condition, set_condition
+from dynamiclora.controllers.placement import served_everywhere
 from dynamiclora.kube import Kube, Obj
 from dynamiclora.metrics import SWARM_DESIRED_PODS, SWARM_READY_PODS
 from dynamiclora.settings import OperatorSettings
@@ -220,7 +221,7 @@ def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list
     """The status object for a reconciled swarm (validated by the API's SwarmStatus, bounds included)."""
     n_agents = obs.agent_count or len(obs.swarm.spec.agents)
     conditions = _conflict_conditions(body, obs, conditions)
-    served = sum(1 for a in agents if a.get("servedOnPods", 0) and a.get("servedOnPods") == len(obs.ready_pods))
+    served = sum(1 for a in agents if obs.ready_pods and served_everywhere(a))
     ready_cond = get_condition({"conditions": conditions}, ConditionType.READY)
     degraded = next((c for c in conditions if c["type"] == ConditionType.DEGRADED and c["status"] == "True"), None)
     degraded = degraded or get_condition({"conditions": conditions}, ConditionType.TIER_NAME_CONFLICT)

@@ -14,11 +14,12 @@ from dynamiclora.api.conditions import ConditionType, EventType, Reason
 from dynamiclora.api.swarm import SwarmStatus
 from dynamiclora.controllers.common import Event, WaitFor, generation
 from dynamiclora.controllers.conditions import get_condition, set_condition
+from dynamiclora.controllers.placement import served_everywhere
 from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable
 from dynamiclora.controllers.swarm import SwarmObservation, swarm_status
 from dynamiclora.controllers.tier_storage import explain, is_storage_error
 from dynamiclora.kube import Kube, Obj
-from dynamiclora.metrics import AGENT_SERVED_PODS, POD_LOADED_ADAPTERS, TIER_SERVED_VERSION
+from dynamiclora.metrics import AGENT_PLACED_PODS, AGENT_SERVED_PODS, POD_LOADED_ADAPTERS, TIER_SERVED_VERSION
 
 MAX_MESSAGE = 1000  # condition messages users read in kubectl describe
 MAX_NAMED = 10  # agents named in a message before "and N more"
@@ -114,13 +115,24 @@ def _degraded(conditions: list[Obj], outcome: ServingOutcome, gen: int | None, e
         msg = "; ".join(f"{k}: {v}" for k, v in sorted(outcome.failures.items()))[:MAX_MESSAGE]
         events.append(Event(EventType.WARNING, Reason.ADAPTER_LOAD_FAILED, msg))
         return set_condition(conditions, ConditionType.DEGRADED, True, Reason.ADAPTER_LOAD_FAILED, msg, gen)
+    if outcome.route_failures:
+        msg = "; ".join(f"route of {k}: {v}" for k, v in sorted(outcome.route_failures.items()))[:MAX_MESSAGE]
+        events.append(Event(EventType.WARNING, Reason.ROUTES_FAILED, msg))
+        return set_condition(conditions, ConditionType.DEGRADED, True, Reason.ROUTES_FAILED, msg, gen)
+    if short := outcome.placement.placement.short:
+        msg = (f"no room for {sum(short.values())} adapter replica(s) of {_named(sorted(short))}: every other ready "
+               "pod holds --max-cpu-loras adapters (add pods or raise maxCpuLoras)")[:MAX_MESSAGE]  # fmt: skip
+        before = get_condition({"conditions": conditions}, ConditionType.DEGRADED) or {}
+        if before.get("reason") != Reason.NO_ROOM or before.get("message") != msg:
+            events.append(Event(EventType.WARNING, Reason.NO_ROOM, msg))
+        return set_condition(conditions, ConditionType.DEGRADED, True, Reason.NO_ROOM, msg, gen)
     return set_condition(conditions, ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
 
 
 def _ready(conditions: list[Obj], obs: SwarmObservation, agents: list[Obj], gen: int | None) -> list[Obj]:
-    """``Ready``: the desired pods are ready and every agent is served on each of them."""
+    """``Ready``: the desired pods are ready and every agent is served on each pod it is placed on."""
     n_pods, n_agents = len(obs.ready_pods), len(obs.swarm.spec.agents)
-    all_served = bool(n_pods) and all(a.get("servedOnPods") == n_pods for a in agents)
+    all_served = bool(n_pods) and all(served_everywhere(a) for a in agents)
     ready = n_pods >= obs.swarm.spec.inference.replicas and all_served and len(agents) == n_agents
     reason = (Reason.ALL_AGENTS_SERVED if ready
               else Reason.PODS_NOT_READY if n_pods < obs.replicas
@@ -131,9 +143,8 @@ def _ready(conditions: list[Obj], obs: SwarmObservation, agents: list[Obj], gen:
 
 
 def served_tier_versions(obs: SwarmObservation, outcome: ServingOutcome) -> dict[str, tuple[int, str]]:
-    """Tier -> (version, level) now served on every ready pod, for the agents served everywhere."""
-    n_pods = len(obs.ready_pods)
-    served = {a["name"] for a in outcome.agents if n_pods and a.get("servedOnPods") == n_pods}
+    """Tier -> (version, level) now served on every pod that holds it, for the agents served everywhere."""
+    served = {a["name"] for a in outcome.agents if obs.ready_pods and served_everywhere(a)}
     versions: dict[str, tuple[int, str]] = {}
     for stack in outcome.stacks:
         if stack.agent in served:
@@ -144,7 +155,7 @@ def served_tier_versions(obs: SwarmObservation, outcome: ServingOutcome) -> dict
 
 
 def mark_served(kube: Kube, ns: str, obs: SwarmObservation, outcome: ServingOutcome) -> None:
-    """Record on each tier the version now served on every ready pod (``servedVersion`` is this pass's)."""
+    """Record on each tier the version now served on every pod placed to serve it (this pass's servedVersion)."""
     for tier, (version, level) in served_tier_versions(obs, outcome).items():
         body = outcome.tiers.get(tier)  # listed once per pass by sync_serving
         if not body:
@@ -159,5 +170,6 @@ def export_swarm_metrics(ns: str, name: str, status: SwarmStatus) -> None:
     """Per-agent and per-pod gauges from the status just computed."""
     for a in status.agents:
         AGENT_SERVED_PODS.labels(ns, name, a.name).set(a.served_on_pods or 0)
+        AGENT_PLACED_PODS.labels(ns, name, a.name).set(len(a.placed_on))
     for p in status.pods:
         POD_LOADED_ADAPTERS.labels(ns, name, p.name).set(p.loaded_adapters or 0)

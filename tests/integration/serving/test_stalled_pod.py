@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +28,16 @@ from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.controllers.swarm_report import _degraded
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.client import ClientConfig, VLLMClient
-from dynamiclora.serving.launcher import VLLMServer, VLLMServerConfig
+from dynamiclora.serving.launcher import VLLMServer
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage import open_store
 from dynamiclora_dev.testing.serving import (
     SERVER_API_KEY,
-    SERVER_CLIENT_KEY,
     SERVER_MAX_LORA_RANK,
     AdapterFactory,
     SubprocessComposer,
 )
+from dynamiclora_dev.testing.serving import signal_group as _signal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]
@@ -48,29 +46,6 @@ FILES = ("adapter_config.json", "adapter_model.safetensors")
 DEADLINE_S = 5.0
 # Without per-pod deadlines one pass waited 4 x vllm_timeout_seconds on the stalled pod before the next.
 PASS_LIMIT_S = 90.0
-
-
-@pytest.fixture
-def second_pod(vllm_server: VLLMServer, vllm_tiny_model_dir: Path, tmp_path: Path) -> Iterator[VLLMServer]:
-    cfg = vllm_server.config
-    server = VLLMServer(VLLMServerConfig(
-        model_dir=str(vllm_tiny_model_dir), host="127.0.0.2", port=cfg.port, max_lora_rank=SERVER_MAX_LORA_RANK,
-        api_key=SERVER_CLIENT_KEY, admin_key=SERVER_API_KEY, guard_dir=str(tmp_path / "guard"),
-        log_path=str(tmp_path / "vllm-2.log")))  # fmt: skip
-    try:
-        server.start()
-    except Exception as exc:
-        raise RuntimeError(f"the second vLLM server failed to start:\n{server.log_tail()}") from exc
-    try:
-        yield server
-    finally:
-        _signal(server, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-        server.stop()
-
-
-def _signal(server: VLLMServer, sig: signal.Signals) -> None:
-    if server.proc is not None and server.proc.poll() is None:
-        os.killpg(server.proc.pid, sig)
 
 
 class _Tiers:
@@ -100,8 +75,10 @@ def _swarm(model_dir: Path, port: int) -> dict[str, Any]:
 
 async def _pass(kube: _Tiers, settings: OperatorSettings, body: dict[str, Any], sw: Swarm, pods: list[ReadyPod],
                 composer: SubprocessComposer) -> ServingOutcome:  # fmt: skip
-    return await asyncio.wait_for(
+    out = await asyncio.wait_for(
         sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, composer), PASS_LIMIT_S)  # type: ignore[arg-type]
+    body["status"] = {"agents": out.agents}  # the placement the next pass keeps, as the operator writes it
+    return out
 
 
 async def _served(server: VLLMServer, cfg: ClientConfig, name: str, fp: Fingerprint) -> bool:

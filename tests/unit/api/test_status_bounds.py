@@ -15,7 +15,8 @@ ETCD_LIMIT = 1_572_864  # bytes: the API server's default request/object limit
 def _agent(i: int) -> AgentStatus:
     name = f"agent-{i:034d}"  # 40 characters, the longest agent name
     return AgentStatus(name=name, served_version="c123456-a123456-s123456", adapter_path=f"{name}/{'f' * 12}",
-                       composition_error=0.000123456, trust=0.5, pinned=True, served_on_pods=64)  # fmt: skip
+                       composition_error=0.000123456, trust=0.5, pinned=True, served_on_pods=64,
+                       placed_on=list(range(64)))  # fmt: skip
 
 
 def test_the_largest_swarm_status_fits_with_room_to_spare() -> None:
@@ -32,7 +33,7 @@ def _size(status: SwarmStatus) -> int:
     return len(json.dumps(status.model_dump(by_alias=True, exclude_none=True), separators=(",", ":")))
 
 
-def test_two_thousand_agents_on_64_pods_fit_in_256_kib() -> None:
+def test_two_thousand_agents_placed_on_64_pods_fit_in_256_kib() -> None:
     """The issue's bound, for entries built by the operator's own ``agent_entry``: names like agent-0001,
     versions like c12.a3 (an exact composition, trust 1 and no pin are what it leaves out)."""
     from dynamiclora.controllers.serving import AgentStack, agent_entry
@@ -45,9 +46,10 @@ def test_two_thousand_agents_on_64_pods_fit_in_256_kib() -> None:
         name = f"agent-{i:04d}"
         stack = AgentStack(name, [StackEntry(f"support-{name}-context", "context", 12, "s3://b", "t"),
                                   StackEntry(f"support-{name}-agent", "agent", 3, "s3://b", "t")])
-        agents.append({**agent_entry(stack, 0.0, 1.0, False), "servedOnPods": 64})
+        # Placed on the default 2 pods (spec.inference.placement.replicasPerAgent).
+        agents.append({**agent_entry(stack, 0.0, 1.0, False), "servedOnPods": 2, "placedOn": [i % 64, (i + 1) % 64]})
     assert agents[0]["servedVersion"] == "c12.a3" and set(agents[0]) == {"name", "servedVersion", "adapterPath",
-                                                                          "servedOnPods"}  # fmt: skip
+                                                                          "servedOnPods", "placedOn"}  # fmt: skip
     status = SwarmStatus.model_validate({"agents": agents, "pods": [p.model_dump(by_alias=True) for p in pods],
                                          "servedRoot": "s3://ckpt-bucket/dl/served/t/support"})  # fmt: skip
     assert _size(status) < 256 * 1024, _size(status)

@@ -28,7 +28,10 @@ VERBS: dict[str, frozenset[str]] = {
     "LoRATier": DELETED,  # per-agent tiers are created and deleted by the Swarm controller
     "StatefulSet": APPLIED,
     "Job": DELETED,  # a failed compose Job is deleted so that the next pass retries
-    "Service": APPLIED,
+    # The inference Service is GC'd with its Swarm; an agent's route Service is deleted when the agent goes.
+    "Service": DELETED,
+    # An agent's route: the operator writes its slice (server-side apply) and lists the Swarm's slices.
+    "EndpointSlice": frozenset({"list", "create", "patch"}),
     "Pod": frozenset({"get", "list", "watch"}),  # pod IPs and readiness (hot-swap); failed Jobs' messages
     # Referenced Secrets by name (S3 credentials, the operator's vLLM key); generated keys created once.
     "Secret": frozenset({"get", "create"}),

@@ -445,12 +445,22 @@ def _swarm_tiers(kube: FakeKube) -> list[str]:
 
 
 def _serving_plan(kube: FakeKube, settings: OperatorSettings, body: Obj) -> list[Obj]:
+    """The serving pass's stacks, its placement of them on 3 ready pods, and the agents' routes (written into
+    ``kube``) as if every placed pod served its agents."""
     from dynamiclora.api.swarm import Swarm
+    from dynamiclora.controllers.placement import plan_pods
+    from dynamiclora.controllers.routing import sync_routes
     from dynamiclora.controllers.serving import desired_stacks
+    from dynamiclora.controllers.swarm import ReadyPod
 
     live = kube.get("Swarm", NS, body["metadata"]["name"])
     assert live is not None
-    return [dataclasses.asdict(s) for s in desired_stacks(kube, settings, live, Swarm.model_validate(live))]
+    sw = Swarm.model_validate(live)
+    stacks = desired_stacks(kube, settings, live, sw)
+    pods = [ReadyPod(f"support-vllm-{i}", f"10.0.0.{i}", 0) for i in range(3)]
+    placed = plan_pods(sw, live, [s.agent for s in stacks], [p.name for p in pods]).placement.pods
+    sync_routes(kube, live, sw, {a: [p for p in pods if p.name in names] for a, names in placed.items()})
+    return [dataclasses.asdict(s) for s in stacks] + [{"placement": placed}]
 
 
 def _produce(kind: str, leaf: Leaf | None, case: Case, ctx: Ctx) -> Obj:

@@ -24,7 +24,8 @@ def _obs(body: dict[str, Any], ready: int) -> SwarmObservation:
 
 
 def _served(body: dict[str, Any], pods: int) -> ServingOutcome:
-    agents = [{"name": a["name"], "servedVersion": "c1", "servedOnPods": pods} for a in body["spec"]["agents"]]
+    agents = [{"name": a["name"], "servedVersion": "c1", "servedOnPods": pods, "placedOn": list(range(pods))}
+              for a in body["spec"]["agents"]]  # fmt: skip
     return ServingOutcome(agents=agents, pods=[{"name": f"support-vllm-{i}", "ready": True, "loadedAdapters": 1}
                                                for i in range(pods)])  # fmt: skip
 

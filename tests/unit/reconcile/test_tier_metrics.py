@@ -101,7 +101,7 @@ async def test_a_serving_pass_exports_the_served_version_and_deletion_drops_the_
     live = {TIER: body}
     stack = AgentStack("alice", [StackEntry(TIER, "context", 1, "file:///unused", NS)])
     obs = SimpleNamespace(ready_pods=[ReadyPod("support-vllm-0", "127.0.0.1", 0)])
-    outcome = ServingOutcome(stacks=[stack], tiers=live, agents=[{"name": "alice", "servedOnPods": 1}])
+    outcome = ServingOutcome(stacks=[stack], tiers=live, agents=[{"name": "alice", "servedOnPods": 1, "placedOn": [0]}])
     mark_served(kube, NS, obs, outcome)  # type: ignore[arg-type]
     assert kube.objects[("LoRATier", NS, TIER)]["status"]["servedVersion"] == 1
     assert _value("dynamiclora_tier_served_version") == 1

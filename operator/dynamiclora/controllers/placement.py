@@ -1,0 +1,70 @@
+"""Which ready pods serve which agent in a serving pass (issue 19; the pure choice is serving/placement.py).
+
+The placement of the last pass is read back from the Swarm status (``agents[].placedOn``, pod ordinals),
+so it is sticky across passes and across operator restarts. A pod that an agent leaves keeps the adapter
+for one more pass (draining): the status and the agent's EndpointSlice written by this pass no longer name
+the pod, and the next pass unloads it, so a client that followed the old endpoints is not refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from dynamiclora.api.swarm import Swarm
+from dynamiclora.kube import Obj
+from dynamiclora.serving.placement import Placement, Slot, place
+
+
+def ordinal(pod: str) -> int | None:
+    """A StatefulSet pod's ordinal (``support-vllm-3`` -> 3), None for a name without one."""
+    tail = pod.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else None
+
+
+@dataclass
+class PodPlan:
+    """What a pass serves: each pod's agents, the agents it keeps one more pass, and those without room."""
+
+    placement: Placement = field(default_factory=Placement)
+    draining: dict[str, set[str]] = field(default_factory=dict)  # pod -> agents placed there last pass only
+
+    def agents_on(self, pod: str) -> set[str]:
+        return {a for a, pods in self.placement.pods.items() if pod in pods}
+
+    def ordinals(self, agent: str) -> list[int]:
+        return sorted(o for p in self.placement.pods.get(agent, []) if (o := ordinal(p)) is not None)
+
+
+def previous_placement(body: Obj, pods: Iterable[str]) -> dict[str, list[str]]:
+    """Agent -> the ready pods the last pass placed it on (from ``status.agents[].placedOn``)."""
+    by_ordinal = {o: p for p in pods if (o := ordinal(p)) is not None}
+    out: dict[str, list[str]] = {}
+    for entry in (body.get("status") or {}).get("agents") or []:
+        placed = [by_ordinal[o] for o in entry.get("placedOn") or [] if o in by_ordinal]
+        if entry.get("name") and placed:
+            out[entry["name"]] = placed
+    return out
+
+
+def plan_pods(sw: Swarm, body: Obj, agents: list[str], pods: list[str]) -> PodPlan:
+    """Place ``agents`` on the ready ``pods`` (names) within ``--max-cpu-loras`` each, sticky to the last pass."""
+    previous = previous_placement(body, pods)
+    slots = [Slot(p, sw.spec.inference.max_cpu_loras) for p in pods]
+    placement = place(agents, slots, sw.spec.inference.placement.replicas_per_agent, previous)
+    return PodPlan(placement, draining(previous, placement.pods))
+
+
+def draining(previous: Mapping[str, list[str]], now: Mapping[str, list[str]]) -> dict[str, set[str]]:
+    """Pod -> agents it held last pass and no longer holds (kept loaded until the next pass)."""
+    out: dict[str, set[str]] = {}
+    for agent, pods in previous.items():
+        for pod in set(pods) - set(now.get(agent, ())):
+            out.setdefault(pod, set()).add(agent)
+    return out
+
+
+def served_everywhere(entry: Obj) -> bool:
+    """Whether an agent's status entry says its current version is served on every pod it is placed on."""
+    placed = entry.get("placedOn") or []
+    return bool(placed) and entry.get("servedOnPods") == len(placed)

@@ -1,0 +1,135 @@
+"""Placement on real vLLM pods (issue 19): an agent is loaded only where it is placed, within each pod's
+``--max-cpu-loras``; a move loads the new pod first, withdraws the old pod from the agent's endpoints and
+unloads it there one pass later.
+
+Real parts: two real vLLM CPU servers stand for a Swarm's two pods (127.0.0.1 and 127.0.0.2, one port),
+the compose Job's command as a process, a ``file://`` store on a stand-in PVC. The passes are the operator's
+``sync_serving``; the status each writes is carried to the next as the operator does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from dynamiclora.api.swarm import Swarm
+from dynamiclora.builders.jobs import store_uri
+from dynamiclora.builders.names import served_adapter_name
+from dynamiclora.builders.tiers import stack_tier_names
+from dynamiclora.controllers.serving import ServingOutcome, sync_serving
+from dynamiclora.controllers.swarm import ReadyPod
+from dynamiclora.serving.adapters import Fingerprint
+from dynamiclora.serving.client import ClientConfig, VLLMClient
+from dynamiclora.serving.launcher import VLLMServer
+from dynamiclora.settings import OperatorSettings
+from dynamiclora.storage import open_store
+from dynamiclora_dev.testing.serving import SERVER_API_KEY, SERVER_MAX_LORA_RANK, AdapterFactory, SubprocessComposer
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[3]
+NS, SWARM = "team", "support"
+FILES = ("adapter_config.json", "adapter_model.safetensors")
+AGENTS = ("alice", "bob")
+
+
+class _Tiers:
+    """Read-only stand-in for the API listing of LoRATiers (the only Kube call serving makes)."""
+
+    def __init__(self) -> None:
+        self.tiers: list[dict[str, Any]] = []
+
+    def list(self, kind: str, namespace: str, labels: Any = None) -> list[dict[str, Any]]:
+        assert kind == "LoRATier"
+        return copy.deepcopy([t for t in self.tiers if t["metadata"]["namespace"] == namespace])
+
+
+def _swarm(model_dir: Path, port: int) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "swarm.yaml").read_text())
+    body["metadata"] = {"name": SWARM, "namespace": NS, "uid": "uid-1"}
+    spec = body["spec"]
+    spec["baseModel"] = {"name": "tiny-llama", "path": str(model_dir)}
+    spec.pop("sharedTiers")
+    spec["storage"] = {"pvc": {"claimName": "store"}}
+    inf = spec["inference"]
+    inf.pop("apiKeySecretRef")
+    inf.update({"replicas": 2, "port": port, "maxLoraRank": SERVER_MAX_LORA_RANK, "maxLoras": 2, "maxCpuLoras": 2,
+                "placement": {"replicasPerAgent": 1}})  # fmt: skip
+    return body
+
+
+async def _pass(kube: _Tiers, settings: OperatorSettings, body: dict[str, Any], pods: list[ReadyPod],
+                composer: SubprocessComposer) -> ServingOutcome:  # fmt: skip
+    sw = Swarm.model_validate(body)
+    out = await asyncio.wait_for(
+        sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, composer), 300)  # type: ignore[arg-type]
+    assert out.failures == {} and out.unresponsive == {}, (out.failures, out.unresponsive)
+    body["status"] = {"agents": out.agents}
+    return out
+
+
+async def _listed(server: VLLMServer, cfg: ClientConfig) -> set[str]:
+    async with VLLMClient(server.base_url, cfg) as client:
+        return {n for n in await client.list_adapters() if n.startswith(f"{SWARM}-")}
+
+
+async def _answers(server: VLLMServer, cfg: ClientConfig, out: ServingOutcome, agent: str) -> bool:
+    entry = next(a for a in out.agents if a["name"] == agent)
+    fp = Fingerprint.read(Path(f"{out.served_root}/{entry['adapterPath']}"))
+    assert fp is not None
+    async with VLLMClient(server.base_url, cfg) as client:
+        name, n = served_adapter_name(SWARM, agent), len(fp.token_ids)
+        return (await client.complete(name, fp.prompt_token_ids, max_tokens=n)).token_ids == fp.token_ids
+
+
+async def test_an_agent_is_served_where_it_is_placed_and_a_move_drains_first(
+    vllm_server: VLLMServer, second_pod: VLLMServer, vllm_tiny_model_dir: Path,
+    vllm_adapter_factory: AdapterFactory, vllm_client_config: ClientConfig, tmp_path: Path,
+) -> None:  # fmt: skip
+    body = _swarm(vllm_tiny_model_dir, vllm_server.config.port)
+    sw = Swarm.model_validate(body)
+    settings = OperatorSettings(pvc_mount_root=str(tmp_path / "pvc"), scratch_dir=str(tmp_path / "scratch"))
+    store = open_store(store_uri(sw.spec.storage, settings))
+    kube, composer = _Tiers(), SubprocessComposer(settings)
+    for seed, agent in enumerate(AGENTS):
+        tiers = zip(stack_tier_names(SWARM, sw, agent)[:2], ("context", "agent"), strict=True)
+        for offset, (tier, level) in enumerate(tiers):
+            src = vllm_adapter_factory(40 + 2 * seed + offset, 8)
+            ref = store.publish(NS, tier, {n: src / n for n in FILES})
+            kube.tiers.append({"metadata": {"name": tier, "namespace": NS}, "spec": {"level": level},
+                               "status": {"currentVersion": ref.version}})  # fmt: skip
+    pods = [ReadyPod(f"{SWARM}-vllm-0", "127.0.0.1", 0), ReadyPod(f"{SWARM}-vllm-1", "127.0.0.2", 0)]
+    p0, p1 = vllm_server, second_pod
+    names = {a: served_adapter_name(SWARM, a) for a in AGENTS}
+    cfg = vllm_client_config
+    # Where an earlier pass put both agents (pod 0 has room for two): they stay there.
+    body["status"] = {"agents": [{"name": a, "placedOn": [0]} for a in AGENTS]}
+    try:
+        first = await _pass(kube, settings, body, pods, composer)
+        assert await _listed(p0, cfg) == set(names.values()) and await _listed(p1, cfg) == set()
+        assert [(a["placedOn"], a["servedOnPods"]) for a in first.agents] == [([0], 1), ([0], 1)]
+        assert {a: [p.name for p in ps] for a, ps in first.endpoints.items()} == {a: [pods[0].name] for a in AGENTS}
+        assert await _answers(p0, cfg, first, "bob")
+
+        # Pod 0 now holds one adapter: bob moves. He is loaded and verified on pod 1, his endpoint is pod 1
+        # only, and pod 0 keeps him this pass (a client that followed the old endpoint still gets an answer).
+        body["spec"]["inference"]["maxCpuLoras"] = 1
+        moved = await _pass(kube, settings, body, pods, composer)
+        assert moved.swapped == [f"{pods[1].name}:{names['bob']}"]
+        assert [(a["name"], a["placedOn"], a["servedOnPods"]) for a in moved.agents] == [
+            ("alice", [0], 1), ("bob", [1], 1)]  # fmt: skip
+        assert [p.name for p in moved.endpoints["bob"]] == [pods[1].name]
+        assert await _listed(p0, cfg) == set(names.values()) and await _listed(p1, cfg) == {names["bob"]}
+        assert await _answers(p1, cfg, moved, "bob") and await _answers(p0, cfg, moved, "bob")
+
+        # The next pass unloads him from pod 0.
+        await _pass(kube, settings, body, pods, composer)
+        assert await _listed(p0, cfg) == {names["alice"]} and await _listed(p1, cfg) == {names["bob"]}
+    finally:
+        async with VLLMClient(p0.base_url, cfg) as client:  # leave the shared server as found
+            for name in await _listed(p0, cfg):
+                await client.unload_adapter(name)
