@@ -101,6 +101,10 @@ bench-continual-long: ## The same over 10 windows, on the tuning seeds 101-103, 
 	nice $(PY) bench/jobs_continual.py --seeds 5 --methods dynamiclora,replay_full_2x \
 	  --out bench/results/continual_jobs_compute.json
 
+.PHONY: bench-placement
+bench-placement: ## Placement of 1,000 agents on 8 simulated pods through the serving pass's plan_pods (seconds)
+	$(PY) bench/placement.py --out bench/results/placement.json
+
 .PHONY: bench-scale
 bench-scale: ## Operator convergence time and peak RSS for 10/100/1,000 agents on the local control plane
 	$(PY) bench/scale.py --sizes 10 100 1000 --out bench/results/scale.json

@@ -56,23 +56,23 @@ def place(agents: Sequence[str], slots: Sequence[Slot], replicas: int,
         limit = room[pod]
         return limit is None or load[pod] < limit
 
-    for agent in agents:  # keep what still holds
-        for pod in (previous or {}).get(agent, ()):
-            if pod in room and pod not in out.pods[agent] and len(out.pods[agent]) < want and fits(pod):
-                out.pods[agent].append(pod)
-                load[pod] += 1
+    def add(agent: str, pod: str) -> None:
+        out.pods[agent].append(pod)
+        load[pod] += 1
+
     # One replica per agent per round: when room runs out, it runs out on extra replicas, not on an agent's
-    # only one.
+    # only one. In each round what still holds is kept first (sticky), then the agents without are placed.
     for wanted in range(1, want + 1):
         for agent in agents:
-            if len(out.pods[agent]) >= wanted:
-                continue
-            free = [p for p in room if p not in out.pods[agent] and fits(p)]
-            if not free:
-                continue
-            pod = min(free, key=lambda p: (load[p], _spread(agent, p)))
-            out.pods[agent].append(pod)
-            load[pod] += 1
+            if len(out.pods[agent]) < wanted:
+                kept = [p for p in (previous or {}).get(agent, ()) if p in room and p not in out.pods[agent]]
+                if kept := [p for p in kept if fits(p)]:
+                    add(agent, kept[0])
+        for agent in agents:
+            if len(out.pods[agent]) < wanted:
+                free = [p for p in room if p not in out.pods[agent] and fits(p)]
+                if free:
+                    add(agent, min(free, key=lambda p: (load[p], _spread(agent, p))))
     out.short = {a: want - len(p) for a, p in out.pods.items() if len(p) < want}
     out.pods = {a: sorted(p) for a, p in out.pods.items()}
     return out

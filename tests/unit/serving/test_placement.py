@@ -57,6 +57,15 @@ def test_a_previous_placement_on_unknown_pods_or_beyond_the_replicas_is_dropped(
     assert got.pods == {"a": ["p2"]}
 
 
+def test_kept_extra_replicas_never_cost_another_agent_its_only_one() -> None:
+    """Room for 3 on the pods left: a and b had 2 replicas each, c had one on the pod that went. Keeping a's
+    and b's second replicas would leave c with none; each agent gets one first."""
+    got = place(["a", "b", "c"], [Slot("p0", 2), Slot("p1", 1)], 2,
+                {"a": ["p0", "p1"], "b": ["p0", "p1"], "c": ["gone"]})  # fmt: skip
+    assert all(len(p) >= 1 for p in got.pods.values()) and got.pods["a"] == ["p0"] and got.pods["b"] == ["p0"]
+    assert got.pods["c"] == ["p1"] and got.short == {"a": 1, "b": 1, "c": 1}
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_random_worlds_never_overfill_a_pod(seed: int) -> None:
     rng = random.Random(seed)
@@ -67,6 +76,9 @@ def test_random_worlds_never_overfill_a_pod(seed: int) -> None:
     loads = _loads(got.pods)
     assert all(s.room is None or loads[s.pod] <= s.room for s in slots)
     assert all(len(set(p)) == len(p) for p in got.pods.values())
+    # Nobody has two while somebody has none (unless the pods' room is all taken by first replicas).
+    if any(not p for p in got.pods.values()):
+        assert all(len(p) <= 1 for p in got.pods.values())
 
 
 def test_replicas_must_be_positive() -> None:
