@@ -170,9 +170,29 @@ class Placement(ApiModel):
     """Which vLLM pods hold each agent's adapter (docs/serving.md, Placement): a bounded set per agent,
     never more adapters on a pod than its ``--max-cpu-loras``, sticky across passes."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.hotReplicas) || self.hotReplicas >= self.replicasPerAgent",
+                    "placement.hotReplicas must be at least placement.replicasPerAgent",
+                )
+            ]
+        }
+    )
+
     replicas_per_agent: int = Field(
         default=2, ge=1, le=MAX_PODS,
         description="Pods that hold each agent's adapter (every ready pod when there are fewer).",
+    )
+    hot_replicas: int | None = Field(
+        default=None, ge=1, le=MAX_PODS,
+        description="Pods that hold a hot agent's adapter: one whose requests queued for a LoRA slot on a pod "
+        "(vLLM's vllm:lora_requests_info lists it waiting) within hotWindowSeconds. Unset: no agent gets more.",
+    )
+    hot_window_seconds: int = Field(
+        default=300, ge=10, le=86_400,
+        description="How long after its requests last queued an agent stays hot (then it shrinks back).",
     )
     agent_services: StrictBool = Field(
         default=False,
@@ -180,6 +200,12 @@ class Placement(ApiModel):
         "keeps to the pods that serve the agent's adapter (for gateways and clients). A pod leaves the slice one "
         "pass before the adapter is unloaded from it.",
     )
+
+    @model_validator(mode="after")
+    def _hot_at_least_normal(self) -> Placement:
+        if self.hot_replicas is not None and self.hot_replicas < self.replicas_per_agent:
+            raise ValueError("placement.hotReplicas must be at least placement.replicasPerAgent")
+        return self
 
 
 class Inference(ApiModel):
@@ -322,6 +348,9 @@ class AgentStatus(ApiModel):
     pinned: bool | None = Field(default=None, description="True when a pin decides what is served (else left out).")
     served_on_pods: int | None = Field(
         default=None, ge=0, description="Placed pods serving the agent's current version (servedVersion)."
+    )
+    hot: bool | None = Field(
+        default=None, description="True while the agent is hot (placement.hotReplicas); left out otherwise."
     )
     placed_on: list[int] = Field(
         default_factory=list, max_length=MAX_PODS,

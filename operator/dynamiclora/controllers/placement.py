@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.kube import Obj
-from dynamiclora.serving.placement import Placement, Slot, place
+from dynamiclora.serving.placement import Placement, Slot, place, queued_adapters
 
 
 def ordinal(pod: str) -> int | None:
@@ -28,6 +28,7 @@ class PodPlan:
 
     placement: Placement = field(default_factory=Placement)
     draining: dict[str, set[str]] = field(default_factory=dict)  # pod -> agents placed there last pass only
+    hot: set[str] = field(default_factory=set)  # agents given placement.hotReplicas this pass
 
     def agents_on(self, pod: str) -> set[str]:
         return {a for a, pods in self.placement.pods.items() if pod in pods}
@@ -47,12 +48,24 @@ def previous_placement(body: Obj, pods: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
-def plan_pods(sw: Swarm, body: Obj, agents: list[str], pods: list[str]) -> PodPlan:
-    """Place ``agents`` on the ready ``pods`` (names) within ``--max-cpu-loras`` each, sticky to the last pass."""
+def plan_pods(sw: Swarm, body: Obj, agents: list[str], pods: list[str], queued: Iterable[str] = ()) -> PodPlan:
+    """Place ``agents`` on the ready ``pods`` (names) within ``--max-cpu-loras`` each, sticky to the last pass;
+    the ``queued`` ones (see :func:`queued_agents`) get ``placement.hotReplicas`` pods when it is set."""
+    spec = sw.spec.inference.placement
     previous = previous_placement(body, pods)
     slots = [Slot(p, sw.spec.inference.max_cpu_loras) for p in pods]
-    placement = place(agents, slots, sw.spec.inference.placement.replicas_per_agent, previous)
-    return PodPlan(placement, draining(previous, placement.pods))
+    hot = set(queued) & set(agents) if spec.hot_replicas is not None else set()
+    more = dict.fromkeys(hot, spec.hot_replicas or spec.replicas_per_agent)
+    placement = place(agents, slots, spec.replicas_per_agent, previous, more)
+    return PodPlan(placement, draining(previous, placement.pods), hot)
+
+
+def queued_agents(metrics_texts: Iterable[str], since: float, swarm: str) -> set[str]:
+    """The Swarm's agents whose requests queued for a LoRA slot on any pod at or after ``since`` (unix
+    seconds), from each pod's ``/metrics`` (vLLM's ``vllm:lora_requests_info``)."""
+    prefix = f"{swarm}-"
+    names = set().union(*(queued_adapters(text, since) for text in metrics_texts))
+    return {n[len(prefix):] for n in names if n.startswith(prefix)}
 
 
 def draining(previous: Mapping[str, list[str]], now: Mapping[str, list[str]]) -> dict[str, set[str]]:

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from dynamiclora.builders.names import operator_key_secret, served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.common import WaitFor
 from dynamiclora.controllers.composer import ComposeProgress, Composer
-from dynamiclora.controllers.placement import PodPlan, plan_pods
+from dynamiclora.controllers.placement import PodPlan, plan_pods, queued_agents
 from dynamiclora.controllers.promotion import agent_trust, served_version_of
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
 from dynamiclora.controllers.swarm import ReadyPod
@@ -265,13 +266,18 @@ async def sync_serving(
             out = ServingOutcome(tiers=out.tiers)
             plan = await _plan(sw, body, settings, stacks, out, adapters_mount, s3_client)
         out.composing, out.compose = [s.agent for s in plan.waiting], progress
-    pods = plan_pods(sw, body, [s.agent for s in stacks], [p.name for p in ready_pods])
+    hot_wanted = sw.spec.inference.placement.hot_replicas is not None
+    queued = await _queued(sw, swarm, ready_pods, api_key, settings) if hot_wanted else set()
+    pods = plan_pods(sw, body, [s.agent for s in stacks], [p.name for p in ready_pods], queued)
     out.placement = pods
     waiting = {s.agent for s in plan.waiting}
     kept = await _reconcile_pods(sw, swarm, ready_pods, api_key, settings, plan, pods, waiting, out)
     for agent in out.agents:
         agent["servedOnPods"] = kept.get(agent["name"], 0)
         agent["placedOn"] = pods.ordinals(agent["name"])
+        agent.pop("hot", None)
+        if agent["name"] in pods.hot:
+            agent["hot"] = True
     _carry_waiting(body, plan.waiting, kept, pods, out)
     return out
 
@@ -286,6 +292,23 @@ def _carry_waiting(body: Obj, waiting: list[AgentStack], served_on: dict[str, in
             carried = {k: v for k, v in prev.items() if k != "servedAdapter"}  # written by an older operator
             out.agents.append({**carried, "servedOnPods": served_on.get(stack.agent, 0),
                                "placedOn": pods.ordinals(stack.agent)})  # fmt: skip
+
+
+async def _queued(sw: Swarm, swarm: str, ready_pods: list[ReadyPod], api_key: str | None,
+                  settings: OperatorSettings) -> set[str]:  # fmt: skip
+    """Agents whose requests queued on a pod within ``placement.hotWindowSeconds`` (each pod's ``/metrics``,
+    read side by side within the pod deadline; a pod that does not answer counts no agent)."""
+    from dynamiclora.serving.client import ClientConfig, VLLMClient
+
+    cfg = ClientConfig(api_key=api_key, timeout_s=settings.vllm_timeout_seconds, retries=0)
+
+    async def scrape(pod: ReadyPod) -> str:
+        async with VLLMClient(f"http://{pod.ip}:{sw.spec.inference.port}", cfg) as client:
+            return await asyncio.wait_for(client.metrics_text(), settings.pod_deadline_seconds)
+
+    texts = await asyncio.gather(*(scrape(p) for p in ready_pods), return_exceptions=True)
+    since = time.time() - sw.spec.inference.placement.hot_window_seconds
+    return queued_agents([t for t in texts if isinstance(t, str)], since, swarm)
 
 
 async def _reconcile_pods(sw: Swarm, swarm: str, ready_pods: list[ReadyPod], api_key: str | None,

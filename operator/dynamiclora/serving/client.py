@@ -155,6 +155,10 @@ class VLLMClient:
             return False
         return resp.status_code == 200
 
+    async def metrics_text(self) -> str:
+        """``/metrics`` in Prometheus' text format (open without a key: the guard lets probes and scrapers in)."""
+        return (await self._request("GET", "/metrics")).text
+
     async def list_models(self) -> list[ModelCard]:
         """Every served model: the base model(s) and the loaded adapters."""
         data = (await self._request("GET", "/v1/models")).json()

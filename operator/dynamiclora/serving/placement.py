@@ -42,14 +42,17 @@ def _spread(agent: str, pod: str) -> str:
 
 
 def place(agents: Sequence[str], slots: Sequence[Slot], replicas: int,
-          previous: Mapping[str, Sequence[str]] | None = None) -> Placement:  # fmt: skip
-    """Each agent's pods: ``min(replicas, len(slots))`` of them, within every pod's room, sticky to
-    ``previous`` (agent -> pods it was placed on), least-loaded pods first for what is new."""
-    if replicas < 1:
-        raise ValueError(f"replicas must be >= 1, got {replicas}")
+          previous: Mapping[str, Sequence[str]] | None = None,
+          more: Mapping[str, int] | None = None) -> Placement:  # fmt: skip
+    """Each agent's pods: ``min(replicas, len(slots))`` of them (``more[agent]`` for the agents it names, e.g.
+    hot ones), within every pod's room, sticky to ``previous`` (agent -> pods it was placed on),
+    least-loaded pods first for what is new."""
+    if replicas < 1 or any(n < 1 for n in (more or {}).values()):
+        raise ValueError(f"replicas must be >= 1, got {replicas} and {dict(more or {})}")
     room = {s.pod: s.room for s in slots}
     load = dict.fromkeys(room, 0)
-    want = min(replicas, len(slots))
+    wants = {a: min((more or {}).get(a, replicas), len(slots)) for a in agents}
+    want = max(wants.values(), default=0)
     out = Placement({a: [] for a in agents})
 
     def fits(pod: str) -> bool:
@@ -63,16 +66,32 @@ def place(agents: Sequence[str], slots: Sequence[Slot], replicas: int,
     # One replica per agent per round: when room runs out, it runs out on extra replicas, not on an agent's
     # only one. In each round what still holds is kept first (sticky), then the agents without are placed.
     for wanted in range(1, want + 1):
-        for agent in agents:
-            if len(out.pods[agent]) < wanted:
-                kept = [p for p in (previous or {}).get(agent, ()) if p in room and p not in out.pods[agent]]
-                if kept := [p for p in kept if fits(p)]:
-                    add(agent, kept[0])
-        for agent in agents:
-            if len(out.pods[agent]) < wanted:
+        short = [a for a in agents if len(out.pods[a]) < min(wanted, wants[a])]
+        for agent in short:
+            kept = [p for p in (previous or {}).get(agent, ()) if p in room and p not in out.pods[agent]]
+            if kept := [p for p in kept if fits(p)]:
+                add(agent, kept[0])
+        for agent in short:
+            if len(out.pods[agent]) < min(wanted, wants[agent]):
                 free = [p for p in room if p not in out.pods[agent] and fits(p)]
                 if free:
                     add(agent, min(free, key=lambda p: (load[p], _spread(agent, p))))
-    out.short = {a: want - len(p) for a, p in out.pods.items() if len(p) < want}
+    out.short = {a: wants[a] - len(p) for a, p in out.pods.items() if len(p) < wants[a]}
     out.pods = {a: sorted(p) for a, p in out.pods.items()}
+    return out
+
+
+LORA_INFO = "vllm:lora_requests_info"  # vLLM's gauge: one series per (running, waiting) set, valued when last seen
+
+
+def queued_adapters(metrics_text: str, since: float) -> set[str]:
+    """Adapters that waited for a LoRA slot on a pod (vLLM's ``waiting_lora_adapters``) at or after ``since``
+    (unix seconds): requests queued for them, so more pods should hold them. Read with Prometheus' parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: set[str] = set()
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == LORA_INFO and sample.value >= since:
+                out |= {n for n in sample.labels.get("waiting_lora_adapters", "").split(",") if n}
     return out

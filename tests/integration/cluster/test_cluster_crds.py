@@ -112,6 +112,14 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         "a Swarm name must be at most 63 characters, start with a letter and hold only lowercase letters, digits "
         "and '-' (no dots): it names the Swarm's Service and is a label value",
     ),
+    (
+        "swarm-hot-replicas-at-least-the-normal-count",
+        "Swarm",
+        SWARM,
+        setter("spec.inference.placement", {"replicasPerAgent": 3, "hotReplicas": 2}),
+        False,
+        "placement.hotReplicas must be at least placement.replicasPerAgent",
+    ),
     ("tier-agent-immutable", "LoRATier", AGENT_TIER, setter("spec.agent", "bob"), True, "spec.agent is immutable"),
     (
         "tier-swarmref-immutable",

@@ -133,3 +133,33 @@ async def test_an_agent_is_served_where_it_is_placed_and_a_move_drains_first(
         async with VLLMClient(p0.base_url, cfg) as client:  # leave the shared server as found
             for name in await _listed(p0, cfg):
                 await client.unload_adapter(name)
+
+
+async def test_an_agent_whose_requests_queue_on_a_real_pod_is_seen_hot(
+    vllm_server: VLLMServer, vllm_adapter_factory: AdapterFactory, vllm_client_config: ClientConfig,
+) -> None:  # fmt: skip
+    """The server batches at most 2 adapters (--max-loras 2): with 3 agents' long requests in flight at once,
+    one agent's wait for a slot, vLLM's vllm:lora_requests_info says so, and the serving pass's reading of
+    /metrics (``queued_agents``, what placement.hotReplicas acts on) names it."""
+    import time
+
+    from dynamiclora.controllers.placement import queued_agents
+
+    names = [served_adapter_name(SWARM, a) for a in ("ann", "ben", "cal")]
+    since = time.time() - 1
+    async with VLLMClient(vllm_server.base_url, vllm_client_config) as client:
+        try:
+            for seed, name in enumerate(names):
+                await client.load_adapter(name, str(vllm_adapter_factory(60 + seed, 8)))
+            await asyncio.gather(*(client.complete(n, "the", max_tokens=96) for n in names for _ in range(2)))
+            queued = queued_agents([await client.metrics_text()], since, SWARM)
+        finally:
+            for name in names:
+                await client.unload_adapter(name)
+    assert queued and queued <= {"ann", "ben", "cal"}, queued
+    assert queued_agents([await _metrics(vllm_server, vllm_client_config)], time.time() + 60, SWARM) == set()
+
+
+async def _metrics(server: VLLMServer, cfg: ClientConfig) -> str:
+    async with VLLMClient(server.base_url, cfg) as client:
+        return await client.metrics_text()

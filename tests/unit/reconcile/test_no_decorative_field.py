@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import time
 import typing
 import uuid
 from collections.abc import Callable
@@ -210,6 +211,10 @@ def _storage_cases(prefix: str, s3_setup: Setup, pvc_setup: Setup | None) -> dic
     }
 
 
+def hot_agents_get_3_pods(w: World, ctx: Ctx) -> None:
+    w.swarm["spec"]["inference"]["placement"] = {"hotReplicas": 3}
+
+
 def _kubeflow_trainer(kind_prefix: str) -> Setup:
     """Kubeflow Trainer installed and the tier trains on 2 nodes: a runtime decides what runs it."""
 
@@ -259,6 +264,9 @@ CASES: dict[tuple[str, str], Case] = {
         **{f"spec.agentTier.{f}": Case(no_training_in_flight) for f in (
             "rank", "qualityGate.enabled", "qualityGate.maxRegression", "qualityGate.significance",
             "qualityGate.evalRecords")},
+        # Alice's requests queued on a pod 100 s ago (the serving plan's metrics, below): she is hot.
+        "spec.inference.placement.hotReplicas": Case(value=3),
+        "spec.inference.placement.hotWindowSeconds": Case(hot_agents_get_3_pods, 10),
         "spec.baseModel.name": Case(value="other-model"),
         "spec.baseModel.path": Case(value="/models/other"),
         "spec.baseModel.pvc.claimName": Case(model_on_pvc, "models2"),
@@ -448,7 +456,7 @@ def _serving_plan(kube: FakeKube, settings: OperatorSettings, body: Obj) -> list
     """The serving pass's stacks, its placement of them on 3 ready pods, and the agents' routes (written into
     ``kube``) as if every placed pod served its agents."""
     from dynamiclora.api.swarm import Swarm
-    from dynamiclora.controllers.placement import plan_pods
+    from dynamiclora.controllers.placement import plan_pods, queued_agents
     from dynamiclora.controllers.routing import sync_routes
     from dynamiclora.controllers.serving import desired_stacks
     from dynamiclora.controllers.swarm import ReadyPod
@@ -458,9 +466,24 @@ def _serving_plan(kube: FakeKube, settings: OperatorSettings, body: Obj) -> list
     sw = Swarm.model_validate(live)
     stacks = desired_stacks(kube, settings, live, sw)
     pods = [ReadyPod(f"support-vllm-{i}", f"10.0.0.{i}", 0) for i in range(3)]
-    placed = plan_pods(sw, live, [s.agent for s in stacks], [p.name for p in pods]).placement.pods
+    queued = queued_agents([_lora_info({"support-alice": time.time() - 100})],
+                           time.time() - sw.spec.inference.placement.hot_window_seconds, "support")  # fmt: skip
+    placed = plan_pods(sw, live, [s.agent for s in stacks], [p.name for p in pods], queued).placement.pods
     sync_routes(kube, live, sw, {a: [p for p in pods if p.name in names] for a, names in placed.items()})
     return [dataclasses.asdict(s) for s in stacks] + [{"placement": placed}]
+
+
+def _lora_info(waited: dict[str, float]) -> str:
+    """A vLLM pod's /metrics as its Prometheus logger writes it: one vllm:lora_requests_info series per
+    (running, waiting) set, valued with the time it was last seen."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry()
+    gauge = Gauge("vllm:lora_requests_info", "Running stats on lora requests.",
+                  ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=registry)  # fmt: skip
+    for adapter, when in waited.items():
+        gauge.labels("2", adapter, "support-bob").set(when)
+    return generate_latest(registry).decode()
 
 
 def _produce(kind: str, leaf: Leaf | None, case: Case, ctx: Ctx) -> Obj:

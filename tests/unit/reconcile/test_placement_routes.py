@@ -134,3 +134,29 @@ def test_a_refused_route_is_reported_and_the_others_are_written(swarm_body: dict
     assert slice_addresses(kube.get("EndpointSlice", NS, "support-bob") or {}) == [("support-vllm-0", "10.0.0.0")]
     cond = _degraded([], ServingOutcome(route_failures=changes.failed), 1, events := [])[0]
     assert (cond["status"], cond["reason"]) == ("True", Reason.ROUTES_FAILED) and len(events) == 1
+
+
+def test_queued_agents_get_hot_replicas_only_when_asked(swarm_body: dict[str, Any]) -> None:
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    from dynamiclora.controllers.placement import queued_agents
+
+    registry = CollectorRegistry()
+    gauge = Gauge("vllm:lora_requests_info", "x", ["max_lora", "waiting_lora_adapters", "running_lora_adapters"],
+                  registry=registry)  # fmt: skip
+    gauge.labels("2", "support-alice,other-bob", "support-bob").set(1000.0)
+    queued = queued_agents([generate_latest(registry).decode(), "garbage 1\n"], 900.0, "support")
+    assert queued == {"alice"}  # another Swarm's adapter is not ours
+    body, sw = _swarm(swarm_body, replicasPerAgent=1, hotReplicas=3)
+    plan = plan_pods(sw, body, ["alice", "bob"], PODS, queued)
+    assert plan.hot == {"alice"} and len(plan.placement.pods["alice"]) == 3 and len(plan.placement.pods["bob"]) == 1
+    body, sw = _swarm(swarm_body, replicasPerAgent=1)  # hotReplicas unset: queuing changes nothing
+    assert plan_pods(sw, body, ["alice", "bob"], PODS, queued).hot == set()
+
+
+def test_hot_replicas_below_the_normal_count_are_refused(swarm_body: dict[str, Any]) -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="hotReplicas must be at least"):
+        _swarm(swarm_body, replicasPerAgent=2, hotReplicas=1)

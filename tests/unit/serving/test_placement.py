@@ -84,3 +84,35 @@ def test_random_worlds_never_overfill_a_pod(seed: int) -> None:
 def test_replicas_must_be_positive() -> None:
     with pytest.raises(ValueError, match="replicas"):
         place(["a"], [Slot("p0")], 0)
+
+
+def test_named_agents_get_more_replicas_and_the_others_keep_theirs() -> None:
+    slots = [Slot(f"p{i}") for i in range(4)]
+    got = place(["a", "b"], slots, 1, {"a": ["p2"]}, more={"a": 3})
+    assert len(got.pods["a"]) == 3 and "p2" in got.pods["a"] and len(got.pods["b"]) == 1 and not got.short
+    cooled = place(["a", "b"], slots, 1, got.pods)  # no longer hot: back to one, on a pod it had
+    assert len(cooled.pods["a"]) == 1 and set(cooled.pods["a"]) <= set(got.pods["a"])
+    assert cooled.pods["b"] == got.pods["b"]
+    with pytest.raises(ValueError, match="replicas"):
+        place(["a"], slots, 1, more={"a": 0})
+
+
+def _metrics(series: list[tuple[str, str, float]]) -> str:
+    """/metrics as vLLM's Prometheus logger writes vllm:lora_requests_info: (running, waiting, last seen)."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry()
+    gauge = Gauge("vllm:lora_requests_info", "Running stats on lora requests.",
+                  ["max_lora", "waiting_lora_adapters", "running_lora_adapters"], registry=registry)  # fmt: skip
+    for running, waiting, when in series:
+        gauge.labels("2", waiting, running).set(when)
+    return generate_latest(registry).decode()
+
+
+def test_queued_adapters_are_those_seen_waiting_since_the_cutoff() -> None:
+    from dynamiclora.serving.placement import queued_adapters
+
+    text = _metrics([("s-a,s-b", "s-c,s-d", 1000.0), ("s-a", "s-e", 500.0), ("s-a,s-b", "", 2000.0)])
+    assert queued_adapters(text, 900.0) == {"s-c", "s-d"}
+    assert queued_adapters(text, 0.0) == {"s-c", "s-d", "s-e"}
+    assert queued_adapters("# no vLLM here\nup 1\n", 0.0) == set()
