@@ -363,43 +363,6 @@ def test_only_the_operator_changes_what_is_served(scenario: Scenario) -> None:
     assert sc.served("alice") == entry  # nothing moved
 
 
-def test_an_agents_service_lists_the_pods_that_serve_it(scenario: Scenario) -> None:
-    """Issue 19: with ``placement.agentServices`` each agent gets a Service without selector and an EndpointSlice
-    the operator keeps to the pods that serve it; a client that follows the slice (the Service's model name, its
-    address and port) gets the agent's answer. Turning the setting off deletes the routes."""
-    from dynamiclora.builders.routing import ANNOTATION_MODEL
-
-    sc = scenario
-    ns, svc = sc.cfg.namespace, f"{sc.cfg.swarm}-alice"
-    entry = sc.wait("alice served", lambda: sc.served("alice"))
-    _set_placement(sc, agentServices=True)
-    try:
-        def listed() -> dict[str, Any] | None:
-            eps = json.loads(sc.kubectl("get", "endpointslices", svc, "-n", ns, "-o", "json", check=False) or "{}")
-            return eps if (eps.get("endpoints") or []) else None
-
-        eps = sc.wait(f"EndpointSlice {svc} lists the pod serving alice", listed)
-        service = json.loads(sc.kubectl("get", "service", svc, "-n", ns, "-o", "json"))
-        assert "selector" not in service["spec"] and eps["metadata"]["labels"]["kubernetes.io/service-name"] == svc
-        assert [e["targetRef"]["name"] for e in eps["endpoints"]] == [
-            p["name"] for p in sc.status("swarms", sc.cfg.swarm)["pods"] if p.get("ready")]  # fmt: skip
-        fp = Fingerprint.read(entry["adapterUri"])
-        assert fp is not None
-        got = sc.complete_at(eps["endpoints"][0]["addresses"][0], eps["ports"][0]["port"],
-                             service["metadata"]["annotations"][ANNOTATION_MODEL], list(fp.prompt_token_ids),
-                             max_tokens=len(fp.token_ids))  # fmt: skip
-        assert tuple(got.token_ids) == tuple(fp.token_ids)
-    finally:
-        _set_placement(sc, agentServices=None)
-    sc.wait(f"Service {svc} deleted", lambda: not sc.kubectl("get", "service", svc, "-n", ns, "--ignore-not-found",
-                                                               "-o", "name").strip())  # fmt: skip
-
-
-def _set_placement(sc: Scenario, **placement: Any) -> None:
-    sc.kubectl("patch", "swarm", sc.cfg.swarm, "-n", sc.cfg.namespace, "--type", "merge",
-               "-p", json.dumps({"spec": {"inference": {"placement": placement}}}))  # fmt: skip
-
-
 def test_operator_killed_during_consolidation_publishes_exactly_once(scenario: Scenario) -> None:
     sc = scenario
     ctx, agent_tier = sc.tier_name("alice", "context"), sc.tier_name("alice", "agent")

@@ -117,16 +117,20 @@ def _degraded(conditions: list[Obj], outcome: ServingOutcome, gen: int | None, e
         return set_condition(conditions, ConditionType.DEGRADED, True, Reason.ADAPTER_LOAD_FAILED, msg, gen)
     if outcome.route_failures:
         msg = "; ".join(f"route of {k}: {v}" for k, v in sorted(outcome.route_failures.items()))[:MAX_MESSAGE]
-        events.append(Event(EventType.WARNING, Reason.ROUTES_FAILED, msg))
-        return set_condition(conditions, ConditionType.DEGRADED, True, Reason.ROUTES_FAILED, msg, gen)
+        return _degraded_once(conditions, Reason.ROUTES_FAILED, msg, gen, events)
     if short := outcome.placement.placement.short:
         msg = (f"no room for {sum(short.values())} adapter replica(s) of {_named(sorted(short))}: every other ready "
                "pod holds --max-cpu-loras adapters (add pods or raise maxCpuLoras)")[:MAX_MESSAGE]  # fmt: skip
-        before = get_condition({"conditions": conditions}, ConditionType.DEGRADED) or {}
-        if before.get("reason") != Reason.NO_ROOM or before.get("message") != msg:
-            events.append(Event(EventType.WARNING, Reason.NO_ROOM, msg))
-        return set_condition(conditions, ConditionType.DEGRADED, True, Reason.NO_ROOM, msg, gen)
+        return _degraded_once(conditions, Reason.NO_ROOM, msg, gen, events)
     return set_condition(conditions, ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
+
+
+def _degraded_once(conditions: list[Obj], reason: Reason, msg: str, gen: int | None, events: list[Event]) -> list[Obj]:
+    """``Degraded`` for ``reason``, with a warning event only when the problem is new (not on every pass)."""
+    before = get_condition({"conditions": conditions}, ConditionType.DEGRADED) or {}
+    if before.get("reason") != reason or before.get("message") != msg:
+        events.append(Event(EventType.WARNING, reason, msg))
+    return set_condition(conditions, ConditionType.DEGRADED, True, reason, msg, gen)
 
 
 def _ready(conditions: list[Obj], obs: SwarmObservation, agents: list[Obj], gen: int | None) -> list[Obj]:

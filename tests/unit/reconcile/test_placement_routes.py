@@ -132,8 +132,10 @@ def test_a_refused_route_is_reported_and_the_others_are_written(swarm_body: dict
     changes = sync_routes(kube, body, sw, {"alice": _pods(0), "bob": _pods(0)})
     assert list(changes.failed) == ["alice"] and "invalid" in changes.failed["alice"]
     assert slice_addresses(kube.get("EndpointSlice", NS, "support-bob") or {}) == [("support-vllm-0", "10.0.0.0")]
-    cond = _degraded([], ServingOutcome(route_failures=changes.failed), 1, events := [])[0]
+    outcome = ServingOutcome(route_failures=changes.failed)
+    cond = _degraded([], outcome, 1, events := [])[0]
     assert (cond["status"], cond["reason"]) == ("True", Reason.ROUTES_FAILED) and len(events) == 1
+    assert _degraded([cond], outcome, 1, again := [])[0] == cond and again == []  # one event, not one per pass
 
 
 def test_queued_agents_get_hot_replicas_only_when_asked(swarm_body: dict[str, Any]) -> None:
