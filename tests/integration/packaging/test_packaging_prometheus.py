@@ -45,6 +45,7 @@ EXPORTER = textwrap.dedent("""
     m.SWARM_DESIRED_PODS.labels(namespace="team", swarm="support").set(2)
     m.SWARM_READY_PODS.labels(namespace="team", swarm="support").set(2)
     m.AGENT_SERVED_PODS.labels(namespace="team", swarm="support", agent="alice").set(1)
+    m.AGENT_PLACED_PODS.labels(namespace="team", swarm="support", agent="alice").set(2)
     m.POD_LOADED_ADAPTERS.labels(namespace="team", swarm="support", pod="support-inference-0").set(3)
     m.RECONCILES.labels(kind="Swarm", result="ok").inc(5)
     m.RECONCILES.labels(kind="Swarm", result="error").inc()
