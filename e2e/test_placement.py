@@ -63,21 +63,8 @@ class FleetScenario(Scenario):
 def fleet(local_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetScenario]:
     cfg = DemoConfig(work_dir=tmp_path_factory.mktemp("e2e-fleet"), namespace=NAMESPACE, agents=AGENTS,
                      swarm=SWARM, step_timeout=600)  # fmt: skip
-    sc = FleetScenario(cfg, local_cluster)
-    sc.prepare_model()
-    sc.install_crds()
-    sc.start_operator()
-    try:
-        sc.apply(sc.manifests())
+    with FleetScenario(cfg, local_cluster).running(pods=PODS) as sc:
         yield sc
-    finally:
-        # Deleted while the operator still runs; the garbage collector removes the StatefulSet, and the
-        # executor stops the three vLLM processes (their memory is wanted by the suites that follow).
-        sc.kubectl("delete", "swarm", SWARM, "-n", NAMESPACE, "--wait=true", "--timeout=60s", check=False)
-        sc.stop_operator()
-        for i in range(PODS):
-            sc.kubectl("wait", "--for=delete", f"pod/{SWARM}-vllm-{i}", "-n", NAMESPACE, "--timeout=90s", check=False)
-        print(f"operator log: {sc.operator_log}")
 
 
 def _publish(sc: Scenario, agent: str, seed: int) -> None:

@@ -82,18 +82,8 @@ def s3loop(local_cluster: Any, moto_s3_endpoint: str, tmp_path_factory: pytest.T
                      step_timeout=600)  # fmt: skip
     sc = S3LoopScenario(cfg, local_cluster, moto_s3_endpoint)
     sc.client.create_bucket(Bucket=BUCKET)
-    sc.prepare_model()
-    sc.install_crds()
-    sc.start_operator()
-    try:
-        sc.apply(sc.manifests())
+    with sc.running():
         yield sc
-    finally:
-        sc.kubectl("delete", "swarm", sc.cfg.swarm, "-n", NAMESPACE, "--wait=true", "--timeout=60s", check=False)
-        sc.stop_operator()
-        sc.kubectl("wait", "--for=delete", f"pod/{sc.cfg.swarm}-vllm-0", "-n", NAMESPACE, "--timeout=60s",
-                   check=False)  # fmt: skip
-        print(f"operator log: {sc.operator_log}")
 
 
 def test_an_s3_only_swarm_learns_migrates_and_refuses_a_poisoned_round(s3loop: S3LoopScenario) -> None:

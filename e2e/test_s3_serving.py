@@ -95,19 +95,8 @@ def s3_scenario(
         from dynamiclora.storage.s3 import s3_client_from_env
 
         s3_client_from_env().create_bucket(Bucket=BUCKET)
-        sc.prepare_model()
-        sc.install_crds()
-        sc.start_operator()
-        try:
-            sc.apply(sc.manifests())
+        with sc.running():  # the executor stops the vLLM process and its sidecar at the end
             yield sc
-        finally:
-            # Delete while the operator still runs; the garbage collector then removes the StatefulSet,
-            # and the executor stops the vLLM process and its sidecar.
-            sc.kubectl("delete", "swarm", SWARM, "-n", NAMESPACE, "--wait=true", "--timeout=60s", check=False)
-            sc.stop_operator()
-            sc.kubectl("wait", "--for=delete", f"pod/{SWARM}-vllm-0", "-n", NAMESPACE, "--timeout=60s", check=False)
-            print(f"operator log: {sc.operator_log}")
 
 
 def _publish_version(sc: S3Scenario, seed: int) -> tuple[int, Fingerprint]:

@@ -7,6 +7,7 @@ the vLLM pod as a vLLM CPU server bound to the pod's loopback IP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -14,10 +15,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import yaml
 
@@ -202,6 +203,25 @@ class Scenario:
     def operator_environ(self) -> dict[str, str] | None:
         """The operator process's environment (None: this process's)."""
         return None
+
+    @contextlib.contextmanager
+    def running(self, pods: int = 1) -> Iterator[Self]:
+        """Model, CRDs, operator and manifests up for a test module. On exit the Swarm is deleted while the
+        operator still runs (the garbage collector removes the StatefulSet, the executor stops the ``pods``
+        vLLM processes, whose memory the suites that follow want), then the operator stops."""
+        self.prepare_model()
+        self.install_crds()
+        self.start_operator()
+        try:
+            self.apply(self.manifests())
+            yield self
+        finally:
+            ns, swarm = self.cfg.namespace, self.cfg.swarm
+            self.kubectl("delete", "swarm", swarm, "-n", ns, "--wait=true", "--timeout=60s", check=False)
+            self.stop_operator()
+            for i in range(pods):
+                self.kubectl("wait", "--for=delete", f"pod/{swarm}-vllm-{i}", "-n", ns, "--timeout=90s", check=False)
+            self.log(f"operator log: {self.operator_log}")
 
     def stop_operator(self, kill: bool = False) -> None:
         proc, self.operator = self.operator, None

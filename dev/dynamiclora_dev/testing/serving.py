@@ -6,6 +6,7 @@ adapters and the server are only built when a test asks for the fixtures.
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.inference import model_path
@@ -24,6 +26,7 @@ from dynamiclora.serving.client import ClientConfig
 from dynamiclora.serving.launcher import VLLMServer, VLLMServerConfig, free_port
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.training.options import StackSpec, to_argv
+from dynamiclora_dev.localcluster.image_env import REPO_ROOT
 
 SERVER_MAX_LORA_RANK = 16
 # The server runs behind the guard middleware as a pod does (serving/guard.py): the operator's key may
@@ -112,3 +115,30 @@ def signal_group(server: VLLMServer, sig: signal.Signals) -> None:
     """Send ``sig`` to the server's whole process group (SIGSTOP: a pod that accepts and never answers)."""
     if server.proc is not None and server.proc.poll() is None:
         os.killpg(server.proc.pid, sig)
+
+
+class TierListing:
+    """Read-only stand-in for the API listing of LoRATiers (the only Kube call a serving pass makes)."""
+
+    def __init__(self) -> None:
+        self.tiers: list[dict[str, Any]] = []
+
+    def list(self, kind: str, namespace: str, labels: Any = None) -> list[dict[str, Any]]:
+        assert kind == "LoRATier"
+        return copy.deepcopy([t for t in self.tiers if t["metadata"]["namespace"] == namespace])
+
+
+def two_pod_swarm(model_dir: Path, port: int, agents: int, **inference: Any) -> dict[str, Any]:
+    """The example Swarm ``team/support`` (its first ``agents`` agents) served by two pods on ``port`` from
+    ``model_dir``, on a stand-in PVC, with ``inference`` settings on top."""
+    body: dict[str, Any] = yaml.safe_load((REPO_ROOT / "examples" / "swarm.yaml").read_text())
+    body["metadata"] = {"name": "support", "namespace": "team", "uid": "uid-1"}
+    spec = body["spec"]
+    spec["baseModel"] = {"name": "tiny-llama", "path": str(model_dir)}
+    spec["agents"] = spec["agents"][:agents]
+    spec.pop("sharedTiers")
+    spec["storage"] = {"pvc": {"claimName": "store"}}
+    inf = spec["inference"]
+    inf.pop("apiKeySecretRef")
+    inf.update({"replicas": 2, "port": port, "maxLoraRank": SERVER_MAX_LORA_RANK, "maxLoras": 2, **inference})
+    return body

@@ -10,12 +10,10 @@ the compose Job's command as a process, a ``file://`` store on a stand-in PVC. T
 from __future__ import annotations
 
 import asyncio
-import copy
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.jobs import store_uri
@@ -28,41 +26,21 @@ from dynamiclora.serving.client import ClientConfig, VLLMClient
 from dynamiclora.serving.launcher import VLLMServer
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage import open_store
-from dynamiclora_dev.testing.serving import SERVER_API_KEY, SERVER_MAX_LORA_RANK, AdapterFactory, SubprocessComposer
+from dynamiclora_dev.testing.serving import (
+    SERVER_API_KEY,
+    AdapterFactory,
+    SubprocessComposer,
+    TierListing,
+    two_pod_swarm,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[3]
 NS, SWARM = "team", "support"
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 AGENTS = ("alice", "bob")
 
 
-class _Tiers:
-    """Read-only stand-in for the API listing of LoRATiers (the only Kube call serving makes)."""
-
-    def __init__(self) -> None:
-        self.tiers: list[dict[str, Any]] = []
-
-    def list(self, kind: str, namespace: str, labels: Any = None) -> list[dict[str, Any]]:
-        assert kind == "LoRATier"
-        return copy.deepcopy([t for t in self.tiers if t["metadata"]["namespace"] == namespace])
-
-
-def _swarm(model_dir: Path, port: int) -> dict[str, Any]:
-    body: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "swarm.yaml").read_text())
-    body["metadata"] = {"name": SWARM, "namespace": NS, "uid": "uid-1"}
-    spec = body["spec"]
-    spec["baseModel"] = {"name": "tiny-llama", "path": str(model_dir)}
-    spec.pop("sharedTiers")
-    spec["storage"] = {"pvc": {"claimName": "store"}}
-    inf = spec["inference"]
-    inf.pop("apiKeySecretRef")
-    inf.update({"replicas": 2, "port": port, "maxLoraRank": SERVER_MAX_LORA_RANK, "maxLoras": 2, "maxCpuLoras": 2,
-                "placement": {"replicasPerAgent": 1}})  # fmt: skip
-    return body
-
-
-async def _pass(kube: _Tiers, settings: OperatorSettings, body: dict[str, Any], pods: list[ReadyPod],
+async def _pass(kube: TierListing, settings: OperatorSettings, body: dict[str, Any], pods: list[ReadyPod],
                 composer: SubprocessComposer) -> ServingOutcome:  # fmt: skip
     sw = Swarm.model_validate(body)
     out = await asyncio.wait_for(
@@ -90,11 +68,12 @@ async def test_an_agent_is_served_where_it_is_placed_and_a_move_drains_first(
     vllm_server: VLLMServer, second_pod: VLLMServer, vllm_tiny_model_dir: Path,
     vllm_adapter_factory: AdapterFactory, vllm_client_config: ClientConfig, tmp_path: Path,
 ) -> None:  # fmt: skip
-    body = _swarm(vllm_tiny_model_dir, vllm_server.config.port)
+    body = two_pod_swarm(vllm_tiny_model_dir, vllm_server.config.port, 2, maxCpuLoras=2,
+                         placement={"replicasPerAgent": 1})  # fmt: skip
     sw = Swarm.model_validate(body)
     settings = OperatorSettings(pvc_mount_root=str(tmp_path / "pvc"), scratch_dir=str(tmp_path / "scratch"))
     store = open_store(store_uri(sw.spec.storage, settings))
-    kube, composer = _Tiers(), SubprocessComposer(settings)
+    kube, composer = TierListing(), SubprocessComposer(settings)
     for seed, agent in enumerate(AGENTS):
         tiers = zip(stack_tier_names(SWARM, sw, agent)[:2], ("context", "agent"), strict=True)
         for offset, (tier, level) in enumerate(tiers):

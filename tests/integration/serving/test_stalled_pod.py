@@ -10,13 +10,11 @@ as a hung pod behaves.
 from __future__ import annotations
 
 import asyncio
-import copy
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from dynamiclora.api.conditions import ConditionType, Reason
 from dynamiclora.api.swarm import Swarm
@@ -33,14 +31,14 @@ from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage import open_store
 from dynamiclora_dev.testing.serving import (
     SERVER_API_KEY,
-    SERVER_MAX_LORA_RANK,
     AdapterFactory,
     SubprocessComposer,
+    TierListing,
+    two_pod_swarm,
 )
 from dynamiclora_dev.testing.serving import signal_group as _signal
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-ROOT = Path(__file__).resolve().parents[3]
 NS, SWARM = "team", "support"
 FILES = ("adapter_config.json", "adapter_model.safetensors")
 DEADLINE_S = 5.0
@@ -48,32 +46,7 @@ DEADLINE_S = 5.0
 PASS_LIMIT_S = 90.0
 
 
-class _Tiers:
-    """Read-only stand-in for the API listing of LoRATiers (the only Kube call serving makes)."""
-
-    def __init__(self) -> None:
-        self.tiers: list[dict[str, Any]] = []
-
-    def list(self, kind: str, namespace: str, labels: Any = None) -> list[dict[str, Any]]:
-        assert kind == "LoRATier"
-        return copy.deepcopy([t for t in self.tiers if t["metadata"]["namespace"] == namespace])
-
-
-def _swarm(model_dir: Path, port: int) -> dict[str, Any]:
-    body: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "swarm.yaml").read_text())
-    body["metadata"] = {"name": SWARM, "namespace": NS, "uid": "uid-1"}
-    spec = body["spec"]
-    spec["baseModel"] = {"name": "tiny-llama", "path": str(model_dir)}
-    spec["agents"] = spec["agents"][:1]
-    spec.pop("sharedTiers")
-    spec["storage"] = {"pvc": {"claimName": "store"}}
-    inf = spec["inference"]
-    inf.pop("apiKeySecretRef")
-    inf.update({"replicas": 2, "port": port, "maxLoraRank": SERVER_MAX_LORA_RANK, "maxLoras": 2})
-    return body
-
-
-async def _pass(kube: _Tiers, settings: OperatorSettings, body: dict[str, Any], sw: Swarm, pods: list[ReadyPod],
+async def _pass(kube: TierListing, settings: OperatorSettings, body: dict[str, Any], sw: Swarm, pods: list[ReadyPod],
                 composer: SubprocessComposer) -> ServingOutcome:  # fmt: skip
     out = await asyncio.wait_for(
         sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, composer), PASS_LIMIT_S)  # type: ignore[arg-type]
@@ -91,12 +64,12 @@ async def test_a_stalled_pod_delays_only_itself(
     vllm_server: VLLMServer, second_pod: VLLMServer, vllm_tiny_model_dir: Path,
     vllm_adapter_factory: AdapterFactory, vllm_client_config: ClientConfig, tmp_path: Path,
 ) -> None:  # fmt: skip
-    body = _swarm(vllm_tiny_model_dir, vllm_server.config.port)
+    body = two_pod_swarm(vllm_tiny_model_dir, vllm_server.config.port, 1)
     sw = Swarm.model_validate(body)
     settings = OperatorSettings(pvc_mount_root=str(tmp_path / "pvc"), scratch_dir=str(tmp_path / "scratch"),
                                 pod_deadline_seconds=DEADLINE_S)  # fmt: skip
     store = open_store(store_uri(sw.spec.storage, settings))
-    kube, composer = _Tiers(), SubprocessComposer(settings)
+    kube, composer = TierListing(), SubprocessComposer(settings)
     context, agent = stack_tier_names(SWARM, sw, "alice")[:2]
     for seed, tier, level in ((31, context, "context"), (32, agent, "agent")):
         src = vllm_adapter_factory(seed, 8)
