@@ -10,6 +10,7 @@ the compose Job's command as a process, a ``file://`` store on a stand-in PVC. T
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,34 @@ async def _pass(kube: TierListing, settings: OperatorSettings, body: dict[str, A
     assert out.failures == {} and out.unresponsive == {}, (out.failures, out.unresponsive)
     body["status"] = {"agents": out.agents}
     return out
+
+
+class _Follower:
+    """Asks for one model in a loop at ``url`` (changed by the test as routes change); counts answers and
+    failures."""
+
+    def __init__(self, cfg: ClientConfig, url: str, model: str) -> None:
+        self.cfg, self.url, self.model = dataclasses.replace(cfg, retries=0), url, model  # a retry would hide one
+        self.answered = 0
+        self.failed: list[str] = []
+        self._task = asyncio.create_task(self._run())
+        self._stop = False
+
+    async def _run(self) -> None:
+        while not self._stop:
+            url = self.url
+            try:
+                async with VLLMClient(url, self.cfg) as client:
+                    await client.complete(self.model, "the", max_tokens=2)
+                self.answered += 1
+            except Exception as exc:  # a refused request is what the drain must prevent
+                self.failed.append(f"{url}: {exc}")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> tuple[int, list[str]]:
+        self._stop = True
+        await self._task
+        return self.answered, self.failed
 
 
 async def _listed(server: VLLMServer, cfg: ClientConfig) -> set[str]:
@@ -96,8 +125,12 @@ async def test_an_agent_is_served_where_it_is_placed_and_a_move_drains_first(
 
         # Pod 0 now holds one adapter: bob moves. He is loaded and verified on pod 1, his endpoint is pod 1
         # only, and pod 0 keeps him this pass (a client that followed the old endpoint still gets an answer).
+        # A client keeps asking for bob at the pod his endpoints named after the last pass, as a gateway
+        # following his EndpointSlice does, all through the move and the unload: no request fails.
+        client = _Follower(cfg, f"http://{first.endpoints['bob'][0].ip}:{p0.config.port}", names["bob"])
         body["spec"]["inference"]["maxCpuLoras"] = 1
         moved = await _pass(kube, settings, body, pods, composer)
+        client.url = f"http://{moved.endpoints['bob'][0].ip}:{p0.config.port}"
         assert moved.swapped == [f"{pods[1].name}:{names['bob']}"]
         assert [(a["name"], a["placedOn"], a["servedOnPods"]) for a in moved.agents] == [
             ("alice", [0], 1), ("bob", [1], 1)]  # fmt: skip
@@ -108,6 +141,8 @@ async def test_an_agent_is_served_where_it_is_placed_and_a_move_drains_first(
         # The next pass unloads him from pod 0.
         await _pass(kube, settings, body, pods, composer)
         assert await _listed(p0, cfg) == {names["alice"]} and await _listed(p1, cfg) == {names["bob"]}
+        answered, failed = await client.stop()
+        assert failed == [] and answered >= 3, (answered, failed)
     finally:
         async with VLLMClient(p0.base_url, cfg) as client:  # leave the shared server as found
             for name in await _listed(p0, cfg):
