@@ -37,8 +37,6 @@ class TrainRun:
     final_loss: float
 
 
-
-
 def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: list[Example], pad: int,
                 work: Path, fp: str, log: Log, protect: Protection | None = None,
                 saved: Callable[[Path], None] | None = None,
@@ -74,6 +72,8 @@ def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: 
         opt.zero_grad(set_to_none=True)
         loss, n_tok = _backward(peft_model, [mix[i] for i in mine], pad)
         batch_loss = dist.reduce_step(params, loss, n_tok[1], d)
+        for group in opt.param_groups:  # a function of the step alone: a resumed run follows the same schedule
+            group["lr"] = cfg.lr * lr_factor(step, total, cfg.lr_warmdown)
         opt.step()
         if protect is not None:
             protect.apply(params)
@@ -98,6 +98,13 @@ def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: 
     if not all(torch.equal(p, frozen_before[n]) for n, p in peft_model.named_parameters() if n in frozen_before):
         raise RuntimeError("a frozen tier changed during training")  # pragma: no cover - freezing is broken
     return run
+
+
+def lr_factor(step: int, total: int, warmdown: float) -> float:
+    """The learning rate of 0-based ``step`` of ``total``, relative to the configured one: constant, then
+    falling linearly over the last ``warmdown`` of the steps to 1/(steps in the warm-down) at the last."""
+    start = total - max(1, round(total * warmdown)) if warmdown > 0 else total
+    return 1.0 if step < start else (total - step) / (total - start)
 
 
 def _backward(peft_model: Any, examples: list[Example], pad: int) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -135,6 +135,10 @@ class TrainConfig:
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr_warmdown: float = field(default=0.25, metadata={
+        "help": "fraction of the steps at the end over which the learning rate falls linearly towards 0 (0: "
+                "constant). The run ends at rest, so the quality gate judges settled weights rather than the "
+                "last, noisy step's"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (overrides --epochs)"})
     epochs: int = field(default=1, metadata={"help": "passes over the records when --steps is not given"})
     batch_size: int = field(default=4, metadata={"help": "records per optimizer step"})
@@ -236,6 +240,7 @@ class TrainConfig:
             (bool(self.target_modules), "--target-modules must name at least one module"),
             (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 <= self.lr_warmdown < 1, f"--lr-warmdown must be in [0, 1), got {self.lr_warmdown}"),
             (self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
