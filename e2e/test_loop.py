@@ -550,11 +550,13 @@ def _set_training(sc: Scenario, **training: Any) -> None:
                "-p", json.dumps({"spec": {"contextTier": {"training": training}}}))  # fmt: skip
     ctx = sc.tier_name("alice", "context")
 
+    defaults = {"nodes": 1, "procsPerNode": 1}  # what the API fills in for a field the patch removes
+
     def applied() -> bool:
         tier = sc.get("loratiers", ctx) or {}
         spec, status = tier.get("spec", {}).get("training", {}), tier.get("status") or {}
-        return all(spec.get(k) == v for k, v in training.items()) and (
-            status.get("observedGeneration") == tier["metadata"]["generation"])  # fmt: skip
+        wanted = all(spec.get(k) == v or (v is None and spec.get(k) == defaults.get(k)) for k, v in training.items())
+        return wanted and status.get("observedGeneration") == tier["metadata"]["generation"]
 
     sc.wait(f"alice's tier trains with {training}", applied)
 

@@ -73,7 +73,7 @@ def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: 
         loss, n_tok = _backward(peft_model, [mix[i] for i in mine], pad)
         batch_loss = dist.reduce_step(params, loss, n_tok[1], d)
         for group in opt.param_groups:  # a function of the step alone: a resumed run follows the same schedule
-            group["lr"] = cfg.lr * lr_factor(step, total, cfg.lr_warmdown)
+            group["lr"] = cfg.lr * lr_factor(step, total, cfg.lr_warmdown, cfg.lr_warmup)
         opt.step()
         if protect is not None:
             protect.apply(params)
@@ -100,11 +100,14 @@ def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: 
     return run
 
 
-def lr_factor(step: int, total: int, warmdown: float) -> float:
-    """The learning rate of 0-based ``step`` of ``total``, relative to the configured one: constant, then
-    falling linearly over the last ``warmdown`` of the steps to 1/(steps in the warm-down) at the last."""
+def lr_factor(step: int, total: int, warmdown: float, warmup: float = 0.0) -> float:
+    """The learning rate of 0-based ``step`` of ``total``, relative to the configured one: rising linearly
+    over the first ``warmup`` of the steps, constant, then falling linearly over the last ``warmdown`` of
+    them to 1/(steps in the warm-down) at the last."""
+    up = round(total * warmup)
     start = total - max(1, round(total * warmdown)) if warmdown > 0 else total
-    return 1.0 if step < start else (total - step) / (total - start)
+    rise = (step + 1) / (up + 1) if step < up else 1.0
+    return min(rise, 1.0 if step < start else (total - step) / (total - start))
 
 
 def _backward(peft_model: Any, examples: list[Example], pad: int) -> tuple[torch.Tensor, tuple[int, int]]:

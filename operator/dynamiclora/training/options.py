@@ -135,6 +135,10 @@ class TrainConfig:
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr_warmup: float = field(default=0.1, metadata={
+        "help": "fraction of the steps at the start over which the learning rate rises linearly to --lr: Adam's "
+                "first steps move every parameter by about --lr whatever its gradient, which knocks a tier that "
+                "already fits its facts off them"})
     lr_warmdown: float = field(default=0.25, metadata={
         "help": "fraction of the steps at the end over which the learning rate falls linearly towards 0 (0: "
                 "constant). The run ends at rest, so the quality gate judges settled weights rather than the "
@@ -241,6 +245,7 @@ class TrainConfig:
             (0.0 <= self.dropout < 1.0, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.lr_warmdown < 1, f"--lr-warmdown must be in [0, 1), got {self.lr_warmdown}"),
+            (0 <= self.lr_warmup <= 0.5, f"--lr-warmup must be in [0, 0.5], got {self.lr_warmup}"),
             (self.steps is None or self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
