@@ -470,14 +470,18 @@ def test_a_second_operator_waits_and_takes_over_when_the_first_stops(scenario: S
 
 
 def _quiet(sc: Scenario, ctx: str, agent: str = "alice") -> str | None:
-    """The agent's served label once nothing is in flight: no consolidation Job, the newest context version.
+    """The agent's served label once nothing is in flight: no consolidation or training Job, the newest context
+    version.
 
     Not a guard against half-applied migrations (serving never composes one; the last test checks every
     stack served): the tests that assert what does *not* move need a start where nothing else moves.
     """
     if sc.status("migrationpolicies", "support-consolidation").get("activeJobs"):
         return None
-    current = int(sc.status("loratiers", ctx).get("currentVersion") or 0)
+    tier = sc.status("loratiers", ctx)
+    if tier.get("activeJob"):  # a training started before the test's change would be judged as its own
+        return None
+    current = int(tier.get("currentVersion") or 0)
     entry = sc.served(agent)
     label = str((entry or {}).get("servedVersion", ""))
     return label if label.startswith(f"c{current}.") else None
