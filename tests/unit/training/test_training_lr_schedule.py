@@ -1,7 +1,9 @@
-"""The learning rate rises over the first steps and falls over the last ones, so a run ends at rest (issue 14: the gate judged the
-weights of a last, noisy step and refused an honest update)."""
+"""The learning rate rises over the first steps and falls over the last ones, so a run ends at rest
+(issue 14: the gate judged the weights of a last, noisy step and refused an honest update)."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
@@ -13,7 +15,7 @@ def test_constant_then_linear_to_almost_zero() -> None:
     factors = [lr_factor(s, 160, 0.25) for s in range(160)]
     assert factors[:120] == [1.0] * 120
     assert factors[120] == 1.0 and factors[-1] == pytest.approx(1 / 40)
-    assert all(a > b for a, b in zip(factors[120:], factors[121:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(factors[120:]))
 
 
 def test_no_warmdown_keeps_it_constant_and_one_step_runs_at_full_rate() -> None:
