@@ -77,6 +77,9 @@ def _publish(sc: Scenario, agent: str, seed: int) -> None:
 
 def test_more_agents_than_a_pod_holds_are_each_served_where_they_are_placed(fleet: FleetScenario) -> None:
     sc = fleet
+    # Versions come once every pod is up: agents placed while a pod still starts stay where they were put
+    # (placement is sticky), which would leave that pod empty here.
+    sc.wait(f"{PODS} vLLM pods ready", lambda: sc.status("swarms", SWARM).get("readyReplicas") == PODS, 900)
     for seed, agent in enumerate(AGENTS):
         _publish(sc, agent, 70 + seed)
     entries = {a: sc.wait(f"{a} served on the pod it is placed on", lambda a=a: sc.served(a)) for a in AGENTS}
