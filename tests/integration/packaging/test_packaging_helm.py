@@ -190,7 +190,7 @@ def test_service_account_has_exactly_the_operators_rights(installed: Any) -> Non
     for kind, res in RESOURCES.items():
         group = "" if res.api_version == "v1" else res.api_version.rsplit("/", 1)[0]
         resource = f"{res.plural}.{group}" if group else res.plural
-        verb = "create" if kind in ("Event", "ConfigMap") else "get"
+        verb = {"Event": "create", "ConfigMap": "create", "EndpointSlice": "list"}.get(kind, "get")
         assert _can_i(kubectl, verb, resource), f"{kind}: cannot {verb}"
     assert _can_i(kubectl, "patch", "loratiers.dynamiclora.io/status")
     assert _can_i(kubectl, "watch", "customresourcedefinitions.apiextensions.k8s.io")
@@ -200,7 +200,8 @@ def test_service_account_has_exactly_the_operators_rights(installed: Any) -> Non
     for verb, resource in (("list", "secrets"), ("delete", "pods"), ("get", "configmaps"), ("delete", "configmaps"),
                            ("update", "secrets"), ("delete", "secrets"),
                            ("delete", "swarms.dynamiclora.io"), ("create", "clusterroles.rbac.authorization.k8s.io"),
-                           ("update", "statefulsets.apps"), ("delete", "statefulsets.apps"), ("delete", "services"),
+                           ("update", "statefulsets.apps"), ("delete", "statefulsets.apps"),
+                           ("delete", "endpointslices.discovery.k8s.io"), ("get", "endpointslices.discovery.k8s.io"),
                            ("create", "persistentvolumeclaims")):
         assert not _can_i(kubectl, verb, resource), f"the operator should not {verb} {resource}"
 
