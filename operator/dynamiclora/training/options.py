@@ -135,11 +135,11 @@ class TrainConfig:
     dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    lr_warmup: float = field(default=0.1, metadata={
+    lr_warmup: float = field(default=0.0, metadata={
         "help": "fraction of the steps at the start over which the learning rate rises linearly to --lr: Adam's "
                 "first steps move every parameter by about --lr whatever its gradient, which knocks a tier that "
                 "already fits its facts off them"})
-    lr_warmdown: float = field(default=0.25, metadata={
+    lr_warmdown: float = field(default=0.0, metadata={
         "help": "fraction of the steps at the end over which the learning rate falls linearly towards 0 (0: "
                 "constant). The run ends at rest, so the quality gate judges settled weights rather than the "
                 "last, noisy step's"})
