@@ -6,6 +6,12 @@ and measure the time until every object is reconciled: the Swarm's status counts
 per-agent LoRATiers it created report ``status.observedGeneration``. Peak RSS is the operator process's
 ``VmHWM``. Results go to ``bench/results/scale.json`` and the table in ``docs/benchmarks.md``.
 
+Then, with nothing left to do, the steady state: for ``--steady-seconds`` after two resync periods, the
+API server's own request counter (``apiserver_request_total``, every client's writes, kopf's annotations
+and the operator's status patches and events alike) counts the write requests (create, update, patch,
+delete) by resource. Lease renewals are counted apart: the operator's leader Lease and the control plane's
+own leader elections both renew one (that heartbeat is liveness, not reconciling).
+
     python bench/scale.py --sizes 10 100 1000 --out bench/results/scale.json
 """
 
@@ -31,6 +37,39 @@ def _peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY"})
+
+
+def write_counts(metrics_text: str) -> dict[str, float]:
+    """Write requests the API server has served so far, by resource (``group/resource``, core as ``resource``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name != "apiserver_request_total" or labels.get("verb") not in WRITE_VERBS:
+                continue
+            res = "/".join(p for p in (labels.get("group"), labels.get("resource"), labels.get("subresource")) if p)
+            counts[res] = counts.get(res, 0.0) + sample.value
+    return counts
+
+
+def steady_writes(sc: Scenario, settle: float, seconds: float) -> dict[str, Any]:
+    """Writes per minute while the operator has nothing to do (see the module's docstring)."""
+    time.sleep(settle)
+    before = write_counts(sc.rest.text("/metrics"))
+    time.sleep(seconds)
+    after = write_counts(sc.rest.text("/metrics"))
+    per_min = {r: round((after[r] - before.get(r, 0.0)) * 60 / seconds, 2) for r in after}
+    moved = {r: v for r, v in sorted(per_min.items()) if v}
+    leases = sum(v for r, v in moved.items() if r.endswith("leases"))
+    return {"writes_per_min": round(sum(moved.values()) - leases, 2), "lease_renewals_per_min": round(leases, 2),
+            "by_resource": moved, "window_s": seconds}
+
+
 def _swarm(name: str, n: int, ns: str) -> dict[str, Any]:
     return {
         "apiVersion": "dynamiclora.io/v1alpha1", "kind": "Swarm", "metadata": {"name": name, "namespace": ns},
@@ -43,7 +82,7 @@ def _swarm(name: str, n: int, ns: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def measure(sc: Scenario, n: int, timeout: float) -> dict[str, float]:
+def measure(sc: Scenario, n: int, timeout: float, steady: float = 0.0) -> dict[str, Any]:
     ns, name = sc.cfg.namespace, f"scale-{n}"
     sc.start_operator()
     assert sc.operator is not None
@@ -64,9 +103,12 @@ def measure(sc: Scenario, n: int, timeout: float) -> dict[str, float]:
     sc.wait(f"{n} agents ({2 * n} tiers) reconciled", lambda: converged() or None, timeout=timeout)
     converge_s = time.monotonic() - t0
     rss = _peak_rss_mb(pid)
+    out: dict[str, Any] = {"converge_s": round(converge_s, 2), "peak_rss_mb": round(rss, 1), "objects": 2 * n + 1}
+    if steady > 0:
+        out["steady"] = steady_writes(sc, 2 * sc.cfg.resync_seconds, steady)
     sc.stop_operator()
     sc.kubectl("delete", "swarm", name, "-n", ns, "--wait=false")
-    return {"converge_s": round(converge_s, 2), "peak_rss_mb": round(rss, 1), "objects": 2 * n + 1}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000], help="agents per run")
     ap.add_argument("--out", type=Path, default=Path("bench/results/scale.json"), help="results file")
     ap.add_argument("--timeout", type=float, default=600, help="seconds allowed per size")
+    ap.add_argument("--steady-seconds", type=float, default=60,
+                    help="count the API writes this long once converged (0: skip)")
     args = ap.parse_args(argv)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="dynamiclora-scale-") as tmp:
@@ -85,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                        "namespace": "default"}, "spec": {"accessModes": ["ReadWriteMany"],
                        "resources": {"requests": {"storage": "1Gi"}}}}])  # fmt: skip
             for n in args.sizes:
-                results[f"agents_{n}"] = measure(sc, n, args.timeout)
+                results[f"agents_{n}"] = measure(sc, n, args.timeout, args.steady_seconds)
                 print(json.dumps({f"agents_{n}": results[f"agents_{n}"]}), flush=True)
         finally:
             cluster.stop()

@@ -70,6 +70,11 @@ class Rest:
         """GET ``path``."""
         return self.call("GET", path, params=params)
 
+    def text(self, path: str) -> str:
+        """GET ``path`` as text (the API server's ``/metrics``)."""
+        with self._request("GET", path) as resp:
+            return str(resp.read().decode())
+
     def get_or_none(self, path: str) -> Any:
         """GET ``path``, or None on 404."""
         try:

@@ -46,6 +46,7 @@ class Reason(StrEnum):
     TRAINING_FAILED = "TrainingFailed"
     RENDEZVOUS_FAILED = "RendezvousFailed"  # the workers of a distributed training never formed a group
     WORKER_FAILED = "WorkerFailed"  # one worker of a distributed training died (the others stop with it)
+    UNSCHEDULABLE = "Unschedulable"  # the scheduler cannot place a training pod (resources, selectors, quota)
     LAUNCHER_UNAVAILABLE = "LauncherUnavailable"  # the named Kubeflow Trainer runtime cannot be used here
     TRAINING_FAILING = "TrainingFailing"
     UPDATE_RETRIED = "UpdateRetried"

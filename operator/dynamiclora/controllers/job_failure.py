@@ -40,6 +40,23 @@ def failure_reason(kube: Kube, job: Obj) -> str:
     return str(cond.get("message", ""))[:MAX_REASON_CHARS]
 
 
+def unschedulable(kube: Kube, job: Obj) -> str:
+    """Why the Job's pods cannot start, in the scheduler's words ("" when none is pending on it): a training
+    that cannot be placed (GPUs, memory, node selectors) is reported while it waits, not at its deadline."""
+    meta = job["metadata"]
+    pods: list[Obj] = []
+    with contextlib.suppress(KubeError):  # a courtesy, as the failure reason is
+        pods = _job_pods(kube, meta["namespace"], meta["name"])
+    for pod in pods:
+        status = pod.get("status") or {}
+        if status.get("phase", "Pending") != "Pending":
+            continue
+        for c in status.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                return f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message', '')}"[:MAX_REASON_CHARS]
+    return ""
+
+
 def _job_pods(kube: Kube, namespace: str, job_name: str) -> list[Obj]:
     for label in JOB_NAME_LABELS:
         pods = kube.list("Pod", namespace, {label: job_name})

@@ -83,11 +83,9 @@ def recurrence_args(kube: Kube, settings: OperatorSettings, ns: str, sw: Swarm,
                     inputs: ConsolidationInputs) -> dict[str, Any]:  # fmt: skip
     """What a migration by recurrence needs: the source agent's records (quarantine and held-out share
     as its training Jobs see them), the base model, the tiers served beneath the destination, and the
-    source's training settings: the destination learns the stable answers at the pace the source learned
-    them. The source's delta moves at about its rate x alpha (scaling alpha/r over r components); the
-    destination, stored at LoRA scaling 1, moves at its rate x its own rank, hence rate x alpha / the
-    destination's rank. (Scaled by the source's alpha / rank alone, a rank-16 destination under a rank-8
-    source ran at twice the pace and diverged on CI's e2e: its loss stayed near 3 nats.)"""
+    source's training settings: the destination learns the stable answers as the source learned them
+    (it is stored at LoRA scaling 1, so the rate is scaled by the source's alpha / rank; a rate the model
+    does not take is halved by the Job itself, training/anchored.py)."""
     source = kube.get("LoRATier", ns, inputs.source_tier or "")
     target = kube.get("LoRATier", ns, inputs.target_tier)
     if source is None or target is None or not source["spec"].get("agent"):
@@ -101,7 +99,7 @@ def recurrence_args(kube: Kube, settings: OperatorSettings, ns: str, sw: Swarm,
             "holdout_fraction": src.quality_gate.holdout_fraction, "model_dir": job_model_path(sw, settings),
             "frozen": served_beneath(kube, ns, sw, TierLevel(dst.level), store_uri(storage, settings)),
             "distill_steps": src.training.max_steps,
-            "distill_lr": src.plasticity.learning_rate * src.alpha / dst.rank,
+            "distill_lr": src.plasticity.learning_rate * src.alpha / src.rank,
             "distill_batch_size": src.training.batch_size, "threads": settings.trainer_threads}  # fmt: skip
 
 

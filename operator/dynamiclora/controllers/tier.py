@@ -34,7 +34,7 @@ from dynamiclora.controllers.admission import admit, tier_references
 from dynamiclora.controllers.common import Event, WaitFor, duration_s, generation, job_state, parse, parse_time
 from dynamiclora.controllers.conditions import get_condition, set_condition, wire_status
 from dynamiclora.controllers.inputs import missing_inputs
-from dynamiclora.controllers.job_failure import failure_condition_reason, failure_reason
+from dynamiclora.controllers.job_failure import failure_condition_reason, failure_reason, unschedulable
 from dynamiclora.controllers.launch import choose_launch, expired, launch, started_at
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
@@ -185,6 +185,8 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
                                        f"{kind} {active} succeeded", gen)  # fmt: skip
             conditions = set_condition(conditions, ConditionType.DEGRADED, False, Reason.HEALTHY, "", gen)
             events.append(Event(EventType.NORMAL, Reason.TRAINING_SUCCEEDED, f"{kind} {active} succeeded"))
+        elif state == "Running" and job is not None:
+            conditions = _waiting(kube, job, f"{kind} {active}", conditions, events, gen)
         elif state in ("Failed", "Gone"):
             attempts = int(old.get("failedAttempts", 0)) + 1
             st["failedAttempts"] = attempts
@@ -462,6 +464,22 @@ def _maybe_train(
     if previous.get("reason") == Reason.JOB_FAILED:  # a retry keeps saying why the last attempt failed
         running = f"{how.kind} {job_name} retries version {next_version}; {previous.get('message')}"
     return set_condition(conditions, ConditionType.TRAINING, True, Reason.JOB_RUNNING, running, generation(body))
+
+
+def _waiting(kube: Kube, job: Obj, what: str, conditions: list[Obj], events: list[Event],
+             gen: int | None) -> list[Obj]:  # fmt: skip
+    """A running training whose pods the scheduler cannot place says so at once (one event), and stops
+    saying it once they are placed."""
+    why = unschedulable(kube, job)
+    previous = (get_condition({"conditions": conditions}, ConditionType.TRAINING) or {}).get("reason")
+    if why:
+        msg = f"{what} waits: {why}"
+        if previous != Reason.UNSCHEDULABLE:
+            events.append(Event(EventType.WARNING, Reason.UNSCHEDULABLE, msg))
+        return set_condition(conditions, ConditionType.TRAINING, True, Reason.UNSCHEDULABLE, msg, gen)
+    if previous == Reason.UNSCHEDULABLE:
+        return set_condition(conditions, ConditionType.TRAINING, True, Reason.JOB_RUNNING, f"{what} runs", gen)
+    return conditions
 
 
 def consolidation_touching(kube: Kube, ns: str, tier: str) -> str | None:

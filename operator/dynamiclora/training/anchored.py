@@ -20,6 +20,7 @@ import torch
 
 from dynamiclora.memory import TierDelta, load_adapter
 from dynamiclora.training.data import IGNORE, Example, batch_indices, collate, tokenize
+from dynamiclora.training.gate import evaluate
 from dynamiclora.training.model import (
     build_stack,
     fetch_tier,
@@ -33,6 +34,11 @@ from dynamiclora.training.records import SourcedRecord
 
 MAX_SEQ_LEN = 256
 Log = Callable[[str], None]
+# A rate too high for the model makes Adam's steps overshoot from the first ones on, and the tier ends
+# without the answers (a sharp-headed model at rate 0.01 stayed near 3 nats). Such a run is repeated at half
+# the rate, up to ATTEMPTS runs in all, and the best kept: a run that fits costs nothing more.
+ATTEMPTS = 3
+FIT_LOSS = 0.1  # nats per answer token on the taught answers at the end of a run that learned them
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,52 @@ def anchor_loss(current: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return torch.sum(reference.exp() * (reference - current)) / max(len(reference), 1)
 
 
+def _fit(peft_model: Any, params: dict[str, torch.Tensor], learn: list[Example], anchors: list[Example],
+         reference: list[torch.Tensor], run: AnchoredRun, lr: float, pad: int, log: Log) -> None:  # fmt: skip
+    """One run of ``run.steps`` steps at ``lr`` from the parameters as they are."""
+    opt = torch.optim.AdamW(list(params.values()), lr=lr, weight_decay=0.0)
+    peft_model.train()
+    for step in range(run.steps):
+        opt.zero_grad(set_to_none=True)
+        picked = [learn[i] for i in batch_indices(step, len(learn), run.batch_size, run.seed)]
+        loss = peft_model(**collate(picked, pad)).loss
+        if anchors:
+            idx = batch_indices(step, len(anchors), run.batch_size, run.seed + 1)
+            current = _answer_logprobs(peft_model, [anchors[i] for i in idx], pad)
+            loss = loss + anchor_loss(current, torch.cat([reference[i] for i in idx]))
+        loss.backward()
+        opt.step()
+        if (step + 1) % max(run.steps // 4, 1) == 0:
+            log(f"{run.tier.tier}: step {step + 1}/{run.steps} loss {float(loss.detach()):.4f}")
+
+
+def _fit_until_learned(peft_model: Any, learn: list[Example], anchors: list[Example], reference: list[torch.Tensor],
+                       run: AnchoredRun, pad: int, log: Log) -> None:  # fmt: skip
+    """Fit at ``run.lr``, and again at half the rate from the same start while the taught answers were not
+    learned (see :data:`ATTEMPTS`); leaves the best run's parameters in the model."""
+    params = target_parameters(peft_model)
+    start = {n: p.detach().clone() for n, p in params.items()}
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    lr = run.lr
+    for attempt in range(ATTEMPTS):
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(start[n])
+        _fit(peft_model, params, learn, anchors, reference, run, lr, pad, log)
+        fit = evaluate(peft_model, learn, run.batch_size, pad)
+        if best is None or fit < best[0]:
+            best = (fit, {n: p.detach().clone() for n, p in params.items()})
+        if fit <= FIT_LOSS or attempt == ATTEMPTS - 1:
+            break
+        log(f"{run.tier.tier}: the taught answers still cost {fit:.3f} nats a token after {run.steps} steps at "
+            f"rate {lr:g} (diverged): again at {lr / 2:g}")
+        lr /= 2
+    assert best is not None
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(best[1][n])
+
+
 def train_anchored(run: AnchoredRun, tmp: Path, log: Log) -> tuple[TierDelta, Path]:
     """Train ``run.tier``; its delta (scaling folded in) and the PEFT adapter directory written."""
     if run.threads:
@@ -96,20 +148,6 @@ def train_anchored(run: AnchoredRun, tmp: Path, log: Log) -> tuple[TierDelta, Pa
         reference = [_answer_logprobs(peft_model, [e], pad) for e in anchors]
     if run.tier.init is not None:
         load_target(peft_model, run.tier.init)
-    params = target_parameters(peft_model)
-    opt = torch.optim.AdamW(list(params.values()), lr=run.lr, weight_decay=0.0)
-    peft_model.train()
-    for step in range(run.steps):
-        opt.zero_grad(set_to_none=True)
-        picked = [learn[i] for i in batch_indices(step, len(learn), run.batch_size, run.seed)]
-        loss = peft_model(**collate(picked, pad)).loss
-        if anchors:
-            idx = batch_indices(step, len(anchors), run.batch_size, run.seed + 1)
-            current = _answer_logprobs(peft_model, [anchors[i] for i in idx], pad)
-            loss = loss + anchor_loss(current, torch.cat([reference[i] for i in idx]))
-        loss.backward()
-        opt.step()
-        if (step + 1) % max(run.steps // 4, 1) == 0:
-            log(f"{run.tier.tier}: step {step + 1}/{run.steps} loss {float(loss.detach()):.4f}")
+    _fit_until_learned(peft_model, learn, anchors, reference, run, pad, log)
     out = save_target(peft_model, tmp / "out", run.model_dir)
     return load_adapter(out)[0], out

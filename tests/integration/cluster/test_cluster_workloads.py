@@ -295,3 +295,18 @@ def test_torchrun_workers_of_an_indexed_job_meet_at_pod_0(local_cluster: LocalCl
     text = {host: log.read_text() if log.is_file() else "" for host, log in logs.items()}
     assert state == "Complete", text
     assert "rank 0 of 2: sum 3" in text["ddp-meet-0"] and "rank 1 of 2: sum 3" in text["ddp-meet-1"], text
+
+
+def test_a_job_the_scheduler_cannot_place_is_named_with_its_verdict(local_cluster: LocalCluster) -> None:
+    """Issue 20: the training tier reads the real scheduler's verdict on a pod asking for more GPUs than any
+    node has (controllers/job_failure.py:unschedulable), while the Job waits."""
+    from dynamiclora.controllers.job_failure import unschedulable
+    from dynamiclora.kube import ApiKube
+
+    rest, kube = local_cluster.rest(), ApiKube(str(local_cluster.kubeconfig))
+    rest.create(f"/apis/batch/v1/namespaces/{NS}/jobs", job("too-big", ["true"], local=True, gpus=64))
+    body = wait_until("the Job", lambda: kube.get("Job", NS, "too-big"), 30)
+    why = wait_until("the scheduler's verdict", lambda: unschedulable(kube, body) or None, 60)
+    assert why.startswith("pod too-big-") and "cannot be scheduled: 0/" in why and "nvidia.com/gpu" in why, why
+    rest.call("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/too-big", params={"propagationPolicy": "Background"})
+    assert unschedulable(kube, {"metadata": {"name": "gpu-ok", "namespace": NS}}) == ""  # ran: nothing to say
