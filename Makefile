@@ -105,6 +105,10 @@ bench-continual-long: ## The same over 10 windows, on the tuning seeds 101-103, 
 bench-placement: ## Placement of 1,000 agents on 8 simulated pods through the serving pass's plan_pods (seconds)
 	$(PY) bench/placement.py --out bench/results/placement.json
 
+.PHONY: bench-freshness
+bench-freshness: ## Job completed -> verified served on 3 real vLLM pods, 30 training rounds: p50/p99 (~25 min)
+	$(PY) bench/freshness.py --rounds 30 --out bench/results/freshness.json
+
 .PHONY: bench-scale
 bench-scale: ## Operator convergence time and peak RSS for 10/100/1,000 agents on the local control plane
 	$(PY) bench/scale.py --sizes 10 100 1000 --out bench/results/scale.json

@@ -70,6 +70,12 @@ def test_the_generated_train_job_is_valid_under_the_real_crd(rest: Any, training
     assert got["spec"].get("suspend", False) is ("queue" in training)
     volumes = {v["name"] for v in got["spec"]["podSpecOverrides"][0]["volumes"]}
     assert "base-model" in volumes  # the model claim reaches the runtime's pods, mounted as in the Job
+    # An S3-only Swarm: the workers write to the bucket with the Secret's credentials, as the Job's would.
+    args = trainer["args"]
+    assert args[args.index("--output-store") + 1].startswith("s3://ckpt")
+    refs = [e.get("valueFrom", {}).get("secretKeyRef") for e in trainer["env"]]
+    secrets = {r["name"] for r in refs if r}
+    assert "s3" in secrets, trainer["env"]
 
 
 def test_strict_validation_is_on(rest: Any) -> None:

@@ -20,13 +20,18 @@ def _pod(job: str, scheduled: dict[str, Any]) -> dict[str, Any]:
             "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", **scheduled}]}}  # fmt: skip
 
 
-def test_an_unplaceable_training_pod_is_reported_once_then_cleared(
-    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
-) -> None:
+def _training(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]) -> str:
+    """bob's tier with a training Job launched; the Job's name."""
     _swarm(kube, settings, swarm_body)
     _records(settings, "bob", 30)
     _tier_pass(kube, settings, TIER)
-    job = _tier(kube, TIER)["status"]["activeJob"]
+    return str(_tier(kube, TIER)["status"]["activeJob"])
+
+
+def test_an_unplaceable_training_pod_is_reported_once_then_cleared(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
+    job = _training(kube, settings, swarm_body)
     assert get_condition(_tier(kube, TIER)["status"], "Training")["reason"] == "JobRunning"
 
     kube.add(_pod(job, {"status": "False", "reason": "Unschedulable", "message": SCHEDULER}))
@@ -48,10 +53,7 @@ def test_an_unplaceable_training_pod_is_reported_once_then_cleared(
 def test_a_pod_waiting_for_anything_else_changes_nothing(
     kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
 ) -> None:
-    _swarm(kube, settings, swarm_body)
-    _records(settings, "bob", 30)
-    _tier_pass(kube, settings, TIER)
-    job = _tier(kube, TIER)["status"]["activeJob"]
+    job = _training(kube, settings, swarm_body)
     before = get_condition(_tier(kube, TIER)["status"], "Training")
     kube.add(_pod(job, {"status": "False", "reason": "SchedulingGated", "message": "gated by Kueue"}))
     assert not _tier_pass(kube, settings, TIER).events
