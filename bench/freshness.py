@@ -136,8 +136,7 @@ def run(rounds: int, work: Path, timeout: float) -> dict[str, Any]:
         # The operator's default resync period: what this measures is the reaction to the Job's completion.
         cfg = DemoConfig(work_dir=work, agents=(AGENT,), step_timeout=timeout, resync_seconds=RESYNC)
         with FreshnessScenario(cfg, cluster).running(pods=PODS) as sc:
-            sc.wait("3 vLLM pods ready", lambda: sum(
-                1 for p in sc.status("swarms", sc.cfg.swarm).get("pods", []) if p.get("ready")) == PODS or None)
+            sc.wait("3 vLLM pods ready", lambda: sc.status("swarms", sc.cfg.swarm).get("readyReplicas") == PODS or None)
             with Clock(sc) as clock:
                 results = []
                 for r in range(rounds):

@@ -38,6 +38,10 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "DELETE", "APPLY"})
+# What the operator writes (besides its leader Lease and its events): the rest is the control plane's and
+# kwok's (node heartbeats, their own leases).
+OPERATOR_RESOURCES = ("dynamiclora.io/", "apps/statefulsets", "services", "configmaps", "secrets", "batch/jobs",
+                      "discovery.k8s.io/endpointslices", "trainer.kubeflow.org/")
 
 
 def write_counts(metrics_text: str) -> dict[str, float]:
@@ -57,17 +61,31 @@ def write_counts(metrics_text: str) -> dict[str, float]:
     return counts
 
 
+def _event_counts(sc: Scenario) -> dict[str, int]:
+    """Every Event's count by who reported it and why (``component/reason``)."""
+    counts: dict[str, int] = {}
+    for e in sc.rest.get("/api/v1/events")["items"]:
+        who = e.get("reportingComponent") or (e.get("source") or {}).get("component") or "?"
+        key = f"{who}/{e.get('reason')}"
+        counts[key] = counts.get(key, 0) + int(e.get("count") or 1)
+    return counts
+
+
 def steady_writes(sc: Scenario, settle: float, seconds: float) -> dict[str, Any]:
-    """Writes per minute while the operator has nothing to do (see the module's docstring)."""
+    """Writes per minute while the operator has nothing to do (see the module's docstring); the events
+    written meanwhile are named by reporter and reason (the counter only says "events")."""
     time.sleep(settle)
-    before = write_counts(sc.rest.text("/metrics"))
+    before, events_before = write_counts(sc.rest.text("/metrics")), _event_counts(sc)
     time.sleep(seconds)
-    after = write_counts(sc.rest.text("/metrics"))
+    after, events_after = write_counts(sc.rest.text("/metrics")), _event_counts(sc)
     per_min = {r: round((after[r] - before.get(r, 0.0)) * 60 / seconds, 2) for r in after}
     moved = {r: v for r, v in sorted(per_min.items()) if v}
     leases = sum(v for r, v in moved.items() if r.endswith("leases"))
-    return {"writes_per_min": round(sum(moved.values()) - leases, 2), "lease_renewals_per_min": round(leases, 2),
-            "by_resource": moved, "window_s": seconds}
+    events = {k: n - events_before.get(k, 0) for k, n in sorted(events_after.items()) if n > events_before.get(k, 0)}
+    ours = sum(v for r, v in moved.items() if r.startswith(OPERATOR_RESOURCES))
+    ours += sum(n for k, n in events.items() if k.startswith("dynamiclora")) * 60 / seconds
+    return {"operator_writes_per_min": round(ours, 2), "writes_per_min": round(sum(moved.values()) - leases, 2),
+            "lease_renewals_per_min": round(leases, 2), "by_resource": moved, "events": events, "window_s": seconds}
 
 
 def _swarm(name: str, n: int, ns: str) -> dict[str, Any]:

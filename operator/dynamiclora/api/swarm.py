@@ -370,7 +370,8 @@ class PodStatus(ApiModel):
     pod_ip: str | None = Field(
         default=None, alias="podIP", description="The pod's IP (the operator addresses pods directly)."
     )
-    ready: bool = False
+    ready: bool = Field(default=False, description="Kubernetes reports the pod Ready and the operator's last "
+                        "serving pass reached it (or had nothing to serve yet).")
     loaded_adapters: int = Field(default=0, ge=0, description="This Swarm's adapters the pod serves as desired.")
     missing_adapters: list[str] = Field(
         default_factory=list,

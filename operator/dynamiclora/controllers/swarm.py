@@ -76,17 +76,21 @@ def _restarts(pod: Obj) -> int:
 
 
 def contains(want: object, have: object) -> bool:
-    """Whether ``have`` holds every field of ``want`` with the same value (server defaults may add more)."""
+    """Whether ``have`` holds every field of ``want`` with the same value (server defaults may add more; an
+    absent field is its zero value, as the API server leaves out ``omitempty`` fields such as a Service's
+    ``publishNotReadyAddresses: false``)."""
+    if have is None and not want and want is not None:
+        return True
     if isinstance(want, dict):
-        return isinstance(have, dict) and all(k in have and contains(v, have[k]) for k, v in want.items())
+        return isinstance(have, dict) and all(contains(v, have.get(k)) for k, v in want.items())
     if isinstance(want, list):
         return isinstance(have, list) and len(want) == len(have) and all(map(contains, want, have))
     return want == have
 
 
 def up_to_date(desired: Obj, live: Obj) -> bool:
-    """Whether applying ``desired`` would change nothing we own in ``live``."""
-    return contains(desired["spec"], live.get("spec")) and contains(desired["metadata"], live.get("metadata"))
+    """Whether applying ``desired`` would change nothing we own in ``live`` (its spec or data, metadata)."""
+    return all(contains(v, live.get(k)) for k, v in desired.items() if k not in ("apiVersion", "kind", "status"))
 
 
 def _other_swarm(tier: Obj, swarm: str) -> str | None:
@@ -169,9 +173,12 @@ def reconcile_swarm(kube: Kube, settings: OperatorSettings, body: Obj) -> SwarmO
     for child in [*children, *desired_tiers]:
         if child["kind"] == "LoRATier" and child["metadata"]["labels"][LABEL_AGENT] in blocked:
             continue  # never overwrite another Swarm's tier
-        live = live_tiers.get(child["metadata"]["name"]) if child["kind"] == "LoRATier" else None
+        # A no-op server-side apply is still a write request: a steady Swarm makes none. The tiers were
+        # listed at once; the three other children cost a read each.
+        live = (live_tiers.get(child["metadata"]["name"]) if child["kind"] == "LoRATier"
+                else kube.get(child["kind"], ns, child["metadata"]["name"]))  # fmt: skip
         if live is not None and up_to_date(child, live):
-            continue  # one list call instead of a write per agent on every resync
+            continue
         pending.append(child)
     # Independent server-side applies: a swarm of 1,000 agents creates 2,000 tiers, so overlap the calls.
     with ThreadPoolExecutor(max_workers=max(1, min(APPLY_CONCURRENCY, len(pending)))) as pool:

@@ -72,11 +72,13 @@ def _blocked(exc: Exception) -> tuple[Reason, str]:
 
 
 def _pods(obs: SwarmObservation, outcome: ServingOutcome | None) -> list[Obj]:
-    """Every pod of the StatefulSet: those serving from the outcome, the others as not ready."""
+    """Every pod of the StatefulSet: those the serving pass reached, from its outcome; the others ready when
+    Kubernetes says so and the pass ran but had nothing for them (no agent has a version yet), else not."""
     served = outcome.pods if outcome else []
     names = {p["name"] for p in served}
-    return served + [{"name": p["metadata"]["name"], "podIP": p.get("status", {}).get("podIP"), "ready": False}
-                     for p in obs.pods if p["metadata"]["name"] not in names]  # fmt: skip
+    idle = {p.name for p in obs.ready_pods} - set(outcome.unresponsive) if outcome is not None else set()
+    return served + [{"name": n, "podIP": p.get("status", {}).get("podIP"), "ready": n in idle}
+                     for p in obs.pods if (n := p["metadata"]["name"]) not in names]  # fmt: skip
 
 
 def _named(agents: list[str]) -> str:

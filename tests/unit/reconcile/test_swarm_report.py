@@ -45,6 +45,16 @@ def test_every_agent_on_every_pod_is_ready(swarm_body: dict[str, Any]) -> None:
     assert report.events == []
 
 
+def test_ready_pods_with_nothing_to_serve_yet_are_ready(swarm_body: dict[str, Any]) -> None:
+    """No agent has a version: the serving pass reaches no pod, and the ready ones are still ready (a
+    benchmark waiting for ready pods in the status waited forever)."""
+    obs = _obs(swarm_body, 1)
+    report = swarm_report(swarm_body, obs, ServingOutcome())
+    assert [p.ready for p in report.status.pods] == [True] + [False] * (len(obs.pods) - 1)
+    unresponsive = ServingOutcome(unresponsive={"support-vllm-0": "timed out"})
+    assert not any(p.ready for p in swarm_report(swarm_body, obs, unresponsive).status.pods)
+
+
 def test_a_missing_secret_degrades_and_lists_every_pod_as_not_ready(swarm_body: dict[str, Any]) -> None:
     report = swarm_report(swarm_body, _obs(swarm_body, 0), None, WaitFor("Secret k not found"))
     degraded = _cond(report.status, ConditionType.DEGRADED)
