@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -41,12 +42,14 @@ RESYNC = OperatorSettings().resync_seconds
 
 
 class FreshnessScenario(Scenario):
-    """The demo's Swarm on three pods, its one agent placed on all of them, no migrations."""
+    """The demo's Swarm on ``pods`` pods, its one agent placed on all of them, no migrations."""
+
+    pods = PODS
 
     def manifests(self) -> list[dict[str, Any]]:
         objs = [o for o in super().manifests() if o["kind"] != "MigrationPolicy"]
         swarm = next(o for o in objs if o["kind"] == "Swarm")
-        swarm["spec"]["inference"].update(replicas=PODS, placement={"replicasPerAgent": PODS})
+        swarm["spec"]["inference"].update(replicas=self.pods, placement={"replicasPerAgent": self.pods})
         return objs
 
 
@@ -112,8 +115,9 @@ def one_round(sc: Scenario, clock: Clock, r: int, timeout: float) -> dict[str, A
     if not accepted:
         return None
     v = accepted[-1]
+    name = re.compile(rf"{re.escape(ctx)}-train-v{v}(-r\d+)?")  # the attempt that published v
     job = sc.wait(f"round {r + 1}: the completion of v{v}'s Job seen", lambda: next(
-        (n for n in clock.completed if n.startswith(f"{ctx}-train-v{v}")), None), 60)  # fmt: skip
+        (n for n in clock.completed if name.fullmatch(n)), None), 60)  # fmt: skip
     label = sc.wait(f"round {r + 1}: v{v} served on every pod", lambda: next(
         (lb for lb in clock.served if lb.split(".")[0] == f"c{v}"), None), timeout)  # fmt: skip
     done, served = clock.completed[job], clock.served[label]
@@ -130,13 +134,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(len(ordered) * q / 100) - 1)] if ordered else float("nan")
 
 
-def run(rounds: int, work: Path, timeout: float) -> dict[str, Any]:
+def run(rounds: int, work: Path, timeout: float, pods: int = PODS) -> dict[str, Any]:
     cluster = LocalCluster(ClusterConfig(state_dir=work / "cluster")).start()
     try:
         # The operator's default resync period: what this measures is the reaction to the Job's completion.
         cfg = DemoConfig(work_dir=work, agents=(AGENT,), step_timeout=timeout, resync_seconds=RESYNC)
-        with FreshnessScenario(cfg, cluster).running(pods=PODS) as sc:
-            sc.wait("3 vLLM pods ready", lambda: sc.status("swarms", sc.cfg.swarm).get("readyReplicas") == PODS or None)
+        scenario = FreshnessScenario(cfg, cluster)
+        scenario.pods = pods
+        with scenario.running(pods=pods) as sc:
+            sc.wait(f"{pods} vLLM pods ready", lambda: sc.status("swarms", sc.cfg.swarm).get("readyReplicas") == pods
+                    or None)  # fmt: skip
             with Clock(sc) as clock:
                 results = []
                 for r in range(rounds):
@@ -147,7 +154,7 @@ def run(rounds: int, work: Path, timeout: float) -> dict[str, Any]:
     finally:
         cluster.stop()
     secs = [x["seconds"] for x in results]
-    return {"rounds": rounds, "served_rounds": len(results), "pods": PODS,
+    return {"rounds": rounds, "served_rounds": len(results), "pods": pods,
             "p50_s": round(statistics.median(secs), 3) if secs else None,
             "p99_s": round(percentile(secs, 99), 3) if secs else None,
             "max_s": max(secs, default=None), "compose_p50_s": round(statistics.median(
@@ -160,10 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=30, help="training rounds")
     ap.add_argument("--timeout", type=float, default=600, help="seconds allowed per step")
+    ap.add_argument("--pods", type=int, default=PODS, help="vLLM pods (about 3 GB of memory each)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/freshness.json"), help="results file")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dynamiclora-freshness-") as tmp:
-        result = run(args.rounds, Path(tmp), args.timeout)
+        result = run(args.rounds, Path(tmp), args.timeout, args.pods)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}: p50 {result['p50_s']} s, p99 {result['p99_s']} s over {result['served_rounds']} rounds")

@@ -197,7 +197,8 @@ def test_service_account_has_exactly_the_operators_rights(installed: Any) -> Non
     assert _can_i(kubectl, "update", "leases.coordination.k8s.io", "dynamiclora-system")  # leader election
     assert not _can_i(kubectl, "update", "leases.coordination.k8s.io", "team")
     assert _can_i(kubectl, "create", "secrets")  # the generated vLLM keys, created once
-    for verb, resource in (("list", "secrets"), ("delete", "pods"), ("get", "configmaps"), ("delete", "configmaps"),
+    assert _can_i(kubectl, "get", "configmaps")  # the guard ConfigMap is compared before an apply
+    for verb, resource in (("list", "secrets"), ("delete", "pods"), ("list", "configmaps"), ("delete", "configmaps"),
                            ("update", "secrets"), ("delete", "secrets"),
                            ("delete", "swarms.dynamiclora.io"), ("create", "clusterroles.rbac.authorization.k8s.io"),
                            ("update", "statefulsets.apps"), ("delete", "statefulsets.apps"),
