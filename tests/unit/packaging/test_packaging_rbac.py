@@ -35,7 +35,7 @@ VERBS: dict[str, frozenset[str]] = {
     "Pod": frozenset({"get", "list", "watch"}),  # pod IPs and readiness (hot-swap); failed Jobs' messages
     # Referenced Secrets by name (S3 credentials, the operator's vLLM key); generated keys created once.
     "Secret": frozenset({"get", "create"}),
-    "ConfigMap": frozenset({"create", "patch"}),  # the vLLM guard middleware, server-side applied
+    "ConfigMap": frozenset({"get", "create", "patch"}),  # the vLLM guard middleware: read, then applied if changed
     "Event": frozenset({"create"}),
     # Kubeflow Trainer, where installed: watched for completion; delete: the deadline it does not enforce.
     "TrainJob": frozenset({"get", "list", "watch", "create", "delete"}),
