@@ -96,20 +96,12 @@ class Clock:
                 self.served.setdefault(str(a.get("servedVersion")), now)
 
 
-def final_verdict(sc: Scenario, ctx: str, after: int) -> dict[str, Any] | None:
-    """The tier's status once the round's last attempt is judged (a collateral refusal is retried)."""
-    st = sc.judged(ctx, after)
-    if st is None or st.get("activeJob") or (st.get("collateralRetries") and not st["lastGate"].get("accepted")):
-        return None
-    return st
-
-
 def one_round(sc: Scenario, clock: Clock, r: int, timeout: float) -> dict[str, Any] | None:
     """Teach one round; its timings once served, or None when the gate refused it."""
     ctx = sc.tier_name(AGENT, "context")
     after = int(sc.status("loratiers", ctx).get("latestVersion") or 0)
     total = sc.teach(AGENT, 1000 + r, round_facts(AGENT, r))
-    st = sc.wait(f"round {r + 1}: trained and judged", lambda: final_verdict(sc, ctx, after), timeout)
+    st = sc.wait(f"round {r + 1}: trained and judged", lambda: sc.final_verdict(ctx, after), timeout)
     history = [h for h in st.get("history", []) if int(h["version"]) > after and h.get("source") == "training"]
     accepted = [int(h["version"]) for h in history if h.get("accepted")]
     if not accepted:

@@ -526,22 +526,12 @@ def _train_alice_once(sc: Scenario, round_: int) -> tuple[int, dict[str, Any]]:
     st = sc.status("loratiers", ctx)
     latest = int(st.get("latestVersion") or st["currentVersion"])
     sc.feed("alice", round_)
-    st = sc.wait("the round is trained and judged", lambda: _judged_after_retries(sc, ctx, latest))
+    st = sc.wait("the round is trained and judged", lambda: sc.final_verdict(ctx, latest))
     version = int(st["latestVersion"])
     assert st["lastGate"]["version"] == version and st["lastGate"]["accepted"] is True, st["lastGate"]
     entry = sc.wait(f"alice served with context v{version} or later", lambda: (e := sc.served("alice"))
                     and int(e["servedVersion"].split(".")[0][1:]) >= version and e)  # fmt: skip
     return version, entry
-
-
-def _judged_after_retries(sc: Scenario, ctx: str, latest: int) -> dict[str, Any] | None:
-    """The tier's status once the round's last attempt is judged: a version the gate refused for collateral
-    forgetting is trained again with more replay (the operator's retry, as a user sees it), so only the
-    verdict on the retry, or a refusal that is not retried, is final."""
-    st = sc.judged(ctx, latest)
-    if st is None or ((st.get("lastGate") or {}).get("accepted") is False and st.get("collateralRetries")):
-        return None
-    return st
 
 
 def _completed(sc: Scenario, plural: str, name: str) -> list[dict[str, Any]]:

@@ -432,6 +432,15 @@ class Scenario:
         judged = {int(h["version"]) for h in st.get("history", []) if h.get("accepted") is not None}
         return st if latest > after and latest in judged else None
 
+    def final_verdict(self, tier: str, after: int) -> dict[str, Any] | None:
+        """The tier's status once the last attempt at a version newer than ``after`` is judged: a version the
+        gate refused for collateral forgetting is trained again with more replay (the operator's retry, as a
+        user sees it), so only the retry's verdict, or a refusal that is not retried, is final."""
+        st = self.judged(tier, after)
+        if st is None or ((st.get("lastGate") or {}).get("accepted") is False and st.get("collateralRetries")):
+            return None
+        return st
+
     def run_gate_step(self) -> dict[str, Any]:
         """A shuffled-label round: the quality gate refuses it and the served adapter does not move."""
         agent = self.cfg.agents[0]

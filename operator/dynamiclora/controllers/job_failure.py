@@ -16,8 +16,9 @@ from dynamiclora.api.conditions import Reason
 from dynamiclora.kube import Kube, KubeError, Obj
 
 # The current label first; the legacy one is what clusters before Kubernetes 1.27 set.
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
 # A TrainJob's pods carry the name of its JobSet, which is the TrainJob's.
-JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name", "jobset.sigs.k8s.io/jobset-name")
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 MAX_REASON_CHARS = 512
 
 
@@ -29,10 +30,9 @@ def failure_reason(kube: Kube, job: Obj) -> str:
     # the pods then show only the signal that killed them. A TrainJob's says only that its JobSet failed.
     if cond.get("reason") and cond["reason"] != "BackoffLimitExceeded" and job.get("kind") != "TrainJob":
         return f"{cond['reason']}: {cond.get('message', '')}"[:MAX_REASON_CHARS]
-    meta = job["metadata"]
     pods: list[Obj] = []
     with contextlib.suppress(KubeError):  # the reason is a courtesy: never fail the reconcile for it
-        pods = _job_pods(kube, meta["namespace"], meta["name"])
+        pods = _job_pods(kube, job)
     for pod in sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")), reverse=True):
         reason = pod_failure(pod)
         if reason:
@@ -43,10 +43,9 @@ def failure_reason(kube: Kube, job: Obj) -> str:
 def unschedulable(kube: Kube, job: Obj) -> str:
     """Why the Job's pods cannot start, in the scheduler's words ("" when none is pending on it): a training
     that cannot be placed (GPUs, memory, node selectors) is reported while it waits, not at its deadline."""
-    meta = job["metadata"]
     pods: list[Obj] = []
     with contextlib.suppress(KubeError):  # a courtesy, as the failure reason is
-        pods = _job_pods(kube, meta["namespace"], meta["name"])
+        pods = _job_pods(kube, job)
     for pod in pods:
         status = pod.get("status") or {}
         if status.get("phase", "Pending") != "Pending":
@@ -57,9 +56,12 @@ def unschedulable(kube: Kube, job: Obj) -> str:
     return ""
 
 
-def _job_pods(kube: Kube, namespace: str, job_name: str) -> list[Obj]:
-    for label in JOB_NAME_LABELS:
-        pods = kube.list("Pod", namespace, {label: job_name})
+def _job_pods(kube: Kube, job: Obj) -> list[Obj]:
+    """The pods of a Job or TrainJob (each kind's own label: a running training's pass lists once or twice)."""
+    meta = job["metadata"]
+    labels = (JOBSET_NAME_LABEL,) if job.get("kind") == "TrainJob" else JOB_NAME_LABELS
+    for label in labels:
+        pods = kube.list("Pod", meta["namespace"], {label: meta["name"]})
         if pods:
             return pods
     return []
