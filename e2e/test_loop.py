@@ -26,15 +26,17 @@ import pytest
 
 from dynamiclora.builders.names import ANNOTATION_JOB_KIND
 from dynamiclora.controllers.conditions import get_condition
-from dynamiclora.controllers.serving import LEVEL_LETTER
-from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, stack_is_consistent
+from dynamiclora.controllers.stack_consistency import LEVEL_LETTER, StackEntry, StoreView, stack_is_consistent
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.errors import VLLMError
 from dynamiclora.storage.audit import AuditLog
+from dynamiclora.storage.results import work_uri
 from dynamiclora.storage.uri import open_store
+from dynamiclora.training.work_mirror import LATEST
 from dynamiclora_dev.demo.data import round_facts, write_regression_set
 from dynamiclora_dev.demo.scenario import DemoConfig, Scenario, free_port
 from dynamiclora_dev.localcluster.operator_env import env_dir
+from dynamiclora_dev.localcluster.process import kill_tree
 from dynamiclora_dev.localcluster.trainer_env import env_dir as trainer_env_dir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(2400)]
@@ -162,11 +164,16 @@ def _composed_by_jobs_for_an_operator_without_torch(sc: Scenario) -> None:
     assert Path(exe).parent.parent == env_dir(), exe
     no_torch = subprocess.run([exe, "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
-    jobs = sc.rest.get(f"/apis/batch/v1/namespaces/{sc.cfg.namespace}/jobs")["items"]
-    composers = [j for j in jobs if j["metadata"].get("annotations", {}).get(ANNOTATION_JOB_KIND) == "compose"]
-    assert composers and all(j["spec"]["template"]["spec"]["containers"][0]["args"][0] == "compose"
-                             for j in composers)  # fmt: skip
-    assert any((j.get("status") or {}).get("succeeded") for j in composers), composers
+    def composers() -> list[dict[str, Any]]:
+        jobs = sc.rest.get(f"/apis/batch/v1/namespaces/{sc.cfg.namespace}/jobs")["items"]
+        return [j for j in jobs if j["metadata"].get("annotations", {}).get(ANNOTATION_JOB_KIND) == "compose"]
+
+    # A migration's stack is composed by a compose Job (a training Job composes only its own version ahead).
+    done = sc.wait("a compose Job succeeded", lambda: [j for j in composers() if (j.get("status") or {}).get(
+        "succeeded")] or None)  # fmt: skip
+    assert all(j["spec"]["template"]["spec"]["containers"][0]["args"][0] == "compose" for j in done)
+    trainings = (Path(sc.cluster.state) / "pods" / sc.cfg.namespace).glob("*-alice-context-train-v*/main.log")
+    assert any("composed alice c" in log.read_text(errors="replace") for log in trainings), "none composed ahead"
     swarm = sc.status("swarms", "support")
     assert get_condition(swarm, "Composing")["reason"] in ("Composed", "Composing"), swarm
     _jobs_ran_from_the_trainer_image_environment(sc)
@@ -587,6 +594,14 @@ def test_data_parallel_training_on_two_pods_and_as_a_kubeflow_trainjob(
         (job,) = _completed(sc, "jobs", f"{ctx}-train-v{version}")  # the attempt that published it
         assert job["spec"]["completionMode"] == "Indexed" and job["status"].get("succeeded") == 2, job["status"]
         _answers_like_its_fingerprint(sc, entry)
+        # A checkpoint at step 10 of 640: the kill lands with most of the run ahead (160 steps take 3 s here,
+        # less than the test once took to see the checkpoint and kill).
+        was = sc.get("swarms", sc.cfg.swarm)["spec"]["contextTier"]["training"]  # type: ignore[index]
+        _set_training(sc, nodes=2, checkpointEvery=10, maxSteps=640)
+        version, entry = _train_alice_killing_a_worker(sc, 42)
+        assert [h["version"] for h in sc.status("loratiers", ctx)["history"]].count(version) == 1  # published once
+        _answers_like_its_fingerprint(sc, entry)
+        _set_training(sc, nodes=2, checkpointEvery=was["checkpointEvery"], maxSteps=was["maxSteps"])
 
         install(sc.cluster.kubeconfig)
         with running_controllers(sc.cluster.kubeconfig, tmp_path_factory.mktemp("kubeflow")) as controllers:
@@ -603,6 +618,44 @@ def test_data_parallel_training_on_two_pods_and_as_a_kubeflow_trainjob(
     finally:
         _set_training(sc, nodes=None, runtime=None)
         _suspend(sc, bob, None)
+
+
+def _train_alice_killing_a_worker(sc: Scenario, round_: int) -> tuple[int, dict[str, Any]]:
+    """Feed alice a round and SIGKILL worker 1 of its indexed training Job once the run's checkpoint is in the
+    store (what an OOM kill or a lost node does): the attempt fails, saying which pod was killed, and the next
+    attempt resumes from that checkpoint; the version and its serving follow as for any round."""
+    ctx = sc.tier_name("alice", "context")
+    sc.wait("consolidations done and alice served with her newest version", lambda: _quiet(sc, ctx))
+    st = sc.status("loratiers", ctx)
+    latest = int(st.get("latestVersion") or st["currentVersion"])
+    failed_before = int(st.get("failedAttempts") or 0)
+    work = Path(work_uri(f"file://{sc.pvc_root}/ckpt/dl", sc.cfg.namespace, ctx, latest + 1).removeprefix("file://"))
+    sc.feed("alice", round_)
+    deadline = time.monotonic() + sc.cfg.step_timeout
+    while not (work / LATEST).exists():  # polled closely: the kill must land well before the run's last step
+        assert time.monotonic() < deadline, f"v{latest + 1}'s first checkpoint never reached {work}"
+        time.sleep(0.05)
+    selector = f"batch.kubernetes.io/job-completion-index=1,batch.kubernetes.io/job-name={ctx}-train-v{latest + 1}"
+    pods = sc.rest.get(f"/api/v1/namespaces/{sc.cfg.namespace}/pods", {"labelSelector": selector})["items"]
+    (pod,) = [p for p in pods if p["status"].get("phase") == "Running"]
+    kill_tree(int(pod["status"]["containerStatuses"][0]["containerID"].removeprefix("local://")))
+    sc.log(f"  killed worker pod {pod['metadata']['name']} after the first checkpoint reached the store")
+    st = sc.wait("the killed attempt reported failed", lambda: (s := sc.status("loratiers", ctx))
+                 and int(s.get("failedAttempts") or 0) > failed_before and s)  # fmt: skip
+    failed = [e["message"] for e in _events(sc, ctx) if e["reason"] == "TrainingFailed" and f"v{latest + 1} " in
+              e["message"]]  # fmt: skip
+    assert any("code 137: killed by SIGKILL" in m for m in failed), failed
+    st = sc.wait("the retry trained and judged", lambda: sc.final_verdict(ctx, latest))
+    version = int(st["latestVersion"])
+    assert version == latest + 1 and st["lastGate"]["accepted"] is True, st["lastGate"]
+    attempts = sorted(Path(sc.cluster.state).glob(f"pods/{sc.cfg.namespace}/{ctx}-train-v{version}*/main.log"))
+    assert any("restored checkpoint ckpt-" in f.read_text(errors="replace") for f in attempts), attempts
+    published = [f.parent.name for f in attempts if "store: published" in f.read_text(errors="replace")]
+    # Once, by the operator's retry of the failed Job: the kill landed mid-run.
+    assert len(published) == 1 and re.search(rf"-train-v{version}-r\d+-", published[0]), published
+    entry = sc.wait(f"alice served with context v{version}", lambda: (e := sc.served("alice"))
+                    and int(e["servedVersion"].split(".")[0][1:]) >= version and e)  # fmt: skip
+    return version, entry
 
 
 def _pin(sc: Scenario, versions: dict[str, int] | None) -> None:

@@ -1,9 +1,10 @@
 """The whole loop on a Swarm whose only storage is a bucket (issue 16): S3-only swarms learn.
 
-Records -> training Job -> quality gate -> compose Job -> hot-swap -> migration -> hot-swap, a poisoned
-round the gate refuses, and ``dynamiclora history``, all through moto's S3 server on loopback. The
-operator runs from the image-equivalent environment *without any S3 identity of its own*: every read
-of the bucket (record counts, versions, served adapters, consolidation results, the audit trail) uses
+Records -> training Job -> quality gate -> the served stack composed ahead into the bucket by that Job ->
+hot-swap -> migration -> compose Job -> hot-swap, a poisoned round the gate refuses, and ``dynamiclora
+history``, all through moto's S3 server on loopback. The operator runs from the image-equivalent
+environment *without any S3 identity of its own*: every read of the bucket (record counts, versions,
+served adapters, consolidation results, the audit trail) uses
 the Swarm's ``credentialsSecretRef`` and endpoint, as the Jobs and the vLLM pod's adapter-sync sidecar do.
 """
 

@@ -89,6 +89,34 @@ def kill_group(pgid: int, timeout: float = 10.0) -> None:
             time.sleep(0.05)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``, also those that left its process group (``setsid``)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The parent pid is the second field after the parenthesised command name.
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything below it, as a container runtime kills a container: torchrun starts
+    its workers in sessions of their own, so killing the process group alone leaves them running."""
+    for target in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(target, signal.SIGKILL)
+
+
 @dataclass
 class ManagedProcess:
     """One started child with its log file.

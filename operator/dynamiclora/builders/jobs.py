@@ -154,6 +154,16 @@ def _job(
 
 
 @dataclass(frozen=True)
+class ComposeAhead:
+    """The served adapter a training Job composes once its version is accepted (``--serve-*``)."""
+
+    swarm: str
+    stack: StackSpec  # the agent's stack with the version the Job publishes
+    max_lora_rank: int
+    base_model_name: str
+
+
+@dataclass(frozen=True)
 class TrainingInputs:
     """Everything a training Job needs besides the tier's own spec (resolved by the reconciler)."""
 
@@ -170,6 +180,7 @@ class TrainingInputs:
     replay_boost: int = 0  # retries of an update rejected for collateral forgetting: each rehearses more
     version: int | None = None  # the version this Job produces: its attempts share a work area in the store
     model_claim: str | None = None  # the base model's PVC (spec.baseModel.pvc), mounted read-only
+    compose_ahead: ComposeAhead | None = None  # what serving the version will need, composed by the Job itself
 
 
 def replay_fraction(base: float, boost: int) -> float:
@@ -211,7 +222,15 @@ def training_config(
         holdout_fraction=g.holdout_fraction, gate_records=g.eval_records, gate_significance=g.significance,
         gate_max_regression=g.max_regression if g.enabled else None,
         regression_data=storage_path(inputs.storage, g.regression_set, settings) if g.regression_set else None,
+        **_compose_ahead_args(inputs.compose_ahead),
     )  # fmt: skip
+
+
+def _compose_ahead_args(ahead: ComposeAhead | None) -> dict[str, Any]:
+    if ahead is None:
+        return {}
+    return {"serve_swarm": ahead.swarm, "serve_stack": ahead.stack.to_text(),
+            "serve_max_lora_rank": ahead.max_lora_rank, "serve_base_model_name": ahead.base_model_name}
 
 
 def build_training_job(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 
 from dynamiclora.api.conditions import Reason
 from dynamiclora.kube import Kube, KubeError, Obj
@@ -33,11 +34,27 @@ def failure_reason(kube: Kube, job: Obj) -> str:
     pods: list[Obj] = []
     with contextlib.suppress(KubeError):  # the reason is a courtesy: never fail the reconcile for it
         pods = _job_pods(kube, job)
-    for pod in sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")), reverse=True):
+    for pod in _in_telling_order(pods, job):
         reason = pod_failure(pod)
         if reason:
             return reason[:MAX_REASON_CHARS]
     return str(cond.get("message", ""))[:MAX_REASON_CHARS]
+
+
+def _in_telling_order(pods: list[Obj], job: Obj) -> list[Obj]:
+    """The newest pod first (a retried pod's latest failure), except in an indexed (distributed) Job: there the
+    first pod to end is the cause and the others only report losing it, so the earliest end comes first."""
+    if job.get("spec", {}).get("completionMode") != "Indexed":
+        return sorted(pods, key=lambda p: str(p["metadata"].get("creationTimestamp", "")), reverse=True)
+
+    def ended(pod: Obj) -> tuple[str, bool]:
+        states = [(cs.get("state") or {}).get("terminated") or {}
+                  for cs in (pod.get("status") or {}).get("containerStatuses") or []]  # fmt: skip
+        # Times have whole seconds: within one, a pod killed outright goes before peers that lost it.
+        return (min((str(t["finishedAt"]) for t in states if t.get("finishedAt")), default="~"),  # "~" sorts last
+                not any(int(t.get("exitCode") or 0) == 128 + signal.SIGKILL for t in states))
+
+    return sorted(pods, key=ended)
 
 
 def unschedulable(kube: Kube, job: Obj) -> str:
@@ -74,23 +91,48 @@ def pod_failure(pod: Obj) -> str:
         term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
         if not term or not term.get("exitCode"):
             continue
-        text = str(term.get("message") or "")
-        line = distributed_failure(text) or last_line(text)
+        text, code = str(term.get("message") or ""), int(term["exitCode"])
+        # A container killed by a signal wrote no error: its log tail is whatever it was doing, not a reason.
+        line = distributed_failure(text) or (error_line(text) if code > 128 else last_line(text))
         if line:
             return line
         why = f" ({term['reason']})" if term.get("reason") not in (None, "", "Error") else ""
-        return f"container {cs.get('name')} exited with code {term['exitCode']}{why}"
+        return f"container {cs.get('name')} exited with code {code}{why or _signal(code)}"
     return f"{status['reason']}: {status.get('message', '')}" if status.get("reason") else ""
+
+
+def _signal(code: int) -> str:
+    """What an exit code above 128 says: the signal that killed the process."""
+    with contextlib.suppress(ValueError):
+        if code > 128:
+            name = signal.Signals(code - 128).name
+            return f": killed by {name}" + (" (out of memory, a lost node or a kill)" if name == "SIGKILL" else "")
+    return ""
+
+
+def error_line(message: str) -> str:
+    """The error a failed entrypoint reported (its result document or an ``error:`` line), else ""."""
+    if doc := _error_document(message):
+        return doc
+    line = last_line(message)
+    return line if line.startswith("error:") else ""
 
 
 def last_line(message: str) -> str:
     """The headline of a ``{"error": ...}`` result document, else the last non-empty line (of a log)."""
+    if doc := _error_document(message):
+        return doc
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _error_document(message: str) -> str:
+    """The headline of a ``{"error": ...}`` result document, "" when ``message`` is not one."""
     with contextlib.suppress(ValueError):
         doc = json.loads(message)
         if isinstance(doc, dict) and doc.get("error"):
             return str(doc["error"]).strip().split("\n", 1)[0]
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+    return ""
 
 
 # torchrun's accounts of a failed run (torch.distributed.elastic): a rendezvous error names its class; a

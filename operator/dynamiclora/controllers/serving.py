@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -22,14 +21,21 @@ from typing import TYPE_CHECKING, Any
 from dynamiclora.api.swarm import MAX_MISSING_LISTED, Swarm
 from dynamiclora.builders.guard import OPERATOR_KEY
 from dynamiclora.builders.inference import adapters_mount as pods_adapters_mount
-from dynamiclora.builders.jobs import store_uri, tier_ref
+from dynamiclora.builders.jobs import store_uri
 from dynamiclora.builders.names import operator_key_secret, served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.common import WaitFor
 from dynamiclora.controllers.composer import ComposeProgress, Composer
 from dynamiclora.controllers.placement import PodPlan, plan_pods, queued_agents
 from dynamiclora.controllers.promotion import agent_trust, served_version_of
-from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
+from dynamiclora.controllers.stack_consistency import (
+    StackEntry,
+    StoreView,
+    settle,
+    stack_key,
+    stack_label,
+    stack_spec,
+)
 from dynamiclora.controllers.swarm import ReadyPod
 from dynamiclora.controllers.tier_storage import s3_client_for
 from dynamiclora.kube import Kube, Obj
@@ -42,7 +48,6 @@ if TYPE_CHECKING:  # imported lazily at run time (httpx is only needed once a po
     from dynamiclora.serving.hotswap import HotSwapper
     from dynamiclora.serving.reconcile import ReconcileResult
 
-LEVEL_LETTER = {"context": "c", "agent": "a", "swarm": "s", "domain": "d", "foundation": "f"}
 
 
 class ServingUnavailable(Exception):
@@ -58,18 +63,16 @@ class AgentStack:
 
     @property
     def key(self) -> str:
-        text = "|".join(f"{e.store}/{e.tier}@{e.version}" for e in self.entries)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return stack_key(self.entries)
 
     @property
     def label(self) -> str:
         """Human-readable composite version, e.g. ``c3.a2.s1``."""
-        return ".".join(f"{LEVEL_LETTER.get(e.level, e.level)}{e.version}" for e in self.entries)
+        return stack_label(self.entries)
 
     def spec(self) -> StackSpec:
         """What a compose Job is told to compose for this agent."""
-        return StackSpec(self.agent, self.key, self.label,
-                         tuple((e.level, tier_ref(e.store, e.namespace, e.tier, e.version)) for e in self.entries))
+        return stack_spec(self.agent, self.entries)
 
 
 def desired_stacks(

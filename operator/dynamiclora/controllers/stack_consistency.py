@@ -15,14 +15,17 @@ consistent with the faster versions already chosen. The store, not the statuses,
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dynamiclora.builders.jobs import tier_ref
 from dynamiclora.controllers.promotion import is_accepted
 from dynamiclora.storage.base import CheckpointStore, StoreError, VersionRef, parse_version_dir
+from dynamiclora.training.options import StackSpec
 
 MIGRATION, RESIDUAL = "migration", "migration-source"
 CONSENSUS, CONSENSUS_RESIDUAL = "consensus", "consensus-agent"
@@ -40,6 +43,25 @@ class StackEntry:
 
 
 Entry = StackEntry
+
+LEVEL_LETTER = {"context": "c", "agent": "a", "swarm": "s", "domain": "d", "foundation": "f"}
+
+
+def stack_key(entries: Sequence[StackEntry]) -> str:
+    """The composed adapter's folder name: a hash of the exact tier versions (and stores) it is built from."""
+    text = "|".join(f"{e.store}/{e.tier}@{e.version}" for e in entries)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def stack_label(entries: Sequence[StackEntry]) -> str:
+    """Human-readable composite version, e.g. ``c3.a2.s1``."""
+    return ".".join(f"{LEVEL_LETTER.get(e.level, e.level)}{e.version}" for e in entries)
+
+
+def stack_spec(agent: str, entries: Sequence[StackEntry]) -> StackSpec:
+    """What ``dynamiclora compose`` (or a training Job composing ahead) is told to compose for ``agent``."""
+    return StackSpec(agent, stack_key(entries), stack_label(entries),
+                     tuple((e.level, tier_ref(e.store, e.namespace, e.tier, e.version)) for e in entries))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,13 @@ from dynamiclora.api.swarm import Swarm
 from dynamiclora.api.tier import LoRATier, LoRATierStatus, TierPhase
 from dynamiclora.builders.distributed import ANNOTATION_WORKERS
 from dynamiclora.builders.inference import job_model_path
-from dynamiclora.builders.jobs import TrainingInputs, build_training_job, experience_location, store_uri
+from dynamiclora.builders.jobs import (
+    ComposeAhead,
+    TrainingInputs,
+    build_training_job,
+    experience_location,
+    store_uri,
+)
 from dynamiclora.builders.names import (
     ANNOTATION_INPUTS,
     ANNOTATION_TARGET,
@@ -37,7 +43,7 @@ from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_condition_reason, failure_reason, unschedulable
 from dynamiclora.controllers.launch import choose_launch, expired, launch, started_at
 from dynamiclora.controllers.promotion import observe_pin, observe_versions, served_version_of
-from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle
+from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle, stack_spec
 from dynamiclora.controllers.tier_storage import (
     StorageUnavailable,
     guard_storage,
@@ -430,7 +436,7 @@ def _maybe_train(
     job_name = training_job_name(name, next_version, attempts)
     store = store_uri(storage, settings)
     view = StoreView({store: s3_client_for(kube, ns, storage)})
-    frozen = _frozen_tiers(kube, ns, swarm, tier, store, view, int(current) if current else None)
+    slower = _frozen_tiers(kube, settings, ns, swarm, tier, store, view, int(current) if current else None)
     inputs = TrainingInputs(
         model_path=job_model_path(swarm, settings),
         storage=storage,
@@ -439,12 +445,13 @@ def _maybe_train(
         new_records=pending,
         total_records=total,
         init_version=int(current) if current else None,
-        frozen=frozen,
+        frozen=[(e.tier, e.version) for e in slower],
         seed=next_version,
         exclude_windows=[f"{w['from']}/{w['to']}" for w in st.get("quarantine", [])],
         replay_boost=int(st.get("collateralRetries") or 0),
         version=next_version,
         model_claim=swarm.spec.base_model.pvc.claim_name if swarm.spec.base_model.pvc else None,
+        compose_ahead=_compose_ahead(settings, swarm, tier, store, next_version, slower),
     )
     job = build_training_job(body, tier.spec, inputs, job_name, settings)
     how = choose_launch(kube, settings, tier.spec.training)
@@ -501,14 +508,14 @@ def _input_missing(conditions: list[Obj], missing: list[str], events: list[Event
     return set_condition(conditions, ConditionType.TRAINING, False, Reason.INPUT_MISSING, msg, gen)
 
 
-def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier: LoRATier, store: str, view: StoreView,
-                  init: int | None) -> list[tuple[str, int]]:  # fmt: skip
+def _frozen_tiers(kube: Kube, settings: OperatorSettings, ns: str, swarm: Swarm, tier: LoRATier, store: str,
+                  view: StoreView, init: int | None) -> list[StackEntry]:  # fmt: skip
     """The slower tiers of the agent's stack to load frozen while training from version ``init``.
 
     Exactly the stack serving composes with that version (:func:`settle`): a migration publishes the
     slower tier and the residual one after the other, and each tier's status catches up on its own, so a
     residual trained without its migrated destination (or the reverse) would learn what the served
-    stack already holds, or lose it.
+    stack already holds, or lose it. Each entry names its tier's own store, as serving's do.
     """
     names = stack_tier_names(tier.spec.swarm_ref or "", swarm, tier.spec.agent or "")
     name = tier.metadata.name or ""
@@ -519,12 +526,34 @@ def _frozen_tiers(kube: Kube, ns: str, swarm: Swarm, tier: LoRATier, store: str,
         other = kube.get("LoRATier", ns, n)
         if other is None:
             continue
-        entry = StackEntry(n, str(other["spec"]["level"]), int(served_version_of(other) or 0), store, ns)
+        own = store
+        if other["spec"].get("storage"):  # read with that storage's identity, as serving reads it
+            storage = Storage.model_validate(other["spec"]["storage"])
+            own = store_uri(storage, settings)
+            if own not in view.clients:
+                view.clients[own] = s3_client_for(kube, ns, storage)
+        entry = StackEntry(n, str(other["spec"]["level"]), int(served_version_of(other) or 0), own, ns)
         if not other["spec"].get("pinnedVersion"):  # a pin is the user's explicit choice
             entry = replace(entry, version=settle(entry, faster, view) or 0)
         if entry.version:
             faster.append(entry)
-    return [(e.tier, e.version) for e in faster[1:]]
+    return faster[1:]
+
+
+def _compose_ahead(settings: OperatorSettings, swarm: Swarm, tier: LoRATier, store: str, version: int,
+                   slower: list[StackEntry]) -> ComposeAhead | None:  # fmt: skip
+    """The agent's served stack with ``version`` as serving will compose it once the version is accepted,
+    for the training Job to compose ahead (event-driven freshness, issue 19); None when serving would
+    compose another stack (a pin) or from another store than the tier trains in."""
+    agent = next((a for a in swarm.spec.agents if a.name == tier.spec.agent), None)
+    sw_storage = swarm.spec.storage
+    if agent is None or agent.pinned_versions or tier.spec.pinned_version is not None or tier.spec.storage:
+        return None
+    if store != store_uri(sw_storage, settings) or (sw_storage.pvc is None and sw_storage.s3 is None):
+        return None
+    mine = StackEntry(tier.metadata.name or "", str(tier.spec.level), version, store, tier.metadata.namespace or "")
+    return ComposeAhead(tier.spec.swarm_ref or "", stack_spec(agent.name, [mine, *slower]),
+                        swarm.spec.inference.max_lora_rank, swarm.spec.base_model.name)
 
 
 def _update_rate(st: Obj, old: Obj, total: int, learning_rate: float) -> None:

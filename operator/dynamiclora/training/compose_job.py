@@ -35,7 +35,7 @@ from dynamiclora.serving.served_s3 import (
 from dynamiclora.storage.base import BlobBackend, BlobNotFoundError
 from dynamiclora.storage.schemes import scheme_of
 from dynamiclora.storage.uri import open_store, parse_tier_ref
-from dynamiclora.training.options import ComposeConfig, StackSpec
+from dynamiclora.training.options import ComposeConfig, StackSpec, TrainConfig
 
 COMPOSITION_FILE = "composition.json"
 Log = Callable[[str], None]
@@ -158,3 +158,31 @@ def run_compose(cfg: ComposeConfig, log: Log = _print) -> dict[str, Any]:
         detail = "; ".join(f"{agent}: {why}" for agent, why in sorted(failed.items()))
         raise ComposeError(f"{len(failed)} of {len(todo)} stack(s) not composed ({len(composed)} done): {detail}")
     return {"composed": composed, "skipped": skipped, "relativeError": errors}
+
+
+def compose_ahead(cfg: TrainConfig, version: int, log: Log = _print) -> str | None:
+    """After a training Job published ``version`` (accepted by the gate), compose the stack the operator
+    expects to serve with it (``--serve-stack``): the Job has torch and the model at hand, so serving the
+    version needs no compose Job. Returns the stack's label, or None when nothing was composed.
+
+    Only an optimisation: the operator decides what is served and composes by Job whatever differs
+    (another version published meanwhile, a half-applied migration settled otherwise), so a failure here
+    is logged, never fatal.
+    """
+    if not cfg.serve_stack or not cfg.serve_swarm:
+        return None
+    spec = StackSpec.from_text(cfg.serve_stack)
+    mine = [parse_tier_ref(ref).version for _level, ref in spec.tiers if parse_tier_ref(ref).tier == cfg.tier]
+    if mine != [version]:
+        log(f"compose ahead skipped: published v{version}, the stack {spec.label} names {mine}")
+        return None
+    compose = ComposeConfig(store=cfg.output_store, namespace=cfg.namespace, swarm=cfg.serve_swarm,
+                            stack=[cfg.serve_stack], max_lora_rank=cfg.serve_max_lora_rank or 64,
+                            base_model_name=cfg.serve_base_model_name or "", model_dir=cfg.base_model,
+                            threads=cfg.threads)  # fmt: skip
+    try:
+        run_compose(compose, log)
+    except Exception as e:  # the operator's compose Job does it instead
+        log(f"compose ahead of {spec.agent} {spec.label} failed, serving will compose it: {type(e).__name__}: {e}")
+        return None
+    return spec.label

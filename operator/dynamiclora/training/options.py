@@ -210,8 +210,20 @@ class TrainConfig:
         "help": "quality gate: records evaluated per set (the newest held-out ones; the newest regression ones)"})
     result_file: str | None = field(default=None, metadata={
         "help": "also write the result JSON here (e.g. /dev/termination-log)"})
+    serve_swarm: str | None = field(default=None, metadata={
+        "help": "compose ahead: once the gate accepts the version and it is published, compose --serve-stack "
+                "into this Swarm's served adapters, where the model and torch already are, so serving the new "
+                "version waits for no compose Job (the operator composes whatever differs)"})
+    serve_stack: str | None = field(default=None, metadata={
+        "help": "compose ahead: the agent's stack with the version this Job publishes, as `dynamiclora compose "
+                "--stack` JSON"})
+    serve_max_lora_rank: int | None = field(default=None, metadata={
+        "help": "compose ahead: the vLLM pods' --max-lora-rank (a larger stack is truncated)"})
+    serve_base_model_name: str | None = field(default=None, metadata={
+        "help": "compose ahead: the base model name recorded in the served adapter_config.json"})
 
     def __post_init__(self) -> None:
+        self._check_serve()
         checks = [
             (self.plastic_rank is None or self.plastic_rank >= 0,
              f"--plastic-rank must be >= 0, got {self.plastic_rank}"),
@@ -263,6 +275,14 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+    def _check_serve(self) -> None:
+        if (self.serve_swarm is None) != (self.serve_stack is None):
+            raise ValueError("--serve-swarm and --serve-stack go together")
+        if self.serve_max_lora_rank is not None and self.serve_max_lora_rank < 1:
+            raise ValueError(f"--serve-max-lora-rank must be >= 1, got {self.serve_max_lora_rank}")
+        if self.serve_stack is not None:
+            StackSpec.from_text(self.serve_stack)
 
 
 @dataclass

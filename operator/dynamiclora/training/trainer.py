@@ -26,6 +26,7 @@ from dynamiclora.storage.base import validate_name
 from dynamiclora.storage.schemes import blob_backend
 from dynamiclora.training import checkpoint as ckpt
 from dynamiclora.training import distributed as dist
+from dynamiclora.training.compose_job import compose_ahead
 from dynamiclora.training.data import (
     Example,
     drop_windows,
@@ -288,6 +289,8 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
         result = _publish(cfg, store, work, fp, refs, stats, run, verdict, sel, started, log)
         if mirror:
             mirror.published(work)
+        if verdict.get("accepted") and (label := compose_ahead(cfg, int(result["version"]), log)):
+            result["composedAhead"] = label
         return result
 
 

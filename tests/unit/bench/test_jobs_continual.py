@@ -22,10 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 
 from dynamiclora.api.policy import MigrationPolicy
 from dynamiclora.api.tier import LoRATierSpec
-from dynamiclora.builders.jobs import TrainingInputs, build_training_job
+from dynamiclora.builders.jobs import ComposeAhead, TrainingInputs, build_training_job
 from dynamiclora.cli import build_parser
 from dynamiclora.controllers.common import parse
 from dynamiclora.controllers.policy import Budget, _migrate_args
+from dynamiclora.controllers.stack_consistency import StackEntry, stack_spec
 from dynamiclora.training.options import ConsolidateConfig, TrainConfig, from_namespace
 from dynamiclora.training.records import parse_line
 from dynamiclora_dev.tinymodel import TinyModelConfig
@@ -33,7 +34,7 @@ from jobsbench.base import PretrainConfig, pretrain_base, window_records, write_
 from jobsbench.facts import Fact, pretrain_facts
 from jobsbench.harness import KINDS, SCALARS, main
 from jobsbench.methods import METHODS, JobsConfig, policy_spec, swarm_spec
-from jobsbench.operator_sim import NAMESPACE, POLICY, SimOperator, job_args, local_args
+from jobsbench.operator_sim import NAMESPACE, POLICY, SWARM, SimOperator, job_args, local_args
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,10 @@ def test_the_jobs_it_runs_are_the_operators(tmp_path: Path) -> None:
     inputs = TrainingInputs(model_path=str(base), storage=op.swarm.spec.storage,
                             experience_prefix=op.swarm.spec.experience.prefix,
                             bad_records=op.swarm.spec.experience.bad_records, new_records=18, total_records=54,
-                            init_version=1, seed=2, version=2)  # fmt: skip
+                            init_version=1, seed=2, version=2,
+                            compose_ahead=ComposeAhead(SWARM, stack_spec("alice", [StackEntry(
+                                tier["metadata"]["name"], "context", 2, op.store, NAMESPACE)]),
+                                op.swarm.spec.inference.max_lora_rank, op.swarm.spec.base_model.name))  # fmt: skip
     job = build_training_job(tier, LoRATierSpec.model_validate(tier["spec"]), inputs, runs[1][0].name, op.settings)
     assert runs[1][0].args == local_args(job_args(job), tmp_path / "op" / "work")
     ran = from_namespace(TrainConfig, build_parser().parse_args(runs[1][0].args))

@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from dynamiclora_dev.localcluster.process import free_port, group_alive, owned_by, start_process
+from dynamiclora_dev.localcluster.process import (
+    descendants,
+    free_port,
+    group_alive,
+    kill_tree,
+    owned_by,
+    start_process,
+)
 
 
 def test_stop_kills_the_whole_group(tmp_path: Path) -> None:
@@ -41,3 +48,28 @@ def test_free_port_is_bindable() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_kill_tree_reaches_children_that_left_the_group(tmp_path: Path) -> None:
+    """A container dies whole: torchrun's workers run in sessions of their own (``setsid``)."""
+    script = "setsid sleep 300 & echo $! > child; wait"
+    proc = start_process("tree", ["sh", "-c", script], tmp_path / "tree.log", cwd=tmp_path)
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "child").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.2)  # the pid is written before setsid execs sleep
+    child = int((tmp_path / "child").read_text())
+    assert child in descendants(proc.pid) and os.getpgid(child) != proc.pid
+    kill_tree(proc.pid)
+    proc.popen.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and "Z" not in _state(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{child}").exists() or "Z" in _state(child)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"

@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import enum
 import json
+import re
 import time
 import typing
 import uuid
@@ -557,8 +558,13 @@ def _normalize(x: Any, ctx: Ctx) -> Any:
         return [_normalize(v, ctx) for v in x]
     if isinstance(x, str):
         x = x.replace(str(ctx.root), "<ROOT>")
+        # A composed stack's key hashes its stores' URIs, the run's paths among them (--serve-stack).
+        x = STACK_KEY.sub('"key":"<KEY>"', x)
         return x.replace(ctx.bucket, "<BUCKET>") if ctx.bucket else x
     return x
+
+
+STACK_KEY = re.compile(r'"key":"[0-9a-f]{8,64}"')
 
 
 def _diff(a: Any, b: Any, path: str = "") -> list[str]:

@@ -8,6 +8,7 @@ destination with the residual (or newer): never the moved components twice, nor 
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 from typing import Any
@@ -127,12 +128,47 @@ def test_training_freezes_exactly_the_stack_serving_composes_with_its_start_vers
 
     def frozen(init: int, agent_status: int | None) -> list[tuple[str, int]]:
         kube.objects[("LoRATier", NS, AGENT)]["status"] = {"currentVersion": agent_status} if agent_status else {}
-        return _frozen_tiers(kube, NS, sw, ctx, _store(settings), StoreView(), init)
+        return [(e.tier, e.version) for e in _frozen_tiers(kube, settings, NS, sw, ctx, _store(settings), StoreView(),
+                                                           init)]  # fmt: skip
 
     # From the residual: the destination belongs to the stack even before the agent tier's status shows it.
     assert frozen(3, None) == frozen(3, 1) == [(AGENT, 1)]
     # From the pre-migration version: never the destination that already holds its components.
     assert frozen(2, None) == frozen(2, 1) == []
+
+
+def test_a_training_job_composes_ahead_exactly_the_stack_serving_looks_for_once_its_version_is_current(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], tmp_path: Path
+) -> None:
+    """Issue 19 (freshness): a Job composes ahead under the key serving computes for the accepted version; a
+    divergence would silently bring back a compose Job on every round."""
+    from dynamiclora.api.tier import LoRATier
+    from dynamiclora.controllers.tier import _compose_ahead, _frozen_tiers
+
+    live = _swarm(kube, settings, swarm_body)
+    sw = Swarm.model_validate(live)
+    ctx = LoRATier.model_validate(kube.objects[("LoRATier", NS, CTX)])
+    _publish(settings, CTX, tmp_path, {"kind": "training"})  # c1
+    _publish(settings, AGENT, tmp_path, {"kind": "training"})  # a1
+    for tier in (CTX, AGENT):
+        kube.objects[("LoRATier", NS, tier)]["status"] = {"currentVersion": 1}
+    slower = _frozen_tiers(kube, settings, NS, sw, ctx, _store(settings), StoreView(), 1)
+    ahead = _compose_ahead(settings, sw, ctx, _store(settings), 2, slower)
+    assert ahead is not None and ahead.swarm == "support" and ahead.stack.label == "c2.a1"
+    assert (ahead.max_lora_rank, ahead.base_model_name) == (sw.spec.inference.max_lora_rank, sw.spec.base_model.name)
+
+    _publish(settings, CTX, tmp_path, {"kind": "training"})  # c2: the Job's version, accepted
+    kube.objects[("LoRATier", NS, CTX)]["status"] = {"currentVersion": 2}
+    (served,) = [s for s in desired_stacks(kube, settings, live, sw) if s.agent == "alice"]
+    assert ahead.stack == served.spec()
+
+    # Serving composes something else for a pinned agent or tier: nothing is composed ahead.
+    pinned = copy.deepcopy(live)
+    pinned["spec"]["agents"][0]["pinnedVersions"] = {"agent": 1}
+    assert _compose_ahead(settings, Swarm.model_validate(pinned), ctx, _store(settings), 2, slower) is None
+    pinned_tier = copy.deepcopy(kube.objects[("LoRATier", NS, CTX)])
+    pinned_tier["spec"]["pinnedVersion"] = 1
+    assert _compose_ahead(settings, sw, LoRATier.model_validate(pinned_tier), _store(settings), 2, slower) is None
 
 
 def test_a_consensus_is_composed_for_an_agent_only_with_that_agents_residual(
