@@ -591,7 +591,9 @@ def test_data_parallel_training_on_two_pods_and_as_a_kubeflow_trainjob(
     _set_training(sc, nodes=2)
     try:
         version, entry = _train_alice_once(sc, 40)
-        (job,) = _completed(sc, "jobs", f"{ctx}-train-v{version}")  # the attempt that published it
+        # The attempt that published it. Its Complete condition can come after the version is served: the Job
+        # controller marks it once every pod has ended (CI saw "served" first once the Job composed ahead).
+        (job,) = sc.wait(f"v{version}'s Job complete", lambda: _completed(sc, "jobs", f"{ctx}-train-v{version}"))
         assert job["spec"]["completionMode"] == "Indexed" and job["status"].get("succeeded") == 2, job["status"]
         _answers_like_its_fingerprint(sc, entry)
         # A checkpoint at step 10 of 640: the kill lands with most of the run ahead (160 steps take 3 s here,
@@ -610,7 +612,8 @@ def test_data_parallel_training_on_two_pods_and_as_a_kubeflow_trainjob(
                 version, entry = _train_alice_once(sc, 41)
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{controllers.tails()}") from None
-        (tj,) = _completed(sc, "trainjobs", f"{ctx}-train-v{version}")
+        (tj,) = sc.wait(f"v{version}'s TrainJob complete",
+                        lambda: _completed(sc, "trainjobs", f"{ctx}-train-v{version}"))  # fmt: skip
         assert tj["spec"]["trainer"]["numNodes"] == 2 and tj["spec"]["runtimeRef"]["name"] == "torch-distributed"
         history = sc.status("loratiers", ctx)["history"]
         assert [h["version"] for h in history].count(version) == 1  # published once
