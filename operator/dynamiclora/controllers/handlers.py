@@ -60,6 +60,7 @@ class Runtime:
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     retries: dict[tuple[str, str, str], asyncio.Task[None]] = field(default_factory=dict)  # one per object
     jobs_seen: OrderedDict[str, None] = field(default_factory=OrderedDict)  # finished Jobs reacted to (uids)
+    passes: dict[tuple[str, str, str], int] = field(default_factory=dict)  # finished passes per object
 
     def __post_init__(self) -> None:
         self.composer = JobComposer(self.kube, self.settings)
@@ -71,6 +72,11 @@ class Runtime:
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One lock per object: change handlers and the resync loop never reconcile it concurrently."""
         return self.locks.setdefault((kind, namespace, name), asyncio.Lock())
+
+    def seen(self, kind: str, body: Obj) -> int:
+        """How many passes over ``body``'s object had finished when ``body`` was read (see :func:`_counted`)."""
+        meta = body["metadata"]
+        return self.passes.get((kind, meta.get("namespace", ""), meta["name"]), 0)
 
 
 def _runtime(memo: Any) -> Runtime:
@@ -188,9 +194,10 @@ async def on_job_finished(rt: Runtime, job: Obj) -> None:
     ns = job["metadata"]["namespace"]
     handles = {kind: handle for kind, handle in KINDS.values()}
     for kind, name in await asyncio.to_thread(followups, rt.kube, job):
+        seen = rt.passes.get((kind, ns, name), 0)
         fresh = await asyncio.to_thread(rt.kube.get, kind, ns, name)
         if fresh is not None and not fresh["metadata"].get("deletionTimestamp"):
-            await reconcile_now(rt, kind, handles[kind], fresh)
+            await reconcile_now(rt, kind, handles[kind], fresh, seen)
 
 
 def _register_jobs() -> None:
@@ -233,12 +240,24 @@ def needs_reconcile(event_type: str | None, body: Obj) -> bool:
     return observed is None or observed != meta.get("generation")
 
 
-async def _counted(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
-    """Run one reconcile under the object's lock; unexpected exceptions are counted and re-raised."""
+async def _counted(rt: Runtime, kind: str, handle: Any, body: Obj, seen: int) -> None:
+    """Run one reconcile under the object's lock; unexpected exceptions are counted and re-raised.
+
+    ``body`` was read when ``seen`` passes over the object had finished. If another pass finished while this
+    one waited for the lock, ``body`` may predate what that pass saw or wrote (a resync listing taken before a
+    spec change, handled only after the change's own pass): reconciling it would re-apply the old spec to the
+    children and merge the old status back. The object is read again instead.
+    """
     meta = body["metadata"]
     if not rt.leading():  # a follower watches but never writes; the leader's resync covers every object
         return
-    async with rt.lock(kind, meta.get("namespace", ""), meta["name"]):
+    key = (kind, meta.get("namespace", ""), meta["name"])
+    async with rt.lock(*key):
+        if rt.passes.get(key, 0) != seen:
+            fresh = await asyncio.to_thread(rt.kube.get, kind, key[1], key[2])
+            if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+                return
+            body = fresh
         try:
             await handle(rt, body)
         except (kopf.PermanentError, kopf.TemporaryError):
@@ -246,13 +265,16 @@ async def _counted(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
         except Exception:
             RECONCILES.labels(kind, "error").inc()
             raise
+        finally:
+            rt.passes[key] = rt.passes.get(key, 0) + 1
 
 
-async def reconcile_now(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
-    """Reconcile once; a temporary failure is retried after its delay with a fresh copy of the object."""
+async def reconcile_now(rt: Runtime, kind: str, handle: Any, body: Obj, seen: int) -> None:
+    """Reconcile once (``body`` read after ``seen`` passes); a temporary failure is retried after its delay
+    with a fresh copy of the object."""
     meta = body["metadata"]
     try:
-        await _counted(rt, kind, handle, body)
+        await _counted(rt, kind, handle, body, seen)
     except kopf.PermanentError as err:
         log.info("%s %s/%s: %s", kind, meta.get("namespace"), meta["name"], err)
     except kopf.TemporaryError as err:
@@ -268,9 +290,10 @@ async def _retry(rt: Runtime, kind: str, handle: Any, meta: Obj, delay: float) -
     key = (kind, meta.get("namespace", ""), meta["name"])
     await asyncio.sleep(delay)
     rt.retries.pop(key, None)
+    seen = rt.passes.get(key, 0)
     fresh = await asyncio.to_thread(rt.kube.get, kind, key[1], key[2])
     if fresh is not None and not fresh["metadata"].get("deletionTimestamp"):
-        await reconcile_now(rt, kind, handle, fresh)
+        await reconcile_now(rt, kind, handle, fresh, seen)
 
 
 async def forget(rt: Runtime, kind: str, body: Obj) -> None:
@@ -280,15 +303,16 @@ async def forget(rt: Runtime, kind: str, body: Obj) -> None:
     async with rt.lock(kind, ns, meta["name"]):
         forget_object(kind, ns, meta["name"])
     rt.locks.pop((kind, ns, meta["name"]), None)  # a re-created object gets a fresh one
+    rt.passes.pop((kind, ns, meta["name"]), None)
 
 
 def _register_kind(plural: str, kind: str, handle: Any) -> None:
     async def on_event(type: str | None, body: Any, memo: Any, **_: Any) -> None:
-        plain = _plain(body)
+        plain, rt = _plain(body), _runtime(memo)
         if type == "DELETED":
-            await forget(_runtime(memo), kind, plain)
+            await forget(rt, kind, plain)
         elif needs_reconcile(type, plain):
-            await reconcile_now(_runtime(memo), kind, handle, plain)
+            await reconcile_now(rt, kind, handle, plain, rt.seen(kind, plain))
 
     on_event.__name__ = on_event.__qualname__ = f"{plural}_event"
     kopf.on.event(GROUP, VERSION, plural)(on_event)
@@ -312,6 +336,7 @@ async def resync_forever(rt: Runtime, concurrency: int = 16) -> None:
         if not rt.leading():
             continue
         for kind, handle in KINDS.values():
+            before = dict(rt.passes)  # ahead of the listing: a pass finishing during it makes its bodies stale
             try:
                 objs = await asyncio.to_thread(rt.kube.list, kind, rt.settings.namespace or "")
             except Exception:  # the API server may be briefly unavailable
@@ -322,13 +347,14 @@ async def resync_forever(rt: Runtime, concurrency: int = 16) -> None:
                 key = (kind, meta.get("namespace", ""), meta["name"])
                 if meta.get("deletionTimestamp") or key in inflight:
                     continue  # a pass still running: this object is slow, the others go on
-                inflight[key] = asyncio.create_task(_resync_one(rt, gates[kind], kind, handle, obj))
+                seen = before.get(key, 0)
+                inflight[key] = asyncio.create_task(_resync_one(rt, gates[kind], kind, handle, obj, seen))
 
 
-async def _resync_one(rt: Runtime, gate: asyncio.Semaphore, kind: str, handle: Any, body: Obj) -> None:
+async def _resync_one(rt: Runtime, gate: asyncio.Semaphore, kind: str, handle: Any, body: Obj, seen: int) -> None:
     meta = body["metadata"]
     async with gate:
-        task = asyncio.create_task(_resync_pass(rt, kind, handle, body))
+        task = asyncio.create_task(_resync_pass(rt, kind, handle, body, seen))
         done, _ = await asyncio.wait({task}, timeout=rt.settings.reconcile_deadline_seconds)
     if not done:
         log.warning("%s %s/%s: its pass is still running after %.0fs; it goes on without a slot", kind,
@@ -336,9 +362,9 @@ async def _resync_one(rt: Runtime, gate: asyncio.Semaphore, kind: str, handle: A
         await task
 
 
-async def _resync_pass(rt: Runtime, kind: str, handle: Any, body: Obj) -> None:
+async def _resync_pass(rt: Runtime, kind: str, handle: Any, body: Obj, seen: int) -> None:
     try:
-        await _counted(rt, kind, handle, body)
+        await _counted(rt, kind, handle, body, seen)
     except (kopf.PermanentError, kopf.TemporaryError) as err:
         log.debug("resync of %s %s: %s", kind, body["metadata"]["name"], err)
     except Exception:  # one bad object must not stop the loop

@@ -169,7 +169,7 @@ def compose_ahead(cfg: TrainConfig, version: int, log: Log = _print) -> str | No
     (another version published meanwhile, a half-applied migration settled otherwise), so a failure here
     is logged, never fatal.
     """
-    if not cfg.serve_stack or not cfg.serve_swarm:
+    if not cfg.serve_stack or not cfg.serve_swarm or not cfg.serve_max_lora_rank:  # validated together
         return None
     spec = StackSpec.from_text(cfg.serve_stack)
     mine = [parse_tier_ref(ref).version for _level, ref in spec.tiers if parse_tier_ref(ref).tier == cfg.tier]
@@ -177,7 +177,7 @@ def compose_ahead(cfg: TrainConfig, version: int, log: Log = _print) -> str | No
         log(f"compose ahead skipped: published v{version}, the stack {spec.label} names {mine}")
         return None
     compose = ComposeConfig(store=cfg.output_store, namespace=cfg.namespace, swarm=cfg.serve_swarm,
-                            stack=[cfg.serve_stack], max_lora_rank=cfg.serve_max_lora_rank or 64,
+                            stack=[cfg.serve_stack], max_lora_rank=cfg.serve_max_lora_rank,
                             base_model_name=cfg.serve_base_model_name or "", model_dir=cfg.base_model,
                             threads=cfg.threads)  # fmt: skip
     try:

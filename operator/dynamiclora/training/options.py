@@ -277,8 +277,8 @@ class TrainConfig:
                 raise ValueError(msg)
 
     def _check_serve(self) -> None:
-        if (self.serve_swarm is None) != (self.serve_stack is None):
-            raise ValueError("--serve-swarm and --serve-stack go together")
+        if not (self.serve_swarm is None) == (self.serve_stack is None) == (self.serve_max_lora_rank is None):
+            raise ValueError("--serve-swarm, --serve-stack and --serve-max-lora-rank go together")
         if self.serve_max_lora_rank is not None and self.serve_max_lora_rank < 1:
             raise ValueError(f"--serve-max-lora-rank must be >= 1, got {self.serve_max_lora_rank}")
         if self.serve_stack is not None:

@@ -58,7 +58,8 @@ def test_a_stack_naming_another_version_composes_nothing(
     store = f"file://{tmp_path}/store"
     agent_ref = publish_random_adapter(store, "alice-agent", tmp_path)
     trained = run_cli(*train_args(tiny_model_dir, records_file, store, tmp_path / "w1", "--frozen", agent_ref,
-                                  "--serve-swarm", SWARM, "--serve-stack", _stack(store, 2, agent_ref)))  # fmt: skip
+                                  "--serve-swarm", SWARM, "--serve-stack", _stack(store, 2, agent_ref),
+                                  "--serve-max-lora-rank", "64"))  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "composedAhead" not in result_of(trained) and "compose ahead skipped" in trained.stdout
     assert not local_served_dir(store, NS, SWARM).exists()
@@ -66,5 +67,10 @@ def test_a_stack_naming_another_version_composes_nothing(
 
 def test_serve_options_are_checked_before_training(tiny_model_dir: Path, records_file: Path, tmp_path: Path) -> None:
     store = f"file://{tmp_path}/store"
+    together = "--serve-swarm, --serve-stack and --serve-max-lora-rank go together"
     alone = run_cli(*train_args(tiny_model_dir, records_file, store, tmp_path / "w1", "--serve-swarm", SWARM))
-    assert alone.returncode != 0 and "--serve-swarm and --serve-stack go together" in alone.stderr
+    assert alone.returncode != 0 and together in alone.stderr
+    stack = _stack(store, 1, publish_random_adapter(store, "alice-agent", tmp_path))
+    no_rank = run_cli(*train_args(tiny_model_dir, records_file, store, tmp_path / "w2", "--serve-swarm", SWARM,
+                                  "--serve-stack", stack))  # fmt: skip
+    assert no_rank.returncode != 0 and together in no_rank.stderr
