@@ -561,7 +561,7 @@ def _set_training(sc: Scenario, **training: Any) -> None:
                "-p", json.dumps({"spec": {"contextTier": {"training": training}}}))  # fmt: skip
     ctx = sc.tier_name("alice", "context")
 
-    defaults = {"nodes": 1, "procsPerNode": 1}  # what the API fills in for a field the patch removes
+    defaults = {"nodes": 1, "procsPerNode": 1, "strategy": "DDP"}  # what the API fills in for a removed field
 
     def applied() -> bool:
         tier = sc.get("loratiers", ctx) or {}
@@ -576,9 +576,9 @@ def test_data_parallel_training_on_two_pods_and_as_a_kubeflow_trainjob(
     scenario: Scenario, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """Issue 20: alice's tier trains on 2 pods, first by the operator's own launcher (an indexed Job whose
-    torchrun workers meet at pod 0 through the headless Service's name), then as a TrainJob run by the real
-    Kubeflow Trainer v2.0.0 controller (and JobSet). Each update passes the quality gate, is published
-    once, hot-swapped and answers through vLLM as its fingerprint says."""
+    torchrun workers meet at pod 0 through the headless Service's name), then fully sharded (FSDP) as a
+    TrainJob run by the real Kubeflow Trainer v2.0.0 controller (and JobSet). Each update passes the quality
+    gate, is published once, hot-swapped and answers through vLLM as its fingerprint says."""
     from dynamiclora_dev.kubeflow_controllers import install, running_controllers
 
     sc = scenario
@@ -607,19 +607,25 @@ def test_data_parallel_training_on_two_pods_and_as_a_kubeflow_trainjob(
 
         install(sc.cluster.kubeconfig)
         with running_controllers(sc.cluster.kubeconfig, tmp_path_factory.mktemp("kubeflow")) as controllers:
-            _set_training(sc, nodes=2, runtime="torch-distributed")
+            # Fully sharded this time: the base model and the stack split between the two pods' processes.
+            _set_training(sc, nodes=2, runtime="torch-distributed", strategy="FSDP")
             try:
                 version, entry = _train_alice_once(sc, 41)
+                # Within the controllers' lifetime: the version can be served (composed ahead) before the
+                # Trainer controller marks its TrainJob Complete, which a stopped controller never does.
+                (tj,) = sc.wait(f"v{version}'s TrainJob complete",
+                                lambda: _completed(sc, "trainjobs", f"{ctx}-train-v{version}"))  # fmt: skip
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{controllers.tails()}") from None
-        (tj,) = sc.wait(f"v{version}'s TrainJob complete",
-                        lambda: _completed(sc, "trainjobs", f"{ctx}-train-v{version}"))  # fmt: skip
         assert tj["spec"]["trainer"]["numNodes"] == 2 and tj["spec"]["runtimeRef"]["name"] == "torch-distributed"
+        logs = sorted(Path(sc.cluster.state).glob(f"pods/{sc.cfg.namespace}/{tj['metadata']['name']}-*/*.log"))
+        sharded = [f for f in logs if "fsdp: " in f.read_text(errors="replace")]
+        assert sharded and all("units sharded over 2 processes" in f.read_text(errors="replace") for f in sharded), logs
         history = sc.status("loratiers", ctx)["history"]
         assert [h["version"] for h in history].count(version) == 1  # published once
         _answers_like_its_fingerprint(sc, entry)
     finally:
-        _set_training(sc, nodes=None, runtime=None)
+        _set_training(sc, nodes=None, runtime=None, strategy=None)
         _suspend(sc, bob, None)
 
 

@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                          "smaller windows let ten of them fit the default vocabulary")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of {','.join((*METHODS, *EXTRA_METHODS))}")
+    ap.add_argument("--ewc-lambda", type=float, default=None, help="the ewc method's strength (tuning)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/continual_jobs.json"), help="JSON output")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the bench process")
     args = ap.parse_args(argv)
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     data = DataConfig(windows=windows, **shape)
     cfg = quick_config(seeds, windows) if args.quick else RunConfig(seeds=seeds, data=data)
     jobs = JobsConfig(**{**asdict(cfg.jobs), "gate": False}) if args.no_gate else cfg.jobs
+    if args.ewc_lambda is not None:
+        jobs = JobsConfig(**{**asdict(jobs), "ewc_lambda": args.ewc_lambda})
     # A long run draws more entities than the default vocabulary has besides the pretraining ones.
     vocab = max(TinyModelConfig().vocab_words, cfg.data.answers + cfg.pretrain.entities + entities_needed(cfg.data))
     cfg = RunConfig(seeds=cfg.seeds, data=cfg.data, jobs=jobs, pretrain=cfg.pretrain,
@@ -222,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     first = [f"--first-seed {args.first_seed}"] if args.first_seed != 1 else []
     first += [f"--methods {args.methods}"] if args.methods != ",".join(METHODS) else []
     first += [f"--window-shape {args.window_shape}"] if args.window_shape else []
+    first += [f"--ewc-lambda {args.ewc_lambda:g}"] if args.ewc_lambda is not None else []
     command = " ".join(["python bench/jobs_continual.py", *flags, f"--seeds {len(seeds)}", *first,
                         f"--windows {windows}"])
     result["meta"]["command"] = command

@@ -14,6 +14,9 @@
 * ``replay_small``: the same tier with a small replay budget (``SMALL_BUFFER`` stored records per Job, the
   classic small-buffer replay baseline), no migration.
 * ``seq_lora``: one tier of rank ``ctx_rank + agent_rank``, no replay, no migration.
+* ``ewc``: ``seq_lora`` with elastic weight consolidation (``dynamiclora train --ewc-lambda``, training/ewc.py):
+  each Job pulls the tier towards the version it starts from by the Fisher information of the stored
+  records, strength ``EWC_LAMBDA`` (tuned on the held-out seeds 101-103; see docs/continual.md).
 
 Everything else is shared: steps, batch, learning rate, alpha/rank, target modules, the quality gate
 (the product default, on for every method unless ``gate=False``), seeds.
@@ -36,11 +39,17 @@ from jobsbench.metrics import average_accuracy, backward_transfer, forgetting
 from jobsbench.operator_sim import AGENT, NAMESPACE, JobRun, Log, Obj, SimOperator
 
 METHODS: tuple[str, ...] = ("dynamiclora", "dynamiclora_subspace", "dynamiclora_protected", "replay_full",
-                             "replay_small", "seq_lora")
+                             "replay_small", "seq_lora", "ewc")
 # Peers not in the default run: ``replay_full_2x`` is ``replay_full`` with twice the steps per Job, about the
 # compute DynamicLoRA spends (its migrations train twice); compared in bench/results/continual_jobs_compute.json.
 EXTRA_METHODS: tuple[str, ...] = ("replay_full_2x",)
 SMALL_BUFFER = 24  # stored records rehearsed per Job by ``replay_small``
+EWC_LAMBDA = 1000.0  # ``ewc``'s strength
+
+
+def train_args(method: str, ewc_lambda: float = EWC_LAMBDA) -> list[str]:
+    """Options of ``method``'s training Jobs beyond what the operator gives them from the spec."""
+    return ["--ewc-lambda", str(ewc_lambda)] if method == "ewc" else []
 
 
 @dataclass(frozen=True)
@@ -55,10 +64,11 @@ class JobsConfig:
     alpha_per_rank: float = field(default=2.0, metadata={"help": "alpha = this x rank for every tier"})
     targets: tuple[str, ...] = field(default=tuple(DEFAULT_TARGET_MODULES), metadata={"help": "targetModules"})
     gate: bool = field(default=True, metadata={"help": "qualityGate.enabled for every tier"})
+    ewc_lambda: float = field(default=EWC_LAMBDA, metadata={"help": "the ewc method's --ewc-lambda"})
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch, self.ctx_rank, self.agent_rank) < 1 or self.lr <= 0:
-            raise ValueError("JobsConfig: steps, batch and ranks must be >= 1 and lr > 0")
+        if min(self.steps, self.batch, self.ctx_rank, self.agent_rank) < 1 or self.lr <= 0 or self.ewc_lambda < 0:
+            raise ValueError("JobsConfig: steps, batch and ranks must be >= 1, lr > 0 and ewc_lambda >= 0")
 
 
 def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path, all_records: int) -> Obj:
@@ -68,7 +78,7 @@ def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path, all_records: int) -
     tiered = method.startswith("dynamiclora")
     rank = cfg.ctx_rank if tiered else cfg.ctx_rank + cfg.agent_rank
     training: Obj = {"maxSteps": cfg.steps, "batchSize": cfg.batch, "minSamples": 1}
-    if method == "seq_lora":
+    if method in ("seq_lora", "ewc"):
         training["replayFraction"] = 0.0
     elif method in ("replay_full", "replay_full_2x"):
         training.update(replayFraction=0.5, replayBudget=max(all_records, 1))
@@ -139,7 +149,8 @@ def run_method(method: str, seq: TaskSequence, base_dir: Path, cfg: JobsConfig, 
                log: Log) -> dict[str, Any]:  # fmt: skip
     """Feed the windows to the operator one by one; after each, score the served stack on every window."""
     all_records = sum(len(window_records(w.train, k, AGENT)) for k, w in enumerate(seq.windows))
-    op = SimOperator(root / "operator", swarm_spec(method, cfg, base_dir, all_records), policy_spec(method), log)
+    op = SimOperator(root / "operator", swarm_spec(method, cfg, base_dir, all_records), policy_spec(method), log,
+                     train_args=train_args(method, cfg.ewc_lambda))  # fmt: skip
     R: list[list[float]] = []
     flip_new: list[float] = []
     jobs: list[dict[str, Any]] = []

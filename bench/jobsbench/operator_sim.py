@@ -151,6 +151,7 @@ class SimOperator:
     swarm_spec: Obj
     policy_spec: Obj | None = None
     log: Log = print
+    train_args: list[str] = field(default_factory=list)  # a peer's own training options (e.g. EWC's)
     kube: MemoryKube = field(default_factory=MemoryKube)
     jobs: list[JobRun] = field(default_factory=list)
 
@@ -218,7 +219,7 @@ class SimOperator:
     def _run(self, job: Obj) -> JobRun:
         name = job["metadata"]["name"]
         kind = job["metadata"]["annotations"].get(ANNOTATION_JOB_KIND, "?")
-        args = local_args(job_args(job), self.root / "work")
+        args = local_args(job_args(job), self.root / "work") + (self.train_args if kind == "training" else [])
         live = self.kube.objects[("Job", NAMESPACE, name)]
         try:
             result = run_entrypoint(args)

@@ -27,6 +27,14 @@ from dynamiclora.api.common import (
     outside_storage,
 )
 
+
+class TrainingStrategy(StrEnum):
+    """How the processes of a distributed training share the work (training/sharding.py)."""
+
+    DDP = "DDP"  # every process holds the whole stack; the trained tier's gradients are all-reduced
+    FSDP = "FSDP"  # the stack's parameters, gradients and optimizer state are sharded across the processes
+
+
 MAX_VERSION = 999_999_999  # versions are stored as v000000001: 9 digits
 # A targeted linear module's name (or name suffix), as PEFT's target_modules takes it.
 ModuleName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.]+$")]
@@ -122,7 +130,11 @@ class TrainingTemplate(ApiModel):
         "(has(self.batchSize) ? self.batchSize : 8) >= "
         "(has(self.nodes) ? self.nodes : 1) * (has(self.procsPerNode) ? self.procsPerNode : 1)",
         "training.batchSize must be at least nodes x procsPerNode: each training process needs a share of "
-        "every batch")]})
+        "every batch"), cel(
+        "!has(self.strategy) || self.strategy == 'DDP' || "
+        "(has(self.nodes) ? self.nodes : 1) * (has(self.procsPerNode) ? self.procsPerNode : 1) > 1",
+        "training.strategy FSDP shards the model across the training processes: it needs nodes x procsPerNode "
+        "above 1")]})
 
     image: str = Field(
         default=DEFAULT_TRAINER_IMAGE, min_length=1, max_length=MAX_IMAGE, description="Trainer container image."
@@ -180,6 +192,14 @@ class TrainingTemplate(ApiModel):
         default=1, ge=1, le=MAX_PROCS_PER_NODE,
         description="Training processes per pod (one per GPU of the pod).",
     )
+    strategy: TrainingStrategy = Field(
+        default=TrainingStrategy.DDP,
+        description="How a data-parallel training's processes share the work: DDP, each holds the whole base "
+        "model and stack and the trained tier's gradients are all-reduced; FSDP, the base model's, the frozen "
+        "tiers' and the trained tier's parameters, gradients and optimizer state are sharded across them "
+        "(PyTorch FSDP2), for a base model that does not fit one device. Both make the same update; FSDP needs "
+        "nodes x procsPerNode above 1.",
+    )
     queue: str | None = Field(
         default=None, pattern=DNS_SUBDOMAIN, max_length=63,
         description="Kueue LocalQueue of the training Jobs: set as their kueue.x-k8s.io/queue-name label, and "
@@ -199,6 +219,9 @@ class TrainingTemplate(ApiModel):
             raise ValueError(f"training.batchSize ({self.batch_size}) must be at least nodes x procsPerNode "
                              f"({self.nodes} x {self.procs_per_node}): each training process needs a share of "
                              "every batch")
+        if self.strategy == TrainingStrategy.FSDP and self.nodes * self.procs_per_node == 1:
+            raise ValueError("training.strategy FSDP shards the model across the training processes: it needs "
+                             "nodes x procsPerNode above 1")
         return self
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dynamiclora.api.common import STORE_LOCATION, Storage, outside_storage
-from dynamiclora.api.tier import LoRATierSpec, TrainingTemplate
+from dynamiclora.api.tier import LoRATierSpec, TrainingStrategy, TrainingTemplate
 from dynamiclora.builders.distributed import shape
 from dynamiclora.builders.names import (
     ANNOTATION_JOB_KIND,
@@ -209,6 +209,7 @@ def training_config(
         init_from=tier_ref(store, ns, tier, inputs.init_version) if inputs.init_version else None,
         rank=spec.rank, alpha=spec.alpha, target_modules=list(spec.target_modules), dropout=spec.dropout,
         lr=p.learning_rate, steps=t.max_steps, batch_size=t.batch_size, checkpoint_every=t.checkpoint_every,
+        strategy="fsdp" if t.strategy == TrainingStrategy.FSDP else "ddp",
         seed=inputs.seed, threads=settings.trainer_threads, work_dir=f"/work/{job_name}",
         work_store=work_uri(store, ns, tier, inputs.version) if inputs.version else None,
         max_records=max(inputs.new_records, 1), records_total=inputs.total_records,

@@ -7,8 +7,7 @@ processes weighted by each share's loss tokens, so the update is the single-proc
 batch (the loss is a mean over tokens), up to the order of floating-point sums. Every process therefore
 holds the same parameters after each step; only rank 0 checkpoints, judges and publishes. The LoRA
 parameters are a few MB, so plain all-reduce (gloo on CPU, NCCL on GPU) of their gradients is all the
-communication there is; the base model is never sharded (a base model that does not fit one device is
-out of scope here: FSDP).
+communication there is. With ``--strategy fsdp`` the stack is sharded instead (training/sharding.py).
 """
 
 from __future__ import annotations

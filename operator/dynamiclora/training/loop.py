@@ -1,7 +1,8 @@
 """The optimisation loop of ``dynamiclora train``: batches, checkpoints every N steps, resume.
 
-Under ``torchrun`` each process takes its share of every global batch and the LoRA gradients are all-reduced
-(training/distributed.py); rank 0 alone writes checkpoints and hands the resume state to the others.
+Under ``torchrun`` each process takes its share of every global batch; the strategy (training/sharding.py)
+makes the shares' gradients the whole batch's, all-reduced (``ddp``) or reduce-scattered into shards
+(``fsdp``). Rank 0 alone writes checkpoints and hands the resume state to the others.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import torch
 
 from dynamiclora.training import checkpoint as ckpt
 from dynamiclora.training import distributed as dist
-from dynamiclora.training.data import Example, batch_indices, collate, steps_per_epoch
+from dynamiclora.training.data import Example, batch_indices, steps_per_epoch
+from dynamiclora.training.ewc import Anchor
 from dynamiclora.training.gate import evaluate
 from dynamiclora.training.model import target_parameters
 from dynamiclora.training.options import TrainConfig
 from dynamiclora.training.protection import Protection
+from dynamiclora.training.sharding import Exchange, exchange, local
 
 Log = Callable[[str], None]
 
@@ -40,11 +43,13 @@ class TrainRun:
 def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: list[Example], pad: int,
                 work: Path, fp: str, log: Log, protect: Protection | None = None,
                 saved: Callable[[Path], None] | None = None,
-                forget: Callable[[], None] | None = None, d: dist.Dist = dist.SINGLE) -> TrainRun:  # fmt: skip
+                forget: Callable[[], None] | None = None, d: dist.Dist = dist.SINGLE,
+                sync: Exchange | None = None, ewc: Anchor | None = None) -> TrainRun:  # fmt: skip
     """Optimise the trained tier on ``mix`` (this process's share of each batch), checkpointing and
     resuming in ``work`` (rank 0's)."""
+    sync = sync or exchange(cfg.strategy, d)
     params = target_parameters(peft_model)
-    frozen_before = {n: p.detach().clone() for n, p in peft_model.named_parameters()
+    frozen_before = {n: local(p).detach().clone() for n, p in peft_model.named_parameters()
                      if "lora_" in n and not p.requires_grad}
     opt = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = cfg.steps or cfg.epochs * steps_per_epoch(len(mix), cfg.batch_size)
@@ -53,10 +58,7 @@ def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: 
         run = TrainRun(total, [], 0, 0.0, evaluate(peft_model, eval_set, cfg.batch_size, pad), 0.0)
         step = 0
     else:
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(state["params"][n])
-        opt.load_state_dict(state["optimizer"])
+        sync.restore(peft_model, params, opt, state)
         torch.set_rng_state(state["rng"])
         step = int(state["step"])
         run = TrainRun(total, list(state["curve"]), int(state["processed"]), float(state["elapsed"]),
@@ -70,32 +72,35 @@ def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: 
         peft_model.train()
         mine = dist.share(batch_indices(step, len(mix), cfg.batch_size, cfg.seed), d)
         opt.zero_grad(set_to_none=True)
-        loss, n_tok = _backward(peft_model, [mix[i] for i in mine], pad)
-        batch_loss = dist.reduce_step(params, loss, n_tok[1], d)
+        batch_loss, tokens = sync.step(peft_model, params, [mix[i] for i in mine], mix[0], pad)
+        if ewc is not None:
+            ewc.pull(params)
         for group in opt.param_groups:  # a function of the step alone: a resumed run follows the same schedule
             group["lr"] = cfg.lr * lr_factor(step, total, cfg.lr_warmdown, cfg.lr_warmup)
         opt.step()
         if protect is not None:
-            protect.apply(params)
+            sync.project(protect, params)
         step += 1
         run.curve.append(batch_loss)
-        run.processed += n_tok[0]
-        seg_tokens += n_tok[0]
+        run.processed += tokens
+        seg_tokens += tokens
         if step % cfg.log_every == 0 or step == total:
             rate = seg_tokens / max(time.monotonic() - seg_start, 1e-9)
             log(f"step {step}/{total} loss {run.curve[-1]:.4f} tokens/s {rate:.0f}")
-        if d.leader and cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-            path = ckpt.save_checkpoint(work, step, {
-                "fingerprint": fp, "step": step, "curve": run.curve, "processed": run.processed,
-                "elapsed": run.elapsed + time.monotonic() - seg_start, "initial_loss": run.initial_loss,
-                "params": {n: p.detach().clone() for n, p in params.items()},
-                "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-            })  # fmt: skip
-            if saved is not None:
-                saved(path)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+            snapshot = sync.snapshot(peft_model, params, opt)  # every rank: gathering shards is collective
+            if d.leader:
+                path = ckpt.save_checkpoint(work, step, {
+                    "fingerprint": fp, "step": step, "curve": run.curve, "processed": run.processed,
+                    "elapsed": run.elapsed + time.monotonic() - seg_start, "initial_loss": run.initial_loss,
+                    **snapshot, "rng": torch.get_rng_state(),
+                })  # fmt: skip
+                if saved is not None:
+                    saved(path)
     run.elapsed += time.monotonic() - seg_start
     run.final_loss = evaluate(peft_model, eval_set, cfg.batch_size, pad)
-    if not all(torch.equal(p, frozen_before[n]) for n, p in peft_model.named_parameters() if n in frozen_before):
+    if not all(torch.equal(local(p), frozen_before[n]) for n, p in peft_model.named_parameters()
+               if n in frozen_before):
         raise RuntimeError("a frozen tier changed during training")  # pragma: no cover - freezing is broken
     return run
 
@@ -108,17 +113,6 @@ def lr_factor(step: int, total: int, warmdown: float, warmup: float = 0.0) -> fl
     start = total - max(1, round(total * warmdown)) if warmdown > 0 else total
     rise = (step + 1) / (up + 1) if step < up else 1.0
     return min(rise, 1.0 if step < start else (total - step) / (total - start))
-
-
-def _backward(peft_model: Any, examples: list[Example], pad: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Loss and gradients of one (share of a) batch; ``(loss, (tokens, loss tokens))``. A process whose
-    share of the epoch's short last batch is empty still takes part in the gradient exchange."""
-    if not examples:
-        return torch.zeros(()), (0, 0)
-    batch = collate(examples, pad)
-    loss = peft_model(**batch).loss
-    loss.backward()
-    return loss, (int(batch["attention_mask"].sum()), dist.loss_tokens(batch["labels"]))
 
 
 def _resume_state(work: Path, fp: str, log: Log, forget: Callable[[], None] | None) -> dict[str, Any] | None:

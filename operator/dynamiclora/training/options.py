@@ -110,6 +110,7 @@ def from_namespace(cls: type[T], ns: argparse.Namespace) -> T:
 
 
 BadLines = Literal["reject", "skip"]
+Strategy = Literal["ddp", "fsdp"]
 
 
 @dataclass
@@ -149,6 +150,17 @@ class TrainConfig:
     max_seq_len: int = field(default=256, metadata={"help": "tokens per record (longer ones are truncated)"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and dropout"})
     checkpoint_every: int = field(default=10, metadata={"help": "steps between resumable checkpoints (0: never)"})
+    ewc_lambda: float = field(default=0.0, metadata={
+        "help": "elastic weight consolidation (a peer of replay, training/ewc.py): pull the trained tier "
+                "towards the version it starts from, each parameter by its Fisher information on stored "
+                "records, with this strength; 0: off"})
+    ewc_records: int = field(default=64, metadata={
+        "help": "EWC: stored questions (newest answer each) the Fisher information is estimated on"})
+    strategy: Strategy = field(default="ddp", metadata={
+        "help": "under torchrun: ddp, every process holds the whole stack and the trained tier's gradients are "
+                "all-reduced; fsdp, the stack's parameters, gradients and optimizer state are sharded across the "
+                "processes (FSDP2, one unit per decoder layer), for a base model that does not fit one device. "
+                "Both take the same shares of the same batches and make the same update"})
     work_dir: str | None = field(default=None, metadata={
         "help": "resume directory for checkpoints; a restarted Job resumes from the latest one here "
                 "(default: a temporary directory, not resumable)"})
@@ -271,6 +283,11 @@ class TrainConfig:
             (self.log_every >= 1, f"--log-every must be >= 1, got {self.log_every}"),
             (self.threads is None or self.threads >= 1, f"--threads must be >= 1, got {self.threads}"),
             (self.bad_lines in ("reject", "skip"), f"--bad-lines must be reject or skip, got {self.bad_lines}"),
+            (self.strategy in ("ddp", "fsdp"), f"--strategy must be ddp or fsdp, got {self.strategy}"),
+            (self.ewc_lambda >= 0, f"--ewc-lambda must be >= 0, got {self.ewc_lambda}"),
+            (self.ewc_records >= 1, f"--ewc-records must be >= 1, got {self.ewc_records}"),
+            (self.ewc_lambda == 0 or self.strategy == "ddp",
+             "--ewc-lambda works on whole parameters: not with --strategy fsdp"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -36,6 +36,7 @@ from dynamiclora.training.data import (
     tokenize,
 )
 from dynamiclora.training.dynamics import decay_start, plasticity_of, regulate_end
+from dynamiclora.training.ewc import anchor
 from dynamiclora.training.gate import (
     GATE_FILE,
     HELD_OUT,
@@ -63,11 +64,13 @@ from dynamiclora.training.model import (
     lora_config,
     read_adapter_config,
     save_target,
+    target_parameters,
 )
 from dynamiclora.training.options import TrainConfig
 from dynamiclora.training.records import InteractionRecord, RecordsError, SourcedRecord, iter_sources, read_records
 from dynamiclora.training.rehearsal import keyed, protect_slower_tiers, replay_examples
 from dynamiclora.training.replay import newest_per_key
+from dynamiclora.training.sharding import FullySharded, exchange, gather, shard
 from dynamiclora.training.stats import STATS_FILE, tier_statistics
 from dynamiclora.training.work_mirror import WorkMirror
 
@@ -198,6 +201,9 @@ def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]])
         "data": data_fp, "refs": refs, "rank": cfg.rank, "alpha": cfg.alpha,
         "targets": sorted(cfg.target_modules), "dropout": cfg.dropout, "lr": cfg.lr, "wd": cfg.weight_decay,
         "steps": cfg.steps, "epochs": cfg.epochs, "batch": cfg.batch_size, "seed": cfg.seed,
+        # A checkpoint's optimizer state is laid out per strategy (by index, by parameter name).
+        **({"strategy": cfg.strategy} if cfg.strategy != "ddp" else {}),
+        **({"ewc": [cfg.ewc_lambda, cfg.ewc_records]} if cfg.ewc_lambda else {}),
         "gate": [cfg.gate_max_regression, cfg.gate_records, cfg.regression_data, cfg.gate_significance],
         "replay": [cfg.replay_fraction, cfg.replay_budget],
         "protection": cfg.plastic_rank,
@@ -263,6 +269,10 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
         protect = protect_slower_tiers(cfg, peft_model, frozen, log)
         if protect is not None:
             data_info["protection"] = protect.summary()
+        ewc = anchor(cfg.ewc_lambda, cfg.ewc_records, peft_model, sel.history, sel.batch, tokenizer, cfg.max_seq_len)
+        if ewc is not None:
+            data_info["ewc"] = ewc.summary()
+            log(f"ewc: lambda {cfg.ewc_lambda:g}, Fisher information of {ewc.records} stored question(s)")
         mix = examples + replayed
         fp = _run_fingerprint(cfg, fingerprint(mix), refs)
         # The work directory is rank 0's: the others keep nothing (rank 0 hands them the resume state).
@@ -277,8 +287,17 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
             return prior if d.leader else dist.worker_result(d)
         saved = mirror.checkpoint_saved if mirror else None
         forget = (lambda: mirror.forget_checkpoints(work)) if mirror else None
+        sync = exchange(cfg.strategy, d)
+        if isinstance(sync, FullySharded):
+            data_info["sharding"] = held = shard(peft_model)
+            log(f"fsdp: {held['units']} units sharded over {d.world} processes; this one holds "
+                f"{held['heldElements']} of {held['elements']} parameter elements")
         run = train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect, saved,
-                          forget, d)  # fmt: skip
+                          forget, d, sync, ewc)  # fmt: skip
+        if isinstance(sync, FullySharded):
+            trained = gather(target_parameters(peft_model))  # every rank: a collective
+            if d.leader:  # the gate and publication run on the unsharded stack, as after a ddp run
+                peft_model = _unsharded(cfg, frozen, init_dir, trained)
         if not d.leader:
             return dist.worker_result(d, {"steps": run.total})
         if (homeostasis := regulate_end(cfg, peft_model, init_dir, tmp, log)) is not None:
@@ -292,6 +311,18 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
         if verdict.get("accepted") and (label := compose_ahead(cfg, int(result["version"]), log)):
             result["composedAhead"] = label
         return result
+
+
+def _unsharded(cfg: TrainConfig, frozen: list[tuple[str, Path]], init_dir: Path | None,
+               trained: dict[str, torch.Tensor]) -> Any:  # fmt: skip
+    """The stack rebuilt whole around the gathered trained tier (after an ``fsdp`` run, on rank 0)."""
+    model, _tokenizer = load_base(cfg.base_model)
+    peft_model = build_stack(model, lora_config(cfg.rank, cfg.alpha, cfg.target_modules, cfg.dropout,
+                                                cfg.base_model), frozen, init_dir)  # fmt: skip
+    with torch.no_grad():
+        for name, p in target_parameters(peft_model).items():
+            p.copy_(trained[name])
+    return peft_model
 
 
 def _load_inputs(cfg: TrainConfig, model: Any, store: CheckpointStore,

@@ -162,6 +162,15 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         "training.batchSize must be at least nodes x procsPerNode: each training process needs a share of every batch",
     ),
     (
+        "tier-fsdp-needs-processes",
+        "LoRATier",
+        SWARM_TIER,
+        setter("spec.training.strategy", "FSDP"),  # one process: nothing to shard across
+        False,
+        "training.strategy FSDP shards the model across the training processes: it needs nodes x procsPerNode "
+        "above 1",
+    ),
+    (
         "tier-decay",
         "LoRATier",
         SWARM_TIER,

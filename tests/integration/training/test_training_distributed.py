@@ -1,10 +1,11 @@
 """Data-parallel training under ``torchrun`` (issue 20): 2 processes, gloo on CPU, the real entrypoint.
 
-The 2-process run takes the same global batches as the single-process run (each process half of each);
-gradients are exchanged token-weighted, so the first update is the single-process one up to float
-rounding (measured 1.5e-8 relative). Adam then amplifies rounding differences step after step (5e-7
-after 5 steps, 1e-3 after 20, 0.15 after 40 at learning rate 0.01 on the tiny model), so the equality is
-checked after 10 steps, with a tolerance of 1e-3 (measured about 1e-5: a margin of about 100).
+The 2-process run (``--strategy ddp``, and ``fsdp`` below) takes the same global batches as the
+single-process run (each process half of each); gradients are exchanged token-weighted, so the first
+update is the single-process one up to float rounding (measured 1.5e-8 relative). Adam then amplifies
+rounding differences step after step (5e-7 after 5 steps, 1e-3 after 20, 0.15 after 40 at learning rate
+0.01 on the tiny model), so the equality is checked after 10 steps, with a tolerance of 1e-3 (measured
+about 1e-5 with ddp, 1e-6 with fsdp: a margin of 100 or more).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training_train import NS, TIER, train_args
+from test_training_train import NS, TIER, publish_random_adapter, train_args
 from trainhelpers import result_of, run_cli
 
 from dynamiclora.controllers.job_failure import distributed_failure
@@ -80,6 +81,33 @@ def test_two_processes_train_the_single_process_adapter(
     assert _relative(_weights(single, 1, tmp_path / "a"), _weights(multi, 1, tmp_path / "b")) < TOLERANCE
 
 
+def test_fully_sharded_processes_train_the_single_process_adapter(
+    tiny_model_dir: Path, records_file: Path, tmp_path: Path
+) -> None:
+    """``--strategy fsdp``: the stack is sharded across the 2 processes (each holds about half of every
+    parameter, base model and frozen tier included), and the update is still the single-process one, with
+    the frozen tier's input directions protected (projected on the gathered rows after every step)."""
+    frozen = ("--frozen", publish_random_adapter(f"file://{tmp_path}/slow", "alice-agent", tmp_path),
+              "--plastic-rank", "2")  # fmt: skip
+    single = f"file://{tmp_path}/single"
+    one = run_cli(*_args(tiny_model_dir, records_file, single, tmp_path / "w1", *frozen))
+    assert one.returncode == 0, one.stderr
+    sharded = f"file://{tmp_path}/sharded"
+    two = subprocess.run(_torchrun(*_args(tiny_model_dir, records_file, sharded, tmp_path / "w2", *frozen,
+                                          "--strategy", "fsdp")),
+                         capture_output=True, text=True, timeout=600, env=_env())  # fmt: skip
+    assert "protection:" in one.stdout and "protection:" in two.stdout, one.stdout[-2000:]
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    held = re.search(r"fsdp: (\d+) units sharded over 2 processes; this one holds (\d+) of (\d+)", two.stdout)
+    assert held and int(held.group(1)) > 1, two.stdout[-3000:]
+    assert 0.45 < int(held.group(2)) / int(held.group(3)) < 0.55  # rank 0's half (shards split dim 0)
+    docs = [json.loads(ln.removeprefix("DYNAMICLORA_RESULT ")) for ln in two.stdout.splitlines()
+            if ln.startswith("DYNAMICLORA_RESULT ")]  # fmt: skip
+    assert next(d for d in docs if "worker" not in d)["version"] == 1
+    assert open_store(sharded).list_versions(NS, TIER) == [1]
+    assert _relative(_weights(single, 1, tmp_path / "a"), _weights(sharded, 1, tmp_path / "b")) < TOLERANCE
+
+
 def _worker_pid(launcher: subprocess.Popen[str], rank: int) -> int:
     """The pid of the worker process ``torchrun`` started for local rank ``rank``."""
     deadline = time.monotonic() + 60
@@ -96,11 +124,13 @@ def _worker_pid(launcher: subprocess.Popen[str], rank: int) -> int:
     raise AssertionError(f"no worker of local rank {rank} under torchrun {launcher.pid}")
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_dead_worker_fails_the_run_and_the_retry_resumes_and_publishes_once(
-    tiny_model_dir: Path, records_file: Path, tmp_path: Path
+    tiny_model_dir: Path, records_file: Path, tmp_path: Path, strategy: str
 ) -> None:
+    """With ``fsdp`` the checkpoint holds the gathered parameters and optimizer state, restored into shards."""
     store = f"file://{tmp_path}/store"
-    extra = ("--work-store", f"{store}/_work/{NS}/{TIER}/v000001")
+    extra = ("--work-store", f"{store}/_work/{NS}/{TIER}/v000001", "--strategy", strategy)
     cmd = _torchrun(*_args(tiny_model_dir, records_file, store, tmp_path / "pod1", *extra, steps=KILLED_RUN_STEPS))
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
     assert launcher.stdout is not None
@@ -128,8 +158,8 @@ def test_a_dead_worker_fails_the_run_and_the_retry_resumes_and_publishes_once(
     assert restored and 5 <= int(restored.group(1)) < KILLED_RUN_STEPS and "resumed from" in retry.stdout
     assert open_store(store).list_versions(NS, TIER) == [1]
     clean = f"file://{tmp_path}/clean"
-    ref = subprocess.run(_torchrun(*_args(tiny_model_dir, records_file, clean, tmp_path / "pod3",
-                                          steps=KILLED_RUN_STEPS)),
+    ref = subprocess.run(_torchrun(*_args(tiny_model_dir, records_file, clean, tmp_path / "pod3", "--strategy",
+                                          strategy, steps=KILLED_RUN_STEPS)),
                          capture_output=True, text=True, timeout=600, env=_env())  # fmt: skip
     assert ref.returncode == 0, ref.stderr[-3000:]
     assert _relative(_weights(clean, 1, tmp_path / "c"), _weights(store, 1, tmp_path / "d")) < TOLERANCE

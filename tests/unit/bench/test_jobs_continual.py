@@ -33,7 +33,7 @@ from dynamiclora_dev.tinymodel import TinyModelConfig
 from jobsbench.base import PretrainConfig, pretrain_base, window_records, write_records
 from jobsbench.facts import Fact, pretrain_facts
 from jobsbench.harness import KINDS, SCALARS, main
-from jobsbench.methods import METHODS, JobsConfig, policy_spec, swarm_spec
+from jobsbench.methods import METHODS, JobsConfig, policy_spec, swarm_spec, train_args
 from jobsbench.operator_sim import NAMESPACE, POLICY, SWARM, SimOperator, job_args, local_args
 
 pytestmark = pytest.mark.slow
@@ -59,10 +59,13 @@ def test_specs_are_valid_and_share_the_budget(method: str, tmp_path: Path) -> No
     served_rank = ctx.rank + (cfg.agent_rank if method.startswith("dynamiclora") else 0)
     assert served_rank == cfg.ctx_rank + cfg.agent_rank  # equal capacity
     assert ctx.quality_gate.enabled
-    replay = {"replay_full": (0.5, 500), "replay_small": (0.5, 24), "seq_lora": (0.0, 64)}.get(method, (0.5, 64))
+    replay = {"replay_full": (0.5, 500), "replay_small": (0.5, 24), "seq_lora": (0.0, 64),
+              "ewc": (0.0, 64)}.get(method, (0.5, 64))  # fmt: skip
     assert (ctx.training.replay_fraction, ctx.training.replay_budget) == replay
     # The one difference of the ablation: no protection of the slower tier.
     assert (ctx.plasticity.plastic_rank is not None) == (method == "dynamiclora_protected")
+    # EWC is seq_lora's tier with the penalty, given to its training Jobs only.
+    assert train_args(method, cfg.ewc_lambda) == (["--ewc-lambda", str(cfg.ewc_lambda)] if method == "ewc" else [])
 
 
 def test_the_jobs_it_runs_are_the_operators(tmp_path: Path) -> None:

@@ -85,6 +85,24 @@ def test_a_batch_smaller_than_the_processes_is_refused(swarm_body: dict[str, Any
         LoRATierSpec.model_validate(raw)
 
 
+@pytest.mark.parametrize(("training", "strategy"), [({"nodes": 2}, "ddp"), ({"nodes": 2, "strategy": "DDP"}, "ddp"),
+                                                    ({"nodes": 2, "strategy": "FSDP"}, "fsdp"),
+                                                    ({"procsPerNode": 2, "strategy": "FSDP"}, "fsdp")])
+def test_the_strategy_reaches_every_process(swarm_body: dict[str, Any], settings: OperatorSettings,
+                                            training: dict[str, Any], strategy: str) -> None:  # fmt: skip
+    (container,) = _job(swarm_body, settings, **training)["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--strategy") + 1] == strategy if "--strategy" in args else strategy == "ddp"
+
+
+def test_fsdp_for_one_process_is_refused(swarm_body: dict[str, Any]) -> None:
+    sw = Swarm.model_validate(swarm_body)
+    raw = build_agent_tiers(_owned(swarm_body), sw)[0]["spec"]
+    raw["training"] = {**raw.get("training", {}), "strategy": "FSDP"}
+    with pytest.raises(ValueError, match=r"strategy FSDP shards the model .* needs nodes x procsPerNode above 1"):
+        LoRATierSpec.model_validate(raw)
+
+
 @pytest.mark.parametrize(("training", "queue"), [({"nodes": 2, "procsPerNode": 2}, None),
                                                  ({"nodes": 3, "queue": "team-a"}, "team-a")])
 def test_a_train_job_runs_exactly_what_the_job_runs(swarm_body: dict[str, Any], settings: OperatorSettings,

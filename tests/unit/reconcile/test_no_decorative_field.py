@@ -231,6 +231,20 @@ def _kubeflow_trainer(kind_prefix: str) -> Setup:
     return setup
 
 
+def _two_nodes(kind_prefix: str) -> Setup:
+    """The tier trains on 2 nodes: how the processes share the work is a choice."""
+
+    def setup(w: World, ctx: Ctx) -> None:
+        training = w.swarm["spec"]["contextTier"].setdefault("training", {})
+        if kind_prefix == "spec":  # the tier's spec replaces the Swarm template's training block
+            w.tier_spec["training"] = {**training, "nodes": 2}
+        else:
+            training["nodes"] = 2
+
+    setup.__name__ = f"two_nodes_{kind_prefix.replace('.', '_')}"
+    return setup
+
+
 def _template_cases(kind_prefix: str, tier: str, keep: int, trains: bool = True) -> dict[str, Case]:
     """Cases of a tier template (a LoRATier's spec, a Swarm's contextTier, or its agentTier: no training)."""
     kept = {
@@ -247,6 +261,7 @@ def _template_cases(kind_prefix: str, tier: str, keep: int, trains: bool = True)
         f"{kind_prefix}.training.nodes": Case(value=2),
         f"{kind_prefix}.training.procsPerNode": Case(value=2),
         f"{kind_prefix}.training.runtime": Case(_kubeflow_trainer(kind_prefix), "torch-distributed"),
+        f"{kind_prefix}.training.strategy": Case(_two_nodes(kind_prefix), "FSDP"),
         f"{kind_prefix}.training.minSamples": Case(value=31),  # more than the 30 records there are
         f"{kind_prefix}.training.schedule": Case(_recently_trained(tier), "1h"),
         f"{kind_prefix}.qualityGate.regressionSet": Case(value="regression/set.jsonl"),
