@@ -105,6 +105,10 @@ bench-continual-long: ## The same over 10 windows, on the tuning seeds 101-103, 
 bench-placement: ## Placement of 1,000 agents on 8 simulated pods through the serving pass's plan_pods (seconds)
 	$(PY) bench/placement.py --out bench/results/placement.json
 
+.PHONY: bench-distributed
+bench-distributed: ## Training throughput through torchrun: 1 process, 2 data-parallel, 2 fully sharded (< 1 min)
+	$(PY) bench/distributed.py --out bench/results/distributed.json
+
 .PHONY: bench-freshness
 bench-freshness: ## Job completed -> verified served on 3 real vLLM pods, 30 training rounds: p50/p99 (~25 min)
 	$(PY) bench/freshness.py --rounds 30 --out bench/results/freshness.json

@@ -102,6 +102,12 @@ def test_an_s3_only_swarm_learns_migrates_and_refuses_a_poisoned_round(s3loop: S
     assert sc.status("loratiers", agent_tier)["history"][0]["source"] == "migration"
     served = seen["served2"]
     assert ".a" in served["servedVersion"] and str(served["adapterUri"]).startswith(f"{sc.store_uri}/served/")
+    # Issue 19's compose ahead on S3-only storage: a training Job composed its version's served stack into the
+    # bucket itself (the compose Job's code, run where the model already is).
+    logs = [f.read_text(errors="replace") for f in
+            Path(sc.cluster.state).glob(f"pods/{NAMESPACE}/{ctx}-train-v*/main.log")]  # fmt: skip
+    ahead = [ln for text in logs for ln in text.splitlines() if ln.startswith("composed alice c")]
+    assert any(f" -> {sc.store_uri}/served/" in ln for ln in ahead), (ahead, len(logs))
     swarm = sc.status("swarms", sc.cfg.swarm)
     assert (get_condition(swarm, "Degraded") or {}).get("status") == "False", swarm
 
