@@ -216,21 +216,6 @@ def hot_agents_get_3_pods(w: World, ctx: Ctx) -> None:
     w.swarm["spec"]["inference"]["placement"] = {"hotReplicas": 3}
 
 
-def _kubeflow_trainer(kind_prefix: str) -> Setup:
-    """Kubeflow Trainer installed and the tier trains on 2 nodes: a runtime decides what runs it."""
-
-    def setup(w: World, ctx: Ctx) -> None:
-        w.crds.append(TRAINJOB_CRD)
-        training = w.swarm["spec"]["contextTier"].setdefault("training", {})
-        if kind_prefix == "spec":  # the tier's spec replaces the Swarm template's training block
-            w.tier_spec["training"] = {**training, "nodes": 2}
-        else:
-            training["nodes"] = 2
-
-    setup.__name__ = f"kubeflow_trainer_{kind_prefix.replace('.', '_')}"
-    return setup
-
-
 def _two_nodes(kind_prefix: str) -> Setup:
     """The tier trains on 2 nodes: how the processes share the work is a choice."""
 
@@ -242,6 +227,18 @@ def _two_nodes(kind_prefix: str) -> Setup:
             training["nodes"] = 2
 
     setup.__name__ = f"two_nodes_{kind_prefix.replace('.', '_')}"
+    return setup
+
+
+def _kubeflow_trainer(kind_prefix: str) -> Setup:
+    """Kubeflow Trainer installed and the tier trains on 2 nodes: a runtime decides what runs it."""
+    two_nodes = _two_nodes(kind_prefix)
+
+    def setup(w: World, ctx: Ctx) -> None:
+        w.crds.append(TRAINJOB_CRD)
+        two_nodes(w, ctx)
+
+    setup.__name__ = f"kubeflow_trainer_{kind_prefix.replace('.', '_')}"
     return setup
 
 
