@@ -171,6 +171,15 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         "above 1",
     ),
     (
+        "swarm-fsdp-needs-processes",
+        "Swarm",
+        SWARM,
+        setter("spec.contextTier.training.strategy", "FSDP"),
+        False,
+        "training.strategy FSDP shards the model across the training processes: it needs nodes x procsPerNode "
+        "above 1",
+    ),
+    (
         "tier-decay",
         "LoRATier",
         SWARM_TIER,
