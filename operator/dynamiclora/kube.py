@@ -344,6 +344,15 @@ class CachedGets:
                     self._flights = {k: f for k, f in self._flights.items() if k in self._cache or f.locked()}
             return obj
 
+    def read_through(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """The object as the API server has it now (the cache is refreshed with it): what a pass reconciles
+        must never be a cached copy, or a spec changed within the TTL would be reconciled back to the old one."""
+        obj = self.inner.get(kind, namespace, name)
+        with self._lock:
+            if self.ttls.get(kind, 0.0) > 0:
+                self._cache[(kind, namespace, name)] = (time.monotonic(), obj)
+        return obj
+
     def _forget(self, obj: Obj) -> None:
         meta = obj.get("metadata", {})
         with self._lock:
