@@ -170,9 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600, help="seconds allowed per step")
     ap.add_argument("--pods", type=int, default=PODS, help="vLLM pods (about 3 GB of memory each)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/freshness.json"), help="results file")
+    ap.add_argument("--work", type=Path, help="keep the cluster's state and logs here (default: a temporary folder)")
     args = ap.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="dynamiclora-freshness-") as tmp:
-        result = run(args.rounds, Path(tmp), args.timeout, args.pods)
+    if args.work:
+        result = run(args.rounds, args.work, args.timeout, args.pods)
+    else:
+        with tempfile.TemporaryDirectory(prefix="dynamiclora-freshness-") as tmp:
+            result = run(args.rounds, Path(tmp), args.timeout, args.pods)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}: p50 {result['p50_s']} s, p99 {result['p99_s']} s over {result['served_rounds']} rounds")

@@ -77,6 +77,9 @@ class MemoryKube:
         self.objects[self._key(obj)] = merged
         return copy.deepcopy(merged)
 
+    def read_through(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return self.get(kind, namespace, name)
+
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         obj = self.objects.get((kind, namespace, name))
         return copy.deepcopy(obj) if obj else None

@@ -82,6 +82,9 @@ class Kube(Protocol):
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         """The object, or None when absent."""
 
+    def read_through(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """The object as the API server has it now, past any cache: what a pass reconciles."""
+
     def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[Obj]:
         """Objects of ``kind`` in ``namespace`` (all namespaces when empty) matching every label."""
 
@@ -229,6 +232,9 @@ class ApiKube:
             if exc.status == 404:
                 return None
             raise
+
+    def read_through(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return self.get(kind, namespace, name)  # nothing cached here
 
     def list(self, kind: str, namespace: str, labels: Mapping[str, str] | None = None) -> list[Obj]:
         query = []

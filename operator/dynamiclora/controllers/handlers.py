@@ -83,8 +83,7 @@ def read_fresh(kube: Kube, kind: str, namespace: str, name: str) -> Obj | None:
     """The object to reconcile, read from the API server itself: a Swarm read through the operator's short-lived
     cache could be older than a spec change already applied, and its pass would re-apply the old template to
     its tiers (CI saw a training launched from the template the user had just replaced)."""
-    read_through = getattr(kube, "read_through", None)
-    return read_through(kind, namespace, name) if read_through else kube.get(kind, namespace, name)  # type: ignore[no-any-return]
+    return kube.read_through(kind, namespace, name)
 
 
 def _runtime(memo: Any) -> Runtime:

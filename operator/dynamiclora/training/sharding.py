@@ -111,7 +111,8 @@ class FullySharded:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         full = {n: full_tensor(p).clone() for n, p in params.items()}
-        optim = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True))
+        # Gathered to rank 0's host memory only: every rank holding the whole optimizer state would undo sharding.
+        optim = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {"params": full, "optimizer": optim} if self.d.leader else {}
 
     def restore(self, model: Any, params: Mapping[str, torch.Tensor], opt: torch.optim.Optimizer,

@@ -8,6 +8,7 @@ published, so a Job retried after publishing reports the same version instead of
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
@@ -296,8 +297,11 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
                           forget, d, sync, ewc)  # fmt: skip
         if isinstance(sync, FullySharded):
             trained = gather(target_parameters(peft_model))  # every rank: a collective
-            if d.leader:  # the gate and publication run on the unsharded stack, as after a ddp run
-                peft_model = _unsharded(cfg, frozen, init_dir, trained)
+            # The sharded stack goes before the whole one is built: both at once would double the host memory.
+            del model, peft_model, protect
+            gc.collect()
+            # The gate and publication run on the unsharded stack (rank 0), as after a ddp run.
+            peft_model = _unsharded(cfg, frozen, init_dir, trained) if d.leader else None
         if not d.leader:
             return dist.worker_result(d, {"steps": run.total})
         if (homeostasis := regulate_end(cfg, peft_model, init_dir, tmp, log)) is not None:

@@ -45,6 +45,9 @@ class FakeKube:
         self.objects[key] = merged
         return merged
 
+    def read_through(self, kind: str, namespace: str, name: str) -> Obj | None:
+        return self.get(kind, namespace, name)
+
     def get(self, kind: str, namespace: str, name: str) -> Obj | None:
         obj = self.objects.get((kind, namespace, name))
         return copy.deepcopy(obj) if obj else None
