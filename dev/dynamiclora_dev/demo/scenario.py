@@ -108,7 +108,10 @@ class Scenario:
                                "maxModelLen": 256, "dtype": "float32",
                                "extraArgs": ["--enforce-eager", "--max-num-seqs", "8"],
                                # vLLM's CPU backend would otherwise reserve most of the machine's memory.
-                               "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}},
+                               "env": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"},
+                               # One core each (the operator sizes vLLM's threads by it): pods that each spin
+                               # as many threads as the machine has cores slow each other down many times over.
+                               "resources": {"limits": {"cpu": "1"}}},
                  "storage": {"pvc": {"claimName": "ckpt", "path": "dl"}},
              }},
             {"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy",

@@ -225,7 +225,11 @@ class Inference(ApiModel):
         default=None, ge=16, le=10_000_000, description="Context length (--max-model-len)."
     )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="Weights dtype.")
-    resources: Resources = Field(default_factory=Resources, description="Resources of each vLLM container.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description="Resources of each vLLM container. A CPU limit also sizes vLLM's thread pool "
+        "(OMP_NUM_THREADS, whole cores rounded up) unless env sets it.",
+    )
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the API key clients and the operator must present."
     )

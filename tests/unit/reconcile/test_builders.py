@@ -86,6 +86,30 @@ def test_statefulset_shape(swarm_body: dict[str, Any], settings: OperatorSetting
     assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
 
 
+@pytest.mark.parametrize(
+    ("resources", "env", "threads"),
+    [
+        ({"limits": {"cpu": "1"}}, {}, "1"),
+        ({"limits": {"cpu": "1500m"}}, {}, "2"),
+        ({"limits": {"cpu": 4}}, {}, "4"),
+        ({"limits": {"cpu": "100m"}}, {}, "1"),  # never zero threads
+        ({"requests": {"cpu": "2"}}, {}, None),  # no quota: torch's own default is right
+        ({}, {}, None),
+        ({"limits": {"cpu": "1"}}, {"OMP_NUM_THREADS": "3"}, "3"),  # the user's setting wins
+        ({"limits": {"cpu": "lots"}}, {}, None),  # unreadable: left to torch, not a crash
+    ],
+)
+def test_vllm_threads_follow_the_cpu_limit(swarm_body: dict[str, Any], settings: OperatorSettings,
+                                           resources: dict[str, Any], env: dict[str, str],
+                                           threads: str | None) -> None:  # fmt: skip
+    swarm_body["spec"]["inference"].update(resources=resources, env=env)
+    body = _owned(swarm_body)
+    sts = build_statefulset(body, Swarm.model_validate(body), settings)
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    got = [e["value"] for e in container["env"] if e["name"] == "OMP_NUM_THREADS"]
+    assert got == ([threads] if threads else [])
+
+
 def test_generated_keys_and_the_guard(swarm_body: dict[str, Any]) -> None:
     from dynamiclora.builders.guard import build_guard_config_map, build_key_secrets
     from dynamiclora.serving.launcher import guard_source
