@@ -110,7 +110,7 @@ bench-distributed: ## Training throughput through torchrun: 1 process, 2 data-pa
 	$(PY) bench/distributed.py --out bench/results/distributed.json
 
 .PHONY: bench-freshness
-bench-freshness: ## Job completed -> verified served on 3 real vLLM pods, 30 training rounds: p50/p99 (~13 min)
+bench-freshness: ## Job completed -> verified served on 3 real vLLM pods, 30 training rounds: p50/p99 (~16 min)
 	$(PY) bench/freshness.py --rounds 30 --out bench/results/freshness.json
 
 .PHONY: bench-scale

@@ -101,16 +101,30 @@ class Clock:
                 self.served.setdefault(str(a.get("servedVersion")), now)
 
 
-def one_round(sc: Scenario, clock: Clock, r: int, timeout: float) -> dict[str, Any] | None:
-    """Teach one round; its timings once served, or None when the gate refused it."""
+def trained_verdict(sc: Scenario, ctx: str, after: int) -> dict[str, Any] | None:
+    """The tier's status once a training version newer than ``after`` has its final verdict. A migration also
+    publishes a version of the context tier (what moved up is taken out of it), judged as well: counting it
+    as the round's verdict would call the round refused and time the next one on this round's version."""
+    st = sc.final_verdict(ctx, after)
+    if st is None or not any(int(h["version"]) > after and h.get("source") == "training"
+                             and h.get("accepted") is not None for h in st.get("history", [])):  # fmt: skip
+        return None
+    return st
+
+
+def one_round(sc: Scenario, clock: Clock, r: int, timeout: float) -> dict[str, Any]:
+    """Teach one round; its timings once served, or (``refused``) the gate's last verdict on it."""
     ctx = sc.tier_name(AGENT, "context")
     after = int(sc.status("loratiers", ctx).get("latestVersion") or 0)
     total = sc.teach(AGENT, 1000 + r, round_facts(AGENT, r))
-    st = sc.wait(f"round {r + 1}: trained and judged", lambda: sc.final_verdict(ctx, after), timeout)
+    st = sc.wait(f"round {r + 1}: trained and judged", lambda: trained_verdict(sc, ctx, after), timeout)
     history = [h for h in st.get("history", []) if int(h["version"]) > after and h.get("source") == "training"]
     accepted = [int(h["version"]) for h in history if h.get("accepted")]
     if not accepted:
-        return None
+        gate = st.get("lastGate") or {}
+        return {"round": r + 1, "refused": True, "versions": [int(h["version"]) for h in history],
+                "heldOutKnown": gate.get("heldOutKnown"), "heldOutForgotten": gate.get("heldOutForgotten"),
+                "cause": gate.get("cause")}  # fmt: skip
     v = accepted[-1]
     name = re.compile(rf"{re.escape(ctx)}-train-v{v}(-r\d+)?")  # the attempt that published v
     job = sc.wait(f"round {r + 1}: the completion of v{v}'s Job seen", lambda: next(
@@ -144,12 +158,12 @@ def run(rounds: int, work: Path, timeout: float, pods: int = PODS) -> dict[str, 
             sc.wait(f"{pods} vLLM pods ready", lambda: sc.status("swarms", sc.cfg.swarm).get("readyReplicas") == pods
                     or None)  # fmt: skip
             with Clock(sc) as clock:
-                results = []
+                results: list[dict[str, Any]] = []
+                refused: list[dict[str, Any]] = []
                 for r in range(rounds):
                     got = one_round(sc, clock, r, timeout)
-                    print(json.dumps(got if got else {"round": r + 1, "refused": True}), flush=True)
-                    if got:
-                        results.append(got)
+                    print(json.dumps(got), flush=True)
+                    (refused if got.get("refused") else results).append(got)
     finally:
         cluster.stop()
     secs = [x["seconds"] for x in results]
@@ -161,6 +175,8 @@ def run(rounds: int, work: Path, timeout: float, pods: int = PODS) -> dict[str, 
             "rounds_with_compose_job": sum(1 for x in results if x["compose_jobs"]),
             "training_job_p50_s": round(statistics.median([x["job_seconds"] for x in results]), 3) if results else None,
             "anchor_s": 41.0, "target_p99_s": 3.0, "per_round": results,
+            # The learning side (issue 14): what the gate found forgotten in each round it refused.
+            "refused_rounds": refused,
             "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}  # fmt: skip
 
 
