@@ -79,13 +79,6 @@ class Runtime:
         return self.passes.get((kind, meta.get("namespace", ""), meta["name"]), 0)
 
 
-def read_fresh(kube: Kube, kind: str, namespace: str, name: str) -> Obj | None:
-    """The object to reconcile, read from the API server itself: a Swarm read through the operator's short-lived
-    cache could be older than a spec change already applied, and its pass would re-apply the old template to
-    its tiers (CI saw a training launched from the template the user had just replaced)."""
-    return kube.read_through(kind, namespace, name)
-
-
 def _runtime(memo: Any) -> Runtime:
     rt = memo.get("runtime") if isinstance(memo, dict) else getattr(memo, "runtime", None)
     if rt is None:
@@ -202,7 +195,7 @@ async def on_job_finished(rt: Runtime, job: Obj) -> None:
     handles = {kind: handle for kind, handle in KINDS.values()}
     for kind, name in await asyncio.to_thread(followups, rt.kube, job):
         seen = rt.passes.get((kind, ns, name), 0)
-        fresh = await asyncio.to_thread(read_fresh, rt.kube, kind, ns, name)
+        fresh = await asyncio.to_thread(rt.kube.read_through, kind, ns, name)
         if fresh is not None and not fresh["metadata"].get("deletionTimestamp"):
             await reconcile_now(rt, kind, handles[kind], fresh, seen)
 
@@ -261,7 +254,7 @@ async def _counted(rt: Runtime, kind: str, handle: Any, body: Obj, seen: int) ->
     key = (kind, meta.get("namespace", ""), meta["name"])
     async with rt.lock(*key):
         if rt.passes.get(key, 0) != seen:
-            fresh = await asyncio.to_thread(read_fresh, rt.kube, kind, key[1], key[2])
+            fresh = await asyncio.to_thread(rt.kube.read_through, kind, key[1], key[2])
             if fresh is None or fresh["metadata"].get("deletionTimestamp"):
                 return
             body = fresh
@@ -298,7 +291,7 @@ async def _retry(rt: Runtime, kind: str, handle: Any, meta: Obj, delay: float) -
     await asyncio.sleep(delay)
     rt.retries.pop(key, None)
     seen = rt.passes.get(key, 0)
-    fresh = await asyncio.to_thread(read_fresh, rt.kube, kind, key[1], key[2])
+    fresh = await asyncio.to_thread(rt.kube.read_through, kind, key[1], key[2])
     if fresh is not None and not fresh["metadata"].get("deletionTimestamp"):
         await reconcile_now(rt, kind, handle, fresh, seen)
 

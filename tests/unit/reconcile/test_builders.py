@@ -299,7 +299,6 @@ def test_cached_gets_serve_swarms_from_cache_until_written() -> None:
 def test_the_object_a_pass_reconciles_is_read_past_the_cache() -> None:
     """A Swarm changed within the cache's TTL: the handlers' read (a retry, a finished Job's follow-up, an
     overtaken body) gets the change, not the cached copy whose pass would re-apply the old template."""
-    from dynamiclora.controllers.handlers import read_fresh
     from dynamiclora.kube import CachedGets
 
     from .fakekube import FakeKube
@@ -309,9 +308,9 @@ def test_the_object_a_pass_reconciles_is_read_past_the_cache() -> None:
     kube = CachedGets(inner, {"Swarm": 60})
     assert kube.get("Swarm", "default", "s")["spec"] == {"x": 1}  # type: ignore[index]
     inner.objects[("Swarm", "default", "s")]["spec"] = {"x": 2}
-    assert read_fresh(kube, "Swarm", "default", "s")["spec"] == {"x": 2}  # type: ignore[index]
+    assert kube.read_through("Swarm", "default", "s")["spec"] == {"x": 2}  # type: ignore[index]
     assert kube.get("Swarm", "default", "s")["spec"] == {"x": 2}  # type: ignore[index]  # the cache refreshed
-    assert read_fresh(inner, "Swarm", "default", "s")["spec"] == {"x": 2}  # type: ignore[index]  # no cache
+    assert inner.read_through("Swarm", "default", "s")["spec"] == {"x": 2}  # type: ignore[index]  # no cache
 
 
 def test_cached_gets_remember_secrets_found_or_not_and_forget_what_they_write() -> None:
