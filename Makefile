@@ -91,6 +91,11 @@ bench-merge: ## Low-rank merge vs PEFT add_weighted_adapter(svd) at d=1024/2048/
 bench-continual: ## Continual learning through the operator's reconcilers and Job entrypoints (~18 min)
 	nice $(PY) bench/jobs_continual.py --seeds 5 --out bench/results/continual_jobs.json
 
+.PHONY: bench-continual-countries
+bench-continual-countries: ## The same on real country -> capital facts (the countryinfo package's data, docs/continual.md)
+	nice $(PY) bench/jobs_continual.py --facts countries --seeds 5 --methods dynamiclora,replay_full,replay_small,seq_lora,ewc \
+	  --out bench/results/continual_jobs_countries.json
+
 .PHONY: bench-continual-long
 bench-continual-long: ## The same over 10 windows, on the tuning seeds 101-103, and against replay at matched compute
 	nice $(PY) bench/jobs_continual.py --seeds 3 --windows 10 --methods dynamiclora,replay_full \

@@ -7,7 +7,9 @@ tiny Llama is pretrained locally (no download). Methods: dynamiclora (context + 
 migration), replay_full, seq_lora. See docs/benchmarks-jobs.md.
 
 Run: ``make bench-continual-jobs`` or
-``python bench/jobs_continual.py [--quick] [--seeds N] [--windows W] [--out PATH]``.
+``python bench/jobs_continual.py [--quick] [--seeds N] [--windows W] [--facts synthetic|countries] [--out PATH]``
+(``--facts countries``: real country -> capital facts from the ``countryinfo`` package, ``make
+bench-continual-countries``).
 """
 
 from __future__ import annotations

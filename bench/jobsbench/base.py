@@ -24,7 +24,7 @@ from dynamiclora.training.gate import score
 from dynamiclora.training.model import build_stack, load_base, lora_config
 from dynamiclora.training.records import InteractionRecord, SourcedRecord
 from dynamiclora_dev.tinymodel import TinyModelConfig, build_model, build_tokenizer, save_tiny_model
-from jobsbench.facts import HELD_OUT, TEMPLATES, TRAIN_TEMPLATES, Fact
+from jobsbench.facts import HELD_OUT, TEMPLATES, TRAIN_TEMPLATES, Fact, prompt
 
 EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
@@ -32,7 +32,7 @@ EPOCH = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 def fact_record(fact: Fact, template: int, agent: str, when: dt.datetime, rid: str) -> dict[str, Any]:
     """One interaction record (the product's JSONL format) teaching ``fact`` in ``template``."""
     return {"agent": agent, "timestamp": when.isoformat().replace("+00:00", "Z"), "id": rid,
-            "prompt": TEMPLATES[template].format(x=fact.entity), "response": fact.answer}
+            "prompt": prompt(fact, template), "response": fact.answer}
 
 
 def window_records(facts: Sequence[Fact], window: int, agent: str,

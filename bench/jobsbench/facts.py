@@ -1,8 +1,10 @@
-"""Synthetic facts with known ground truth: "what is the color of X ? -> Y" in several templates.
+"""Facts with known ground truth: "what is the color of X ? -> Y" in several templates.
 
-Entities and answers are the tiny model's generated pseudo-words, so every fact is new to the model
-and the tokenizer maps each word to one token. Facts are shown in the training templates and tested
-in a held-out template, so a method only scores when it learned the fact rather than the sentence.
+By default (:class:`SyntheticFacts`) entities and answers are the tiny model's generated pseudo-words, so
+every fact is new to the model and the tokenizer maps each word to one token; ``jobsbench.countries``
+gives real country -> capital facts in the same window structure (a :class:`FactSource`). Facts are
+shown in the training templates and tested in a held-out template, so a method only scores when it
+learned the fact rather than the sentence.
 
 A *window* (task) mixes three kinds of facts whose fate the design predicts:
 
@@ -16,6 +18,7 @@ A *window* (task) mixes three kinds of facts whose fate the design predicts:
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from dynamiclora_dev.tinymodel import TinyModelConfig, generated_words
@@ -33,14 +36,31 @@ HELD_OUT = 3
 
 TRAIN_TEMPLATES: tuple[int, ...] = tuple(i for i in range(len(TEMPLATES)) if i != HELD_OUT)
 
+CAPITAL_TEMPLATES: tuple[str, ...] = (
+    "what is the capital of {x} ? answer :",
+    "the capital of {x} is",
+    "question : capital of {x} ? answer :",
+    "user : which city is the capital of {x} ? assistant :",
+)
+"""The country -> capital relation's templates (``--facts countries``), the held-out one at ``HELD_OUT`` too."""
+
+RELATIONS: dict[str, tuple[str, ...]] = {"color": TEMPLATES, "capital": CAPITAL_TEMPLATES}
+"""Templates per relation; every relation has as many as ``TEMPLATES`` so that indices and ``HELD_OUT`` agree."""
+
 
 @dataclass(frozen=True)
 class Fact:
-    """One fact: ``entity``'s color is ``answer``; ``kind`` is its ground-truth category."""
+    """One fact: ``entity``'s ``relation`` (color, capital) is ``answer``; ``kind`` is its ground-truth category."""
 
     entity: str
     answer: str
     kind: str
+    relation: str = "color"
+
+
+def prompt(fact: Fact, template: int) -> str:
+    """``fact``'s question in its relation's template ``template`` (the answer follows it)."""
+    return RELATIONS[fact.relation][template].format(x=fact.entity)
 
 
 @dataclass(frozen=True)
@@ -134,28 +154,75 @@ def pretrain_facts(entities: list[str], answers: list[str]) -> list[Fact]:
     return [Fact(e, rng.choice(answers), "pretrain") for e in entities]
 
 
-def build_sequence(cfg: DataConfig, model_cfg: TinyModelConfig, pool: WordPool, rng: random.Random) -> TaskSequence:
-    """The task windows for one seed (entities drawn from ``pool``)."""
-    answers = answer_words(model_cfg, cfg.answers)
+class FactSource(ABC):
+    """Where a run's facts come from: the pretraining facts, the benchmark's entities and their answers.
+
+    The window structure (:func:`build_sequence`) is the same for every source, so the same metrics apply.
+    """
+
+    answers: list[str]
+    """Every answer a window can give (the flips' answers included)."""
+
+    @abstractmethod
+    def __init__(self, model_cfg: TinyModelConfig, data: DataConfig) -> None:
+        """The source for a model (its vocabulary) and a window shape."""
+
+    @staticmethod
+    def words() -> tuple[str, ...]:
+        """Words the tiny model's vocabulary needs beyond its own (``TinyModelConfig.extra_words``)."""
+        return ()
+
+    @abstractmethod
+    def split(self, n_pretrain: int) -> tuple[list[Fact], list[str]]:
+        """``(pretraining facts, benchmark entities)``: fixed for every seed, the entities disjoint."""
+
+    @abstractmethod
+    def fact(self, entity: str, kind: str, rng: random.Random) -> Fact:
+        """A new fact about ``entity`` (for ``kind`` "flip": the answer the next window will correct)."""
+
+    @abstractmethod
+    def corrected(self, fact: Fact, rng: random.Random) -> Fact:
+        """The ``flipped`` fact superseding the flip ``fact`` in the next window (another answer)."""
+
+
+class SyntheticFacts(FactSource):
+    """Pseudo-word entities whose color is one of ``n_answers`` pseudo-words, drawn per seed."""
+
+    def __init__(self, model_cfg: TinyModelConfig, data: DataConfig) -> None:
+        self._model_cfg = model_cfg
+        self.answers = answer_words(model_cfg, data.answers)
+
+    def split(self, n_pretrain: int) -> tuple[list[Fact], list[str]]:
+        pre, bench = split_entities(self._model_cfg, len(self.answers), n_pretrain)
+        return pretrain_facts(pre, self.answers), bench
+
+    def fact(self, entity: str, kind: str, rng: random.Random) -> Fact:
+        return Fact(entity, rng.choice(self.answers), kind)
+
+    def corrected(self, fact: Fact, rng: random.Random) -> Fact:
+        return Fact(fact.entity, _other(self.answers, fact.answer, rng), "flipped", fact.relation)
+
+
+def build_sequence(cfg: DataConfig, source: FactSource, pool: WordPool, rng: random.Random) -> TaskSequence:
+    """The task windows for one seed (entities drawn from ``pool``, facts about them from ``source``)."""
     # Recurring groups start early enough to appear in all recurring_span windows.
     n_groups = cfg.windows - cfg.recurring_span + 1
-    groups = [[Fact(e, rng.choice(answers), "recurring") for e in pool.take(cfg.recurring_group)]
-              for _ in range(n_groups)]
+    groups = [[source.fact(e, "recurring", rng) for e in pool.take(cfg.recurring_group)] for _ in range(n_groups)]
     flips_old: list[list[Fact]] = []
     windows: list[Window] = []
     for k in range(cfg.windows):
-        transient = [Fact(e, rng.choice(answers), "transient") for e in pool.take(cfg.transient_per_window)]
+        transient = [source.fact(e, "transient", rng) for e in pool.take(cfg.transient_per_window)]
         recurring = [f for g, group in enumerate(groups) if g <= k < g + cfg.recurring_span for f in group]
-        new_flips = ([Fact(e, rng.choice(answers), "flip") for e in pool.take(cfg.flip_per_window)]
+        new_flips = ([source.fact(e, "flip", rng) for e in pool.take(cfg.flip_per_window)]
                      if k < cfg.windows - 1 else [])
-        flipped = [Fact(f.entity, _other(answers, f.answer, rng), "flipped") for f in flips_old[-1]] if k else []
+        flipped = [source.corrected(f, rng) for f in flips_old[-1]] if k else []
         flips_old.append(new_flips)
         train = recurring + transient + new_flips + flipped
         # The first answer of a fact that will flip is superseded, so it is not part of the test.
         windows.append(Window(train=train, test=recurring + transient + flipped, flipped=flipped))
     should = [f for g in groups for f in g]
     should_not = [f for w in windows for f in w.train if f.kind != "recurring"]
-    return TaskSequence(windows, should, should_not, answers)
+    return TaskSequence(windows, should, should_not, source.answers)
 
 
 def _other(answers: list[str], answer: str, rng: random.Random) -> str:

@@ -20,16 +20,8 @@ import torch
 
 from dynamiclora_dev.tinymodel import TinyModelConfig
 from jobsbench.base import PretrainConfig, pretrain_base
-from jobsbench.facts import (
-    DataConfig,
-    Fact,
-    WordPool,
-    answer_words,
-    build_sequence,
-    entities_needed,
-    pretrain_facts,
-    split_entities,
-)
+from jobsbench.countries import CountryFacts
+from jobsbench.facts import DataConfig, Fact, FactSource, SyntheticFacts, WordPool, build_sequence, entities_needed
 from jobsbench.methods import EXTRA_METHODS, METHODS, JobsConfig, run_method
 from jobsbench.metrics import interval
 
@@ -37,6 +29,8 @@ Log = Callable[[str], None]
 SCALARS = ("acc", "bwt", "forgetting", "flip_new_when_taught", "flip_stale_final", "migration_precision",
            "migration_recall", "migration_precision_gain_only", "migration_recall_gain_only", "optimizer_steps")
 KINDS = ("recurring", "transient", "flipped")
+FACT_SOURCES: dict[str, type[FactSource]] = {"synthetic": SyntheticFacts, "countries": CountryFacts}
+"""``--facts``: pseudo-word colors (the default) or real country -> capital facts (docs/continual.md)."""
 
 
 def _print(msg: str) -> None:
@@ -53,13 +47,30 @@ class RunConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     methods: tuple[str, ...] = METHODS
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    facts: str = "synthetic"
 
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("RunConfig.seeds must not be empty")
+        if self.facts not in FACT_SOURCES:
+            raise ValueError(f"unknown facts {self.facts!r}; known: {sorted(FACT_SOURCES)}")
+        missing = sorted(set(FACT_SOURCES[self.facts].words()) - set(self.model.extra_words))
+        if missing:
+            raise ValueError(f"the model's extra_words lack {len(missing)} words of the {self.facts} facts, "
+                             f"e.g. {missing[:3]}; use model_config()")
         unknown = sorted(set(self.methods) - {*METHODS, *EXTRA_METHODS})
         if unknown:
             raise ValueError(f"unknown methods {unknown}; known: {[*METHODS, *EXTRA_METHODS]}")
+
+
+def model_config(facts: str, vocab_words: int) -> TinyModelConfig:
+    """The tiny model for ``facts``: ``vocab_words`` pseudo-words plus the words the facts are made of."""
+    return TinyModelConfig(vocab_words=vocab_words, extra_words=FACT_SOURCES[facts].words())
+
+
+def fact_source(cfg: RunConfig) -> FactSource:
+    """The run's facts (see ``FACT_SOURCES``)."""
+    return FACT_SOURCES[cfg.facts](cfg.model, cfg.data)
 
 
 def quick_config(seeds: list[int] | None = None, windows: int = 3) -> RunConfig:
@@ -74,7 +85,8 @@ def _base(root: Path, model_cfg: TinyModelConfig, facts: list[Fact], cfg: Pretra
     cache = os.environ.get("JOBSBENCH_BASE_CACHE")
     if not cache:
         return pretrain_base(root / "base", model_cfg, facts, cfg)
-    key = hashlib.sha256(json.dumps([asdict(model_cfg), asdict(cfg), [asdict(f) for f in facts]],
+    key = hashlib.sha256(json.dumps([_key(asdict(model_cfg), "extra_words", ()), asdict(cfg),
+                                     [_key(asdict(f), "relation", "color") for f in facts]],
                                     sort_keys=True).encode()).hexdigest()[:16]  # fmt: skip
     path = Path(cache) / key
     if not (path / "config.json").is_file():
@@ -83,21 +95,26 @@ def _base(root: Path, model_cfg: TinyModelConfig, facts: list[Fact], cfg: Pretra
     return path
 
 
+def _key(fields: dict[str, Any], name: str, default: Any) -> dict[str, Any]:
+    """``fields`` without ``name`` when it has its default: bases cached before the field existed keep their key."""
+    return {k: v for k, v in fields.items() if k != name or v != default}
+
+
 def run(cfg: RunConfig, log: Log = _print, workdir: Path | None = None) -> dict[str, Any]:
     """Pretrain the base once, then for every seed run every method on the same windows; aggregate."""
     t0 = time.perf_counter()
     model_cfg = cfg.model
-    answers = answer_words(model_cfg, cfg.data.answers)
-    pre_entities, bench_entities = split_entities(model_cfg, cfg.data.answers, cfg.pretrain.entities)
+    source = fact_source(cfg)
+    pre_facts, bench_entities = source.split(cfg.pretrain.entities)
     root = Path(tempfile.mkdtemp(prefix="jobsbench-", dir=workdir))
     try:
-        base = _base(root, model_cfg, pretrain_facts(pre_entities, answers), cfg.pretrain)
+        base = _base(root, model_cfg, pre_facts, cfg.pretrain)
         log(f"pretrained the base in {time.perf_counter() - t0:.0f}s")
         per_seed: list[dict[str, Any]] = []
         for seed in cfg.seeds:
             ts = time.perf_counter()
             rng = random.Random(seed)
-            seq = build_sequence(cfg.data, model_cfg, WordPool(bench_entities, rng), rng)
+            seq = build_sequence(cfg.data, source, WordPool(bench_entities, rng), rng)
             entry: dict[str, Any] = {"seed": seed, "methods": {}}
             for name in cfg.methods:
                 tm = time.perf_counter()
@@ -198,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of {','.join((*METHODS, *EXTRA_METHODS))}")
     ap.add_argument("--ewc-lambda", type=float, default=None, help="the ewc method's strength (tuning)")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/continual_jobs.json"), help="JSON output")
+    ap.add_argument("--facts", choices=sorted(FACT_SOURCES), default="synthetic",
+                    help="pseudo-word colors (default) or real country -> capital facts from the countryinfo package")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="JSON output (default bench/results/continual_jobs.json; continual_jobs_FACTS.json "
+                         "for other facts)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the bench process")
     args = ap.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
@@ -219,19 +240,22 @@ def main(argv: list[str] | None = None) -> int:
     vocab = max(TinyModelConfig().vocab_words, cfg.data.answers + cfg.pretrain.entities + entities_needed(cfg.data))
     cfg = RunConfig(seeds=cfg.seeds, data=cfg.data, jobs=jobs, pretrain=cfg.pretrain,
                     methods=tuple(m for m in args.methods.split(",") if m),
-                    model=TinyModelConfig(vocab_words=vocab))  # fmt: skip
+                    model=model_config(args.facts, vocab), facts=args.facts)  # fmt: skip
     result = run(cfg)
     flags = [f for f, on in (("--quick", args.quick), ("--no-gate", args.no_gate)) if on]
     first = [f"--first-seed {args.first_seed}"] if args.first_seed != 1 else []
     first += [f"--methods {args.methods}"] if args.methods != ",".join(METHODS) else []
     first += [f"--window-shape {args.window_shape}"] if args.window_shape else []
     first += [f"--ewc-lambda {args.ewc_lambda:g}"] if args.ewc_lambda is not None else []
+    first += [f"--facts {args.facts}"] if args.facts != "synthetic" else []
     command = " ".join(["python bench/jobs_continual.py", *flags, f"--seeds {len(seeds)}", *first,
                         f"--windows {windows}"])
     result["meta"]["command"] = command
     result["markdown"] = markdown_table(result, command)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=float, allow_nan=True) + "\n")
+    suffix = "" if args.facts == "synthetic" else f"_{args.facts}"
+    out: Path = args.out or Path(f"bench/results/continual_jobs{suffix}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float, allow_nan=True) + "\n")
     print(result["markdown"])
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0

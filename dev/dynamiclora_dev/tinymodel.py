@@ -36,6 +36,9 @@ class TinyModelConfig:
     num_hidden_layers: int = field(default=2, metadata={"help": "decoder layers"})
     max_position_embeddings: int = field(default=512, metadata={"help": "context length"})
     seed: int = field(default=0, metadata={"help": "seed for vocabulary and weights"})
+    extra_words: tuple[str, ...] = field(default=(), metadata={
+        "help": "real words appended after the generated ones (e.g. country and city names), so data that is "
+                "not pseudo-words still maps each word to one token"})
     head_scale: float = field(default=1.0, metadata={
         "help": "multiplier of the (random) output head: at 1 the largest reachable logit is about 2.5, so a "
                 "small LoRA cannot make a learned fact's answer much likelier than the other words; 10 lets it "
@@ -48,10 +51,18 @@ class TinyModelConfig:
             raise ValueError("vLLM's CPU attention needs head_dim >= 64")
         if not self.head_scale > 0:
             raise ValueError(f"head_scale must be > 0, got {self.head_scale}")
+        # The pre-tokenizer splits on whitespace and punctuation: such a word could never be one token.
+        bad = [w for w in self.extra_words if not w.isalnum()]
+        if bad:
+            raise ValueError(f"extra_words must be letters and digits only, got {bad[:5]}")
 
 
 def vocabulary(cfg: TinyModelConfig) -> list[str]:
-    """The deterministic vocabulary: special tokens, fixed words, then seeded pseudo-words."""
+    """The deterministic vocabulary: special tokens, fixed words, seeded pseudo-words, then ``extra_words``.
+
+    The extra words come last so that the ids of every other word do not depend on them; one that is
+    already a word of the vocabulary is not repeated.
+    """
     rng = random.Random(cfg.seed)
     words: list[str] = list(SPECIAL_TOKENS) + list(BASE_WORDS)
     seen = set(words)
@@ -60,12 +71,17 @@ def vocabulary(cfg: TinyModelConfig) -> list[str]:
         if w not in seen:
             seen.add(w)
             words.append(w)
+    for w in cfg.extra_words:
+        if w not in seen:
+            seen.add(w)
+            words.append(w)
     return words
 
 
 def generated_words(cfg: TinyModelConfig) -> list[str]:
     """The seeded pseudo-words (useful as entity names and answers in synthetic data)."""
-    return vocabulary(cfg)[len(SPECIAL_TOKENS) + len(BASE_WORDS):]
+    start = len(SPECIAL_TOKENS) + len(BASE_WORDS)
+    return vocabulary(cfg)[start:start + cfg.vocab_words]
 
 
 def build_tokenizer(cfg: TinyModelConfig) -> Any:
@@ -148,6 +164,9 @@ def ensure_tiny_model(path: str | Path, cfg: TinyModelConfig | None = None) -> P
     cfg = cfg or TinyModelConfig()
     out = Path(path)
     marker = out / "dynamiclora-tiny.json"
-    if marker.exists() and json.loads(marker.read_text()) == asdict(cfg):
-        return out
+    if marker.exists():
+        # Compared through JSON (a tuple comes back as a list); a marker older than extra_words has none.
+        stored = {"extra_words": [], **json.loads(marker.read_text())}
+        if stored == json.loads(json.dumps(asdict(cfg))):
+            return out
     return save_tiny_model(out, cfg)
