@@ -9,8 +9,9 @@
   stable SVD components of the context tier move to the agent tier.
 * ``dynamiclora_protected``: the same with the opt-in protection of the agent tier's inputs
   (``plasticity.plasticRank`` 2): the ablation that shows what protection does.
-* ``replay_full``: one tier of rank ``ctx_rank + agent_rank`` (equal capacity), replay fraction 0.5 with a
-  budget covering every stored record, no migration.
+* ``replay_full``: one tier of rank ``ctx_rank + agent_rank`` (equal capacity), consolidation replay from every
+  stored record with DynamicLoRA's budget and fraction (the product defaults: the same stored questions
+  rehearsed per Job), no migration.
 * ``replay_small``: the same tier with a small replay budget (``SMALL_BUFFER`` stored records per Job, the
   classic small-buffer replay baseline), no migration.
 * ``seq_lora``: one tier of rank ``ctx_rank + agent_rank``, no replay, no migration.
@@ -71,7 +72,7 @@ class JobsConfig:
             raise ValueError("JobsConfig: steps, batch and ranks must be >= 1, lr > 0 and ewc_lambda >= 0")
 
 
-def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path, all_records: int) -> Obj:
+def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path) -> Obj:
     """The Swarm spec of ``method`` (one agent); the operator derives both LoRATiers from it."""
     if method not in (*METHODS, *EXTRA_METHODS):
         raise ValueError(f"unknown method {method!r}; known: {[*METHODS, *EXTRA_METHODS]}")
@@ -80,10 +81,8 @@ def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path, all_records: int) -
     training: Obj = {"maxSteps": cfg.steps, "batchSize": cfg.batch, "minSamples": 1}
     if method in ("seq_lora", "ewc"):
         training["replayFraction"] = 0.0
-    elif method in ("replay_full", "replay_full_2x"):
-        training.update(replayFraction=0.5, replayBudget=max(all_records, 1))
-        if method == "replay_full_2x":
-            training["maxSteps"] = 2 * cfg.steps
+    elif method == "replay_full_2x":
+        training["maxSteps"] = 2 * cfg.steps
     elif method == "replay_small":
         training.update(replayFraction=0.5, replayBudget=SMALL_BUFFER)
     gate = {"enabled": cfg.gate}
@@ -148,8 +147,7 @@ def _mean(xs: list[float]) -> float:
 def run_method(method: str, seq: TaskSequence, base_dir: Path, cfg: JobsConfig, root: Path,
                log: Log) -> dict[str, Any]:  # fmt: skip
     """Feed the windows to the operator one by one; after each, score the served stack on every window."""
-    all_records = sum(len(window_records(w.train, k, AGENT)) for k, w in enumerate(seq.windows))
-    op = SimOperator(root / "operator", swarm_spec(method, cfg, base_dir, all_records), policy_spec(method), log,
+    op = SimOperator(root / "operator", swarm_spec(method, cfg, base_dir), policy_spec(method), log,
                      train_args=train_args(method, cfg.ewc_lambda))  # fmt: skip
     R: list[list[float]] = []
     flip_new: list[float] = []

@@ -168,10 +168,13 @@ class TrainingTemplate(ApiModel):
         ge=0,
         le=0.9,
         description="Consolidation replay: share of each training mix made of stored older records (newest answer "
-        "per question, chosen by surprise under the served stack); 0 trains on the new records only.",
+        "per question, chosen by surprise under the served stack; the new records are repeated to keep their share "
+        "when the budget covers more questions); 0 trains on the new records only.",
     )
     replay_budget: int = Field(
-        default=64, ge=0, le=100_000, description="Consolidation replay: stored records rehearsed per Job at most."
+        default=64, ge=0, le=100_000,
+        description="Consolidation replay: stored questions rehearsed per Job at most (up to the whole store when it "
+        "holds fewer): how much of what the tier knew each update protects.",
     )
     node_selector: dict[str, MapValue] = Field(
         default_factory=dict, max_length=MAX_MAP, description="Node selector of training pods."

@@ -17,7 +17,7 @@ from dynamiclora.training.model import target_parameters
 from dynamiclora.training.options import TrainConfig
 from dynamiclora.training.protection import Protection, protection
 from dynamiclora.training.records import InteractionRecord, SourcedRecord
-from dynamiclora.training.replay import choose, cycle, replay_candidates, replay_count
+from dynamiclora.training.replay import NO_REPLAY, ReplayPlan, choose, cycle, replay_candidates, replay_plan
 
 Log = Callable[[str], None]
 # Candidates scored per replayed example: enough to choose by surprise, bounded for the scoring pass.
@@ -31,21 +31,27 @@ def keyed(records: list[SourcedRecord], tokenizer: Any, max_seq_len: int) -> tup
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+Replay = tuple[list[Example], ReplayPlan, dict[str, int]]
+
+
 def replay_examples(cfg: TrainConfig, model: Any, history: list[SourcedRecord], batch_records: list[SourcedRecord],
-                    batch: int, tokenizer: Any, log: Log) -> tuple[list[Example], dict[str, int]]:  # fmt: skip
-    """The stored examples to rehearse, chosen by surprise under the stack the run starts from."""
-    pool = replay_candidates(history, batch_records, REPLAY_POOL_FACTOR * cfg.replay_budget)
-    count = replay_count(batch, cfg.replay_fraction, cfg.replay_budget, len(pool))
-    if not count:
-        return [], {"replayed": 0, "replayCandidates": len(pool)}
+                    batch: int, tokenizer: Any, log: Log) -> Replay:  # fmt: skip
+    """The stored examples to rehearse, chosen by surprise under the stack the run starts from, and the plan
+    (how often the ``batch`` new examples appear beside them)."""
+    limit = REPLAY_POOL_FACTOR * cfg.replay_budget if cfg.replay_fraction > 0 else 0
+    pool = replay_candidates(history, batch_records, limit)
     examples, _ = keyed(pool, tokenizer, cfg.max_seq_len)
+    plan = replay_plan(batch, cfg.replay_fraction, cfg.replay_budget, len(examples))
+    if not plan.examples:
+        return [], NO_REPLAY, {"replayed": 0, "replayCandidates": len(pool)}
     pad = int(tokenizer.pad_token_id)
     losses = [s.loss for s in score(model, examples, cfg.batch_size, pad)]
-    picked = choose(losses, count)
-    chosen = [examples[i] for i in cycle(picked, count)]
+    picked = choose(losses, plan.questions)
+    chosen = [examples[i] for i in cycle(picked, plan.examples)]
     log(f"replay: {len(picked)} of {len(pool)} stored question(s) rehearsed ({len(chosen)} examples) "
-        f"besides {batch} new")
-    return chosen, {"replayed": len(chosen), "replayedQuestions": len(picked), "replayCandidates": len(pool)}
+        f"besides {batch} new x{plan.new_repeats}")
+    return chosen, plan, {"replayed": len(chosen), "replayedQuestions": len(picked), "replayCandidates": len(pool),
+                          "newRepeats": plan.new_repeats}
 
 
 def protect_slower_tiers(cfg: TrainConfig, peft_model: Any, frozen: list[tuple[str, Path]],

@@ -5,6 +5,11 @@ it learned before (complementary learning systems: fast learning of the new, slo
 consolidation of the old). Training only on the new batch overwrites the directions old facts used;
 the quality gate then, rightly, refuses the update and the agent stops learning.
 
+How much: as much of the store as the budget covers, at the fraction's share of the mix
+(:func:`replay_plan`). Rehearsal once scaled with the new batch (``new x f/(1-f)`` examples): a small
+round then rehearsed a small part of a growing store, and the rest was overwritten (a 32-record round
+with 116 stored questions forgot 46 of 55 held-out facts and the gate refused it, round after round).
+
 What is rehearsed: for each question (:func:`~dynamiclora.training.records.record_key`) only its newest
 answer, never one the new batch answers again (a changed answer replaces the old one), never a
 quarantined or held-out record (the caller filters those). Which: the most surprising under the
@@ -18,6 +23,7 @@ Pure Python; the trainer scores the candidates with the stack it starts from.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from dynamiclora.training.records import SourcedRecord, record_key
 
@@ -44,17 +50,42 @@ def replay_candidates(history: Sequence[SourcedRecord], batch: Sequence[SourcedR
     return kept[-limit:]
 
 
-def replay_count(batch: int, fraction: float, budget: int, available: int) -> int:
-    """Replayed examples so that they make up ``fraction`` of the training mix, within the budget.
+@dataclass(frozen=True)
+class ReplayPlan:
+    """How a training mix rehearses: ``questions`` stored questions make up ``examples`` replayed examples
+    (cycled when the share asks for more than the store holds), beside each new example ``new_repeats`` times."""
 
-    Fewer stored questions than that are rehearsed repeatedly (:func:`cycle`): a batch that repeats
-    each new question many times would otherwise drown a few old ones.
+    questions: int
+    examples: int
+    new_repeats: int
+
+
+NO_REPLAY = ReplayPlan(0, 0, 1)
+
+
+def replay_plan(new: int, fraction: float, budget: int, available: int) -> ReplayPlan:
+    """Rehearse ``min(budget, available)`` stored questions, the replay making up ``fraction`` of the mix.
+
+    Coverage decides what is kept (each stored question left out can be overwritten), the share decides
+    how strongly the new is learned, so the two are set apart: when the covered questions outnumber what
+    the share asks for, the new examples are repeated to keep their share; when the store holds fewer, its
+    questions are rehearsed repeatedly (:func:`cycle`), as a batch that repeats each new question many times
+    would otherwise drown a few old ones. The optimizer steps are the Job's either way.
+
+    Args:
+        new: new examples in the mix.
+        fraction: share of the mix that is replay, in [0, 1).
+        budget: stored questions rehearsed at most.
+        available: stored questions that may be rehearsed.
     """
     if not 0 <= fraction < 1:
         raise ValueError(f"replay fraction must be in [0, 1), got {fraction}")
-    if fraction == 0 or budget <= 0 or available <= 0:
-        return 0
-    return max(0, min(round(batch * fraction / (1 - fraction)), budget))
+    if fraction == 0 or budget <= 0 or available <= 0 or new <= 0:
+        return NO_REPLAY
+    ratio = fraction / (1 - fraction)  # replayed examples per new one
+    questions = min(budget, available)
+    examples = max(questions, min(round(new * ratio), budget))
+    return ReplayPlan(questions, examples, max(1, round(examples / (new * ratio))))
 
 
 def cycle(indices: Sequence[int], count: int) -> list[int]:

@@ -262,8 +262,8 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
         # reference and what replay measures surprise under, before any parameter moves.
         baseline = score_sets(peft_model, gate_sets.examples, cfg.batch_size, pad)
         data_info["released"] = _reexamine(cfg, peft_model, sel, tokenizer, log)
-        replayed, replay_info = replay_examples(cfg, peft_model, sel.history, sel.batch, len(examples), tokenizer,
-                                                log)
+        replayed, plan, replay_info = replay_examples(cfg, peft_model, sel.history, sel.batch, len(examples),
+                                                      tokenizer, log)
         data_info.update(replay_info)
         if (decay := decay_start(cfg, peft_model, init_dir, len(sel.batch), tmp, log)) is not None:
             data_info["decay"] = decay
@@ -274,7 +274,7 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
         if ewc is not None:
             data_info["ewc"] = ewc.summary()
             log(f"ewc: lambda {cfg.ewc_lambda:g}, Fisher information of {ewc.records} stored question(s)")
-        mix = examples + replayed
+        mix = examples * plan.new_repeats + replayed
         fp = _run_fingerprint(cfg, fingerprint(mix), refs)
         # The work directory is rank 0's: the others keep nothing (rank 0 hands them the resume state).
         work = Path(cfg.work_dir) if cfg.work_dir and d.leader else tmp / "work"

@@ -52,15 +52,15 @@ def test_window_records_are_product_records() -> None:
 @pytest.mark.parametrize("method", METHODS)
 def test_specs_are_valid_and_share_the_budget(method: str, tmp_path: Path) -> None:
     cfg = JobsConfig()
-    op = SimOperator(tmp_path, swarm_spec(method, cfg, tmp_path / "base", 500), policy_spec(method), log=print)
+    op = SimOperator(tmp_path, swarm_spec(method, cfg, tmp_path / "base"), policy_spec(method), log=print)
     ctx = LoRATierSpec.model_validate(op.tier("context")["spec"])
     assert ctx.training.max_steps == cfg.steps and ctx.training.batch_size == cfg.batch
     assert ctx.plasticity.learning_rate == cfg.lr and ctx.alpha == cfg.alpha_per_rank * ctx.rank
     served_rank = ctx.rank + (cfg.agent_rank if method.startswith("dynamiclora") else 0)
     assert served_rank == cfg.ctx_rank + cfg.agent_rank  # equal capacity
     assert ctx.quality_gate.enabled
-    replay = {"replay_full": (0.5, 500), "replay_small": (0.5, 24), "seq_lora": (0.0, 64),
-              "ewc": (0.0, 64)}.get(method, (0.5, 64))  # fmt: skip
+    replay = {"replay_small": (0.5, 24), "seq_lora": (0.0, 64),
+              "ewc": (0.0, 64)}.get(method, (0.5, 64))  # fmt: skip  # replay_full: DynamicLoRA's budget
     assert (ctx.training.replay_fraction, ctx.training.replay_budget) == replay
     # The one difference of the ablation: no protection of the slower tier.
     assert (ctx.plasticity.plastic_rank is not None) == (method == "dynamiclora_protected")
@@ -73,7 +73,7 @@ def test_the_jobs_it_runs_are_the_operators(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     base = pretrain_base(tmp_path / "base", TinyModelConfig(), pretrain_facts(["zorb"], ["blue"]),
                          PretrainConfig(steps=1, batch=2))  # fmt: skip
-    op = SimOperator(tmp_path / "op", swarm_spec("dynamiclora", JobsConfig(steps=2), base, 100),
+    op = SimOperator(tmp_path / "op", swarm_spec("dynamiclora", JobsConfig(steps=2), base),
                      policy_spec("dynamiclora"), log=lambda _m: None)  # fmt: skip
     facts = [Fact(f"e{i}", "blue", "transient") for i in range(12)]
     runs = []

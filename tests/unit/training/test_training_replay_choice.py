@@ -5,9 +5,19 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dynamiclora.training.records import SourcedRecord, parse_line, record_answer, record_key
-from dynamiclora.training.replay import choose, cycle, newest_per_key, replay_candidates, replay_count
+from dynamiclora.training.replay import (
+    NO_REPLAY,
+    ReplayPlan,
+    choose,
+    cycle,
+    newest_per_key,
+    replay_candidates,
+    replay_plan,
+)
 
 
 def _rec(i: int, prompt: str, answer: str = "x") -> SourcedRecord:
@@ -36,22 +46,42 @@ def test_newest_answer_per_question_wins_and_the_batch_answers_anew() -> None:
 
 
 @pytest.mark.parametrize(
-    ("batch", "fraction", "budget", "available", "expected"),
+    ("new", "fraction", "budget", "available", "expected"),
     [
-        (24, 0.5, 64, 100, 24),  # half of the mix
-        (24, 0.75, 64, 100, 64),  # three quarters would be 72: the budget caps it
-        (24, 0.5, 64, 10, 24),  # few stored questions are rehearsed repeatedly
-        (24, 0.0, 64, 100, 0),  # replay off
-        (24, 0.5, 0, 100, 0),
+        (24, 0.5, 64, 100, ReplayPlan(64, 64, 3)),  # the budget's worth of the store; the new x3 keep half the mix
+        (24, 0.5, 64, 40, ReplayPlan(40, 40, 2)),  # the whole store
+        (24, 0.5, 64, 10, ReplayPlan(10, 24, 1)),  # a small store is rehearsed repeatedly to make half the mix
+        (24, 0.75, 64, 100, ReplayPlan(64, 64, 1)),  # three quarters would be 72 examples: the budget caps it
+        (24, 0.75, 64, 10, ReplayPlan(10, 64, 1)),
+        (8, 0.6, 128, 116, ReplayPlan(116, 116, 10)),  # 116 / (8 x 1.5) = 9.7 -> 10: replay stays ~60 %
+        (24, 0.0, 64, 100, NO_REPLAY),  # replay off
+        (24, 0.5, 0, 100, NO_REPLAY),
+        (24, 0.5, 64, 0, NO_REPLAY),
+        (0, 0.5, 64, 100, NO_REPLAY),
     ],
 )
-def test_replay_count(batch: int, fraction: float, budget: int, available: int, expected: int) -> None:
-    assert replay_count(batch, fraction, budget, available) == expected
+def test_replay_plan(new: int, fraction: float, budget: int, available: int, expected: ReplayPlan) -> None:
+    assert replay_plan(new, fraction, budget, available) == expected
 
 
-def test_replay_count_refuses_a_mix_of_replay_only() -> None:
+@given(st.integers(1, 500), st.sampled_from([0.1, 0.3, 0.5, 0.6, 0.7, 0.9]), st.integers(1, 1000),
+       st.integers(1, 2000))  # fmt: skip
+def test_replay_plan_covers_the_budget_and_keeps_the_share(new: int, fraction: float, budget: int,
+                                                           available: int) -> None:  # fmt: skip
+    plan = replay_plan(new, fraction, budget, available)
+    assert plan.questions == min(budget, available) <= plan.examples <= max(budget, plan.questions)
+    share = plan.examples / (plan.examples + new * plan.new_repeats)
+    if plan.new_repeats > 1:  # repeating the new examples holds the share within half a repeat of the fraction
+        low = plan.examples / (plan.examples + new * (plan.new_repeats + 0.5))
+        high = plan.examples / (plan.examples + new * (plan.new_repeats - 0.5))
+        assert low <= fraction <= high
+    elif plan.examples < budget:  # not capped: at least the share
+        assert share >= fraction - 1 / (new + plan.examples)
+
+
+def test_replay_plan_refuses_a_mix_of_replay_only() -> None:
     with pytest.raises(ValueError, match=r"replay fraction must be in \[0, 1\)"):
-        replay_count(8, 1.0, 8, 8)
+        replay_plan(8, 1.0, 8, 8)
 
 
 def test_choose_takes_the_most_surprising_half_and_spreads_the_rest() -> None:
