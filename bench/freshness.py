@@ -50,11 +50,13 @@ class FreshnessScenario(Scenario):
     """
 
     pods = PODS
+    training: dict[str, Any] = {}  # overrides of the context tier's training spec (replay); set per instance
 
     def manifests(self) -> list[dict[str, Any]]:
         objs = super().manifests()
         swarm = next(o for o in objs if o["kind"] == "Swarm")
         swarm["spec"]["inference"].update(replicas=self.pods, placement={"replicasPerAgent": self.pods})
+        swarm["spec"]["contextTier"].setdefault("training", {}).update(self.training)
         return objs
 
 
@@ -147,13 +149,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(len(ordered) * q / 100) - 1)] if ordered else float("nan")
 
 
-def run(rounds: int, work: Path, timeout: float, pods: int = PODS) -> dict[str, Any]:
+def run(rounds: int, work: Path, timeout: float, pods: int = PODS,
+        training: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     cluster = LocalCluster(ClusterConfig(state_dir=work / "cluster")).start()
     try:
         # The operator's default resync period: what this measures is the reaction to the Job's completion.
         cfg = DemoConfig(work_dir=work, agents=(AGENT,), step_timeout=timeout, resync_seconds=RESYNC)
         scenario = FreshnessScenario(cfg, cluster)
         scenario.pods = pods
+        scenario.training = dict(training or {})
         with scenario.running(pods=pods) as sc:
             sc.wait(f"{pods} vLLM pods ready", lambda: sc.status("swarms", sc.cfg.swarm).get("readyReplicas") == pods
                     or None)  # fmt: skip
@@ -176,7 +180,7 @@ def run(rounds: int, work: Path, timeout: float, pods: int = PODS) -> dict[str, 
             "training_job_p50_s": round(statistics.median([x["job_seconds"] for x in results]), 3) if results else None,
             "anchor_s": 41.0, "target_p99_s": 3.0, "per_round": results,
             # The learning side (issue 14): what the gate found forgotten in each round it refused.
-            "refused_rounds": refused,
+            "refused_rounds": refused, "training_overrides": training or {},
             "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]}}  # fmt: skip
 
 
@@ -187,12 +191,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pods", type=int, default=PODS, help="vLLM pods (about 3 GB of memory each)")
     ap.add_argument("--out", type=Path, default=Path("bench/results/freshness.json"), help="results file")
     ap.add_argument("--work", type=Path, help="keep the cluster's state and logs here (default: a temporary folder)")
+    ap.add_argument("--replay-budget", type=int, help="the context tier's training.replayBudget (default: the demo's)")
+    ap.add_argument("--replay-fraction", type=float, help="its training.replayFraction (default: the demo's)")
     args = ap.parse_args(argv)
+    training = {k: v for k, v in (("replayBudget", args.replay_budget), ("replayFraction", args.replay_fraction))
+                if v is not None}  # fmt: skip
     if args.work:
-        result = run(args.rounds, args.work, args.timeout, args.pods)
+        result = run(args.rounds, args.work, args.timeout, args.pods, training)
     else:
         with tempfile.TemporaryDirectory(prefix="dynamiclora-freshness-") as tmp:
-            result = run(args.rounds, Path(tmp), args.timeout, args.pods)
+            result = run(args.rounds, Path(tmp), args.timeout, args.pods, training)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}: p50 {result['p50_s']} s, p99 {result['p99_s']} s over {result['served_rounds']} rounds")

@@ -198,7 +198,8 @@ class TrainConfig:
     replay_fraction: float = field(default=0.0, metadata={
         "help": "consolidation replay: share of the training mix made of stored older records (newest "
                 "answer per question, chosen by surprise under the starting stack), in [0, 0.9]"})
-    replay_budget: int = field(default=64, metadata={"help": "consolidation replay: stored records rehearsed at most"})
+    replay_budget: int = field(default=64, metadata={
+        "help": "consolidation replay: stored questions rehearsed at most (all of them when the store holds fewer)"})
     screen_threshold: float | None = field(default=None, metadata={
         "help": "phases: reinforcement above which a component becomes SCREENED (the tier's plasticity); with "
                 "--free-threshold, the version's statistics report its screened fraction and phase state"})

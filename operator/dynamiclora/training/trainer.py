@@ -79,7 +79,6 @@ __all__ = ["evaluate", "run_training"]
 
 Log = Callable[[str], None]
 PUBLISHED = "published.json"
-# Replay candidates scored per Job, as a multiple of the replay budget: bounds a Job's extra work.
 # Records of a quarantined window scored when it is re-examined (the newest): bounds a Job's extra work.
 REEXAMINE_RECORDS = 64
 
