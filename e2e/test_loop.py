@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -432,7 +432,7 @@ def test_operator_killed_at_random_points_of_a_round_loses_and_doubles_nothing(s
     names = [j["metadata"]["name"] for j in jobs]
     assert len(names) == len(set(names))
     assert AuditLog(_store(sc), sc.cfg.namespace, ctx).verify(sc.audit_key) == []
-    sc.wait("the consolidations the round led to are done", lambda: _quiet(sc, ctx))  # a quiet start for the next
+    sc.wait("the consolidations the round led to are done", _quiet(sc, ctx))  # a quiet start for the next
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -476,17 +476,19 @@ def test_a_second_operator_waits_and_takes_over_when_the_first_stops(scenario: S
 # --- issue 10: never serve a regression ------------------------------------------------------------
 
 
-def _quiet(sc: Scenario, ctx: str, agent: str = "alice") -> str | None:
-    """The agent's served label once nothing is in flight: no consolidation or training Job, the newest context
-    version.
-
-    Not a guard against half-applied migrations (serving never composes one; the last test checks every
-    stack served): the tests that assert what does *not* move need a start where nothing else moves.
-    """
+def _quiet_now(sc: Scenario, ctx: str, agent: str) -> str | None:
+    """The agent's served label when nothing is in flight at this instant: no unfinished Job for one of the
+    agent's tiers or the Swarm's, none in the policy's or the tier's status, the newest context version served
+    (bob's tier fails on purpose: its Jobs are not the agent's)."""
     if sc.status("migrationpolicies", "support-consolidation").get("activeJobs"):
         return None
     tier = sc.status("loratiers", ctx)
     if tier.get("activeJob"):  # a training started before the test's change would be judged as its own
+        return None
+    # The status lists a Job only once the reconcile that created it has patched it: the Job list sees it first.
+    jobs = json.loads(sc.kubectl("get", "jobs", "-n", sc.cfg.namespace, "-o", "json"))["items"]
+    tiers = {sc.tier_name(agent, "context"), sc.tier_name(agent, "agent"), f"{sc.cfg.swarm}-swarm"}
+    if any(j["metadata"].get("labels", {}).get("dynamiclora.io/tier") in tiers and not _finished(j) for j in jobs):
         return None
     current = int(tier.get("currentVersion") or 0)
     entry = sc.served(agent)
@@ -494,10 +496,35 @@ def _quiet(sc: Scenario, ctx: str, agent: str = "alice") -> str | None:
     return label if label.startswith(f"c{current}.") else None
 
 
+def _finished(job: dict[str, Any]) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in job.get("status", {}).get("conditions", []))  # fmt: skip
+
+
+def _quiet(sc: Scenario, ctx: str, agent: str = "alice") -> Callable[[], str | None]:
+    """A probe: the agent's served label once nothing has been in flight for three operator resyncs.
+
+    A consolidation the newest version makes due starts within a resync of it being served, so one quiet
+    instant is not a quiet start. Not a guard against half-applied migrations (serving never composes one;
+    the last test checks every stack served): the tests that assert what does *not* move need a start where
+    nothing else moves.
+    """
+    held: dict[str, Any] = {"label": None, "since": 0.0}
+
+    def probe() -> str | None:
+        label = _quiet_now(sc, ctx, agent)
+        if label is None or label != held["label"]:
+            held.update(label=label, since=time.monotonic())
+            return None
+        return label if time.monotonic() - held["since"] >= 3 * sc.cfg.resync_seconds else None
+
+    return probe
+
+
 def test_quality_gate_rejects_a_corrupted_update_and_promotes_a_genuine_one(scenario: Scenario) -> None:
     sc = scenario
     ctx = sc.tier_name("alice", "context")
-    served = sc.wait("consolidations done and alice served with her newest version", lambda: _quiet(sc, ctx))
+    served = sc.wait("consolidations done and alice served with her newest version", _quiet(sc, ctx))
     st = sc.status("loratiers", ctx)
     current, latest = int(st["currentVersion"]), int(st.get("latestVersion") or st["currentVersion"])
     assert served.startswith(f"c{current}."), (served, current)
@@ -529,7 +556,7 @@ def test_quality_gate_rejects_a_corrupted_update_and_promotes_a_genuine_one(scen
 def _train_alice_once(sc: Scenario, round_: int) -> tuple[int, dict[str, Any]]:
     """Feed alice a genuine round; the version it trains once accepted and served (with its served entry)."""
     ctx = sc.tier_name("alice", "context")
-    sc.wait("consolidations done and alice served with her newest version", lambda: _quiet(sc, ctx))
+    sc.wait("consolidations done and alice served with her newest version", _quiet(sc, ctx))
     st = sc.status("loratiers", ctx)
     latest = int(st.get("latestVersion") or st["currentVersion"])
     sc.feed("alice", round_)
@@ -634,7 +661,7 @@ def _train_alice_killing_a_worker(sc: Scenario, round_: int) -> tuple[int, dict[
     store (what an OOM kill or a lost node does): the attempt fails, saying which pod was killed, and the next
     attempt resumes from that checkpoint; the version and its serving follow as for any round."""
     ctx = sc.tier_name("alice", "context")
-    sc.wait("consolidations done and alice served with her newest version", lambda: _quiet(sc, ctx))
+    sc.wait("consolidations done and alice served with her newest version", _quiet(sc, ctx))
     st = sc.status("loratiers", ctx)
     latest = int(st.get("latestVersion") or st["currentVersion"])
     failed_before = int(st.get("failedAttempts") or 0)
@@ -690,7 +717,7 @@ def test_pin_rolls_back_and_unpin_resumes_and_the_audit_trail_survives_restart(s
     sc = scenario
     ctx = sc.tier_name("alice", "context")
     audit = AuditLog(_store(sc), sc.cfg.namespace, ctx)
-    sc.wait("consolidations done and alice served with her newest version", lambda: _quiet(sc, ctx))
+    sc.wait("consolidations done and alice served with her newest version", _quiet(sc, ctx))
     current = int(sc.status("loratiers", ctx)["currentVersion"])
     assert current >= 2
     stored = _store(sc).list_versions(sc.cfg.namespace, ctx)
@@ -758,7 +785,7 @@ def test_an_agent_learns_round_after_round_and_keeps_what_it_learned(scenario: S
     assert len(sc.round_versions) == 5
     assert not st.get("quarantine"), st.get("quarantine")
     sc.wait("a migration moved carol's stable content up", lambda: sc.tier_version("carol", "agent") or None)
-    sc.wait("consolidations done and carol served with her newest version", lambda: _quiet(sc, ctx, "carol"))
+    sc.wait("consolidations done and carol served with her newest version", _quiet(sc, ctx, "carol"))
     answers = {entity: sc.answer("carol", entity) for entity in taught}
     wrong = {e: (answers[e], a) for e, a in taught.items() if answers[e] != a}
     report = (f"carol answers {len(taught) - len(wrong)} of {len(taught)} (each round right after it: "
@@ -830,7 +857,7 @@ def test_disaster_recovery_from_the_store_alone(scenario: Scenario) -> None:
     """
     sc, agents, ns = scenario, ("alice", "carol"), scenario.cfg.namespace
     for agent in agents:
-        sc.wait(f"{agent}: nothing in flight", lambda a=agent: _quiet(sc, sc.tier_name(a, "context"), a))
+        sc.wait(f"{agent}: nothing in flight", _quiet(sc, sc.tier_name(agent, "context"), agent))
     served = {agent: str((sc.served(agent) or {})["servedVersion"]) for agent in agents}
     versions = _tier_versions(sc, agents)
     sc.kubectl("delete", "migrationpolicies,swarms,loratiers", "--all", "-n", ns, "--timeout=300s")
