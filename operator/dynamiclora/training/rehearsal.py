@@ -20,7 +20,7 @@ from dynamiclora.training.records import InteractionRecord, SourcedRecord
 from dynamiclora.training.replay import NO_REPLAY, ReplayPlan, choose, cycle, replay_candidates, replay_plan
 
 Log = Callable[[str], None]
-# Candidates scored per replayed example: enough to choose by surprise, bounded for the scoring pass.
+# Candidates scored per budgeted question: enough to choose by surprise, bounded for the scoring pass.
 REPLAY_POOL_FACTOR = 4
 
 

@@ -7,6 +7,8 @@ keeps what is known, so the same batch is accepted.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,25 @@ def test_quarantined_windows_are_released_only_when_the_served_stack_agrees(shar
     meta = open_store(store_uri).get(NS, TIER, v2["version"]).manifest.metadata
     assert meta["window"]["from"].startswith("2025-01-01T00:01:36")  # trained on round 2: both stayed excluded
     assert meta["released"] == [agreeing]  # the shuffled window stays quarantined
+
+
+def test_a_small_round_rehearses_the_budget_and_repeats_its_new_records(sharp_model_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    """The coverage rule inside a real Job: 8 new records (7 once the gate holds one out) and a budget of 16 stored
+    questions (the store holds more) rehearse 16 questions once each, and each new record appears twice to keep
+    its half of the mix."""
+    data = tmp_path / "records"
+    data.mkdir()
+    write_facts(data / "round-1.jsonl", range(96), names=48)  # about 40 stored questions
+    write_facts(data / "round-2.jsonl", range(96, 104), first_name=48, names=4)
+    store_uri, lines = f"file://{tmp_path}/store", []
+    cfg = TrainConfig(base_model=str(sharp_model_dir), data=str(data), output_store=store_uri, namespace=NS,
+                      tier=TIER, rank=4, batch_size=8, seed=1, checkpoint_every=0, holdout_fraction=0.2,
+                      steps=10, lr=0.003, max_records=8, replay_fraction=0.5, replay_budget=16)
+    result = run_training(cfg, log=lines.append)
+    stats = json.loads(open_store(store_uri).read_file(NS, TIER, result["version"], "stats.json"))
+    assert (stats["replayedQuestions"], stats["replayed"], stats["newRepeats"]) == (16, 16, 2), stats
+    assert stats["replayCandidates"] > 16, stats  # the budget, not the store, bounded the coverage
+    new = int(re.search(r"^data: (\d+) records", "\n".join(lines), re.M).group(1))  # type: ignore[union-attr]
+    assert new in (7, 8), lines
+    assert f"replay: 16 of 43 stored question(s) rehearsed (16 examples) besides {new} new x2" in lines, lines
