@@ -119,5 +119,5 @@ bench-freshness: ## Job completed -> verified served on 3 real vLLM pods, 30 tra
 	$(PY) bench/freshness.py --rounds 30 --out bench/results/freshness.json
 
 .PHONY: bench-scale
-bench-scale: ## Operator convergence time and peak RSS for 10/100/1,000 agents on the local control plane
-	$(PY) bench/scale.py --sizes 10 100 1000 --out bench/results/scale.json
+bench-scale: ## Operator convergence time and peak RSS for 10/100/1,000/10,000 agents on the local control plane (~15 min)
+	$(PY) bench/scale.py --sizes 10 100 1000 10000 --out bench/results/scale.json

@@ -6,8 +6,9 @@ On the local control plane, a Swarm of three real vLLM CPU pods and one agent pl
 stack it will be served as (a compose Job does it when the stack differs, e.g. after a migration); the
 serving pass hot-swaps it into the three pods, verifying each by its fingerprint. Two watches
 on the API server time the round as a client sees it: the moment the training Job's ``Complete`` condition
-appears, and the moment the Swarm's status names the new version served on every pod the agent is placed on
-(``servedOnPods == len(placedOn)``). Rounds the quality gate refuses serve nothing and are left out.
+appears, and the moment the agent's serving entry (its context tier's ``status.serving``) names the new
+version served on every pod the agent is placed on (``servedOnPods == len(placedOn)``). Rounds the quality
+gate refuses serve nothing and are left out.
 
 The same operator process (``dynamiclora run`` from the image's environment), Jobs and vLLM servers as
 the e2e; nothing is re-implemented here. Anchor: a public issue of a leading LoRA controller reports about
@@ -70,7 +71,7 @@ class Clock:
         self.served: dict[str, float] = {}  # served label -> when first seen on every placed pod
         self.threads = [threading.Thread(target=self._follow, args=(p, f), daemon=True) for p, f in (
             (f"/apis/batch/v1/namespaces/{sc.cfg.namespace}/jobs", self._job),
-            (f"{GROUP_PATH}/namespaces/{sc.cfg.namespace}/swarms", self._swarm))]  # fmt: skip
+            (f"{GROUP_PATH}/namespaces/{sc.cfg.namespace}/loratiers", self._tier))]  # fmt: skip
 
     def __enter__(self) -> Clock:
         for t in self.threads:
@@ -97,10 +98,12 @@ class Clock:
         if any(c.get("type") == "Complete" and c.get("status") == "True" for c in conditions):
             self.completed.setdefault(name, now)
 
-    def _swarm(self, swarm: dict[str, Any], now: float) -> None:
-        for a in (swarm.get("status") or {}).get("agents") or []:
-            if a.get("name") == AGENT and a.get("placedOn") and a.get("servedOnPods") == len(a["placedOn"]):
-                self.served.setdefault(str(a.get("servedVersion")), now)
+    def _tier(self, tier: dict[str, Any], now: float) -> None:
+        if tier["metadata"]["name"] != self.sc.tier_name(AGENT, "context"):
+            return
+        a = (tier.get("status") or {}).get("serving") or {}
+        if a.get("placedOn") and a.get("servedOnPods") == len(a["placedOn"]):
+            self.served.setdefault(str(a.get("servedVersion")), now)
 
 
 def trained_verdict(sc: Scenario, ctx: str, after: int) -> dict[str, Any] | None:

@@ -36,13 +36,14 @@ def _swarm(agents: int, room: int, replicas: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _pass(body: dict[str, Any], pods: list[str]) -> tuple[PodPlan, float]:
-    """One serving pass's placement; its status (placedOn) is written back as the operator does."""
-    sw = Swarm.model_validate(body)
+def _pass(sw: Swarm, last: dict[str, Any], pods: list[str]) -> tuple[PodPlan, float]:
+    """One serving pass's placement; what it placed (``placedOn``) goes into ``last`` for the next pass, as the
+    operator writes it into each agent's context tier and reads it back."""
     t0 = time.perf_counter()
-    plan = plan_pods(sw, body, [a.name for a in sw.spec.agents], pods)
+    plan = plan_pods(sw, last, [a.name for a in sw.spec.agents], pods)
     took = time.perf_counter() - t0
-    body["status"] = {"agents": [{"name": a, "placedOn": plan.ordinals(a)} for a in plan.placement.pods]}
+    last.clear()
+    last.update({a: {"placedOn": plan.ordinals(a)} for a in plan.placement.pods})
     return plan, took
 
 
@@ -61,17 +62,18 @@ def _figures(plan: PodPlan, pods: list[str], room: int, replicas: int) -> dict[s
 
 def run(agents: int, n_pods: int, room: int, replicas: int) -> dict[str, Any]:
     pods = [f"bench-vllm-{i}" for i in range(n_pods)]
-    body = _swarm(agents, room, replicas)
-    first, took = _pass(body, pods)
+    sw = Swarm.model_validate(_swarm(agents, room, replicas))
+    last: dict[str, Any] = {}
+    first, took = _pass(sw, last, pods)
     out = _figures(first, pods, room, replicas) | {"place_ms": round(took * 1000, 1)}
-    again, _ = _pass(body, pods)
+    again, _ = _pass(sw, last, pods)
     out["moved_on_a_repeated_pass"] = _moved(first, again)
     lost = pods[-1]
     on_lost = len(again.agents_on(lost))
-    shrunk, _ = _pass(body, pods[:-1])
+    shrunk, _ = _pass(sw, last, pods[:-1])
     out["pod_lost"] = {"replicas_on_it": on_lost, "moved": _moved(again, shrunk),
                        **_figures(shrunk, pods[:-1], room, replicas)}  # fmt: skip
-    back, _ = _pass(body, pods)
+    back, _ = _pass(sw, last, pods)
     out["pod_back"] = {"moved": _moved(shrunk, back), "on_it": len(back.agents_on(lost))}
     return out
 

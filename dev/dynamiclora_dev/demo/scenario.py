@@ -337,19 +337,23 @@ class Scenario:
     def tier_version(self, agent: str, level: str) -> int:
         return int(self.status("loratiers", self.tier_name(agent, level)).get("currentVersion") or 0)
 
+    def serving(self, agent: str) -> dict[str, Any]:
+        """What is served of ``agent``: its context tier's ``status.serving`` (empty before anything is)."""
+        return dict(self.status("loratiers", self.tier_name(agent, "context")).get("serving") or {})
+
     def served(self, agent: str) -> dict[str, Any] | None:
-        """The agent's entry in the Swarm status once every pod it is placed on serves it."""
-        st = self.status("swarms", self.cfg.swarm)
-        entry = next((a for a in st.get("agents", []) if a.get("name") == agent), None)
+        """The agent's serving entry once every pod it is placed on serves it."""
+        entry = self.serving(agent)
         if entry and entry.get("placedOn") and entry.get("servedOnPods") == len(entry["placedOn"]):
-            # The status keeps each adapter relative to servedRoot (bounded status); callers want the URI.
-            return {**entry, "adapterUri": f"{st.get('servedRoot')}/{entry.get('adapterPath')}"}
+            # The entry keeps its adapter relative to the Swarm's servedRoot; callers want the URI.
+            root = self.status("swarms", self.cfg.swarm).get("servedRoot")
+            return {**entry, "name": agent, "adapterUri": f"{root}/{entry.get('adapterPath')}"} if root else None
         return None
 
     def pod_ips(self, agent: str | None = None) -> list[str]:
-        """Ready pods' IPs: all of them, or those ``agent`` is placed on (status ``placedOn``, pod ordinals)."""
+        """Ready pods' IPs: all of them, or those ``agent`` is placed on (``placedOn``, pod ordinals)."""
         st = self.status("swarms", self.cfg.swarm)
-        placed = next((a.get("placedOn") for a in st.get("agents", []) if a.get("name") == agent), None)
+        placed = self.serving(agent).get("placedOn") if agent is not None else None
         return [str(p["podIP"]) for p in st.get("pods", []) if p.get("ready") and p.get("podIP")
                 and (agent is None or int(p["name"].rsplit("-", 1)[1]) in (placed or ()))]  # fmt: skip
 

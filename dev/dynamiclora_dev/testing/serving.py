@@ -118,7 +118,8 @@ def signal_group(server: VLLMServer, sig: signal.Signals) -> None:
 
 
 class TierListing:
-    """Read-only stand-in for the API listing of LoRATiers (the only Kube call a serving pass makes)."""
+    """Stand-in for the API's LoRATiers: the listing a serving pass makes, and the status merge patches with
+    which ``mark_agents`` writes what it served (its placement, read back by the next pass)."""
 
     def __init__(self) -> None:
         self.tiers: list[dict[str, Any]] = []
@@ -126,6 +127,25 @@ class TierListing:
     def list(self, kind: str, namespace: str, labels: Any = None) -> list[dict[str, Any]]:
         assert kind == "LoRATier"
         return copy.deepcopy([t for t in self.tiers if t["metadata"]["namespace"] == namespace])
+
+    def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        assert kind == "LoRATier"
+        tier = next(t for t in self.tiers if t["metadata"]["namespace"] == namespace and t["metadata"]["name"] == name)
+        tier["status"] = _merge_patch(tier.get("status") or {}, copy.deepcopy(status))
+        return copy.deepcopy(tier)
+
+
+def _merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies ``application/merge-patch+json``."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge_patch(out.get(key), value)
+    return out
 
 
 def two_pod_swarm(model_dir: Path, port: int, agents: int, **inference: Any) -> dict[str, Any]:

@@ -35,6 +35,7 @@ MAX_PATH = 512
 MAX_IMAGE = 512
 MAX_MAP = 32
 MAX_MAP_VALUE = 1024
+MAX_PODS = 64  # vLLM pods of one Swarm
 MAX_DURATION = "87600h"  # 10 years: beyond it a duration overflows the operator's clock arithmetic
 MAX_DURATION_SECONDS = 87600 * 3600
 MapValue = Annotated[str, Field(max_length=MAX_MAP_VALUE)]

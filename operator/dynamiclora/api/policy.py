@@ -98,7 +98,7 @@ class PolicyConsensus(ApiModel):
     """Consensus rule used when a migration targets a shared tier."""
 
     rule: ConsensusRule = Field(default=ConsensusRule.RESONANCE, description="resonance, mean or ties.")
-    min_agents: int = Field(default=2, ge=1, le=2000, description="Agents whose patterns must agree.")
+    min_agents: int = Field(default=2, ge=1, le=10_000, description="Agents whose patterns must agree.")
     outlier_threshold: float = Field(
         default=0.0, ge=-1, le=1, description="Agents aligning with the consensus below this cosine are excluded."
     )

@@ -14,6 +14,7 @@ from dynamiclora.api.common import (
     MAX_IMAGE,
     MAX_MAP,
     MAX_PATH,
+    MAX_PODS,
     REL_PATH,
     STORE_LOCATION,
     ApiModel,
@@ -163,7 +164,8 @@ class SharedTiers(ApiModel):
     )
 
 
-MAX_PODS = 64
+# Per-agent state lives in each agent's tiers, so a Swarm holds only its spec's list and counts.
+MAX_AGENTS = 10_000
 
 
 class Placement(ApiModel):
@@ -299,7 +301,7 @@ class SwarmSpec(ApiModel):
     base_model: BaseModelSpec = Field(description="Base model served by every pod.")
     agents: list[Agent] = Field(
         min_length=1,
-        max_length=2000,
+        max_length=MAX_AGENTS,
         description="The agents of the swarm (names unique).",
         # A list-map makes the API server itself reject repeated names.
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
@@ -314,7 +316,7 @@ class SwarmSpec(ApiModel):
 
     @model_validator(mode="after")
     def _unique_agents(self) -> SwarmSpec:
-        counts = Counter(a.name for a in self.agents)  # linear: swarms have up to 2,000 agents
+        counts = Counter(a.name for a in self.agents)  # linear: swarms have up to 10,000 agents
         dupes = sorted(n for n, c in counts.items() if c > 1)
         if dupes:
             raise ValueError(f"spec.agents names must be unique (repeated: {', '.join(dupes)})")
@@ -333,37 +335,8 @@ class SwarmPhase(StrEnum):
     FAILED = "Failed"
 
 
-class AgentStatus(ApiModel):
-    """What is served for one agent. Compact (2,000 agents stay far below etcd's object limit): the vLLM
-    model name is always ``<swarm>-<agent>``, and fields at their usual value are left out."""
-
-    name: str
-    served_version: str | None = Field(default=None, description="Composite version, e.g. c3-a2-s1.")
-    adapter_path: str | None = Field(
-        default=None, description="The composed adapter, <agent>/<key> under status.servedRoot."
-    )
-    composition_error: float | None = Field(
-        default=None, ge=0, description="Relative error of the composition (left out when it is exact)."
-    )
-    trust: float | None = Field(
-        default=None, ge=0,
-        description="Trust score: user trustWeight x record of the agent at the quality gate (left out at 1).",
-    )
-    pinned: bool | None = Field(default=None, description="True when a pin decides what is served (else left out).")
-    served_on_pods: int | None = Field(
-        default=None, ge=0, description="Placed pods serving the agent's current version (servedVersion)."
-    )
-    hot: bool | None = Field(
-        default=None, description="True while the agent is hot (placement.hotReplicas); left out otherwise."
-    )
-    placed_on: list[int] = Field(
-        default_factory=list, max_length=MAX_PODS,
-        description="Ordinals of the pods that hold the agent's adapter (<swarm>-inference-<n>); served everywhere "
-        "when servedOnPods is their number.",
-    )
-
-
 MAX_MISSING_LISTED = 10
+MAX_UNSERVED_LISTED = 20
 
 
 class PodStatus(ApiModel):
@@ -400,7 +373,12 @@ class SwarmStatus(ApiModel):
     served_root: str | None = Field(
         default=None, description="Where the composed adapters live: an agent's is <servedRoot>/<adapterPath>."
     )
-    agents: list[AgentStatus] = Field(default_factory=list, max_length=2000)
+    unserved_agents: list[str] = Field(
+        default_factory=list, max_length=MAX_UNSERVED_LISTED,
+        description=f"Agents not served on every pod they are placed on (the first {MAX_UNSERVED_LISTED}, by "
+        "name; agentCount - servedAgents counts them all). What is served of each agent is in the status of its "
+        "context LoRATier (serving).",
+    )
     pods: list[PodStatus] = Field(default_factory=list, max_length=MAX_PODS)
 
 

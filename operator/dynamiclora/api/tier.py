@@ -13,6 +13,7 @@ from dynamiclora.api.common import (
     MAX_IMAGE,
     MAX_MAP,
     MAX_PATH,
+    MAX_PODS,
     STORE_LOCATION,
     ApiModel,
     Condition,
@@ -439,6 +440,36 @@ class GateCounts(ApiModel):
     rejected: int = Field(default=0, ge=0)
 
 
+class AgentServing(ApiModel):
+    """What is served of one agent, on its context tier (written by the Swarm's serving pass). Per agent, not
+    in the Swarm: 10,000 agents' entries would outgrow etcd's object limit. Fields at their usual value are
+    left out; the vLLM model name is always ``<swarm>-<agent>``."""
+
+    served_version: str | None = Field(default=None, description="Composite version, e.g. c3.a2.s1.")
+    adapter_path: str | None = Field(
+        default=None, description="The composed adapter, <agent>/<key> under the Swarm's status.servedRoot."
+    )
+    composition_error: float | None = Field(
+        default=None, ge=0, description="Relative error of the composition (left out when it is exact)."
+    )
+    trust: float | None = Field(
+        default=None, ge=0,
+        description="Trust score: user trustWeight x record of the agent at the quality gate (left out at 1).",
+    )
+    pinned: bool | None = Field(default=None, description="True when a pin decides what is served (else left out).")
+    served_on_pods: int | None = Field(
+        default=None, ge=0, description="Placed pods serving the agent's current version (servedVersion)."
+    )
+    hot: bool | None = Field(
+        default=None, description="True while the agent is hot (placement.hotReplicas); left out otherwise."
+    )
+    placed_on: list[int] = Field(
+        default_factory=list, max_length=MAX_PODS,
+        description="Ordinals of the pods that hold the agent's adapter (<swarm>-inference-<n>); served everywhere "
+        "when servedOnPods is their number. The next pass keeps the agent there (placement hysteresis).",
+    )
+
+
 class LoRATierStatus(ApiModel):
     """Observed state of one tier."""
 
@@ -462,6 +493,9 @@ class LoRATierStatus(ApiModel):
         default_factory=list, max_length=50, description="Record windows of rejected updates, excluded from training."
     )
     served_version: int | None = Field(default=None, ge=0, description="Version composed into served adapters.")
+    serving: AgentServing | None = Field(
+        default=None, description="A context tier only: what is served of its agent (the Swarm pass writes it)."
+    )
     checkpoint_uri: str | None = Field(default=None, description="URI of the current version.")
     checkpoint_sha256: str | None = Field(default=None, description="sha256 of the current version's manifest.")
     effective_time_scale_seconds: float | None = Field(

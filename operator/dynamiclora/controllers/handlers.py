@@ -36,8 +36,10 @@ from dynamiclora.controllers.routing import sync_routes
 from dynamiclora.controllers.serving import ServingOutcome, operator_key, sync_serving
 from dynamiclora.controllers.swarm import reconcile_swarm
 from dynamiclora.controllers.swarm_report import (
+    SWARM_WRITES_ON_TIERS,
     export_swarm_metrics,
     is_blocking,
+    mark_agents,
     mark_served,
     swarm_report,
 )
@@ -126,6 +128,7 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
         api_key = await asyncio.to_thread(operator_key, rt.kube, ns, body["metadata"]["name"])
         outcome = await sync_serving(rt.kube, rt.settings, body, obs.swarm, obs.ready_pods, api_key, rt.composer)
         await asyncio.to_thread(mark_served, rt.kube, ns, obs, outcome)
+        await asyncio.to_thread(mark_agents, rt.kube, ns, body["metadata"]["name"], obs.swarm, outcome)
         routes = await asyncio.to_thread(sync_routes, rt.kube, body, obs.swarm, outcome.endpoints)
         outcome.route_failures = routes.failed
     except Exception as err:
@@ -133,7 +136,7 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
             raise
         blocked = err
     report = swarm_report(body, obs, outcome, blocked)
-    export_swarm_metrics(ns, name, report.status)
+    export_swarm_metrics(ns, name, report.status, outcome.agents if outcome else [])
     await asyncio.to_thread(write_status, rt.kube, body, report.status)
     await _emit(rt, body, report.events)
     RECONCILES.labels("Swarm", "ok").inc()
@@ -162,9 +165,10 @@ async def _handle_status_only(
 async def handle_tier(rt: Runtime, body: Obj) -> None:
     """Reconcile one LoRATier (store observation, training Jobs, status).
 
-    ``servedVersion`` is left alone: the Swarm reconciler writes it once every ready pod serves it.
+    ``servedVersion`` and ``serving`` are left alone: the Swarm reconciler writes them (the version once every
+    ready pod serves it, what is served of the agent).
     """
-    await _handle_status_only(rt, body, "LoRATier", reconcile_tier, frozenset({"servedVersion"}))
+    await _handle_status_only(rt, body, "LoRATier", reconcile_tier, SWARM_WRITES_ON_TIERS)
 
 
 async def handle_policy(rt: Runtime, body: Obj) -> None:

@@ -26,7 +26,7 @@ from dynamiclora.builders.names import operator_key_secret, served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.common import WaitFor
 from dynamiclora.controllers.composer import ComposeProgress, Composer
-from dynamiclora.controllers.placement import PodPlan, plan_pods, queued_agents
+from dynamiclora.controllers.placement import PodPlan, plan_pods, queued_agents, serving_entries
 from dynamiclora.controllers.promotion import agent_trust, served_version_of
 from dynamiclora.controllers.stack_consistency import (
     StackEntry,
@@ -136,8 +136,9 @@ def served_dir(sw: Swarm, settings: OperatorSettings, ns: str, swarm: str) -> Pa
 
 
 def agent_entry(stack: AgentStack, relative_error: float, trust: float, pinned: bool) -> Obj:
-    """One agent's status entry, compact for 2,000 agents: the vLLM model name is always
-    ``<swarm>-<agent>`` and is not repeated; an exact composition, trust 1 and no pin are left out."""
+    """One agent's serving entry (``name`` and the context tier's ``status.serving``), compact: the vLLM model
+    name is always ``<swarm>-<agent>`` and is not repeated; an exact composition, trust 1 and no pin are left
+    out."""
     entry: Obj = {"name": stack.agent, "servedVersion": stack.label, "adapterPath": f"{stack.agent}/{stack.key}"}
     if relative_error:
         entry["compositionError"] = relative_error
@@ -271,7 +272,8 @@ async def sync_serving(
         out.composing, out.compose = [s.agent for s in plan.waiting], progress
     hot_wanted = sw.spec.inference.placement.hot_replicas is not None
     queued = await _queued(sw, swarm, ready_pods, api_key, settings) if hot_wanted else set()
-    pods = plan_pods(sw, body, [s.agent for s in stacks], [p.name for p in ready_pods], queued)
+    last = serving_entries(swarm, sw, out.tiers)
+    pods = plan_pods(sw, last, [s.agent for s in stacks], [p.name for p in ready_pods], queued)
     out.placement = pods
     waiting = {s.agent for s in plan.waiting}
     kept = await _reconcile_pods(sw, swarm, ready_pods, api_key, settings, plan, pods, waiting, out)
@@ -281,19 +283,17 @@ async def sync_serving(
         agent.pop("hot", None)
         if agent["name"] in pods.hot:
             agent["hot"] = True
-    _carry_waiting(body, plan.waiting, kept, pods, out)
+    _carry_waiting(last, plan.waiting, kept, pods, out)
     return out
 
 
-def _carry_waiting(body: Obj, waiting: list[AgentStack], served_on: dict[str, int], pods: PodPlan,
+def _carry_waiting(last: dict[str, Obj], waiting: list[AgentStack], served_on: dict[str, int], pods: PodPlan,
                    out: ServingOutcome) -> None:  # fmt: skip
-    """A waiting agent still serves its previous version: its last status entry stays, re-counted."""
-    before = {a.get("name"): a for a in (body.get("status") or {}).get("agents") or []}
+    """A waiting agent still serves its previous version: its last entry stays, re-counted."""
     for stack in waiting:
-        prev = before.get(stack.agent)
+        prev = last.get(stack.agent)
         if prev is not None:
-            carried = {k: v for k, v in prev.items() if k != "servedAdapter"}  # written by an older operator
-            out.agents.append({**carried, "servedOnPods": served_on.get(stack.agent, 0),
+            out.agents.append({**prev, "name": stack.agent, "servedOnPods": served_on.get(stack.agent, 0),
                                "placedOn": pods.ordinals(stack.agent)})  # fmt: skip
 
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from dynamiclora.api.conditions import ConditionType, Reason
-from dynamiclora.api.swarm import Swarm, SwarmPhase, SwarmStatus
+from dynamiclora.api.swarm import MAX_UNSERVED_LISTED, Swarm, SwarmPhase, SwarmStatus
 from dynamiclora.builders.guard import build_guard_config_map, build_key_secrets
 from dynamiclora.builders.inference import build_service, build_statefulset, selector_labels
 from dynamiclora.builders.names import LABEL_AGENT, LABEL_SWARM, inference_name, swarm_name_problem
@@ -225,10 +225,12 @@ def _conflict_conditions(body: Obj, obs: SwarmObservation, conditions: list[Obj]
 
 def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list[Obj], conditions: list[Obj],
                  served_root: str | None = None) -> SwarmStatus:  # fmt: skip
-    """The status object for a reconciled swarm (validated by the API's SwarmStatus, bounds included)."""
+    """The status object for a reconciled swarm (validated by the API's SwarmStatus, bounds included);
+    ``agents`` are this pass's serving entries (each written to its agent's context tier, only counted here)."""
     n_agents = obs.agent_count or len(obs.swarm.spec.agents)
     conditions = _conflict_conditions(body, obs, conditions)
-    served = sum(1 for a in agents if obs.ready_pods and served_everywhere(a))
+    everywhere = {a["name"] for a in agents if obs.ready_pods and served_everywhere(a)}
+    unserved = sorted(a.name for a in obs.swarm.spec.agents if a.name not in everywhere)
     ready_cond = get_condition({"conditions": conditions}, ConditionType.READY)
     degraded = next((c for c in conditions if c["type"] == ConditionType.DEGRADED and c["status"] == "True"), None)
     degraded = degraded or get_condition({"conditions": conditions}, ConditionType.TIER_NAME_CONFLICT)
@@ -248,7 +250,7 @@ def swarm_status(body: Obj, obs: SwarmObservation, agents: list[Obj], pods: list
         "replicas": obs.replicas,
         "readyReplicas": len(obs.ready_pods),
         "agentCount": n_agents,
-        "servedAgents": served,
-        "agents": agents,
+        "servedAgents": len(everywhere),
+        "unservedAgents": unserved[:MAX_UNSERVED_LISTED],
         "pods": pods,
     })

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dynamiclora.api.common import TierLevel
 from dynamiclora.api.conditions import ConditionType, EventType, Reason
-from dynamiclora.api.swarm import SwarmStatus
+from dynamiclora.api.swarm import Swarm, SwarmStatus
+from dynamiclora.builders.names import LABEL_SWARM, agent_tier_name
 from dynamiclora.controllers.common import Event, WaitFor, generation
 from dynamiclora.controllers.conditions import get_condition, set_condition
-from dynamiclora.controllers.placement import served_everywhere
+from dynamiclora.controllers.placement import served_everywhere, serving_entries
 from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable
 from dynamiclora.controllers.swarm import SwarmObservation, swarm_status
 from dynamiclora.controllers.tier_storage import explain, is_storage_error
@@ -23,6 +25,8 @@ from dynamiclora.metrics import AGENT_PLACED_PODS, AGENT_SERVED_PODS, POD_LOADED
 
 MAX_MESSAGE = 1000  # condition messages users read in kubectl describe
 MAX_NAMED = 10  # agents named in a message before "and N more"
+# LoRATier status fields this pass writes (mark_served, mark_agents): the tier's own pass leaves them alone.
+SWARM_WRITES_ON_TIERS = frozenset({"servedVersion", "serving"})
 
 
 @dataclass
@@ -172,10 +176,30 @@ def mark_served(kube: Kube, ns: str, obs: SwarmObservation, outcome: ServingOutc
             kube.patch_status("LoRATier", ns, tier, {"servedVersion": version})
 
 
-def export_swarm_metrics(ns: str, name: str, status: SwarmStatus) -> None:
-    """Per-agent and per-pod gauges from the status just computed."""
-    for a in status.agents:
-        AGENT_SERVED_PODS.labels(ns, name, a.name).set(a.served_on_pods or 0)
-        AGENT_PLACED_PODS.labels(ns, name, a.name).set(len(a.placed_on))
+def mark_agents(kube: Kube, ns: str, swarm: str, sw: Swarm, outcome: ServingOutcome) -> int:
+    """Write each agent's serving entry to its context tier's ``status.serving`` when it changed (an agent
+    with nothing served loses it); the number of tiers patched."""
+    entries = {a["name"]: {k: v for k, v in a.items() if k != "name"} for a in outcome.agents}
+    last = serving_entries(swarm, sw, outcome.tiers)
+    patched = 0
+    for agent in sw.spec.agents:
+        tier = agent_tier_name(swarm, agent.name, TierLevel.CONTEXT)
+        body = outcome.tiers.get(tier)
+        if body is None or body.get("metadata", {}).get("labels", {}).get(LABEL_SWARM) != swarm:
+            continue  # not created yet, or another Swarm's tier of the same name (TierNameConflict)
+        entry = entries.get(agent.name)
+        if entry != last.get(agent.name) and (entry or last.get(agent.name)):
+            # A merge patch replaces the whole entry only key by key: null first drops keys left out now.
+            kube.patch_status("LoRATier", ns, tier, {"serving": None} if entry is None else {"serving": {
+                **dict.fromkeys(last.get(agent.name) or {}), **entry}})  # fmt: skip
+            patched += 1
+    return patched
+
+
+def export_swarm_metrics(ns: str, name: str, status: SwarmStatus, agents: list[Obj]) -> None:
+    """Per-agent gauges from the pass's serving entries, per-pod ones from the status just computed."""
+    for a in agents:
+        AGENT_SERVED_PODS.labels(ns, name, a["name"]).set(a.get("servedOnPods") or 0)
+        AGENT_PLACED_PODS.labels(ns, name, a["name"]).set(len(a.get("placedOn") or []))
     for p in status.pods:
         POD_LOADED_ADAPTERS.labels(ns, name, p.name).set(p.loaded_adapters or 0)

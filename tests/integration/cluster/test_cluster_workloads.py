@@ -310,3 +310,19 @@ def test_a_job_the_scheduler_cannot_place_is_named_with_its_verdict(local_cluste
     assert why.startswith("pod too-big-") and "cannot be scheduled: 0/" in why and "nvidia.com/gpu" in why, why
     rest.call("DELETE", f"/apis/batch/v1/namespaces/{NS}/jobs/too-big", params={"propagationPolicy": "Background"})
     assert unschedulable(kube, {"metadata": {"name": "gpu-ok", "namespace": NS}}) == ""  # ran: nothing to say
+
+
+def test_the_operators_lists_come_page_by_page_without_managed_fields(local_cluster: LocalCluster) -> None:
+    """Issue 19: a Swarm of 10,000 agents lists 20,000 tiers; the operator reads them in pages (the API
+    server's continue tokens, here 2 a page) and keeps no ``managedFields`` (its bookkeeping, never read)."""
+    from dynamiclora.kube import ApiKube
+
+    rest, kube = local_cluster.rest(), ApiKube(str(local_cluster.kubeconfig))
+    for i in range(5):
+        doc = {"metadata": {"name": f"paged-{i}", "labels": {"paged": "yes"}}, "data": {"i": str(i)}}
+        rest.create(f"/api/v1/namespaces/{NS}/configmaps", doc)
+    kube.LIST_PAGE = 2
+    items = kube.list("ConfigMap", NS, {"paged": "yes"})
+    assert sorted(i["metadata"]["name"] for i in items) == [f"paged-{i}" for i in range(5)]
+    assert all("managedFields" not in i["metadata"] and i["kind"] == "ConfigMap" for i in items)
+    assert "managedFields" in rest.get(f"/api/v1/namespaces/{NS}/configmaps/paged-0")["metadata"]

@@ -18,10 +18,11 @@ import pytest
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.jobs import store_uri
-from dynamiclora.builders.names import served_adapter_name
+from dynamiclora.builders.names import LABEL_SWARM, served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.serving import ServingOutcome, sync_serving
 from dynamiclora.controllers.swarm import ReadyPod
+from dynamiclora.controllers.swarm_report import mark_agents
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.client import ClientConfig, VLLMClient
 from dynamiclora.serving.launcher import VLLMServer
@@ -47,7 +48,7 @@ async def _pass(kube: TierListing, settings: OperatorSettings, body: dict[str, A
     out = await asyncio.wait_for(
         sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, composer), 300)  # type: ignore[arg-type]
     assert out.failures == {} and out.unresponsive == {}, (out.failures, out.unresponsive)
-    body["status"] = {"agents": out.agents}
+    mark_agents(kube, NS, SWARM, sw, out)  # type: ignore[arg-type]  # the placement the next pass keeps
     return out
 
 
@@ -108,14 +109,16 @@ async def test_an_agent_is_served_where_it_is_placed_and_a_move_drains_first(
         for offset, (tier, level) in enumerate(tiers):
             src = vllm_adapter_factory(40 + 2 * seed + offset, 8)
             ref = store.publish(NS, tier, {n: src / n for n in FILES})
-            kube.tiers.append({"metadata": {"name": tier, "namespace": NS}, "spec": {"level": level},
+            kube.tiers.append({"metadata": {"name": tier, "namespace": NS, "labels": {LABEL_SWARM: SWARM}},
+                           "spec": {"level": level},
                                "status": {"currentVersion": ref.version}})  # fmt: skip
     pods = [ReadyPod(f"{SWARM}-vllm-0", "127.0.0.1", 0), ReadyPod(f"{SWARM}-vllm-1", "127.0.0.2", 0)]
     p0, p1 = vllm_server, second_pod
     names = {a: served_adapter_name(SWARM, a) for a in AGENTS}
     cfg = vllm_client_config
     # Where an earlier pass put both agents (pod 0 has room for two): they stay there.
-    body["status"] = {"agents": [{"name": a, "placedOn": [0]} for a in AGENTS]}
+    for tier in kube.tiers[::2]:  # each agent's context tier
+        tier["status"]["serving"] = {"placedOn": [0]}
     try:
         first = await _pass(kube, settings, body, pods, composer)
         assert await _listed(p0, cfg) == set(names.values()) and await _listed(p1, cfg) == set()

@@ -19,11 +19,11 @@ import pytest
 from dynamiclora.api.conditions import ConditionType, Reason
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.jobs import store_uri
-from dynamiclora.builders.names import served_adapter_name
+from dynamiclora.builders.names import LABEL_SWARM, served_adapter_name
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.serving import ServingOutcome, sync_serving
 from dynamiclora.controllers.swarm import ReadyPod
-from dynamiclora.controllers.swarm_report import _degraded
+from dynamiclora.controllers.swarm_report import _degraded, mark_agents
 from dynamiclora.serving.adapters import Fingerprint
 from dynamiclora.serving.client import ClientConfig, VLLMClient
 from dynamiclora.serving.launcher import VLLMServer
@@ -50,7 +50,7 @@ async def _pass(kube: TierListing, settings: OperatorSettings, body: dict[str, A
                 composer: SubprocessComposer) -> ServingOutcome:  # fmt: skip
     out = await asyncio.wait_for(
         sync_serving(kube, settings, body, sw, pods, SERVER_API_KEY, composer), PASS_LIMIT_S)  # type: ignore[arg-type]
-    body["status"] = {"agents": out.agents}  # the placement the next pass keeps, as the operator writes it
+    mark_agents(kube, NS, SWARM, sw, out)  # type: ignore[arg-type]  # the placement the next pass keeps
     return out
 
 
@@ -74,7 +74,8 @@ async def test_a_stalled_pod_delays_only_itself(
     for seed, tier, level in ((31, context, "context"), (32, agent, "agent")):
         src = vllm_adapter_factory(seed, 8)
         ref = store.publish(NS, tier, {n: src / n for n in FILES})
-        kube.tiers.append({"metadata": {"name": tier, "namespace": NS}, "spec": {"level": level},
+        kube.tiers.append({"metadata": {"name": tier, "namespace": NS, "labels": {LABEL_SWARM: SWARM}},
+                           "spec": {"level": level},
                            "status": {"currentVersion": ref.version}})  # fmt: skip
     pods = [ReadyPod(f"{SWARM}-inference-0", "127.0.0.1", 0), ReadyPod(f"{SWARM}-inference-1", "127.0.0.2", 1)]
     name = served_adapter_name(SWARM, "alice")

@@ -74,9 +74,21 @@ class FakeKube:
     def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> Obj:
         self.calls.append(("status", kind, name))
         obj = self.objects[(kind, namespace, name)]
-        merged = {**(obj.get("status") or {}), **copy.deepcopy(status)}
-        obj["status"] = {k: v for k, v in merged.items() if v is not None}
+        obj["status"] = merge_patch(obj.get("status") or {}, copy.deepcopy(status))
         return copy.deepcopy(obj)
 
     def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         self.events.append((involved["metadata"]["name"], type_, reason, message))
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies ``application/merge-patch+json``."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out

@@ -481,7 +481,7 @@ def _serving_plan(kube: FakeKube, settings: OperatorSettings, body: Obj) -> list
     pods = [ReadyPod(f"support-vllm-{i}", f"10.0.0.{i}", 0) for i in range(3)]
     queued = queued_agents([_lora_info({"support-alice": time.time() - 100})],
                            time.time() - sw.spec.inference.placement.hot_window_seconds, "support")  # fmt: skip
-    placed = plan_pods(sw, live, [s.agent for s in stacks], [p.name for p in pods], queued).placement.pods
+    placed = plan_pods(sw, {}, [s.agent for s in stacks], [p.name for p in pods], queued).placement.pods
     sync_routes(kube, live, sw, {a: [p for p in pods if p.name in names] for a, names in placed.items()})
     return [dataclasses.asdict(s) for s in stacks] + [{"placement": placed}]
 

@@ -1,5 +1,5 @@
-"""Placement in the serving pass and per-agent routes (issue 19): sticky placement read back from the status,
-one pass of draining before an unload, routes written only on a change, and a NoRoom condition."""
+"""Placement in the serving pass and per-agent routes (issue 19): sticky placement read back from the agents'
+context tiers, one pass of draining before an unload, routes written only on a change, and a NoRoom condition."""
 
 from __future__ import annotations
 
@@ -30,16 +30,16 @@ def _swarm(body: dict[str, Any], **placement: Any) -> tuple[dict[str, Any], Swar
 
 
 def test_the_last_pass_placement_is_kept_and_a_left_pod_drains_one_pass(swarm_body: dict[str, Any]) -> None:
-    body, sw = _swarm(swarm_body, replicasPerAgent=1)
+    _, sw = _swarm(swarm_body, replicasPerAgent=1)
     agents = [a.name for a in sw.spec.agents]
-    body["status"] = {"agents": [{"name": a, "placedOn": [2]} for a in agents] + [{"name": "gone", "placedOn": [1]}]}
-    assert previous_placement(body, PODS)["gone"] == ["support-vllm-1"]
-    plan = plan_pods(sw, body, agents, PODS)
+    last = {a: {"placedOn": [2]} for a in agents} | {"gone": {"placedOn": [1]}}
+    assert previous_placement(last, PODS)["gone"] == ["support-vllm-1"]
+    plan = plan_pods(sw, last, agents, PODS)
     assert all(plan.placement.pods[a] == ["support-vllm-2"] for a in agents)  # sticky
     assert plan.ordinals(agents[0]) == [2]
-    assert plan.draining == {"support-vllm-1": {"gone"}}  # an agent removed from the spec drains first
+    assert plan.draining == {"support-vllm-1": {"gone"}}  # an agent placed no more drains first
     # A pod that left the ready set is forgotten; its agents are placed again, on a ready pod.
-    moved = plan_pods(sw, body, agents, PODS[:2])
+    moved = plan_pods(sw, last, agents, PODS[:2])
     assert all(len(moved.placement.pods[a]) == 1 and moved.placement.pods[a][0] in PODS[:2] for a in agents)
 
 
@@ -48,7 +48,7 @@ def test_room_is_each_pods_max_cpu_loras_and_what_lacks_room_is_short(swarm_body
     body["spec"]["inference"]["maxCpuLoras"] = 1
     sw = Swarm.model_validate(body)
     agents = [a.name for a in sw.spec.agents]
-    plan = plan_pods(sw, body, agents, PODS)
+    plan = plan_pods(sw, {}, agents, PODS)
     load = {p: len(plan.agents_on(p)) for p in PODS}
     assert max(load.values()) <= 1
     assert sum(plan.placement.short.values()) == 3 * len(agents) - 3
@@ -149,11 +149,11 @@ def test_queued_agents_get_hot_replicas_only_when_asked(swarm_body: dict[str, An
     gauge.labels("2", "support-alice,other-bob", "support-bob").set(1000.0)
     queued = queued_agents([generate_latest(registry).decode(), "garbage 1\n"], 900.0, "support")
     assert queued == {"alice"}  # another Swarm's adapter is not ours
-    body, sw = _swarm(swarm_body, replicasPerAgent=1, hotReplicas=3)
-    plan = plan_pods(sw, body, ["alice", "bob"], PODS, queued)
+    _, sw = _swarm(swarm_body, replicasPerAgent=1, hotReplicas=3)
+    plan = plan_pods(sw, {}, ["alice", "bob"], PODS, queued)
     assert plan.hot == {"alice"} and len(plan.placement.pods["alice"]) == 3 and len(plan.placement.pods["bob"]) == 1
-    body, sw = _swarm(swarm_body, replicasPerAgent=1)  # hotReplicas unset: queuing changes nothing
-    assert plan_pods(sw, body, ["alice", "bob"], PODS, queued).hot == set()
+    _, sw = _swarm(swarm_body, replicasPerAgent=1)  # hotReplicas unset: queuing changes nothing
+    assert plan_pods(sw, {}, ["alice", "bob"], PODS, queued).hot == set()
 
 
 def test_hot_replicas_below_the_normal_count_are_refused(swarm_body: dict[str, Any]) -> None:
