@@ -27,6 +27,7 @@ from dynamiclora.serving.launcher import VLLMServer, VLLMServerConfig, free_port
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.training.options import StackSpec, to_argv
 from dynamiclora_dev.localcluster.image_env import REPO_ROOT
+from dynamiclora_dev.testing.merge_patch import merge_patch
 
 SERVER_MAX_LORA_RANK = 16
 # The server runs behind the guard middleware as a pod does (serving/guard.py): the operator's key may
@@ -131,21 +132,8 @@ class TierListing:
     def patch_status(self, kind: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         assert kind == "LoRATier"
         tier = next(t for t in self.tiers if t["metadata"]["namespace"] == namespace and t["metadata"]["name"] == name)
-        tier["status"] = _merge_patch(tier.get("status") or {}, copy.deepcopy(status))
+        tier["status"] = merge_patch(tier.get("status") or {}, copy.deepcopy(status))
         return copy.deepcopy(tier)
-
-
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies ``application/merge-patch+json``."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _merge_patch(out.get(key), value)
-    return out
 
 
 def two_pod_swarm(model_dir: Path, port: int, agents: int, **inference: Any) -> dict[str, Any]:

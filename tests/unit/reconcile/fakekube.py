@@ -12,6 +12,8 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
+from dynamiclora_dev.testing.merge_patch import merge_patch
+
 Obj = dict[str, Any]
 _uid = itertools.count(1)
 
@@ -79,16 +81,3 @@ class FakeKube:
 
     def event(self, involved: Obj, type_: str, reason: str, message: str) -> None:
         self.events.append((involved["metadata"]["name"], type_, reason, message))
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch, as the API server applies ``application/merge-patch+json``."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
