@@ -87,6 +87,8 @@ KINDS: tuple[Kind, ...] = (
             _col("Served", ".status.servedVersion", "integer"),
             _col("Screened", ".status.screenedFraction", "number", priority=1),
             _col("TimeScale", ".status.effectiveTimeScaleSeconds", "number", priority=1),
+            _col("Stack", ".status.serving.servedVersion", priority=1,
+                 description="What is served of the agent (context tiers): its composite version"),
             _col("Phase", ".status.phase"),
             _AGE,
         ),
