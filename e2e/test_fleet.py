@@ -5,16 +5,18 @@ Real parts only: kube-apiserver/controller-manager/scheduler/kwok, the operator 
 compose Job run by the local executor, and three real vLLM CPU servers as the Swarm's pods. Each pod holds
 at most 2 adapters (``maxCpuLoras: 2``) and the Swarm has 4 agents, one pod each: no pod can serve them
 all. No training Job runs: each agent's context-tier version is published straight into the store with
-the checkpoint-store API, as an import would.
+the checkpoint-store API, as an import would, and the operator finds them through the store's feed.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dynamiclora.builders.routing import ANNOTATION_MODEL
 from dynamiclora.controllers.conditions import get_condition
@@ -75,6 +77,12 @@ def _publish(sc: Scenario, agent: str, seed: int) -> None:
                   metadata={"kind": "import", "note": f"e2e placement seed {seed}"})  # fmt: skip
 
 
+def _feed_versions(sc: Scenario) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{sc.metrics_port}/metrics", timeout=10).read().decode()
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == "dynamiclora_store_feed_versions_total" and s.labels.get("namespace") == NAMESPACE)
+
+
 def test_more_agents_than_a_pod_holds_are_each_served_where_they_are_placed(fleet: FleetScenario) -> None:
     sc = fleet
     # Versions come once every pod is up: agents placed while a pod still starts stay where they were put
@@ -83,6 +91,8 @@ def test_more_agents_than_a_pod_holds_are_each_served_where_they_are_placed(flee
     for seed, agent in enumerate(AGENTS):
         _publish(sc, agent, 70 + seed)
     entries = {a: sc.wait(f"{a} served on the pod it is placed on", lambda a=a: sc.served(a)) for a in AGENTS}
+    # No Job of the operator's published these versions: its store feed found each (docs/serving.md).
+    assert _feed_versions(sc) == len(AGENTS)
     status = sc.status("swarms", SWARM)
     pods = {int(p["name"].rsplit("-", 1)[1]): p for p in status["pods"] if p.get("ready")}
     assert len(pods) == PODS

@@ -487,7 +487,9 @@ def _quiet_now(sc: Scenario, ctx: str, agent: str) -> str | None:
         return None
     # The status lists a Job only once the reconcile that created it has patched it: the Job list sees it first.
     jobs = json.loads(sc.kubectl("get", "jobs", "-n", sc.cfg.namespace, "-o", "json"))["items"]
-    tiers = {sc.tier_name(agent, "context"), sc.tier_name(agent, "agent"), f"{sc.cfg.swarm}-swarm"}
+    swarm = json.loads(sc.kubectl("get", "swarm", sc.cfg.swarm, "-n", sc.cfg.namespace, "-o", "json"))
+    shared = {str(t) for t in (swarm["spec"].get("sharedTiers") or {}).values() if t}  # as the Swarm names them
+    tiers = {sc.tier_name(agent, "context"), sc.tier_name(agent, "agent"), *shared}
     if any(j["metadata"].get("labels", {}).get("dynamiclora.io/tier") in tiers and not _finished(j) for j in jobs):
         return None
     current = int(tier.get("currentVersion") or 0)

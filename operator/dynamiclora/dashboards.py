@@ -255,7 +255,13 @@ def serving_dashboard() -> Dashboard:
                 Panel("Reconcile duration", "p50/p95 duration of one reconciliation by kind.",
                       _quantiles("dynamiclora_reconcile_duration_seconds", "kind"), unit="s", width=8),
                 Panel("Operator replicas leading", "Replicas holding the leader Lease: exactly 1 (the others wait).",
-                      (Query("sum(dynamiclora_leader)", "leaders"),), width=24),
+                      (Query("sum(dynamiclora_leader)", "leaders"),), width=12),
+                Panel("Versions from the store feeds",
+                      "Tier versions found in the stores' feeds and reconciled at once, per second by namespace "
+                      "(imports, restores, other clusters' trainers; the operator's own Jobs are followed by "
+                      "their watch events).",
+                      (Query(f"sum by (namespace) (rate(dynamiclora_store_feed_versions_total[{RATE}]))",
+                             "{{namespace}}"),), unit="ops", width=12),
             )),
         ),
     )

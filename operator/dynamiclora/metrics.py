@@ -45,6 +45,10 @@ LEADER = Gauge(
     "1 while this operator reconciles (it holds the leader Lease, or runs standalone), 0 while it waits.",
     registry=REGISTRY,
 )
+STORE_FEED_VERSIONS = Counter(
+    "dynamiclora_store_feed_versions", "Tier versions found in the stores' feeds and reconciled at once.",
+    ["namespace"], registry=REGISTRY,
+)
 TIER_VERSION = Gauge(
     "dynamiclora_tier_version", "Newest published version of a tier.", ["namespace", "tier", "level"],
     registry=REGISTRY,
@@ -112,6 +116,16 @@ def export_tier_status(namespace: str, tier: str, level: str, status: dict[str, 
         else:  # the field went away (e.g. a version without it): so does its last value
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, tier, level)
+
+
+def keep_swarm_series(metric: MetricWrapperBase, namespace: str, swarm: str, label: str, keep: set[str]) -> None:
+    """Drop a Swarm's series of ``metric`` whose ``label`` is not in ``keep``: an agent removed from the
+    Swarm or a pod scaled away stops being plotted at its last value."""
+    stale = {tuple(s.labels.values()) for family in metric.collect() for s in family.samples
+             if s.labels.get("namespace") == namespace and s.labels.get("swarm") == swarm
+             and s.labels.get(label) not in keep}  # fmt: skip
+    for values in stale:
+        metric.remove(*values)
 
 
 def forget_object(kind: str, namespace: str, name: str) -> None:

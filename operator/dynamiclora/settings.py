@@ -79,6 +79,12 @@ class OperatorSettings:
     resync_seconds: float = field(
         default=10.0, metadata={"help": "period of the timers that re-check pods, Jobs and records", "env": ""}
     )
+    feed_seconds: float = field(
+        default=1.0,
+        metadata={"help": "period of the poll of the stores' feeds: a version published by anyone (not only the "
+                  "operator's Jobs) is served this soon instead of on the resync; 0: resync only",
+                  "env": "DYNAMICLORA_FEED_SECONDS"},
+    )
     reconcile_deadline_seconds: float = field(
         default=30.0,
         metadata={"help": "how long one object's periodic pass may hold one of its kind's slots; a slower pass "
@@ -140,6 +146,8 @@ class OperatorSettings:
             raise ValueError(f"scratch_dir must be an absolute path, got {self.scratch_dir!r}")
         if min(self.resync_seconds, self.reconcile_deadline_seconds, self.pod_deadline_seconds) <= 0:
             raise ValueError("resync_seconds, reconcile_deadline_seconds and pod_deadline_seconds must be positive")
+        if self.feed_seconds < 0:
+            raise ValueError(f"feed_seconds must be >= 0 (0: no feed), got {self.feed_seconds}")
         if not 0 < self.metrics_port < 65536:
             raise ValueError(f"metrics_port out of range: {self.metrics_port}")
         if self.adapters_host_root and not self.adapters_host_root.startswith("/"):

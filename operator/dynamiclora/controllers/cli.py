@@ -34,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
             training_runtime=args.training_runtime,
             adapters_host_root=args.adapters_host_root,
             resync_seconds=args.resync_seconds,
+            feed_seconds=args.feed_seconds,
             metrics_port=args.metrics_port,
             trainer_threads=args.trainer_threads,
             scratch_dir=args.scratch_dir,
@@ -82,6 +83,8 @@ def _run(args: argparse.Namespace) -> int:
         # Reconcilers are synchronous and run in threads: size the pool for many objects at once.
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(max_workers=32))
         memo["resync"] = loop.create_task(handlers.resync_forever(memo["runtime"]))
+        if operator_settings.feed_seconds > 0:
+            memo["feed"] = loop.create_task(handlers.feed_forever(memo["runtime"]))
         if leadership is not None:  # losing the Lease stops this process; it restarts as a follower
             memo["leader"] = loop.create_task(hold(leadership, lambda: os.kill(os.getpid(), signal.SIGTERM)))
         # `kill -USR1 <pid>` logs every asyncio task's stack: the way to see what a stuck operator awaits.
@@ -89,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
 
     @kopf.on.cleanup()
     async def _stop_resync(memo: Any, **_: Any) -> None:
-        for name in ("resync", "leader"):
+        for name in ("resync", "feed", "leader"):
             if (task := memo.get(name)) is not None:
                 task.cancel()
         if leadership is not None:  # a follower takes over at once instead of waiting for expiry
@@ -153,6 +156,8 @@ def register(sub: Any) -> None:
     p.add_argument("--adapters-host-root",
                    help="single-node clusters: pods share ROOT/<namespace>/<swarm> for synced adapters")  # fmt: skip
     p.add_argument("--resync-seconds", type=float, help="period of the reconcile timers (default 10)")
+    p.add_argument("--feed-seconds", type=float,
+                   help="period of the store-feed poll that serves versions published by anyone (default 1; 0: off)")
     p.add_argument("--trainer-threads", type=int, help="CPU threads per trainer process (default 1)")
     p.add_argument("--metrics-port", type=int, help="port of /metrics (default 8080)")
     p.add_argument("--audit-key-file", help="file with the HMAC key signing compacted audit segments (default: "

@@ -34,6 +34,7 @@ from dynamiclora.controllers.leader import Leadership
 from dynamiclora.controllers.policy import reconcile_policy
 from dynamiclora.controllers.routing import sync_routes
 from dynamiclora.controllers.serving import ServingOutcome, operator_key, sync_serving
+from dynamiclora.controllers.store_feed import StoreFeed, to_reconcile
 from dynamiclora.controllers.swarm import reconcile_swarm
 from dynamiclora.controllers.swarm_report import (
     SWARM_WRITES_ON_TIERS,
@@ -45,7 +46,7 @@ from dynamiclora.controllers.swarm_report import (
 )
 from dynamiclora.controllers.tier import reconcile_tier
 from dynamiclora.kube import Kube, Obj
-from dynamiclora.metrics import RECONCILE_SECONDS, RECONCILES, forget_object
+from dynamiclora.metrics import RECONCILE_SECONDS, RECONCILES, STORE_FEED_VERSIONS, forget_object
 from dynamiclora.settings import OperatorSettings
 
 log = logging.getLogger("dynamiclora.operator")
@@ -63,6 +64,7 @@ class Runtime:
     retries: dict[tuple[str, str, str], asyncio.Task[None]] = field(default_factory=dict)  # one per object
     jobs_seen: OrderedDict[str, None] = field(default_factory=OrderedDict)  # finished Jobs reacted to (uids)
     passes: dict[tuple[str, str, str], int] = field(default_factory=dict)  # finished passes per object
+    feed: StoreFeed = field(default_factory=StoreFeed)  # the stores the tiers read, polled by feed_forever
 
     def __post_init__(self) -> None:
         self.composer = JobComposer(self.kube, self.settings)
@@ -136,7 +138,8 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
             raise
         blocked = err
     report = swarm_report(body, obs, outcome, blocked)
-    export_swarm_metrics(ns, name, report.status, outcome.agents if outcome else [])
+    export_swarm_metrics(ns, name, report.status, outcome.agents if outcome else [],
+                         {a.name for a in obs.swarm.spec.agents})
     await asyncio.to_thread(write_status, rt.kube, body, report.status)
     await _emit(rt, body, report.events)
     RECONCILES.labels("Swarm", "ok").inc()
@@ -145,14 +148,16 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
 
 async def _handle_status_only(
     rt: Runtime, body: Obj, kind: str, reconcile: Any, preserve: frozenset[str] = frozenset()
-) -> None:
-    """Run a reconcile that returns ``status`` and ``events``; write the one, emit the others."""
+) -> Any:
+    """Run a reconcile that returns ``status`` and ``events``; write the one, emit the others.
+
+    Returns the reconcile's outcome (None for an invalid spec)."""
     start = time.monotonic()
     try:
         outcome = await asyncio.to_thread(reconcile, rt.kube, rt.settings, body)
     except InvalidSpec as err:
         await _invalid(rt, body, kind, err)
-        return
+        return None
     except WaitFor as err:
         RECONCILES.labels(kind, "waiting").inc()
         raise kopf.TemporaryError(str(err), delay=err.delay) from err
@@ -160,15 +165,18 @@ async def _handle_status_only(
     await _emit(rt, body, outcome.events)
     RECONCILES.labels(kind, "ok").inc()
     RECONCILE_SECONDS.labels(kind).observe(time.monotonic() - start)
+    return outcome
 
 
 async def handle_tier(rt: Runtime, body: Obj) -> None:
-    """Reconcile one LoRATier (store observation, training Jobs, status).
+    """Reconcile one LoRATier (store observation, training Jobs, status); its store's feed is then watched.
 
     ``servedVersion`` and ``serving`` are left alone: the Swarm reconciler writes them (the version once every
     ready pod serves it, what is served of the agent).
     """
-    await _handle_status_only(rt, body, "LoRATier", reconcile_tier, SWARM_WRITES_ON_TIERS)
+    outcome = await _handle_status_only(rt, body, "LoRATier", reconcile_tier, SWARM_WRITES_ON_TIERS)
+    if outcome is not None and outcome.store is not None:
+        rt.feed.watch(outcome.store, body["metadata"]["namespace"])
 
 
 async def handle_policy(rt: Runtime, body: Obj) -> None:
@@ -195,9 +203,39 @@ async def on_job_finished(rt: Runtime, job: Obj) -> None:
     rt.jobs_seen[uid] = None
     while len(rt.jobs_seen) > JOBS_REMEMBERED:
         rt.jobs_seen.popitem(last=False)
-    ns = job["metadata"]["namespace"]
+    await _follow(rt, job["metadata"]["namespace"], await asyncio.to_thread(followups, rt.kube, job))
+
+
+async def feed_forever(rt: Runtime) -> None:
+    """Every ``feed_seconds``, list the watched stores' feeds and reconcile the tiers whose newest version
+    moved, then their Swarms (store_feed.py): a version published by anyone is served without the resync.
+
+    One task per Swarm (its moved tiers, then the Swarm once), so a slow Swarm delays only itself."""
+    running: set[asyncio.Task[None]] = set()
+    while True:
+        await asyncio.sleep(rt.settings.feed_seconds)
+        if not rt.leading():
+            continue
+        groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for ns, tier, version in await asyncio.to_thread(rt.feed.poll):
+            todo = await asyncio.to_thread(to_reconcile, rt.kube, ns, tier, version)
+            if todo:
+                STORE_FEED_VERSIONS.labels(ns).inc()
+            swarm = next((name for kind, name in todo if kind == "Swarm"), f"/{tier}")  # "/": a tier alone
+            group = groups.setdefault((ns, swarm), [])
+            group += [step for step in todo if step not in group and step[0] == "LoRATier"]
+            group += [step for step in todo if step not in group and step[0] == "Swarm"]
+        for (ns, _), steps in groups.items():
+            steps.sort(key=lambda step: step[0] == "Swarm")  # every tier before the Swarm
+            task = asyncio.create_task(_follow(rt, ns, steps))
+            running.add(task)
+            task.add_done_callback(running.discard)
+
+
+async def _follow(rt: Runtime, ns: str, steps: list[tuple[str, str]]) -> None:
+    """Reconcile ``(kind, name)`` of ``ns`` one after the other, each read fresh (skipped once deleted)."""
     handles = {kind: handle for kind, handle in KINDS.values()}
-    for kind, name in await asyncio.to_thread(followups, rt.kube, job):
+    for kind, name in steps:
         seen = rt.passes.get((kind, ns, name), 0)
         fresh = await asyncio.to_thread(rt.kube.read_through, kind, ns, name)
         if fresh is not None and not fresh["metadata"].get("deletionTimestamp"):

@@ -156,6 +156,7 @@ COMPOSITION_FILE = "composition.json"  # written last by the compose Job: the ad
 class ServingOutcome:
     stacks: list[AgentStack] = field(default_factory=list)  # composed and desired, reused to mark served versions
     tiers: dict[str, Obj] = field(default_factory=dict)  # the namespace's LoRATiers as listed for this pass
+    last: dict[str, Obj] | None = None  # agent -> its serving entry in those tiers (None: not read yet)
     agents: list[Obj] = field(default_factory=list)
     pods: list[Obj] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
@@ -259,6 +260,7 @@ async def sync_serving(
     ns, swarm = body["metadata"]["namespace"], body["metadata"]["name"]
     out = ServingOutcome()
     out.tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", ns)}
+    out.last = serving_entries(swarm, sw, out.tiers)
     stacks = [s for s in desired_stacks(kube, settings, body, sw, out.tiers) if s.entries]
     if not stacks:
         return out
@@ -267,12 +269,12 @@ async def sync_serving(
     if plan.waiting:
         progress = await composer.compose(body, sw, [s.spec() for s in plan.waiting])
         if progress.done:
-            out = ServingOutcome(tiers=out.tiers)
+            out = ServingOutcome(tiers=out.tiers, last=out.last)
             plan = await _plan(sw, body, settings, stacks, out, adapters_mount, s3_client)
         out.composing, out.compose = [s.agent for s in plan.waiting], progress
     hot_wanted = sw.spec.inference.placement.hot_replicas is not None
     queued = await _queued(sw, swarm, ready_pods, api_key, settings) if hot_wanted else set()
-    last = serving_entries(swarm, sw, out.tiers)
+    last = out.last or {}
     pods = plan_pods(sw, last, [s.agent for s in stacks], [p.name for p in ready_pods], queued)
     out.placement = pods
     waiting = {s.agent for s in plan.waiting}

@@ -21,7 +21,13 @@ from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable
 from dynamiclora.controllers.swarm import SwarmObservation, swarm_status
 from dynamiclora.controllers.tier_storage import explain, is_storage_error
 from dynamiclora.kube import Kube, Obj
-from dynamiclora.metrics import AGENT_PLACED_PODS, AGENT_SERVED_PODS, POD_LOADED_ADAPTERS, TIER_SERVED_VERSION
+from dynamiclora.metrics import (
+    AGENT_PLACED_PODS,
+    AGENT_SERVED_PODS,
+    POD_LOADED_ADAPTERS,
+    TIER_SERVED_VERSION,
+    keep_swarm_series,
+)
 
 MAX_MESSAGE = 1000  # condition messages users read in kubectl describe
 MAX_NAMED = 10  # agents named in a message before "and N more"
@@ -180,7 +186,7 @@ def mark_agents(kube: Kube, ns: str, swarm: str, sw: Swarm, outcome: ServingOutc
     """Write each agent's serving entry to its context tier's ``status.serving`` when it changed (an agent
     with nothing served loses it); the number of tiers patched."""
     entries = {a["name"]: {k: v for k, v in a.items() if k != "name"} for a in outcome.agents}
-    last = serving_entries(swarm, sw, outcome.tiers)
+    last = outcome.last if outcome.last is not None else serving_entries(swarm, sw, outcome.tiers)
     patched = 0
     for agent in sw.spec.agents:
         tier = agent_tier_name(swarm, agent.name, TierLevel.CONTEXT)
@@ -196,10 +202,14 @@ def mark_agents(kube: Kube, ns: str, swarm: str, sw: Swarm, outcome: ServingOutc
     return patched
 
 
-def export_swarm_metrics(ns: str, name: str, status: SwarmStatus, agents: list[Obj]) -> None:
-    """Per-agent gauges from the pass's serving entries, per-pod ones from the status just computed."""
+def export_swarm_metrics(ns: str, name: str, status: SwarmStatus, agents: list[Obj], members: set[str]) -> None:
+    """Per-agent gauges from the pass's serving entries, per-pod ones from the status just computed; the series
+    of agents no longer in the Swarm (``members``) and of pods no longer listed are dropped."""
     for a in agents:
         AGENT_SERVED_PODS.labels(ns, name, a["name"]).set(a.get("servedOnPods") or 0)
         AGENT_PLACED_PODS.labels(ns, name, a["name"]).set(len(a.get("placedOn") or []))
     for p in status.pods:
         POD_LOADED_ADAPTERS.labels(ns, name, p.name).set(p.loaded_adapters or 0)
+    for gauge in (AGENT_SERVED_PODS, AGENT_PLACED_PODS):
+        keep_swarm_series(gauge, ns, name, "agent", members)
+    keep_swarm_series(POD_LOADED_ADAPTERS, ns, name, "pod", {p.name for p in status.pods})

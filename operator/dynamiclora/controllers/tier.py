@@ -46,9 +46,11 @@ from dynamiclora.controllers.promotion import observe_pin, observe_versions, ser
 from dynamiclora.controllers.stack_consistency import StackEntry, StoreView, settle, stack_spec
 from dynamiclora.controllers.tier_storage import (
     StorageUnavailable,
+    StoreAccess,
     guard_storage,
     records_unavailable,
     s3_client_for,
+    store_access,
 )
 from dynamiclora.kube import Kube, Obj, now_rfc3339
 from dynamiclora.metrics import (
@@ -102,6 +104,7 @@ class TierOutcome:
 
     status: LoRATierStatus
     events: list[Event] = field(default_factory=list)
+    store: StoreAccess | None = None  # the store the pass read (its feed is then watched: store_feed.py)
 
     def wire(self) -> Obj:
         """The status as it is written to the API server."""
@@ -136,8 +139,6 @@ def reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOut
 
 
 def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOutcome:
-    from dynamiclora.storage.uri import open_store
-
     tier = parse(LoRATier, body)
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
@@ -151,7 +152,8 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
 
     conditions = _reset_on_new_generation(old, st, conditions, gen)
     storage, swarm = _resolve(kube, tier, ns)
-    store = open_store(store_uri(storage, settings), s3_client=s3_client_for(kube, ns, storage))
+    access = store_access(kube, ns, storage, settings)
+    store = access.open()
     promo = observe_versions(store, ns, name, tier.spec.agent, old, st, events, settings)
     latest = promo.current
     if latest is not None:
@@ -230,7 +232,7 @@ def _reconcile_tier(kube: Kube, settings: OperatorSettings, body: Obj) -> TierOu
         )  # fmt: skip
     # From the status, not from this pass's reads: a restarted operator exports what is already known.
     export_tier_status(ns, name, level.value, st)
-    return TierOutcome(LoRATierStatus.model_validate(st), events)
+    return TierOutcome(LoRATierStatus.model_validate(st), events, access)
 
 
 RESTORE_SCAN = 16  # newest versions read for what was consumed (migration residuals carry no count)

@@ -21,6 +21,9 @@ MANIFEST_NAME = "MANIFEST.json"
 CLAIM_NAME = "CLAIM.json"
 MANIFEST_FORMAT = "dynamiclora.checkpoint/v1"
 VERSION_WIDTH = 6
+# ``<namespace>/_feed/<tier>@v000007``: the newest version of each tier of a namespace, one small object a
+# tier, so a watcher learns of every publish with one listing (a namespace or tier name never starts with "_").
+FEED_DIR = "_feed"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 _CHUNK = 1 << 20
@@ -254,6 +257,10 @@ class CheckpointStore(Protocol):
 
     def list_versions(self, namespace: str, tier: str) -> list[int]:
         """Published versions, ascending (unfinished ones are invisible)."""
+        ...
+
+    def heads(self, namespace: str) -> dict[str, int]:
+        """Each tier of the namespace with the newest version its feed marks (a hint: the manifests rule)."""
         ...
 
     def latest(self, namespace: str, tier: str) -> VersionRef | None:

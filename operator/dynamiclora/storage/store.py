@@ -5,6 +5,7 @@ Layout under the store root (see docs/storage.md)::
     <namespace>/<tier>/v000007/CLAIM.json       written first, create-if-absent: reserves the number
     <namespace>/<tier>/v000007/<files>          uploaded and verified one by one
     <namespace>/<tier>/v000007/MANIFEST.json    create-if-absent, LAST: makes the version visible
+    <namespace>/_feed/<tier>@v000007            after the manifest: tells watchers (the operator) at once
 
 Claiming the number before uploading means two writers never upload into the same version, and a
 crashed writer's number is never reused (the next writer skips past every claimed number), so its
@@ -24,6 +25,7 @@ from typing import Any
 
 from dynamiclora.storage.base import (
     CLAIM_NAME,
+    FEED_DIR,
     MANIFEST_NAME,
     BlobBackend,
     BlobNotFoundError,
@@ -97,6 +99,17 @@ class BlobCheckpointStore:
     def list_versions(self, namespace: str, tier: str) -> list[int]:
         """Published versions (those with a manifest), ascending."""
         return sorted(v for v, names in self._scan(namespace, tier).items() if MANIFEST_NAME in names)
+
+    def heads(self, namespace: str) -> dict[str, int]:
+        """Each tier of the namespace with the newest version its feed marks, in one listing."""
+        prefix = self._feed_prefix(namespace)
+        out: dict[str, int] = {}
+        for info in self.backend.list(prefix):
+            tier, _, vdir = info.key[len(prefix):].rpartition("@")
+            v = parse_version_dir(vdir)
+            if tier and v is not None:
+                out[tier] = max(out.get(tier, 0), v)
+        return out
 
     def latest(self, namespace: str, tier: str) -> VersionRef | None:
         """The highest published version, or ``None`` when the tier has none."""
@@ -173,7 +186,25 @@ class BlobCheckpointStore:
             raise PublishConflictError(f"{self.backend.describe(mkey)} was published by another writer")
         if progress:
             progress(f"published {self.backend.describe(mkey)}")
+        self._mark(namespace, tier, version, progress)
         return VersionRef(namespace, tier, version, self.version_uri(namespace, tier, version), manifest)
+
+    @staticmethod
+    def _feed_prefix(namespace: str) -> str:
+        return f"{validate_name('namespace', namespace)}/{FEED_DIR}/"
+
+    def _mark(self, namespace: str, tier: str, version: int, progress: ProgressFn | None) -> None:
+        """Mark ``version`` as the tier's newest in the namespace's feed and drop the tier's older marks."""
+        prefix = f"{self._feed_prefix(namespace)}{tier}@"
+        try:
+            self.backend.put_bytes_if_absent(prefix + version_dir(version), b"")
+            for info in self.backend.list(prefix):
+                older = parse_version_dir(info.key[len(prefix):])
+                if older is not None and older < version:
+                    self.backend.delete(info.key)
+        except Exception as e:  # the version is published: a watcher falls back to its resync
+            if progress:
+                progress(f"feed mark of v{version} not written ({e}); watchers see it on their next resync")
 
     def _claim(self, namespace: str, tier: str, writer: str) -> int:
         claim = json.dumps({"writer": writer, "claimed": rfc3339(_now())}).encode()

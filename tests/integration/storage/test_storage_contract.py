@@ -160,3 +160,40 @@ def test_bad_names_rejected(store: CheckpointStore, files: dict[str, Path]) -> N
     with pytest.raises(ValueError, match="invalid checkpoint file name"):
         store.publish("ns", "t", {"MANIFEST.json": files["stats.json"]})
     assert store.list_versions("ns", "t") == []
+
+
+def test_each_publish_marks_the_tiers_newest_version_in_the_namespace_feed(
+    store: CheckpointStore, files: dict[str, Path]
+) -> None:
+    """One listing of ``<ns>/_feed/`` gives every tier's newest version (the operator's store feed)."""
+    assert store.heads("ns") == {}
+    for _ in range(3):
+        store.publish("ns", "a.v1-context", files)  # a '.v' in the name does not confuse the mark's version
+    store.publish("ns", "b", files)
+    store.publish("other", "a.v1-context", files)
+    assert store.heads("ns") == {"a.v1-context": 3, "b": 1}
+    assert store.heads("other") == {"a.v1-context": 1}
+    marks = sorted(b.key for b in _backend(store).list("ns/_feed/"))
+    assert marks == ["ns/_feed/a.v1-context@v000003", "ns/_feed/b@v000001"]  # older marks are dropped
+    assert store.list_versions("ns", "a.v1-context") == [1, 2, 3]  # the feed is no tier's version
+
+
+def test_a_mark_that_cannot_be_written_leaves_the_version_published(
+    store: CheckpointStore, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feed is a hint: the manifest is already written, so a failed mark fails nothing (named fault:
+    a backend that refuses the feed's key, which no real store does on demand)."""
+    backend = _backend(store)
+    real = backend.put_bytes_if_absent
+
+    def refuse_feed(key: str, data: bytes) -> bool:
+        if "/_feed/" in key:
+            raise StoreError(f"{key}: refused")
+        return bool(real(key, data))
+
+    monkeypatch.setattr(backend, "put_bytes_if_absent", refuse_feed)
+    said: list[str] = []
+    ref = store.publish("ns", "t", files, progress=said.append)
+    assert ref.version == 1 and store.list_versions("ns", "t") == [1]
+    assert store.heads("ns") == {}
+    assert "not written" in said[-1] and "next resync" in said[-1]

@@ -9,13 +9,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from dynamiclora.api.swarm import MAX_UNSERVED_LISTED, Swarm
+from dynamiclora.api.swarm import MAX_UNSERVED_LISTED, PodStatus, Swarm, SwarmStatus
 from dynamiclora.builders.names import LABEL_SWARM
 from dynamiclora.builders.tiers import build_agent_tiers
+from dynamiclora.controllers.conditions import write_status
 from dynamiclora.controllers.placement import serving_entries
 from dynamiclora.controllers.serving import ServingOutcome
 from dynamiclora.controllers.swarm import ReadyPod, SwarmObservation
-from dynamiclora.controllers.swarm_report import mark_agents, swarm_report
+from dynamiclora.controllers.swarm_report import export_swarm_metrics, mark_agents, swarm_report
+from dynamiclora.serving.metrics import REGISTRY
 from dynamiclora.settings import OperatorSettings
 
 from .fakekube import FakeKube
@@ -107,3 +109,34 @@ def test_the_swarm_counts_its_agents_and_names_only_the_first_unserved(swarm_bod
     assert (status["agentCount"], status["servedAgents"]) == (50, 25)
     assert status["unservedAgents"] == [f"agent-{i:03d}" for i in range(1, 50, 2)][:MAX_UNSERVED_LISTED]
     assert "agents" not in status
+
+
+def test_an_older_operators_agent_list_is_removed_by_the_first_status_write(swarm_body: dict[str, Any]) -> None:
+    """Upgrade: a Swarm written by an operator that kept ``status.agents`` loses it on the new operator's first
+    pass (the list would otherwise stay, stale, and at 10,000 agents outgrow etcd's object limit)."""
+    kube, body, sw = _setup(swarm_body, 2)
+    old_agents = [{"name": "agent-000", "servedVersion": "c1", "servedOnPods": 1}]
+    live = kube.add(body | {"kind": "Swarm", "apiVersion": "dynamiclora.io/v1alpha1",
+                            "status": {"agents": old_agents, "agentCount": 2, "phase": "Ready"}})  # fmt: skip
+    obs = SwarmObservation(swarm=sw, body=live, agent_count=2, replicas=0)
+    status = swarm_report(live, obs, ServingOutcome()).status
+    assert write_status(kube, live, status)
+    stored = kube.get("Swarm", NS, "support")
+    assert stored is not None and "agents" not in stored["status"] and stored["status"]["agentCount"] == 2
+
+
+def test_the_gauges_of_a_removed_agent_and_of_a_pod_scaled_away_are_dropped() -> None:
+    def series(metric: str, label: str) -> set[str]:
+        return {s.labels[label] for fam in REGISTRY.collect() for s in fam.samples
+                if s.name == metric and s.labels.get("swarm") == "gauges"}  # fmt: skip
+
+    entries = [{"name": a, "servedOnPods": 1, "placedOn": [0]} for a in ("ann", "ben")]
+    two_pods = SwarmStatus(pods=[PodStatus(name=f"gauges-vllm-{i}", loaded_adapters=1) for i in range(2)])
+    export_swarm_metrics(NS, "gauges", two_pods, entries, {"ann", "ben", "cal"})
+    assert series("dynamiclora_agent_served_pods", "agent") == {"ann", "ben"}
+    assert series("dynamiclora_pod_loaded_adapters", "pod") == {"gauges-vllm-0", "gauges-vllm-1"}
+    # ben leaves the Swarm, cal is in it but has nothing served (no series yet), pod 1 is scaled away.
+    export_swarm_metrics(NS, "gauges", SwarmStatus(pods=two_pods.pods[:1]), entries[:1], {"ann", "cal"})
+    assert series("dynamiclora_agent_served_pods", "agent") == {"ann"}
+    assert series("dynamiclora_agent_placed_pods", "agent") == {"ann"}
+    assert series("dynamiclora_pod_loaded_adapters", "pod") == {"gauges-vllm-0"}

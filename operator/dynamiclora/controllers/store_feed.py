@@ -1,0 +1,78 @@
+"""Versions published by anyone, noticed at once (issue 19: event-driven freshness, store markers).
+
+The operator's own Jobs are followed through their watch events (job_events.py). A version can also come
+from elsewhere: an import with the checkpoint-store API, a restore, another cluster's trainer writing to
+the same bucket. Every publish marks the tier's newest version in its namespace's feed
+(``<namespace>/_feed/<tier>@v000007``, storage/store.py), so one listing per store and namespace tells the
+leader which tiers moved; those tiers, then their Swarms, are reconciled at once instead of on the resync.
+
+The feed is a hint: a missed or lost mark only delays a version to the next resync, and a reconcile is the
+usual idempotent pass (the tier reads its versions from the manifests, never from the feed).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from dynamiclora.builders.names import LABEL_SWARM
+from dynamiclora.controllers.tier_storage import StoreAccess
+from dynamiclora.kube import Kube, Obj
+
+log = logging.getLogger("dynamiclora.operator")
+
+FeedKey = tuple[str, str]  # (store URI, namespace)
+
+
+@dataclass
+class StoreFeed:
+    """The feeds of the stores the operator's tiers read, and the head of each tier seen last."""
+
+    stores: dict[FeedKey, StoreAccess] = field(default_factory=dict)
+    heads: dict[FeedKey, dict[str, int]] = field(default_factory=dict)  # absent: not listed yet
+    failing: dict[FeedKey, str] = field(default_factory=dict)  # the last error of each feed, logged once
+
+    def watch(self, access: StoreAccess, namespace: str) -> None:
+        """Follow ``namespace``'s feed in ``access``'s store (a tier pass calls this with the store it read)."""
+        self.stores[(access.uri, namespace)] = access  # the newest client: a rotated key replaces the old
+
+    def poll(self) -> list[tuple[str, str, int]]:
+        """``(namespace, tier, version)`` for each tier whose head moved since the last poll.
+
+        A feed's first listing is the baseline (what the tier passes that registered it have observed).
+        """
+        moved: list[tuple[str, str, int]] = []
+        for key, access in list(self.stores.items()):
+            try:
+                now = access.open().heads(key[1])
+            except Exception as e:  # an unreachable store is reported by its tiers' own passes
+                if self.failing.get(key) != str(e):
+                    log.warning("store feed %s/%s/_feed unreadable: %s", key[0], key[1], e)
+                self.failing[key] = str(e)
+                continue
+            self.failing.pop(key, None)
+            before = self.heads.get(key)
+            self.heads[key] = now
+            if before is not None:
+                moved += [(key[1], tier, v) for tier, v in sorted(now.items()) if v > before.get(tier, 0)]
+        return moved
+
+
+def to_reconcile(kube: Kube, namespace: str, tier: str, version: int) -> list[tuple[str, str]]:
+    """``(kind, name)`` to reconcile, in order, for a feed mark: the tier, then its Swarm.
+
+    The tier is skipped when its status already holds ``version`` (a pass observed it), and both when every
+    ready pod already serves it (``servedVersion``) or when the tier's own training Job is running: that Job
+    publishes, then composes the new stack ahead, and its completion is followed (job_events.py); serving
+    it earlier would start a compose Job for what the training Job is composing. An unknown tier (another
+    cluster's) gives nothing.
+    """
+    obj: Obj | None = kube.read_through("LoRATier", namespace, tier)
+    status = (obj or {}).get("status") or {}
+    if obj is None or status.get("activeJob") or int(status.get("servedVersion") or 0) >= version:
+        return []
+    out = [] if int(status.get("currentVersion") or 0) >= version else [("LoRATier", tier)]
+    swarm = obj.get("spec", {}).get("swarmRef") or (obj["metadata"].get("labels") or {}).get(LABEL_SWARM)
+    if swarm:
+        out.append(("Swarm", str(swarm)))
+    return out
