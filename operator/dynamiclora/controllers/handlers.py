@@ -64,10 +64,12 @@ class Runtime:
     retries: dict[tuple[str, str, str], asyncio.Task[None]] = field(default_factory=dict)  # one per object
     jobs_seen: OrderedDict[str, None] = field(default_factory=OrderedDict)  # finished Jobs reacted to (uids)
     passes: dict[tuple[str, str, str], int] = field(default_factory=dict)  # finished passes per object
-    feed: StoreFeed = field(default_factory=StoreFeed)  # the stores the tiers read, polled by feed_forever
+    feed: StoreFeed = field(init=False)  # the stores the tiers read, polled by feed_forever
 
     def __post_init__(self) -> None:
         self.composer = JobComposer(self.kube, self.settings)
+        # A live tier names its store every resync: forget a feed after ten resyncs without one.
+        self.feed = StoreFeed(forget_after=10 * self.settings.resync_seconds)
 
     def leading(self) -> bool:
         """Whether this operator may reconcile now (it holds the leader Lease, or runs standalone)."""

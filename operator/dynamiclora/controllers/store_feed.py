@@ -13,6 +13,8 @@ usual idempotent pass (the tier reads its versions from the manifests, never fro
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 
 from dynamiclora.builders.names import LABEL_SWARM
@@ -26,23 +28,37 @@ FeedKey = tuple[str, str]  # (store URI, namespace)
 
 @dataclass
 class StoreFeed:
-    """The feeds of the stores the operator's tiers read, and the head of each tier seen last."""
+    """The feeds of the stores the operator's tiers read, and the head of each tier seen last.
 
+    Every tier pass re-registers its store, so a feed no tier has named for ``forget_after`` seconds (its
+    tiers deleted, or moved to other storage) is no longer listed.
+    """
+
+    forget_after: float = 600.0
     stores: dict[FeedKey, StoreAccess] = field(default_factory=dict)
     heads: dict[FeedKey, dict[str, int]] = field(default_factory=dict)  # absent: not listed yet
     failing: dict[FeedKey, str] = field(default_factory=dict)  # the last error of each feed, logged once
+    named: dict[FeedKey, float] = field(default_factory=dict)  # when a tier pass last named the feed
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # watch: loop; poll: a thread
 
     def watch(self, access: StoreAccess, namespace: str) -> None:
         """Follow ``namespace``'s feed in ``access``'s store (a tier pass calls this with the store it read)."""
-        self.stores[(access.uri, namespace)] = access  # the newest client: a rotated key replaces the old
+        with self.lock:
+            self.stores[(access.uri, namespace)] = access  # the newest client: a rotated key replaces the old
+            self.named[(access.uri, namespace)] = time.monotonic()
 
     def poll(self) -> list[tuple[str, str, int]]:
         """``(namespace, tier, version)`` for each tier whose head moved since the last poll.
 
         A feed's first listing is the baseline (what the tier passes that registered it have observed).
         """
+        with self.lock:
+            for key in [k for k, at in self.named.items() if time.monotonic() - at > self.forget_after]:
+                for table in (self.stores, self.heads, self.failing, self.named):
+                    table.pop(key, None)
+            feeds = list(self.stores.items())
         moved: list[tuple[str, str, int]] = []
-        for key, access in list(self.stores.items()):
+        for key, access in feeds:
             try:
                 now = access.open().heads(key[1])
             except Exception as e:  # an unreachable store is reported by its tiers' own passes

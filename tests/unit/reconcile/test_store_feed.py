@@ -114,3 +114,13 @@ def test_an_unreadable_feed_is_logged_once_and_skipped(caplog: pytest.LogCapture
         assert feed.poll() == [] and feed.poll() == []
     assert len([r for r in caplog.records if "nosuch://bucket/dl" in r.getMessage()]) == 1
     assert feed.heads == {(f"file://{tmp_path}/store", NS): {}}  # the readable feed is still followed
+
+
+def test_a_feed_no_tier_names_any_more_is_forgotten(tmp_path: Path) -> None:
+    feed = StoreFeed(forget_after=60.0)
+    gone, live = StoreAccess(f"file://{tmp_path}/gone"), StoreAccess(f"file://{tmp_path}/live")
+    feed.watch(gone, NS)
+    feed.watch(live, NS)
+    assert feed.poll() == [] and set(feed.heads) == {(gone.uri, NS), (live.uri, NS)}
+    feed.named[(gone.uri, NS)] -= 61  # no tier pass has named it for longer than forget_after
+    assert feed.poll() == [] and set(feed.stores) == set(feed.heads) == {(live.uri, NS)}
