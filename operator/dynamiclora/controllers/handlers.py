@@ -218,20 +218,30 @@ async def feed_forever(rt: Runtime) -> None:
         await asyncio.sleep(rt.settings.feed_seconds)
         if not rt.leading():
             continue
-        groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
-        for ns, tier, version in await asyncio.to_thread(rt.feed.poll):
-            todo = await asyncio.to_thread(to_reconcile, rt.kube, ns, tier, version)
-            if todo:
-                STORE_FEED_VERSIONS.labels(ns).inc()
-            swarm = next((name for kind, name in todo if kind == "Swarm"), f"/{tier}")  # "/": a tier alone
-            group = groups.setdefault((ns, swarm), [])
-            group += [step for step in todo if step not in group and step[0] == "LoRATier"]
-            group += [step for step in todo if step not in group and step[0] == "Swarm"]
+        try:
+            groups = await _feed_groups(rt)
+        except Exception:  # the API server briefly unavailable: the marks not acted on wait for the resync
+            log.exception("store feed pass failed")
+            continue
         for (ns, _), steps in groups.items():
-            steps.sort(key=lambda step: step[0] == "Swarm")  # every tier before the Swarm
             task = asyncio.create_task(_follow(rt, ns, steps))
             running.add(task)
             task.add_done_callback(running.discard)
+
+
+async def _feed_groups(rt: Runtime) -> dict[tuple[str, str], list[tuple[str, str]]]:
+    """What the feeds ask for, per (namespace, Swarm): the moved tiers, then the Swarm once."""
+    groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for ns, tier, version in await asyncio.to_thread(rt.feed.poll):
+        todo = await asyncio.to_thread(to_reconcile, rt.kube, ns, tier, version)
+        if todo:
+            STORE_FEED_VERSIONS.labels(ns).inc()
+        swarm = next((name for kind, name in todo if kind == "Swarm"), f"/{tier}")  # "/": a tier alone
+        group = groups.setdefault((ns, swarm), [])
+        group += [step for step in todo if step not in group]
+    for steps in groups.values():
+        steps.sort(key=lambda step: step[0] == "Swarm")  # every tier before the Swarm (a stable sort)
+    return groups
 
 
 async def _follow(rt: Runtime, ns: str, steps: list[tuple[str, str]]) -> None:
