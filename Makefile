@@ -53,6 +53,10 @@ k8s-binaries: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kube
 kubeflow-binaries: ## Build the Kubeflow Trainer v2.0.0 and JobSet controllers for the e2e (cold ~7 min, then cached)
 	nice $(PY) -c "from dynamiclora_dev.kubeflow_controllers import build_controllers as b; print(b())"
 
+.PHONY: image-envs
+image-envs: ## Build the environments the local cluster runs the operator and the Jobs from, as their images install them (~3 min cold)
+	$(PY) -c "from dynamiclora_dev.localcluster import operator_env as o, trainer_env as t; print(t.ensure_trainer_env(), o.ensure_operator_env())"
+
 .PHONY: cluster-up
 cluster-up: k8s-binaries ## Start a local control plane + executor in the background; prints export KUBECONFIG=...
 	$(PY) -m dynamiclora_dev cluster up
@@ -117,6 +121,10 @@ bench-distributed: ## Training throughput through torchrun: 1 process, 2 data-pa
 .PHONY: bench-freshness
 bench-freshness: ## Job completed -> verified served on 3 real vLLM pods, 30 training rounds: p50/p99 (~16 min)
 	$(PY) bench/freshness.py --rounds 30 --out bench/results/freshness.json
+
+.PHONY: bench-freshness-import
+bench-freshness-import: ## Published into the store by anyone -> served on 3 real vLLM pods: store feed vs resync only (~15 min)
+	$(PY) bench/freshness_import.py --rounds 10 --out bench/results/freshness_import.json
 
 .PHONY: bench-scale
 bench-scale: ## Operator convergence time and peak RSS for 10/100/1,000/10,000 agents on the local control plane (~15 min)
