@@ -53,6 +53,7 @@ EXPORTER = textwrap.dedent("""
     m.JOBS.labels(kind="training", result="succeeded").inc()
     m.JOB_SECONDS.labels(kind="training").observe(42)
     m.MIGRATIONS.labels(outcome="Migrated").inc(2)
+    m.STORE_FEED_VERSIONS.labels(namespace="team").inc()
     m.MIGRATED_COMPONENTS.inc(3)
     m.GATE_DECISIONS.labels(namespace="team", tier="alice-context", result="rejected").inc()
     s.SWAP_SECONDS.labels(action="load").observe(0.3)
