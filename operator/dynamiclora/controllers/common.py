@@ -13,7 +13,8 @@ from pydantic import BaseModel, ValidationError
 from dynamiclora.api.common import duration_seconds
 from dynamiclora.api.conditions import EventType, Reason
 from dynamiclora.api.validate import validate_document
-from dynamiclora.kube import Obj
+from dynamiclora.builders.names import ANNOTATION_INPUTS, ANNOTATION_TARGET, LABEL_COMPONENT
+from dynamiclora.kube import Kube, Obj
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -107,3 +108,16 @@ def job_state(job: Obj) -> str:
         if c.get("status") == "True" and c.get("type") in ("Complete", "Failed"):
             return str(c["type"])
     return "Running"
+
+
+def consolidation_touching(kube: Kube, ns: str, tier: str) -> str | None:
+    """A running consolidation Job that reads or writes ``tier``, if any.
+
+    It lists Jobs: call it only when the answer matters (training is due, a store mark arrived).
+    """
+    for job in kube.list("Job", ns, {LABEL_COMPONENT: "consolidator"}):
+        ann = job["metadata"].get("annotations") or {}
+        touched = {ann.get(ANNOTATION_TARGET, ""), *str(ann.get(ANNOTATION_INPUTS, "")).split(",")}
+        if tier in touched and job_state(job) == "Running":
+            return str(job["metadata"]["name"])
+    return None

@@ -15,10 +15,12 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import kopf
+from pydantic import BaseModel
 
 from dynamiclora import FIELD_MANAGER, GROUP, VERSION
 from dynamiclora.api.conditions import ConditionType, EventType
@@ -148,9 +150,23 @@ async def handle_swarm(rt: Runtime, body: Obj) -> None:
     RECONCILE_SECONDS.labels("Swarm").observe(time.monotonic() - start)
 
 
+class StatusOutcome(Protocol):
+    """What a status-only reconcile returns (TierOutcome, PolicyOutcome): the status to write, the events."""
+
+    @property
+    def status(self) -> BaseModel: ...
+
+    @property
+    def events(self) -> list[Event]: ...
+
+
+OutcomeT = TypeVar("OutcomeT", bound=StatusOutcome)
+
+
 async def _handle_status_only(
-    rt: Runtime, body: Obj, kind: str, reconcile: Any, preserve: frozenset[str] = frozenset()
-) -> Any:
+    rt: Runtime, body: Obj, kind: str, reconcile: Callable[[Kube, OperatorSettings, Obj], OutcomeT],
+    preserve: frozenset[str] = frozenset(),
+) -> OutcomeT | None:  # fmt: skip
     """Run a reconcile that returns ``status`` and ``events``; write the one, emit the others.
 
     Returns the reconcile's outcome (None for an invalid spec)."""

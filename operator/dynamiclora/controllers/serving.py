@@ -156,7 +156,7 @@ COMPOSITION_FILE = "composition.json"  # written last by the compose Job: the ad
 class ServingOutcome:
     stacks: list[AgentStack] = field(default_factory=list)  # composed and desired, reused to mark served versions
     tiers: dict[str, Obj] = field(default_factory=dict)  # the namespace's LoRATiers as listed for this pass
-    last: dict[str, Obj] | None = None  # agent -> its serving entry in those tiers (None: not read yet)
+    last: dict[str, Obj] = field(default_factory=dict)  # agent -> its serving entry in those tiers, read once
     agents: list[Obj] = field(default_factory=list)
     pods: list[Obj] = field(default_factory=list)
     failures: dict[str, str] = field(default_factory=dict)
@@ -274,7 +274,7 @@ async def sync_serving(
         out.composing, out.compose = [s.agent for s in plan.waiting], progress
     hot_wanted = sw.spec.inference.placement.hot_replicas is not None
     queued = await _queued(sw, swarm, ready_pods, api_key, settings) if hot_wanted else set()
-    last = out.last or {}
+    last = out.last
     pods = plan_pods(sw, last, [s.agent for s in stacks], [p.name for p in ready_pods], queued)
     out.placement = pods
     waiting = {s.agent for s in plan.waiting}

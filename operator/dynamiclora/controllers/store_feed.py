@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from dynamiclora.builders.names import LABEL_SWARM
+from dynamiclora.controllers.common import consolidation_touching
 from dynamiclora.controllers.tier_storage import StoreAccess
 from dynamiclora.kube import Kube, Obj
 
@@ -78,14 +79,17 @@ def to_reconcile(kube: Kube, namespace: str, tier: str, version: int) -> list[tu
     """``(kind, name)`` to reconcile, in order, for a feed mark: the tier, then its Swarm.
 
     The tier is skipped when its status already holds ``version`` (a pass observed it), and both when every
-    ready pod already serves it (``servedVersion``) or when the tier's own training Job is running: that Job
-    publishes, then composes the new stack ahead, and its completion is followed (job_events.py); serving
-    it earlier would start a compose Job for what the training Job is composing. An unknown tier (another
-    cluster's) gives nothing.
+    ready pod already serves it (``servedVersion``) or when a Job of the operator that writes the tier runs:
+    the tier's own training Job publishes, then composes the new stack ahead; a consolidation Job publishes
+    its target, then the residual of its inputs. Their completion is followed (job_events.py); serving
+    earlier would compose what the training Job composes, or a half-published migration. An unknown tier
+    (another cluster's) gives nothing.
     """
     obj: Obj | None = kube.read_through("LoRATier", namespace, tier)
     status = (obj or {}).get("status") or {}
     if obj is None or status.get("activeJob") or int(status.get("servedVersion") or 0) >= version:
+        return []
+    if consolidation_touching(kube, namespace, tier):
         return []
     out = [] if int(status.get("currentVersion") or 0) >= version else [("LoRATier", tier)]
     swarm = obj.get("spec", {}).get("swarmRef") or (obj["metadata"].get("labels") or {}).get(LABEL_SWARM)

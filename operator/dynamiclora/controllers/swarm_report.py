@@ -16,7 +16,7 @@ from dynamiclora.api.swarm import Swarm, SwarmStatus
 from dynamiclora.builders.names import LABEL_SWARM, agent_tier_name
 from dynamiclora.controllers.common import Event, WaitFor, generation
 from dynamiclora.controllers.conditions import get_condition, set_condition
-from dynamiclora.controllers.placement import served_everywhere, serving_entries
+from dynamiclora.controllers.placement import served_everywhere
 from dynamiclora.controllers.serving import ServingOutcome, ServingUnavailable
 from dynamiclora.controllers.swarm import SwarmObservation, swarm_status
 from dynamiclora.controllers.tier_storage import explain, is_storage_error
@@ -186,7 +186,7 @@ def mark_agents(kube: Kube, ns: str, swarm: str, sw: Swarm, outcome: ServingOutc
     """Write each agent's serving entry to its context tier's ``status.serving`` when it changed (an agent
     with nothing served loses it); the number of tiers patched."""
     entries = {a["name"]: {k: v for k, v in a.items() if k != "name"} for a in outcome.agents}
-    last = outcome.last if outcome.last is not None else serving_entries(swarm, sw, outcome.tiers)
+    last = outcome.last
     patched = 0
     for agent in sw.spec.agents:
         tier = agent_tier_name(swarm, agent.name, TierLevel.CONTEXT)

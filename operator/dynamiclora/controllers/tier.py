@@ -29,15 +29,21 @@ from dynamiclora.builders.jobs import (
     store_uri,
 )
 from dynamiclora.builders.names import (
-    ANNOTATION_INPUTS,
-    ANNOTATION_TARGET,
     ANNOTATION_TRAIN_RECORDS,
-    LABEL_COMPONENT,
     training_job_name,
 )
 from dynamiclora.builders.tiers import stack_tier_names
 from dynamiclora.controllers.admission import admit, tier_references
-from dynamiclora.controllers.common import Event, WaitFor, duration_s, generation, job_state, parse, parse_time
+from dynamiclora.controllers.common import (
+    Event,
+    WaitFor,
+    consolidation_touching,
+    duration_s,
+    generation,
+    job_state,
+    parse,
+    parse_time,
+)
 from dynamiclora.controllers.conditions import get_condition, set_condition, wire_status
 from dynamiclora.controllers.inputs import missing_inputs
 from dynamiclora.controllers.job_failure import failure_condition_reason, failure_reason, unschedulable
@@ -489,16 +495,6 @@ def _waiting(kube: Kube, job: Obj, what: str, conditions: list[Obj], events: lis
     if previous == Reason.UNSCHEDULABLE:
         return set_condition(conditions, ConditionType.TRAINING, True, Reason.JOB_RUNNING, f"{what} runs", gen)
     return conditions
-
-
-def consolidation_touching(kube: Kube, ns: str, tier: str) -> str | None:
-    """A running consolidation Job that reads or writes ``tier``, if any (listed only when training is due)."""
-    for job in kube.list("Job", ns, {LABEL_COMPONENT: "consolidator"}):
-        ann = job["metadata"].get("annotations") or {}
-        touched = {ann.get(ANNOTATION_TARGET, ""), *str(ann.get(ANNOTATION_INPUTS, "")).split(",")}
-        if tier in touched and job_state(job) == "Running":
-            return str(job["metadata"]["name"])
-    return None
 
 
 def _input_missing(conditions: list[Obj], missing: list[str], events: list[Event], gen: int | None) -> list[Obj]:

@@ -50,6 +50,36 @@ def is_held_out(record: InteractionRecord, fraction: float) -> bool:
     return fraction > 0 and hash_fraction(record_identity(record)) < fraction
 
 
+# An honest batch re-answers a few of the questions it repeats (the world changed); shuffled labels or a
+# poisoning agent re-answer most of them. Above this share no changed answer is taken as a revision.
+REVISION_SHARE = 0.5
+
+
+def revisions(window: Sequence[InteractionRecord], earlier: Sequence[InteractionRecord]) -> dict[str, str]:
+    """Question -> new answer for each question the window honestly re-answers.
+
+    A held-out record is the gate's truth until a newer record answers its question otherwise: judging
+    the update by the superseded answer would call an honest correction forgetting (and quarantine it as
+    a contradiction). But a batch that changes more than :data:`REVISION_SHARE` of the answers it repeats
+    revises nothing: it is judged against every older answer, as shuffled labels must be. The
+    regression set is never revised (the user's fixed truths).
+
+    Args:
+        window: the run's new records (chronological).
+        earlier: every record before the window (chronological; the newest answer per question counts).
+    """
+    before = {record_key(r): record_answer(r) for r in earlier}
+    now = {record_key(r): record_answer(r) for r in window}
+    repeated = [k for k in now if k in before]
+    changed = {k: now[k] for k in repeated if now[k] != before[k]}
+    return changed if len(changed) <= REVISION_SHARE * len(repeated) else {}
+
+
+def superseded(record: InteractionRecord, revised: Mapping[str, str]) -> bool:
+    """Whether a newer answer in ``revised`` (:func:`revisions`) replaces the record's answer."""
+    return revised.get(record_key(record), record_answer(record)) != record_answer(record)
+
+
 def split_holdout(records: Sequence[SourcedRecord], fraction: float) -> tuple[list[SourcedRecord],
                                                                                list[SourcedRecord]]:
     """``(training, held_out)`` keeping the input order in both."""

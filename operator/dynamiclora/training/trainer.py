@@ -48,9 +48,11 @@ from dynamiclora.training.gate import (
     figures,
     finite,
     rejection_cause,
+    revisions,
     score,
     score_sets,
     split_holdout,
+    superseded,
 )
 from dynamiclora.training.loop import TrainRun, train_loop
 from dynamiclora.training.model import (
@@ -97,6 +99,7 @@ class Selection:
     skipped: int  # malformed lines skipped
     window: dict[str, str]  # time span of the batch: what is quarantined if the gate rejects it
     quarantined: dict[str, list[SourcedRecord]]  # --exclude-window text -> its records, re-examined
+    revised: int = 0  # held-out answers superseded by the batch's records, left out of the gate's pool
 
 
 def _select(cfg: TrainConfig, log: Log) -> Selection:
@@ -123,14 +126,28 @@ def _select(cfg: TrainConfig, log: Log) -> Selection:
     # --max-records window: none was ever trained on, and a short window would leave few to judge by.
     # Of several held-out answers to one question only the newest is truth (an answer may change).
     history, held = split_holdout(filtered[: len(filtered) - len(selected)], cfg.holdout_fraction)
-    held = newest_per_key(held + split_holdout(selected, cfg.holdout_fraction)[1])
+    held, revised = _unrevised(held, selected, history, cfg.holdout_fraction)
     if not train:
         raise RecordsError(
             f"no training records in {cfg.data}: all {len(selected)} selected record(s) belong to the "
             f"held-out slice of the quality gate (--holdout-fraction {cfg.holdout_fraction}); add records"
         )
     window = {"from": selected[0].record.timestamp.isoformat(), "to": selected[-1].record.timestamp.isoformat()}
-    return Selection(train, held, history, len(bad), window, quarantined)
+    if revised:
+        log(f"quality gate: {revised} held-out answer(s) superseded by this window's records are not judged")
+    return Selection(train, held, history, len(bad), window, quarantined, revised)
+
+
+def _unrevised(held_before: list[SourcedRecord], selected: list[SourcedRecord], history: list[SourcedRecord],
+               fraction: float) -> tuple[list[SourcedRecord], int]:  # fmt: skip
+    """The gate's held-out pool (newest answer per question) without the answers ``selected`` revises, and
+    how many were left out (:func:`~dynamiclora.training.gate.revisions`)."""
+    earlier = sorted(history + held_before, key=lambda r: r.record.timestamp)
+    revised = revisions([r.record for r in selected], [r.record for r in earlier])
+    held = newest_per_key(held_before + split_holdout(selected, fraction)[1])
+    before = {id(h) for h in held_before}  # the window's own held-out answers are never superseded
+    kept = [h for h in held if not (id(h) in before and superseded(h.record, revised))]
+    return kept, len(held) - len(kept)
 
 
 def _tokenize(cfg: TrainConfig, selected: list[SourcedRecord], skipped: int,
@@ -247,6 +264,8 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
     check_targets(model, cfg.target_modules, cfg.rank, f"tier {cfg.namespace}/{cfg.tier}")
     examples, data_info = _tokenize(cfg, sel.batch, sel.skipped, tokenizer)
     data_info["heldOut"] = len(sel.held)
+    if sel.revised:
+        data_info["heldOutRevised"] = sel.revised
     gate_sets = _gate_sets(cfg, sel.held, tokenizer)
     log(f"data: {data_info['records']} records, {data_info['tokens']} learned tokens, {len(sel.held)} held out")
     pad = int(tokenizer.pad_token_id)

@@ -37,13 +37,15 @@ def _setup(swarm_body: dict[str, Any], agents: int) -> tuple[FakeKube, dict[str,
     return kube, body, sw
 
 
-def _outcome(kube: FakeKube, entries: list[dict[str, Any]]) -> ServingOutcome:
-    return ServingOutcome(agents=entries, tiers={t["metadata"]["name"]: t for t in kube.list("LoRATier", NS)})
+def _outcome(kube: FakeKube, sw: Swarm, entries: list[dict[str, Any]]) -> ServingOutcome:
+    """The pass's outcome: its entries, and the last ones read from the tiers (as sync_serving reads them)."""
+    tiers = {t["metadata"]["name"]: t for t in kube.list("LoRATier", NS)}
+    return ServingOutcome(agents=entries, tiers=tiers, last=serving_entries("support", sw, tiers))
 
 
 def _pass(kube: FakeKube, sw: Swarm, entries: list[dict[str, Any]]) -> int:
     kube.calls.clear()
-    return mark_agents(kube, NS, "support", sw, _outcome(kube, entries))
+    return mark_agents(kube, NS, "support", sw, _outcome(kube, sw, entries))
 
 
 def test_each_agents_entry_goes_to_its_context_tier_once_and_is_read_back(swarm_body: dict[str, Any]) -> None:

@@ -8,9 +8,11 @@ reading a consolidation Job's result and auditing it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +20,20 @@ import pytest
 
 from dynamiclora.api.swarm import Swarm
 from dynamiclora.builders.names import ANNOTATION_TARGET
+from dynamiclora.controllers import handlers
 from dynamiclora.controllers.conditions import write_status
 from dynamiclora.controllers.inputs import input_exists
 from dynamiclora.controllers.policy import reconcile_policy
 from dynamiclora.controllers.serving import desired_stacks
 from dynamiclora.controllers.swarm import reconcile_swarm
+from dynamiclora.serving.metrics import REGISTRY
 from dynamiclora.settings import OperatorSettings
 from dynamiclora.storage.audit import AuditLog
 from dynamiclora.storage.s3 import build_s3_client
 from dynamiclora.storage.uri import open_store
 
 from .fakekube import FakeKube
+from .test_store_feed import _feed_until
 
 NS = "default"
 CTX, AGENT = "support-alice-context", "support-alice-agent"
@@ -135,3 +140,21 @@ def test_a_policy_whose_swarm_secret_is_gone_says_so(world: World) -> None:
     assert (ready["status"], ready["reason"]) == ("False", "StorageUnavailable")
     assert "MigrationPolicy's storage cannot be read" in ready["message"] and "does not exist" in ready["message"]
     assert [e.reason for e in out.events] == ["StorageUnavailable"]
+
+
+def test_the_store_feed_of_a_tenants_bucket_is_read_with_its_identity(world: World) -> None:
+    """Issue 19's store marks in a tenant's bucket: the leader lists the feed with the Swarm's keys (the
+    operator's own are refused) and takes a version nobody's Job published without waiting for the resync."""
+    rt = handlers.Runtime(world.kube, replace(world.settings, feed_seconds=0.01))
+    for tier in (CTX, AGENT):
+        asyncio.run(handlers.handle_tier(rt, world.kube.objects[("LoRATier", NS, tier)]))
+    [key] = rt.feed.stores
+    assert key[1] == NS and rt.feed.poll() == [] and rt.feed.failing == {}
+    assert rt.feed.heads[key] == {}  # the baseline: listed with the tenant's keys, nothing published yet
+    counted = REGISTRY.get_sample_value("dynamiclora_store_feed_versions_total", {"namespace": NS}) or 0.0
+
+    world.publish(CTX, "training")  # an import into the tenant's bucket
+    _feed_until(rt, lambda: (world.kube.objects[("LoRATier", NS, CTX)].get("status") or {}).get("currentVersion"))
+    assert world.kube.objects[("LoRATier", NS, CTX)]["status"]["currentVersion"] == 1
+    assert rt.feed.heads[key] == {CTX: 1} and rt.feed.failing == {}
+    assert REGISTRY.get_sample_value("dynamiclora_store_feed_versions_total", {"namespace": NS}) == counted + 1

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dynamiclora.builders.names import ANNOTATION_INPUTS, ANNOTATION_TARGET
 from dynamiclora.controllers import handlers
 from dynamiclora.controllers.store_feed import StoreFeed, to_reconcile
 from dynamiclora.controllers.tier_storage import StoreAccess
@@ -20,7 +21,7 @@ from dynamiclora.settings import OperatorSettings
 
 from .fakekube import FakeKube
 from .test_composer import _publish_adapter
-from .test_job_events import _swarm
+from .test_job_events import _job, _swarm
 
 NS = "default"
 CTX, AGENT = "support-alice-context", "support-alice-agent"
@@ -105,6 +106,14 @@ def test_what_a_mark_asks_for_depends_on_what_the_tier_has_seen_and_serves(
     status.update(activeJob="support-alice-context-train-v3")
     assert to_reconcile(kube, NS, CTX, 3) == []
     assert to_reconcile(kube, NS, "another-clusters-tier", 1) == []
+    # A migration publishes its target, then the residual of its inputs: its completion is followed too.
+    status.pop("activeJob")
+    policy = kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "MigrationPolicy", "metadata": {"name": "p"}})
+    touching = {ANNOTATION_TARGET: AGENT, ANNOTATION_INPUTS: CTX}
+    migration = kube.add(_job("mig-p-1", policy, "consolidator", state="", annotations=touching))
+    assert to_reconcile(kube, NS, CTX, 3) == [] and to_reconcile(kube, NS, AGENT, 1) == []
+    migration["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    assert to_reconcile(kube, NS, CTX, 3) == [("LoRATier", CTX), ("Swarm", "support")]
 
 
 def test_an_unreadable_feed_is_logged_once_and_skipped(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:

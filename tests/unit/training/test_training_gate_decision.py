@@ -23,7 +23,9 @@ from dynamiclora.training.gate import (
     is_held_out,
     record_identity,
     rejection_cause,
+    revisions,
     split_holdout,
+    superseded,
 )
 from dynamiclora.training.options import ConsolidateConfig, TrainConfig, from_namespace
 from dynamiclora.training.records import InteractionRecord, SourcedRecord, parse_line
@@ -232,6 +234,52 @@ def test_held_out_truth_is_the_newest_answer_per_question(tmp_path: Any) -> None
         newest = max(i for i, r in enumerate(rows) if r["prompt"] == prompt
                      and is_held_out(parse_line(json.dumps(r)), 0.5))
         assert answer == f"answer {newest}"
+
+
+def test_a_window_revises_the_few_answers_it_changes_never_most_of_them() -> None:
+    earlier = [_ir("x", "red"), _ir("y", "blue"), _ir("z", "green"), _ir("w", "gray"), _ir("x", "pink")]
+    # One of three repeated questions re-answered (x's newest earlier answer is pink): a revision.
+    honest = [_ir("x", "pink"), _ir("y", "blue"), _ir("z", "teal"), _ir("v", "new")]
+    assert revisions(honest, earlier) == {"a\0z": "teal"}
+    assert superseded(_ir("z", "green"), {"a\0z": "teal"}) and not superseded(_ir("z", "teal"), {"a\0z": "teal"})
+    assert not superseded(_ir("y", "blue"), {"a\0z": "teal"})
+    # Half of the repeated questions changed is still a revision; more is shuffled labels: nothing revised.
+    assert revisions([_ir("x", "red"), _ir("y", "blue"), _ir("z", "teal"), _ir("w", "gray")], earlier) == {
+        "a\0x": "red", "a\0z": "teal"}
+    assert revisions([_ir("x", "red"), _ir("y", "red"), _ir("z", "teal"), _ir("w", "gray")], earlier) == {}
+    assert revisions([_ir("v", "new")], earlier) == {} and revisions(honest, []) == {}
+
+
+def _ids(prefix: str, held: bool, n: int, fraction: float) -> list[str]:
+    """``n`` record ids (agent ``a``) on the chosen side of the held-out split."""
+    out, i = [], 0
+    while len(out) < n:
+        if is_held_out(_rec(0, id=f"{prefix}{i}").record, fraction) == held:
+            out.append(f"{prefix}{i}")
+        i += 1
+    return out
+
+
+@pytest.mark.parametrize("changed", [1, 9])
+def test_the_gate_does_not_judge_a_window_by_the_answers_it_honestly_revises(tmp_path: Any, changed: int) -> None:
+    from dynamiclora.training.trainer import _select
+
+    old_ids, new_ids = _ids("old", True, 12, 0.5), _ids("new", False, 12, 0.5)
+    rows = [{"agent": "a", "timestamp": f"2025-01-01T00:00:{i:02d}Z", "id": old_ids[i], "prompt": f"q{i}",
+             "response": "old"} for i in range(12)]
+    rows += [{"agent": "a", "timestamp": f"2025-01-01T00:01:{i:02d}Z", "id": new_ids[i], "prompt": f"q{i}",
+              "response": "new" if i < changed else "old"} for i in range(12)]
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines: list[str] = []
+    sel = _select(TrainConfig(base_model="/m", data=str(data), output_store="file:///s", tier="t", max_records=12,
+                              holdout_fraction=0.5), log=lines.append)
+    held = {r.record.prompt: r.record.response for r in sel.held}
+    if changed == 1:  # q0 changed its answer: its superseded held-out answer is not the truth any more
+        assert sel.revised == 1 and "q0" not in held and held == {f"q{i}": "old" for i in range(1, 12)}
+        assert any("1 held-out answer(s) superseded" in line for line in lines), lines
+    else:  # 9 of 12 answers changed at once: shuffled labels, judged against every older answer
+        assert sel.revised == 0 and held == {f"q{i}": "old" for i in range(12)}
 
 
 def test_a_diverged_candidate_is_rejected_even_with_the_gate_disabled() -> None:
