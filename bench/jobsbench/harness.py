@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="JSON output (default bench/results/continual_jobs.json; continual_jobs_FACTS.json "
                          "for other facts)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the bench process")
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help=f"full-parameter pretraining steps of the base (default {PretrainConfig().steps})")
     args = ap.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         ap.error("--seeds must be >= 1")
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = JobsConfig(**{**asdict(jobs), "ewc_lambda": args.ewc_lambda})
     # A long run draws more entities than the default vocabulary has besides the pretraining ones.
     vocab = max(TinyModelConfig().vocab_words, cfg.data.answers + cfg.pretrain.entities + entities_needed(cfg.data))
-    cfg = RunConfig(seeds=cfg.seeds, data=cfg.data, jobs=jobs, pretrain=cfg.pretrain,
+    pretrain = replace(cfg.pretrain, steps=args.pretrain_steps) if args.pretrain_steps else cfg.pretrain
+    cfg = RunConfig(seeds=cfg.seeds, data=cfg.data, jobs=jobs, pretrain=pretrain,
                     methods=tuple(m for m in args.methods.split(",") if m),
                     model=model_config(args.facts, vocab), facts=args.facts)  # fmt: skip
     result = run(cfg)
@@ -248,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     first += [f"--window-shape {args.window_shape}"] if args.window_shape else []
     first += [f"--ewc-lambda {args.ewc_lambda:g}"] if args.ewc_lambda is not None else []
     first += [f"--facts {args.facts}"] if args.facts != "synthetic" else []
+    first += [f"--pretrain-steps {args.pretrain_steps}"] if args.pretrain_steps else []
     command = " ".join(["python bench/jobs_continual.py", *flags, f"--seeds {len(seeds)}", *first,
                         f"--windows {windows}"])
     result["meta"]["command"] = command

@@ -196,3 +196,33 @@ def test_consensus_gate_checks_every_agent_stack(sharp_model_dir: Path, tmp_path
     assert worst > 1.02
     store = open_store(store_uri)
     assert store.list_versions("swarm", "shared") == [] and store.list_versions("agent0", "agent") == [1]
+
+
+def test_an_honest_correction_is_not_judged_by_the_answers_it_replaces(sharp_model_dir: Path, tmp_path: Path) -> None:
+    """Two names' colors change (the world changed); their older answers happen to be held out. The gate
+    leaves those superseded answers out instead of calling the correction forgetting and quarantining it as a
+    contradiction (training/gate.py revisions; without them this update is rejected)."""
+    store_uri = f"file://{tmp_path}/store"
+    data = write_facts(tmp_path / "v1.jsonl", range(96))
+    assert _train(sharp_model_dir, data, store_uri)["gate"]["accepted"] is True
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    old: dict[str, str] = {}  # prompt -> its held-out answer (the newest), for two names
+    for r in reversed(rows):
+        if _held_out(r) and len(old) < 2:
+            old.setdefault(str(r["prompt"]), str(r["response"]))
+    assert len(old) == 2
+    colors = sorted({str(r["response"]) for r in rows})
+    window = []
+    for i, r in enumerate(rows[-48:]):  # the same questions again, an hour later; two answers changed
+        doc = dict(r, id=f"later-{i}", timestamp=str(r["timestamp"]).replace("T00:", "T01:"))
+        if doc["prompt"] in old:
+            doc["response"] = next(c for c in colors if c != old[str(doc["prompt"])])
+            if _held_out(doc):
+                continue  # no held-out copy of a new answer: only the old one is in the gate's pool
+        window.append(doc)
+    data.write_text(data.read_text() + "".join(json.dumps(d) + "\n" for d in window))
+    v2 = _train(sharp_model_dir, data, store_uri, init_from=f"{store_uri}/{NS}/{TIER}/v000001",
+                max_records=len(window), steps=120, lr=0.01)
+    stats = json.loads(open_store(store_uri).read_file(NS, TIER, v2["version"], "stats.json"))
+    assert stats["heldOutRevised"] == 2, stats  # the two superseded held-out answers, left out
+    assert v2["gate"]["accepted"] is True, v2["gate"]
