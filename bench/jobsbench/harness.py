@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the bench process")
     ap.add_argument("--pretrain-steps", type=int, default=None,
                     help=f"full-parameter pretraining steps of the base (default {PretrainConfig().steps})")
+    ap.add_argument("--pretrain-schedule", choices=("cosine", "constant"), default=None,
+                    help="the base's learning-rate schedule (default cosine; constant: result files before "
+                         "2026-11-27)")
     args = ap.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         ap.error("--seeds must be >= 1")
@@ -241,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     # A long run draws more entities than the default vocabulary has besides the pretraining ones.
     vocab = max(TinyModelConfig().vocab_words, cfg.data.answers + cfg.pretrain.entities + entities_needed(cfg.data))
     pretrain = replace(cfg.pretrain, steps=args.pretrain_steps) if args.pretrain_steps else cfg.pretrain
+    pretrain = replace(pretrain, schedule=args.pretrain_schedule) if args.pretrain_schedule else pretrain
     cfg = RunConfig(seeds=cfg.seeds, data=cfg.data, jobs=jobs, pretrain=pretrain,
                     methods=tuple(m for m in args.methods.split(",") if m),
                     model=model_config(args.facts, vocab), facts=args.facts)  # fmt: skip
@@ -252,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     first += [f"--ewc-lambda {args.ewc_lambda:g}"] if args.ewc_lambda is not None else []
     first += [f"--facts {args.facts}"] if args.facts != "synthetic" else []
     first += [f"--pretrain-steps {args.pretrain_steps}"] if args.pretrain_steps else []
+    first += [f"--pretrain-schedule {args.pretrain_schedule}"] if args.pretrain_schedule else []
     command = " ".join(["python bench/jobs_continual.py", *flags, f"--seeds {len(seeds)}", *first,
                         f"--windows {windows}"])
     result["meta"]["command"] = command

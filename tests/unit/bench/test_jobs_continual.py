@@ -9,6 +9,7 @@ benchmark's numbers are read in docs/benchmarks-jobs.md, not gated in tests.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -137,3 +138,15 @@ def test_quick_run_writes_a_well_formed_result(tmp_path: Path) -> None:
         assert math.isfinite(m["migration_recall"]) == tiered and 0 <= (m["migration_recall"] if tiered else 0) <= 1
     assert seed["methods"]["seq_lora"]["migrated_components"] == 0
     assert "dynamiclora train" in doc["meta"]["driven"] and doc["markdown"].startswith("Reproduce:")
+
+
+def test_the_bases_learning_rate_warms_up_then_decays_to_its_floor() -> None:
+    cos = PretrainConfig(steps=1000, warmup=100, lr=1e-2, min_lr_fraction=0.1)
+    rates = [cos.lr_at(s) for s in range(1000)]
+    assert rates[0] == pytest.approx(1e-4) and rates[99] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in itertools.pairwise(rates[99:]))  # never rises after the warm-up
+    assert rates[-1] == pytest.approx(1e-3, rel=1e-3)  # the floor
+    assert PretrainConfig(steps=50, warmup=200).lr_at(0) == pytest.approx(3e-3 / 5)  # warm-up <= a tenth
+    assert {PretrainConfig(schedule="constant").lr_at(s) for s in (0, 10, 4999)} == {3e-3}
+    with pytest.raises(ValueError, match="cosine or constant"):
+        PretrainConfig(schedule="linear")
