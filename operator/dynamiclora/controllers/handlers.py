@@ -195,6 +195,9 @@ async def handle_tier(rt: Runtime, body: Obj) -> None:
     outcome = await _handle_status_only(rt, body, "LoRATier", reconcile_tier, SWARM_WRITES_ON_TIERS)
     if outcome is not None and outcome.store is not None:
         rt.feed.watch(outcome.store, body["metadata"]["namespace"])
+        # A watched namespace's counter reads 0 until its first version (most are the operator's own Jobs',
+        # followed through their events): a series that exists, not a gap on the dashboard.
+        STORE_FEED_VERSIONS.labels(body["metadata"]["namespace"])
 
 
 async def handle_policy(rt: Runtime, body: Obj) -> None:

@@ -34,6 +34,8 @@ def _watching(kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, 
     for tier in (CTX, AGENT):
         asyncio.run(handlers.handle_tier(rt, kube.objects[("LoRATier", NS, tier)]))
     assert len(rt.feed.stores) == 1 and rt.feed.poll() == []  # the first listing is the baseline
+    # The watched namespace's counter exists from the start (0 until a version comes through the feed).
+    assert REGISTRY.get_sample_value("dynamiclora_store_feed_versions_total", {"namespace": NS}) is not None
     return rt
 
 
