@@ -44,6 +44,14 @@ test: lint ## Lint, type-check and run every test (unit, integration, e2e)
 test-unit: ## Unit tests only (no network, no servers)
 	$(PY) -m pytest -ra tests/unit
 
+# torch's portable kernels and MKL's compatible mode: the float path of another CPU model (the local
+# cluster's pods inherit both variables).
+OTHER_CPU := ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE
+
+.PHONY: test-other-cpu
+test-other-cpu: ## The learning tests (training integration, e2e loop) on another CPU's float path (~40 min)
+	$(OTHER_CPU) $(PY) -m pytest -ra tests/integration/training e2e/test_loop.py
+
 ##@ Local cluster
 .PHONY: k8s-binaries
 k8s-binaries: ## Build etcd, kube-apiserver/-controller-manager/-scheduler, kubectl, kwok (cold ~15-40 min, then cached)
@@ -92,7 +100,7 @@ bench-merge: ## Low-rank merge vs PEFT add_weighted_adapter(svd) at d=1024/2048/
 	$(PY) bench/merge.py --out bench/results/merge.json
 
 .PHONY: bench-continual
-bench-continual: ## Continual learning through the operator's reconcilers and Job entrypoints (~18 min)
+bench-continual: ## Continual learning through the operator's reconcilers and Job entrypoints (~60 min on 2 cores)
 	nice $(PY) bench/jobs_continual.py --seeds 5 --out bench/results/continual_jobs.json
 
 .PHONY: bench-continual-countries

@@ -442,9 +442,12 @@ class Scenario:
     def final_verdict(self, tier: str, after: int) -> dict[str, Any] | None:
         """The tier's status once the last attempt at a version newer than ``after`` is judged: a version the
         gate refused for collateral forgetting is trained again with more replay (the operator's retry, as a
-        user sees it), so only the retry's verdict, or a refusal that is not retried, is final."""
+        user sees it), so only the retry's verdict, or a refusal that is not retried, is final. Whether a refusal
+        is retried is decided once its Job is seen complete: the verdict can reach the status first (from the
+        published version), so a verdict is final only once no Job is active."""
         st = self.judged(tier, after)
-        if st is None or ((st.get("lastGate") or {}).get("accepted") is False and st.get("collateralRetries")):
+        if st is None or st.get("activeJob") or (
+                (st.get("lastGate") or {}).get("accepted") is False and st.get("collateralRetries")):
             return None
         return st
 

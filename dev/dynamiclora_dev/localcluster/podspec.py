@@ -22,7 +22,10 @@ from dynamiclora_dev.localcluster.termination import local_message_file, message
 EXECUTOR_LABEL = "dynamiclora.io/executor"
 EXECUTOR_VALUE = "local"
 # Env vars a local process inherits from the executor; everything else comes from the pod spec.
-INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV", "HF_HOME", "GOCACHE")
+# The CPU kernel choices of torch and MKL are the node's: a run with them forced (ATEN_CPU_CAPABILITY=default,
+# MKL_CBWR=COMPATIBLE) takes another float path through every pod, as another CPU model would.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER", "VIRTUAL_ENV", "HF_HOME", "GOCACHE",
+                 "ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 
 
 class PodSpecError(ValueError):

@@ -188,6 +188,11 @@ def replay_fraction(base: float, boost: int) -> float:
     return min(0.9, base + 0.2 * boost) if base > 0 else 0.0
 
 
+def replay_budget(base: int, boost: int) -> int:
+    """The stored questions a (re)try may rehearse: each retry covers as many more as the first attempt."""
+    return base * (1 + boost)
+
+
 def training_config(
     body: Obj, spec: LoRATierSpec, inputs: TrainingInputs, job_name: str, settings: OperatorSettings
 ) -> TrainConfig:
@@ -216,7 +221,7 @@ def training_config(
         exclude_window=list(inputs.exclude_windows),
         bad_lines=inputs.bad_records,  # type: ignore[arg-type]  # the API's Literal["reject", "skip"]
         replay_fraction=replay_fraction(t.replay_fraction, inputs.replay_boost),
-        replay_budget=t.replay_budget * (1 + inputs.replay_boost),
+        replay_budget=replay_budget(t.replay_budget, inputs.replay_boost),
         screen_threshold=p.screen_threshold, free_threshold=p.free_threshold, free_decay=p.free_decay,
         screened_decay=p.screened_decay, reference_interactions=p.reference_interactions_per_hour,
         energy_budget=p.energy_budget, plastic_rank=p.plastic_rank if protect else None,

@@ -12,6 +12,7 @@ usual idempotent pass (the tier reads its versions from the manifests, never fro
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from dynamiclora.builders.names import LABEL_SWARM
 from dynamiclora.controllers.common import consolidation_touching
 from dynamiclora.controllers.tier_storage import StoreAccess
 from dynamiclora.kube import Kube, Obj
+from dynamiclora.metrics import STORE_FEED_VERSIONS
 
 log = logging.getLogger("dynamiclora.operator")
 
@@ -32,7 +34,8 @@ class StoreFeed:
     """The feeds of the stores the operator's tiers read, and the head of each tier seen last.
 
     Every tier pass re-registers its store, so a feed no tier has named for ``forget_after`` seconds (its
-    tiers deleted, or moved to other storage) is no longer listed.
+    tiers deleted, or moved to other storage) is no longer listed; once a namespace has no feed left, its
+    ``dynamiclora_store_feed_versions_total`` series goes too (a dashboard stops plotting it).
     """
 
     forget_after: float = 600.0
@@ -57,6 +60,9 @@ class StoreFeed:
             for key in [k for k, at in self.named.items() if time.monotonic() - at > self.forget_after]:
                 for table in (self.stores, self.heads, self.failing, self.named):
                     table.pop(key, None)
+                if all(ns != key[1] for _, ns in self.stores):  # no store of the namespace followed any more
+                    with contextlib.suppress(KeyError):
+                        STORE_FEED_VERSIONS.remove(key[1])
             feeds = list(self.stores.items())
         moved: list[tuple[str, str, int]] = []
         for key, access in feeds:

@@ -16,12 +16,22 @@ from dynamiclora.training.gate import ExampleScore, compare, decide, score
 from dynamiclora.training.model import TierMismatchError, linear_modules, load_base
 from dynamiclora.training.options import ConsolidateConfig
 from dynamiclora.training.records import RecordsError, SourcedRecord, iter_sources, read_records
+from dynamiclora.training.replay import newest_per_key
 
 EVAL_BATCH = 8
 MAX_SEQ_LEN = 256
 
 # Tier reference text -> its newest (or pinned) version as a delta, read through the run's store access.
 LoadLatest = Callable[[str], TierDelta]
+
+
+def judged_records(records: Sequence[SourcedRecord], limit: int) -> list[SourcedRecord]:
+    """The newest ``limit`` questions of the gate data, each with its newest answer (chronological).
+
+    An answer a newer record changed is no truth to judge a consolidation by: a stack that learned the
+    correction cannot also give the old answer.
+    """
+    return newest_per_key(select_records(records))[-limit:]
 
 
 class StackEvaluator:
@@ -33,7 +43,7 @@ class StackEvaluator:
         good: list[SourcedRecord] = []
         for src in sources:
             good += read_records(iter_sources(src))[0]
-        self.examples: list[Example] = tokenize(select_records(good, max_records=records), tokenizer, MAX_SEQ_LEN)
+        self.examples: list[Example] = tokenize(judged_records(good, records), tokenizer, MAX_SEQ_LEN)
         if not self.examples:
             raise RecordsError(f"--gate-data {' '.join(sources)}: no record with a learnable token")
         self._linears = linear_modules(self.model)

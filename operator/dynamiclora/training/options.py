@@ -382,7 +382,8 @@ class ConsolidateConfig:
                 "repeat for several", "repeat": True, "metavar": "REF"})
     gate_max_regression: float = field(default=0.05, metadata={
         "help": "quality gate: allowed rate of forgetting examples a stack answered correctly, in [0, 1]"})
-    gate_records: int = field(default=64, metadata={"help": "quality gate: newest records evaluated"})
+    gate_records: int = field(default=64, metadata={
+        "help": "quality gate: newest questions evaluated, each by its newest answer"})
     gate_significance: float = field(default=0.1, metadata={
         "help": "quality gate: level of the one-sided binomial test of forgetting, in (0, 1)"})
     result_file: str | None = field(default=None, metadata={

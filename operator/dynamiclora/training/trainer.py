@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,14 @@ from dynamiclora.training.model import (
     target_parameters,
 )
 from dynamiclora.training.options import TrainConfig
-from dynamiclora.training.records import InteractionRecord, RecordsError, SourcedRecord, iter_sources, read_records
+from dynamiclora.training.records import (
+    InteractionRecord,
+    RecordsError,
+    SourcedRecord,
+    iter_sources,
+    read_records,
+    record_key,
+)
 from dynamiclora.training.rehearsal import keyed, protect_slower_tiers, replay_examples
 from dynamiclora.training.replay import newest_per_key
 from dynamiclora.training.sharding import FullySharded, exchange, gather, shard
@@ -99,7 +106,7 @@ class Selection:
     skipped: int  # malformed lines skipped
     window: dict[str, str]  # time span of the batch: what is quarantined if the gate rejects it
     quarantined: dict[str, list[SourcedRecord]]  # --exclude-window text -> its records, re-examined
-    revised: int = 0  # held-out answers superseded by the batch's records, left out of the gate's pool
+    revised: int = 0  # questions whose older held-out answers the batch supersedes (left out of the pool)
 
 
 def _select(cfg: TrainConfig, log: Log) -> Selection:
@@ -121,12 +128,13 @@ def _select(cfg: TrainConfig, log: Log) -> Selection:
             f"filters (agent={cfg.agent}, since={cfg.since}, min-reward={cfg.min_reward})"
             if good else f"no training records in {cfg.data}: the data set is empty"
         )
-    train, _ = split_holdout(selected, cfg.holdout_fraction)
+    train, window_held = split_holdout(selected, cfg.holdout_fraction)
     # The gate's pool is every held-out record passing the filters, not only those in the
     # --max-records window: none was ever trained on, and a short window would leave few to judge by.
-    # Of several held-out answers to one question only the newest is truth (an answer may change).
-    history, held = split_holdout(filtered[: len(filtered) - len(selected)], cfg.holdout_fraction)
-    held, revised = _unrevised(held, selected, history, cfg.holdout_fraction)
+    earlier = filtered[: len(filtered) - len(selected)]
+    history, held_before = split_holdout(earlier, cfg.holdout_fraction)
+    held, revised = _unrevised(held_before, window_held, revisions([r.record for r in selected],
+                                                                   [r.record for r in earlier]))
     if not train:
         raise RecordsError(
             f"no training records in {cfg.data}: all {len(selected)} selected record(s) belong to the "
@@ -138,16 +146,17 @@ def _select(cfg: TrainConfig, log: Log) -> Selection:
     return Selection(train, held, history, len(bad), window, quarantined, revised)
 
 
-def _unrevised(held_before: list[SourcedRecord], selected: list[SourcedRecord], history: list[SourcedRecord],
-               fraction: float) -> tuple[list[SourcedRecord], int]:  # fmt: skip
-    """The gate's held-out pool (newest answer per question) without the answers ``selected`` revises, and
-    how many were left out (:func:`~dynamiclora.training.gate.revisions`)."""
-    earlier = sorted(history + held_before, key=lambda r: r.record.timestamp)
-    revised = revisions([r.record for r in selected], [r.record for r in earlier])
-    held = newest_per_key(held_before + split_holdout(selected, fraction)[1])
-    before = {id(h) for h in held_before}  # the window's own held-out answers are never superseded
-    kept = [h for h in held if not (id(h) in before and superseded(h.record, revised))]
-    return kept, len(held) - len(kept)
+def _unrevised(held_before: list[SourcedRecord], window_held: list[SourcedRecord],
+               revised: Mapping[str, str]) -> tuple[list[SourcedRecord], int]:  # fmt: skip
+    """The gate's held-out pool: the newest answer per question, once the older answers ``revised``
+    supersedes (:func:`~dynamiclora.training.gate.revisions`) are left out; and how many questions lost one.
+
+    Superseded answers leave before the newest is chosen, so an older held-out answer equal to the new
+    one (a fact changed and changed back) is still judged. The window's own held-out records are never
+    superseded."""
+    kept = [h for h in held_before if not superseded(h.record, revised)]
+    dropped = {record_key(h.record) for h in held_before if superseded(h.record, revised)}
+    return newest_per_key(kept + window_held), len(dropped)
 
 
 def _tokenize(cfg: TrainConfig, selected: list[SourcedRecord], skipped: int,

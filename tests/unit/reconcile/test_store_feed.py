@@ -16,6 +16,7 @@ from dynamiclora.controllers import handlers
 from dynamiclora.controllers.store_feed import StoreFeed, to_reconcile
 from dynamiclora.controllers.tier_storage import StoreAccess
 from dynamiclora.kube import KubeError
+from dynamiclora.metrics import STORE_FEED_VERSIONS
 from dynamiclora.serving.metrics import REGISTRY
 from dynamiclora.settings import OperatorSettings
 
@@ -134,8 +135,13 @@ def test_a_feed_no_tier_names_any_more_is_forgotten(tmp_path: Path) -> None:
     feed.watch(gone, NS)
     feed.watch(live, NS)
     assert feed.poll() == [] and set(feed.heads) == {(gone.uri, NS), (live.uri, NS)}
+    STORE_FEED_VERSIONS.labels(NS)
     feed.named[(gone.uri, NS)] -= 61  # no tier pass has named it for longer than forget_after
     assert feed.poll() == [] and set(feed.stores) == set(feed.heads) == {(live.uri, NS)}
+    assert REGISTRY.get_sample_value("dynamiclora_store_feed_versions_total", {"namespace": NS}) is not None
+    feed.named[(live.uri, NS)] -= 61  # the namespace's last feed: its counter series goes with it
+    assert feed.poll() == [] and not feed.stores
+    assert REGISTRY.get_sample_value("dynamiclora_store_feed_versions_total", {"namespace": NS}) is None
 
 
 def test_a_failed_feed_pass_does_not_stop_the_feed(

@@ -282,6 +282,28 @@ def test_the_gate_does_not_judge_a_window_by_the_answers_it_honestly_revises(tmp
         assert sel.revised == 0 and held == {f"q{i}": "old" for i in range(12)}
 
 
+def test_a_fact_changed_back_is_judged_by_its_older_held_out_answer(tmp_path: Any) -> None:
+    from dynamiclora.training.trainer import _select
+
+    # q0 was A, then B (both held out); the window answers A again: B is superseded, the older A is the
+    # truth again, and the gate judges it. The other questions repeat unchanged (a revision, not noise).
+    held_ids, train_ids = _ids("h", True, 8, 0.5), _ids("t", False, 6, 0.5)
+    rows = [{"id": held_ids[0], "prompt": "q0", "response": "A"}, {"id": held_ids[1], "prompt": "q0", "response": "B"}]
+    rows += [{"id": held_ids[i + 2], "prompt": f"q{i + 1}", "response": "same"} for i in range(6)]
+    rows += [{"id": train_ids[0], "prompt": "q0", "response": "A"}]
+    rows += [{"id": train_ids[i + 1], "prompt": f"q{i + 1}", "response": "same"} for i in range(5)]
+    data = tmp_path / "records.jsonl"
+    data.write_text("".join(json.dumps({"agent": "a", "timestamp": f"2025-01-01T00:00:{i:02d}Z", **r}) + "\n"
+                            for i, r in enumerate(rows)))
+    lines: list[str] = []
+    sel = _select(TrainConfig(base_model="/m", data=str(data), output_store="file:///s", tier="t", max_records=6,
+                              holdout_fraction=0.5), log=lines.append)
+    held = {r.record.prompt: (r.record.response, r.record.id) for r in sel.held}
+    assert held["q0"] == ("A", held_ids[0]) and len(held) == 7
+    assert all(held[f"q{i}"][0] == "same" for i in range(1, 7))
+    assert sel.revised == 1 and any("1 held-out answer(s) superseded" in line for line in lines), lines
+
+
 def test_a_diverged_candidate_is_rejected_even_with_the_gate_disabled() -> None:
     nan = {"heldOut": SetFigures(4, 0.5, float("nan"))}
     for max_regression in (0.05, None):
@@ -290,3 +312,16 @@ def test_a_diverged_candidate_is_rejected_even_with_the_gate_disabled() -> None:
     doc = decide(nan, 0.05).to_dict()
     assert doc["heldOut"]["candidate"] is None  # manifests, status and the audit log refuse NaN
     json.dumps(doc, allow_nan=False)
+
+
+def test_a_consolidation_is_judged_by_the_newest_answer_of_the_newest_questions() -> None:
+    from dynamiclora.training.consolidate_gate import judged_records
+
+    # Out of order on purpose: the gate data is read from several sources.
+    records = [_rec(3, prompt="q1", response="new"), _rec(0, prompt="q0", response="x"),
+               _rec(1, prompt="q1", response="old"), _rec(2, prompt="q2", response="y"),
+               _rec(4, prompt="q1", response="newest", agent="b")]
+    judged = [(r.record.agent, r.record.prompt, r.record.response) for r in judged_records(records, 3)]
+    # q1's old answer is superseded and takes no room: three questions, not three records.
+    assert judged == [("a", "q2", "y"), ("a", "q1", "new"), ("b", "q1", "newest")]
+    assert [r.record.prompt for r in judged_records(records, 10)] == ["q0", "q2", "q1", "q1"]
