@@ -112,7 +112,7 @@ bench-continual-countries: ## The same on real country -> capital facts (the cou
 bench-continual-long: ## The same over 10 windows, on the tuning seeds 101-103, and against replay at matched compute
 	nice $(PY) bench/jobs_continual.py --seeds 3 --windows 10 --methods dynamiclora,replay_full \
 	  --out bench/results/continual_jobs_long.json
-	nice $(PY) bench/jobs_continual.py --seeds 3 --windows 10 --window-shape 4,4,1 --methods dynamiclora,replay_full \
+	nice $(PY) bench/jobs_continual.py --seeds 5 --windows 10 --window-shape 4,4,1 --methods dynamiclora,replay_full \
 	  --out bench/results/continual_jobs_long_small.json
 	nice $(PY) bench/jobs_continual.py --seeds 3 --first-seed 101 --out bench/results/continual_jobs_tuning.json
 	nice $(PY) bench/jobs_continual.py --seeds 5 --methods dynamiclora,replay_full_2x \
