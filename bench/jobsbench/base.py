@@ -45,6 +45,15 @@ def window_records(facts: Sequence[Fact], window: int, agent: str,
     return out
 
 
+def regression_records(facts: Sequence[Fact], agent: str) -> list[dict[str, Any]]:
+    """An agent's regression set: ``facts`` the base was pretrained on, each in every template.
+
+    The base knows them in all phrasings, the benchmark's unseen one included, so an update that bends how
+    the model reads a phrasing the records never use shows here; the facts are disjoint from the scored ones.
+    """
+    return [fact_record(f, t, agent, EPOCH, f"reg-{f.entity}-t{t}") for f in facts for t in range(len(TEMPLATES))]
+
+
 def write_records(directory: Path, name: str, records: Sequence[dict[str, Any]]) -> Path:
     """Write ``records`` as ``directory/name.jsonl`` (what an agent's experience folder holds)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ from jobsbench.metrics import interval
 
 Log = Callable[[str], None]
 SCALARS = ("acc", "bwt", "forgetting", "flip_new_when_taught", "flip_stale_final", "migration_precision",
-           "migration_recall", "migration_precision_gain_only", "migration_recall_gain_only", "optimizer_steps")
+           "migration_recall", "migration_precision_gain_only", "migration_recall_gain_only", "optimizer_steps",
+           "base_kept")
 KINDS = ("recurring", "transient", "flipped")
 FACT_SOURCES: dict[str, type[FactSource]] = {"synthetic": SyntheticFacts, "countries": CountryFacts}
 """``--facts``: pseudo-word colors (the default) or real country -> capital facts (docs/continual.md)."""
@@ -118,7 +119,7 @@ def run(cfg: RunConfig, log: Log = _print, workdir: Path | None = None) -> dict[
             entry: dict[str, Any] = {"seed": seed, "methods": {}}
             for name in cfg.methods:
                 tm = time.perf_counter()
-                res = run_method(name, seq, base, cfg.jobs, root / f"seed{seed}" / name, log)
+                res = run_method(name, seq, base, cfg.jobs, root / f"seed{seed}" / name, log, pre_facts)
                 res["seconds"] = round(time.perf_counter() - tm, 1)
                 entry["methods"][name] = res
                 log(f"seed {seed} {name:12s} acc={res['acc']:.3f} bwt={res['bwt']:+.3f} "
@@ -177,13 +178,14 @@ def markdown_table(result: dict[str, Any], command: str) -> str:
     lines = [
         f"Reproduce: `{command}` ({len(meta['seeds'])} seeds, {meta['seconds'] / 60:.1f} min on {meta['cpus']} "
         f"shared CPU cores).", "",
-        "| method | ACC | BWT | forgetting | recurring | transient | flipped (new answer) | stale flip answer |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | ACC | BWT | forgetting | recurring | transient | flipped (new answer) | stale flip answer "
+        "| base facts kept |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in result["methods"].items():
         lines.append(f"| `{name}` | {_fmt(r['acc'])} | {_fmt(r['bwt'], True)} | {_fmt(r['forgetting'])} | "
                      f"{_fmt(r['recurring'])} | {_fmt(r['transient'])} | {_fmt(r['flipped'])} | "
-                     f"{_fmt(r['flip_stale_final'])} |")
+                     f"{_fmt(r['flip_stale_final'])} | {_fmt(r['base_kept'])} |")
     migrating = [(n, r) for n, r in result["methods"].items() if r["migration_recall"]["n"]]
     if migrating:
         lines += ["", "| method | migration precision | migration recall | precision (gain only) "
@@ -215,6 +217,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"comma-separated subset of {','.join((*METHODS, *EXTRA_METHODS))}")
     ap.add_argument("--ewc-lambda", type=float, default=None, help="the ewc method's strength (tuning)")
+    ap.add_argument("--anchor-facts", type=int, default=0, metavar="N",
+                    help="give the agent an anchor set: N more of the base's pretraining facts in every template")
+    ap.add_argument("--anchor-weight", type=float, default=1.0, help="training.anchorWeight with --anchor-facts")
+    ap.add_argument("--regression-facts", type=int, default=0, metavar="N",
+                    help="give the agent a regression set: N of the base's pretraining facts in every template")
     ap.add_argument("--facts", choices=sorted(FACT_SOURCES), default="synthetic",
                     help="pseudo-word colors (default) or real country -> capital facts from the countryinfo package")
     ap.add_argument("--out", type=Path, default=None,
@@ -241,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     jobs = JobsConfig(**{**asdict(cfg.jobs), "gate": False}) if args.no_gate else cfg.jobs
     if args.ewc_lambda is not None:
         jobs = JobsConfig(**{**asdict(jobs), "ewc_lambda": args.ewc_lambda})
+    if args.regression_facts:
+        jobs = JobsConfig(**{**asdict(jobs), "regression_facts": args.regression_facts})
+    if args.anchor_facts:
+        jobs = JobsConfig(**{**asdict(jobs), "anchor_facts": args.anchor_facts, "anchor_weight": args.anchor_weight})
     # A long run draws more entities than the default vocabulary has besides the pretraining ones.
     vocab = max(TinyModelConfig().vocab_words, cfg.data.answers + cfg.pretrain.entities + entities_needed(cfg.data))
     pretrain = replace(cfg.pretrain, steps=args.pretrain_steps) if args.pretrain_steps else cfg.pretrain
@@ -254,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     first += [f"--methods {args.methods}"] if args.methods != ",".join(METHODS) else []
     first += [f"--window-shape {args.window_shape}"] if args.window_shape else []
     first += [f"--ewc-lambda {args.ewc_lambda:g}"] if args.ewc_lambda is not None else []
+    first += [f"--regression-facts {args.regression_facts}"] if args.regression_facts else []
+    first += [f"--anchor-facts {args.anchor_facts} --anchor-weight {args.anchor_weight:g}"] if args.anchor_facts else []
     first += [f"--facts {args.facts}"] if args.facts != "synthetic" else []
     first += [f"--pretrain-steps {args.pretrain_steps}"] if args.pretrain_steps else []
     first += [f"--pretrain-schedule {args.pretrain_schedule}"] if args.pretrain_schedule else []

@@ -27,15 +27,25 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dynamiclora.api.tier import DEFAULT_TARGET_MODULES
+from dynamiclora.builders.jobs import storage_path
 from dynamiclora.storage import open_store
 from dynamiclora.training.model import load_base
-from jobsbench.base import AdapterDir, accuracy, migrated_facts, served_stack, window_records, write_records
-from jobsbench.facts import TaskSequence
+from jobsbench.base import (
+    AdapterDir,
+    accuracy,
+    migrated_facts,
+    regression_records,
+    served_stack,
+    window_records,
+    write_records,
+)
+from jobsbench.facts import Fact, TaskSequence
 from jobsbench.metrics import average_accuracy, backward_transfer, forgetting
 from jobsbench.operator_sim import AGENT, NAMESPACE, JobRun, Log, Obj, SimOperator
 
@@ -46,6 +56,9 @@ METHODS: tuple[str, ...] = ("dynamiclora", "dynamiclora_subspace", "dynamiclora_
 EXTRA_METHODS: tuple[str, ...] = ("replay_full_2x",)
 SMALL_BUFFER = 24  # stored records rehearsed per Job by ``replay_small``
 EWC_LAMBDA = 1000.0  # ``ewc``'s strength
+REGRESSION_SET = "regression/base-facts.jsonl"  # the agent's regressionSet, relative to the storage root
+ANCHOR_SET = "anchors/base-facts.jsonl"  # the agent's anchorSet
+PROBE_FACTS = 32  # the last pretraining facts: the base's knowledge no set holds (the ``base_kept`` metric)
 
 
 def train_args(method: str, ewc_lambda: float = EWC_LAMBDA) -> list[str]:
@@ -66,10 +79,19 @@ class JobsConfig:
     targets: tuple[str, ...] = field(default=tuple(DEFAULT_TARGET_MODULES), metadata={"help": "targetModules"})
     gate: bool = field(default=True, metadata={"help": "qualityGate.enabled for every tier"})
     ewc_lambda: float = field(default=EWC_LAMBDA, metadata={"help": "the ewc method's --ewc-lambda"})
+    anchor_facts: int = field(default=0, metadata={
+        "help": "the agent's anchorSet: this many of the base's pretraining facts after the regression set's, "
+                "each in every template (0: no anchor set)"})
+    anchor_weight: float = field(default=1.0, metadata={"help": "training.anchorWeight (with anchor_facts)"})
+    regression_facts: int = field(default=0, metadata={
+        "help": "the agent's regressionSet: this many of the base's pretraining facts, each in every template "
+                "(0: no regression set)"})
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch, self.ctx_rank, self.agent_rank) < 1 or self.lr <= 0 or self.ewc_lambda < 0:
-            raise ValueError("JobsConfig: steps, batch and ranks must be >= 1, lr > 0 and ewc_lambda >= 0")
+        if min(self.steps, self.batch, self.ctx_rank, self.agent_rank) < 1 or self.lr <= 0 or self.ewc_lambda < 0 \
+                or min(self.regression_facts, self.anchor_facts) < 0:
+            raise ValueError("JobsConfig: steps, batch and ranks must be >= 1, lr > 0, ewc_lambda, "
+                             "regression_facts and anchor_facts >= 0")
 
 
 def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path) -> Obj:
@@ -89,9 +111,16 @@ def swarm_spec(method: str, cfg: JobsConfig, base_dir: Path) -> Obj:
     plasticity: Obj = {"learningRate": cfg.lr}
     if method == "dynamiclora_protected":
         plasticity["plasticRank"] = 2
+    if cfg.anchor_facts:
+        training["anchorWeight"] = cfg.anchor_weight
     context = {"rank": rank, "alpha": cfg.alpha_per_rank * rank, "targetModules": list(cfg.targets),
                "plasticity": plasticity, "training": training, "qualityGate": gate}
-    return {"baseModel": {"name": "tiny-bench", "path": str(base_dir)}, "agents": [{"name": AGENT}],
+    agent: Obj = {"name": AGENT}
+    if cfg.regression_facts:
+        agent["regressionSet"] = REGRESSION_SET
+    if cfg.anchor_facts:
+        agent["anchorSet"] = ANCHOR_SET
+    return {"baseModel": {"name": "tiny-bench", "path": str(base_dir)}, "agents": [agent],
             "storage": {"pvc": {"claimName": "bench-store"}}, "contextTier": context,
             "agentTier": {"rank": cfg.agent_rank, "qualityGate": gate}}  # fmt: skip
 
@@ -144,11 +173,27 @@ def _mean(xs: list[float]) -> float:
     return sum(ys) / len(ys) if ys else math.nan
 
 
-def run_method(method: str, seq: TaskSequence, base_dir: Path, cfg: JobsConfig, root: Path,
-               log: Log) -> dict[str, Any]:  # fmt: skip
-    """Feed the windows to the operator one by one; after each, score the served stack on every window."""
+def run_method(method: str, seq: TaskSequence, base_dir: Path, cfg: JobsConfig, root: Path, log: Log,
+               pretrained: Sequence[Fact] = ()) -> dict[str, Any]:  # fmt: skip
+    """Feed the windows to the operator one by one; after each, score the served stack on every window.
+
+    ``pretrained``: the base's pretraining facts, the first ``cfg.regression_facts`` of which form the
+    agent's regression set.
+    """
     op = SimOperator(root / "operator", swarm_spec(method, cfg, base_dir), policy_spec(method), log,
                      train_args=train_args(method, cfg.ewc_lambda))  # fmt: skip
+    if cfg.regression_facts:
+        if len(pretrained) < cfg.regression_facts + PROBE_FACTS:
+            raise ValueError(f"regression_facts {cfg.regression_facts}: only {len(pretrained)} pretraining facts")
+        where = Path(storage_path(op.swarm.spec.storage, REGRESSION_SET, op.settings))
+        write_records(where.parent, where.stem, regression_records(pretrained[:cfg.regression_facts], AGENT))
+    if cfg.anchor_facts:
+        lo = cfg.regression_facts
+        if len(pretrained) < lo + cfg.anchor_facts + PROBE_FACTS:
+            raise ValueError(f"anchor_facts {cfg.anchor_facts}: only {len(pretrained) - lo - PROBE_FACTS} "
+                             "pretraining facts left")
+        where = Path(storage_path(op.swarm.spec.storage, ANCHOR_SET, op.settings))
+        write_records(where.parent, where.stem, regression_records(pretrained[lo:lo + cfg.anchor_facts], AGENT))
     R: list[list[float]] = []
     flip_new: list[float] = []
     jobs: list[dict[str, Any]] = []
@@ -165,6 +210,9 @@ def run_method(method: str, seq: TaskSequence, base_dir: Path, cfg: JobsConfig, 
         marks = [j["kind"][0] + ("+" if j["accepted"] else "-") for j in jobs if j["window"] == k]
         log(f"  {method} window {k}: jobs {marks} row {[round(x, 2) for x in R[-1]]}")
     migration = _migration(op, seq, base_dir, root) if method.startswith("dynamiclora") else {}
+    # What the updates did to the base's own knowledge: facts no record, regression or anchor set holds.
+    probe = list(pretrained[-PROBE_FACTS:])
+    base_kept = accuracy(model, tokenizer, probe) if probe else math.nan
     latest = {f.entity: f for w in seq.windows for f in w.test}
     by_kind: dict[str, list[Any]] = {}
     for f in latest.values():
@@ -176,6 +224,7 @@ def run_method(method: str, seq: TaskSequence, base_dir: Path, cfg: JobsConfig, 
     return {
         "acc": average_accuracy(R), "bwt": backward_transfer(R), "forgetting": forgetting(R), "R": R,
         "final_by_kind": final_by_kind,
+        "base_kept": base_kept,
         "flip_new_when_taught": _mean(flip_new),
         "flip_stale_final": accuracy(model, tokenizer, stale),
         "training_jobs": len(training),

@@ -38,6 +38,11 @@ MAX_MAP_VALUE = 1024
 MAX_PODS = 64  # vLLM pods of one Swarm
 MAX_DURATION = "87600h"  # 10 years: beyond it a duration overflows the operator's clock arithmetic
 MAX_DURATION_SECONDS = 87600 * 3600
+
+
+def store_location(description: str) -> Any:
+    """An optional input the Jobs read from the storage (:data:`STORE_LOCATION`), e.g. a regression set."""
+    return Field(default=None, max_length=MAX_PATH, pattern=STORE_LOCATION, description=description)
 MapValue = Annotated[str, Field(max_length=MAX_MAP_VALUE)]
 
 

@@ -16,7 +16,6 @@ from dynamiclora.api.common import (
     MAX_PATH,
     MAX_PODS,
     REL_PATH,
-    STORE_LOCATION,
     ApiModel,
     Condition,
     MapValue,
@@ -28,6 +27,7 @@ from dynamiclora.api.common import (
     cel,
     in_storage_cel,
     outside_storage,
+    store_location,
 )
 from dynamiclora.api.tier import (
     DEFAULT_TARGET_MODULES,
@@ -101,13 +101,14 @@ class Agent(ApiModel):
     trust_weight: float = Field(
         default=1.0, ge=0, le=10, description="User-set weight of this agent in consensus of shared tiers."
     )
-    regression_set: str | None = Field(
-        default=None,
-        max_length=MAX_PATH,
-        pattern=STORE_LOCATION,
-        description="Fixed regression records the quality gate checks every update of this agent against "
+    regression_set: str | None = store_location(
+        "Fixed regression records the quality gate checks every update of this agent against "
         "(.jsonl file or folder): relative to the storage root, or an s3:// URI in the storage's own bucket; "
         "never absolute, never '..'.",
+    )
+    anchor_set: str | None = store_location(
+        "Records whose answers every update of this agent keeps steady (its context tier's "
+        "training.anchorSet): relative to the storage root, or an s3:// URI in the storage's own bucket.",
     )
     pinned_versions: PinnedVersions | None = Field(
         default=None,
@@ -294,6 +295,11 @@ class SwarmSpec(ApiModel):
                     "spec.agents[].regressionSet must be relative to the storage root or in the storage's own bucket",
                     field_path=".agents",
                 ),
+                cel(
+                    f"self.agents.all(a, {in_storage_cel('a.anchorSet', 'self.storage')})",
+                    "spec.agents[].anchorSet must be relative to the storage root or in the storage's own bucket",
+                    field_path=".agents",
+                ),
             ]
         }
     )
@@ -321,9 +327,10 @@ class SwarmSpec(ApiModel):
         if dupes:
             raise ValueError(f"spec.agents names must be unique (repeated: {', '.join(dupes)})")
         for agent in self.agents:
-            problem = agent.regression_set and outside_storage(self.storage, agent.regression_set)
-            if problem:
-                raise ValueError(f"spec.agents[{agent.name}].regressionSet: {problem}")
+            for name, location in (("regressionSet", agent.regression_set), ("anchorSet", agent.anchor_set)):
+                problem = location and outside_storage(self.storage, location)
+                if problem:
+                    raise ValueError(f"spec.agents[{agent.name}].{name}: {problem}")
         return self
 
 

@@ -12,9 +12,7 @@ from dynamiclora.api.common import (
     DNS_SUBDOMAIN,
     MAX_IMAGE,
     MAX_MAP,
-    MAX_PATH,
     MAX_PODS,
-    STORE_LOCATION,
     ApiModel,
     Condition,
     Duration,
@@ -26,6 +24,7 @@ from dynamiclora.api.common import (
     cel,
     in_storage_cel,
     outside_storage,
+    store_location,
 )
 
 
@@ -135,7 +134,9 @@ class TrainingTemplate(ApiModel):
         "!has(self.strategy) || self.strategy == 'DDP' || "
         "(has(self.nodes) ? self.nodes : 1) * (has(self.procsPerNode) ? self.procsPerNode : 1) > 1",
         "training.strategy FSDP shards the model across the training processes: it needs nodes x procsPerNode "
-        "above 1")]})
+        "above 1"), cel(
+        "!has(self.anchorSet) || !has(self.strategy) || self.strategy == 'DDP'",
+        "training.anchorSet adds its gradient to whole parameters: it needs training.strategy DDP")]})
 
     image: str = Field(
         default=DEFAULT_TRAINER_IMAGE, min_length=1, max_length=MAX_IMAGE, description="Trainer container image."
@@ -176,6 +177,17 @@ class TrainingTemplate(ApiModel):
         default=64, ge=0, le=100_000,
         description="Consolidation replay: stored questions rehearsed per Job at most (up to the whole store when it "
         "holds fewer): how much of what the tier knew each update protects.",
+    )
+    anchor_set: str | None = store_location(
+        "Answers kept steady (.jsonl file or folder of records): each training step, and the refit "
+        "and destination of a migration by recurrence, adds anchorWeight x the KL divergence of the stack's answer "
+        "distributions on these prompts from the served stack's, so an update changes what its records teach and "
+        "leaves these answers where they were. Their answers are never trained. Relative to the storage root or an "
+        "s3:// URI in the storage's own bucket. Per-agent tiers take the Swarm agent's anchorSet.",
+    )
+    anchor_weight: float = Field(
+        default=1.0, ge=0, le=100,
+        description="Weight of the anchorSet's KL term in each training step's loss; 0 turns the anchor off.",
     )
     node_selector: dict[str, MapValue] = Field(
         default_factory=dict, max_length=MAX_MAP, description="Node selector of training pods."
@@ -226,6 +238,9 @@ class TrainingTemplate(ApiModel):
         if self.strategy == TrainingStrategy.FSDP and self.nodes * self.procs_per_node == 1:
             raise ValueError("training.strategy FSDP shards the model across the training processes: it needs "
                              "nodes x procsPerNode above 1")
+        if self.strategy == TrainingStrategy.FSDP and self.anchor_set:
+            raise ValueError("training.anchorSet adds its gradient to whole parameters: it needs training.strategy "
+                             "DDP")
         return self
 
 
@@ -266,7 +281,11 @@ class GateLimits(ApiModel):
         description="Level of the one-sided binomial test: forgetting is a regression when its p-value under the "
         "allowed rate is below this (smaller = more evidence needed before rejecting).",
     )
-    eval_records: int = Field(default=64, ge=1, le=100_000, description="Newest held-out records evaluated.")
+    eval_records: int = Field(
+        default=64, ge=1, le=100_000,
+        description="How many questions the gate judges, each by its newest answer: a training Job's newest held-out "
+        "ones; a consolidation Job's newest ones of the agents' records, and up to as many of the regression set.",
+    )
 
 
 class QualityGate(GateLimits):
@@ -278,11 +297,8 @@ class QualityGate(GateLimits):
         le=0.5,
         description="Share of interaction records held out from training (chosen per record, deterministically).",
     )
-    regression_set: str | None = Field(
-        default=None,
-        max_length=MAX_PATH,
-        pattern=STORE_LOCATION,
-        description="Fixed regression records (.jsonl file or folder): a path relative to the storage root or "
+    regression_set: str | None = store_location(
+        "Fixed regression records (.jsonl file or folder): a path relative to the storage root or "
         "an s3:// URI in the storage's own bucket; never absolute, never '..'. Per-agent tiers take the Swarm "
         "agent's regressionSet.",
     )
@@ -315,6 +331,12 @@ class LoRATierSpec(ApiModel):
                     "spec.qualityGate.regressionSet must be relative to the storage root or in the storage's own "
                     "bucket",
                     field_path=".qualityGate.regressionSet",
+                ),
+                cel(
+                    f"!has(self.training) || !has(self.storage) || "
+                    f"({in_storage_cel('self.training.anchorSet', 'self.storage')})",
+                    "spec.training.anchorSet must be relative to the storage root or in the storage's own bucket",
+                    field_path=".training.anchorSet",
                 ),
             ]
         }
@@ -371,10 +393,11 @@ class LoRATierSpec(ApiModel):
             raise ValueError("spec.agent is required for context and agent tiers and forbidden for shared tiers")
         if len(set(self.target_modules)) != len(self.target_modules):
             raise ValueError("spec.targetModules must not repeat a module")
-        regression = self.quality_gate.regression_set
-        problem = regression and self.storage and outside_storage(self.storage, regression)
-        if problem:  # without storage of its own the tier's reconcile checks it against the Swarm's
-            raise ValueError(f"spec.qualityGate.regressionSet: {problem}")
+        for name, location in (("qualityGate.regressionSet", self.quality_gate.regression_set),
+                               ("training.anchorSet", self.training.anchor_set)):
+            problem = location and self.storage and outside_storage(self.storage, location)
+            if problem:  # without storage of its own the tier's reconcile checks it against the Swarm's
+                raise ValueError(f"spec.{name}: {problem}")
         return self
 
 

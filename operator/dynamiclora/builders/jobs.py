@@ -228,6 +228,9 @@ def training_config(
         holdout_fraction=g.holdout_fraction, gate_records=g.eval_records, gate_significance=g.significance,
         gate_max_regression=g.max_regression if g.enabled else None,
         regression_data=storage_path(inputs.storage, g.regression_set, settings) if g.regression_set else None,
+        anchor_data=storage_path(inputs.storage, t.anchor_set, settings) if t.anchor_set else None,
+        # The weight of no anchor set is no choice: left at its default, it changes no Job.
+        anchor_weight=t.anchor_weight if t.anchor_set else TrainConfig.anchor_weight,
         **_compose_ahead_args(inputs.compose_ahead),
     )  # fmt: skip
 

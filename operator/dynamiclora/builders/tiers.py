@@ -29,7 +29,10 @@ def _tier_spec(swarm: str, sw: Swarm, agent: Agent, level: TierLevel) -> Obj:
     spec: Obj = {"level": level.value, "swarmRef": swarm, "agent": agent.name, "alpha": ctx.alpha,
                  "targetModules": list(ctx.target_modules), "qualityGate": gate}
     if level is TierLevel.CONTEXT:
-        spec |= {"rank": ctx.rank, "plasticity": ctx.plasticity.wire(), "training": ctx.training.wire(),
+        training = ctx.training.wire()
+        if agent.anchor_set:
+            training["anchorSet"] = agent.anchor_set
+        spec |= {"rank": ctx.rank, "plasticity": ctx.plasticity.wire(), "training": training,
                  "retention": ctx.retention.wire()}
     else:
         spec |= {"rank": tpl.rank, "retention": tpl.retention.wire()}

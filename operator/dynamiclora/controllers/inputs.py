@@ -30,14 +30,18 @@ def missing_inputs(
         InvalidSpec: an input outside the storage (a tier without storage of its own is checked here
             against the Swarm's; the API server and the spec models check the rest).
     """
-    regression = spec.quality_gate.regression_set
-    if not regression:
-        return []
-    try:
-        path = storage_path(storage, regression, settings)
-    except ValueError as err:
-        raise InvalidSpec(f"spec.qualityGate.regressionSet: {err}") from None
-    return [] if input_exists(path, settings, s3_client) else [f"regressionSet {path}"]
+    missing = []
+    for field, location in (("qualityGate.regressionSet", spec.quality_gate.regression_set),
+                            ("training.anchorSet", spec.training.anchor_set)):
+        if not location:
+            continue
+        try:
+            path = storage_path(storage, location, settings)
+        except ValueError as err:
+            raise InvalidSpec(f"spec.{field}: {err}") from None
+        if not input_exists(path, settings, s3_client):
+            missing.append(f"{field.rsplit('.', 1)[-1]} {path}")
+    return missing
 
 
 def input_exists(path: str, settings: OperatorSettings, s3_client: Any = None) -> bool:

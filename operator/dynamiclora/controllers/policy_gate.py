@@ -51,17 +51,19 @@ def consolidation_gate_args(kube: Kube, settings: OperatorSettings, ns: str, sw:
         if owner:
             agents = [a for a in agents if a.name == owner]
     data: list[str] = []
+    regression: list[str] = []
     for agent in agents:
         location = experience_location(storage, sw.spec.experience.prefix, ns, sw.metadata.name or "", agent.name,
                                        settings)  # fmt: skip
         if _has_records(location):
             data.append(location)
         if agent.regression_set:
-            data.append(storage_path(storage, agent.regression_set, settings))
-    if not data:
+            regression.append(storage_path(storage, agent.regression_set, settings))
+    if not data and not regression:
         return {}  # nothing to evaluate on yet: the Job would have no figures to compare
     return {"gate_base_model": job_model_path(sw, settings), "gate_max_regression": gate.max_regression,
             "gate_significance": gate.significance, "gate_records": gate.eval_records, "gate_data": data,
+            "gate_regression": regression,
             "gate_frozen": served_beneath(kube, ns, sw, level, store)}  # fmt: skip
 
 
@@ -100,7 +102,9 @@ def recurrence_args(kube: Kube, settings: OperatorSettings, ns: str, sw: Swarm,
             "frozen": served_beneath(kube, ns, sw, TierLevel(dst.level), store_uri(storage, settings)),
             "distill_steps": src.training.max_steps,
             "distill_lr": src.plasticity.learning_rate * src.alpha / src.rank,
-            "distill_batch_size": src.training.batch_size, "threads": settings.trainer_threads}  # fmt: skip
+            "distill_batch_size": src.training.batch_size, "threads": settings.trainer_threads,
+            **({"anchor_data": storage_path(storage, src.training.anchor_set, settings),
+                "anchor_weight": src.training.anchor_weight} if src.training.anchor_set else {})}  # fmt: skip
 
 
 def audit_consolidation(store: StoreAccess, ns: str, target: str, job_name: str, result: dict[str, Any],

@@ -70,7 +70,7 @@ class AnchoredRun:
     threads: int | None = None  # torch CPU threads (default: torch's choice)
 
 
-def _answer_logprobs(model: Any, examples: Sequence[Example], pad: int) -> torch.Tensor:
+def answer_logprobs(model: Any, examples: Sequence[Example], pad: int) -> torch.Tensor:
     """Log-probabilities over the vocabulary at every trained position, ``[positions, vocab]``."""
     batch = collate(examples, pad)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
@@ -94,7 +94,7 @@ def _fit(peft_model: Any, params: dict[str, torch.Tensor], learn: list[Example],
         loss = peft_model(**collate(picked, pad)).loss
         if anchors:
             idx = batch_indices(step, len(anchors), run.batch_size, run.seed + 1)
-            current = _answer_logprobs(peft_model, [anchors[i] for i in idx], pad)
+            current = answer_logprobs(peft_model, [anchors[i] for i in idx], pad)
             loss = loss + anchor_loss(current, torch.cat([reference[i] for i in idx]))
         loss.backward()
         opt.step()
@@ -146,7 +146,7 @@ def train_anchored(run: AnchoredRun, tmp: Path, log: Log) -> tuple[TierDelta, Pa
     anchors = tokenize(run.anchors, tokenizer, MAX_SEQ_LEN)
     peft_model.eval()
     with torch.no_grad():
-        reference = [_answer_logprobs(peft_model, [e], pad) for e in anchors]
+        reference = [answer_logprobs(peft_model, [e], pad) for e in anchors]
     if run.tier.init is not None:
         load_target(peft_model, run.tier.init)
     _fit_until_learned(peft_model, learn, anchors, reference, run, pad, log)

@@ -28,7 +28,8 @@ from dynamiclora.training.options import (
 
 RESULT_PREFIX = "DYNAMICLORA_RESULT "
 # Local sources read late (the gate runs after training): checked before any work. Flag per option.
-_INPUT_OPTIONS = {"regression_data": "--regression-data", "gate_data": "--gate-data"}
+_INPUT_OPTIONS = {"regression_data": "--regression-data", "anchor_data": "--anchor-data", "gate_data": "--gate-data",
+                  "gate_regression": "--gate-regression"}
 # The kubelet truncates termination messages at 4096 bytes; keep the file well under it.
 _RESULT_FILE_LIMIT = 4000
 

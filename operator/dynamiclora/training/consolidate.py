@@ -44,6 +44,7 @@ from dynamiclora.training.distill import (
     read_distilled,
     refit_set,
     stash,
+    steady_records,
     taught_records,
     train_tier,
     training_spans,
@@ -288,7 +289,7 @@ def _migrate_recurrence(cfg: ConsolidateConfig, io: _Io, src: TierRef, dest: Tie
     # of it, so the served stack answers as before while the destination now holds the stable part.
     assert cfg.model_dir is not None  # checked by ConsolidateConfig
     run = AnchoredRun(cfg.model_dir, dest_tier, list(cfg.frozen), distill_set(records, chosen.targets),
-                      anchor_set(records, chosen.targets), cfg.distill_steps or DEFAULT_STEPS,
+                      [*anchor_set(records, chosen.targets), *steady_records(cfg)], cfg.distill_steps or DEFAULT_STEPS,
                       cfg.distill_lr or DEFAULT_LR, cfg.distill_batch_size or DEFAULT_BATCH,
                       threads=cfg.threads)  # fmt: skip
     new_dest, dest_dir = train_anchored(run, io.tmp / "distill-dest", io.log)

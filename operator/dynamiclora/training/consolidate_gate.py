@@ -19,6 +19,8 @@ from dynamiclora.training.records import RecordsError, SourcedRecord, iter_sourc
 from dynamiclora.training.replay import newest_per_key
 
 EVAL_BATCH = 8
+RECORDS = "records"
+REGRESSION = "regression"
 MAX_SEQ_LEN = 256
 
 # Tier reference text -> its newest (or pinned) version as a delta, read through the run's store access.
@@ -34,23 +36,35 @@ def judged_records(records: Sequence[SourcedRecord], limit: int) -> list[Sourced
     return newest_per_key(select_records(records))[-limit:]
 
 
-class StackEvaluator:
-    """Per-example scores of tier stacks on fixed examples, on one loaded base model."""
+def _read(sources: Sequence[str]) -> list[SourcedRecord]:
+    good: list[SourcedRecord] = []
+    for src in sources:
+        good += read_records(iter_sources(src))[0]
+    return good
 
-    def __init__(self, base_model: str, sources: Sequence[str], records: int) -> None:
+
+class StackEvaluator:
+    """Per-example scores of tier stacks on fixed examples, on one loaded base model.
+
+    Two sets: the newest questions of the records (:func:`judged_records`) and the regression set, judged
+    apart so that its records, however old, are never crowded out by newer ones.
+    """
+
+    def __init__(self, base_model: str, sources: Sequence[str], records: int,
+                 regression: Sequence[str] = ()) -> None:  # fmt: skip
         self.model, tokenizer = load_base(base_model)
         self.pad = int(tokenizer.pad_token_id)
-        good: list[SourcedRecord] = []
-        for src in sources:
-            good += read_records(iter_sources(src))[0]
-        self.examples: list[Example] = tokenize(judged_records(good, records), tokenizer, MAX_SEQ_LEN)
-        if not self.examples:
-            raise RecordsError(f"--gate-data {' '.join(sources)}: no record with a learnable token")
+        self.sets: dict[str, list[Example]] = {
+            RECORDS: tokenize(judged_records(_read(sources), records), tokenizer, MAX_SEQ_LEN),
+            REGRESSION: tokenize(judged_records(_read(regression), records), tokenizer, MAX_SEQ_LEN)}
+        for name, given, flag in ((RECORDS, sources, "--gate-data"), (REGRESSION, regression, "--gate-regression")):
+            if given and not self.sets[name]:
+                raise RecordsError(f"{flag} {' '.join(given)}: no record with a learnable token")
         self._linears = linear_modules(self.model)
         self._originals: dict[str, Any] = {}
 
-    def scores(self, stack: Sequence[Mapping[str, Any]]) -> list[ExampleScore]:
-        """Scores of ``base + Σ stack`` (tiers given as module -> LowRankDelta)."""
+    def scores(self, stack: Sequence[Mapping[str, Any]], which: str = RECORDS) -> list[ExampleScore]:
+        """Scores of ``base + Σ stack`` (tiers given as module -> LowRankDelta) on the set ``which``."""
         import torch
 
         with torch.no_grad():
@@ -68,7 +82,7 @@ class StackEvaluator:
                     if module not in self._originals:
                         self._originals[module] = lin.weight.detach().clone()
                     lin.weight.add_(delta.dense().to(lin.weight.dtype))
-        return score(self.model, self.examples, EVAL_BATCH, self.pad)
+        return score(self.model, self.sets[which], EVAL_BATCH, self.pad)
 
 
 def judge(cfg: ConsolidateConfig, load_latest: LoadLatest,
@@ -83,7 +97,11 @@ def judge(cfg: ConsolidateConfig, load_latest: LoadLatest,
     if not cfg.gate_base_model:
         return None
     frozen = [load_latest(ref) for ref in cfg.gate_frozen]
-    ev = StackEvaluator(cfg.gate_base_model, cfg.gate_data, cfg.gate_records)
-    sets = {name: compare(ev.scores([*frozen, *before]), ev.scores([*frozen, *after]))
-            for name, (before, after) in stacks.items()}
+    ev = StackEvaluator(cfg.gate_base_model, cfg.gate_data, cfg.gate_records, cfg.gate_regression)
+    sets = {}
+    for name, (before, after) in stacks.items():
+        for which in (RECORDS, REGRESSION):
+            if ev.sets[which]:
+                key = name if which == RECORDS else f"{name} {REGRESSION}"
+                sets[key] = compare(ev.scores([*frozen, *before], which), ev.scores([*frozen, *after], which))
     return decide(sets, cfg.gate_max_regression, cfg.gate_significance).to_dict()

@@ -124,7 +124,8 @@ def train_tier(cfg: ConsolidateConfig, tier: TierTraining, examples: list[Source
                      namespace=tier.namespace, frozen=frozen, init_from=tier.init_ref, rank=tier.rank,
                      alpha=alpha, target_modules=tier.targets, lr=(cfg.distill_lr or DEFAULT_LR) * tier.rank / alpha,
                      steps=steps, batch_size=cfg.distill_batch_size or DEFAULT_BATCH, checkpoint_every=0,
-                     holdout_fraction=0.0, threads=cfg.threads, log_every=max(steps // 4, 1))  # fmt: skip
+                     holdout_fraction=0.0, threads=cfg.threads, log_every=max(steps // 4, 1),
+                     anchor_data=cfg.anchor_data, anchor_weight=cfg.anchor_weight)  # fmt: skip
     result = run_training(tc, lambda m: log(f"{tier.tier}: {m}"))
     out = tmp / "out"
     open_store(scratch).download(tier.namespace, tier.tier, int(result["version"]), out)
@@ -141,6 +142,14 @@ def anchor_set(records: list[SourcedRecord], targets: dict[str, str], limit: int
     """Other questions the agent was asked (the newest answer of each, the newest ``limit``): where the
     destination's answers must not move."""
     return [r for r in newest_per_key(records) if record_key(r.record) not in targets][-limit:]
+
+
+def steady_records(cfg: ConsolidateConfig) -> list[SourcedRecord]:
+    """The ``--anchor-data`` records, one per question (none without it): more questions whose answers must
+    not move."""
+    if not cfg.anchor_data or not cfg.anchor_weight:
+        return []
+    return newest_per_key(select_records(read_records(iter_sources(cfg.anchor_data))[0]))
 
 
 def refit_set(records: list[SourcedRecord], limit: int = REFIT_QUESTIONS) -> list[SourcedRecord]:

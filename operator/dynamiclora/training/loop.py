@@ -24,6 +24,7 @@ from dynamiclora.training.model import target_parameters
 from dynamiclora.training.options import TrainConfig
 from dynamiclora.training.protection import Protection
 from dynamiclora.training.sharding import Exchange, exchange, local
+from dynamiclora.training.steady import AnswerAnchor
 
 Log = Callable[[str], None]
 
@@ -44,7 +45,8 @@ def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: 
                 work: Path, fp: str, log: Log, protect: Protection | None = None,
                 saved: Callable[[Path], None] | None = None,
                 forget: Callable[[], None] | None = None, d: dist.Dist = dist.SINGLE,
-                sync: Exchange | None = None, ewc: Anchor | None = None) -> TrainRun:  # fmt: skip
+                sync: Exchange | None = None, ewc: Anchor | None = None,
+                kept: AnswerAnchor | None = None) -> TrainRun:  # fmt: skip
     """Optimise the trained tier on ``mix`` (this process's share of each batch), checkpointing and
     resuming in ``work`` (rank 0's)."""
     sync = sync or exchange(cfg.strategy, d)
@@ -73,6 +75,8 @@ def train_loop(cfg: TrainConfig, peft_model: Any, mix: list[Example], eval_set: 
         mine = dist.share(batch_indices(step, len(mix), cfg.batch_size, cfg.seed), d)
         opt.zero_grad(set_to_none=True)
         batch_loss, tokens = sync.step(peft_model, params, [mix[i] for i in mine], mix[0], pad)
+        if kept is not None:
+            kept.pull(peft_model, step)
         if ewc is not None:
             ewc.pull(params)
         for group in opt.param_groups:  # a function of the step alone: a resumed run follows the same schedule

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import re
 import types
 import typing
@@ -156,6 +157,12 @@ class TrainConfig:
                 "records, with this strength; 0: off"})
     ewc_records: int = field(default=64, metadata={
         "help": "EWC: stored questions (newest answer each) the Fisher information is estimated on"})
+    anchor_data: str | None = field(default=None, metadata={
+        "help": "answers kept steady (training/steady.py): records (same formats as --data) whose prompts the "
+                "update must answer as the served stack does; each step adds --anchor-weight x the KL divergence "
+                "of the answer distributions on a batch of them. Their answers are never trained"})
+    anchor_weight: float = field(default=1.0, metadata={
+        "help": "weight of the --anchor-data KL term in the loss (0: off)"})
     strategy: Strategy = field(default="ddp", metadata={
         "help": "under torchrun: ddp, every process holds the whole stack and the trained tier's gradients are "
                 "all-reduced; fsdp, the stack's parameters, gradients and optimizer state are sharded across the "
@@ -289,6 +296,10 @@ class TrainConfig:
             (self.ewc_records >= 1, f"--ewc-records must be >= 1, got {self.ewc_records}"),
             (self.ewc_lambda == 0 or self.strategy == "ddp",
              "--ewc-lambda works on whole parameters: not with --strategy fsdp"),
+            (self.anchor_weight >= 0 and math.isfinite(self.anchor_weight),
+             f"--anchor-weight must be a finite number >= 0, got {self.anchor_weight}"),
+            (self.anchor_data is None or self.anchor_weight == 0 or self.strategy == "ddp",
+             "--anchor-data adds its gradient to whole parameters: not with --strategy fsdp"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -371,12 +382,21 @@ class ConsolidateConfig:
     distill_batch_size: int | None = field(default=None, metadata={"help": "recurrence: records per step (default 8)"})
     threads: int | None = field(default=None, metadata={"help": "torch CPU threads (default: torch's choice)"})
     dry_run: bool = field(default=False, metadata={"help": "decide and report; publish nothing"})
+    anchor_data: str | None = field(default=None, metadata={
+        "help": "recurrence: answers kept steady (as dynamiclora train --anchor-data): the destination keeps the "
+                "answers of the tiers beneath it to these prompts, the source's refit those of the stack"})
+    anchor_weight: float = field(default=1.0, metadata={
+        "help": "recurrence: weight of the --anchor-data KL term in the source's refit (0: off)"})
     gate_base_model: str | None = field(default=None, metadata={
         "help": "quality gate: base model directory (or s3:// prefix) to evaluate the stacks on (default: gate "
                 "disabled)"})
     gate_data: list[str] = field(default_factory=list, metadata={
         "help": "quality gate: interaction records to evaluate on (.jsonl, directory or s3://); repeat "
                 "for several", "repeat": True, "metavar": "SOURCE"})
+    gate_regression: list[str] = field(default_factory=list, metadata={
+        "help": "quality gate: a fixed regression set (.jsonl, directory or s3://), judged apart from --gate-data "
+                "and whole (up to --gate-records questions), whatever the age of its records; repeat for several",
+        "repeat": True, "metavar": "SOURCE"})
     gate_frozen: list[str] = field(default_factory=list, metadata={
         "help": "quality gate: another (unchanged) tier of the stack, STORE/NAMESPACE/TIER[/v000007]; "
                 "repeat for several", "repeat": True, "metavar": "REF"})
@@ -418,8 +438,9 @@ class ConsolidateConfig:
             raise ValueError("--distill-steps, --distill-batch-size and --distill-lr must be positive")
         if self.holdout_fraction is not None and not 0 <= self.holdout_fraction <= 0.5:
             raise ValueError(f"--holdout-fraction must be in [0, 0.5], got {self.holdout_fraction}")
-        if self.gate_base_model and not self.gate_data:
-            raise ValueError("--gate-base-model needs at least one --gate-data source to evaluate on")
+        if self.gate_base_model and not (self.gate_data or self.gate_regression):
+            raise ValueError("--gate-base-model needs at least one --gate-data or --gate-regression source to "
+                             "evaluate on")
 
 
 @dataclass(frozen=True)

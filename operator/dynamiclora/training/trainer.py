@@ -82,6 +82,7 @@ from dynamiclora.training.rehearsal import keyed, protect_slower_tiers, replay_e
 from dynamiclora.training.replay import newest_per_key
 from dynamiclora.training.sharding import FullySharded, exchange, gather, shard
 from dynamiclora.training.stats import STATS_FILE, tier_statistics
+from dynamiclora.training.steady import AnswerAnchor, steady
 from dynamiclora.training.work_mirror import WorkMirror
 
 __all__ = ["evaluate", "run_training"]
@@ -154,8 +155,13 @@ def _unrevised(held_before: list[SourcedRecord], window_held: list[SourcedRecord
     Superseded answers leave before the newest is chosen, so an older held-out answer equal to the new
     one (a fact changed and changed back) is still judged. The window's own held-out records are never
     superseded."""
-    kept = [h for h in held_before if not superseded(h.record, revised)]
-    dropped = {record_key(h.record) for h in held_before if superseded(h.record, revised)}
+    kept: list[SourcedRecord] = []
+    dropped: set[str] = set()
+    for h in held_before:
+        if superseded(h.record, revised):
+            dropped.add(record_key(h.record))
+        else:
+            kept.append(h)
     return newest_per_key(kept + window_held), len(dropped)
 
 
@@ -220,6 +226,20 @@ def _reexamine(cfg: TrainConfig, model: Any, sel: Selection, tokenizer: Any, log
 
 
 
+def _steady(cfg: TrainConfig, model: Any, tokenizer: Any, log: Log) -> AnswerAnchor | None:
+    """The ``--anchor-data`` anchor under the stack as loaded (what is served), if any."""
+    if not cfg.anchor_data or not cfg.anchor_weight:
+        return None
+    good, _bad = read_records(iter_sources(cfg.anchor_data), cfg.bad_lines)
+    kept = steady(cfg.anchor_weight, newest_per_key(select_records(good)), model, tokenizer, cfg.max_seq_len,
+                  cfg.batch_size, cfg.seed)
+    if kept is None or not kept.examples:
+        raise RecordsError(f"--anchor-data {cfg.anchor_data}: no record with a learnable token")
+    log(f"anchor: the answers to {len(kept.examples)} prompt(s) of --anchor-data kept steady "
+        f"(weight {cfg.anchor_weight:g})")
+    return kept
+
+
 def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]]) -> str:
     base_cfg = Path(cfg.base_model, "config.json")
     doc = {
@@ -230,6 +250,7 @@ def _run_fingerprint(cfg: TrainConfig, data_fp: str, refs: list[dict[str, Any]])
         # A checkpoint's optimizer state is laid out per strategy (by index, by parameter name).
         **({"strategy": cfg.strategy} if cfg.strategy != "ddp" else {}),
         **({"ewc": [cfg.ewc_lambda, cfg.ewc_records]} if cfg.ewc_lambda else {}),
+        **({"anchor": [cfg.anchor_data, cfg.anchor_weight]} if cfg.anchor_data and cfg.anchor_weight else {}),
         "gate": [cfg.gate_max_regression, cfg.gate_records, cfg.regression_data, cfg.gate_significance],
         "replay": [cfg.replay_fraction, cfg.replay_budget],
         "protection": cfg.plastic_rank,
@@ -301,6 +322,9 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
         if ewc is not None:
             data_info["ewc"] = ewc.summary()
             log(f"ewc: lambda {cfg.ewc_lambda:g}, Fisher information of {ewc.records} stored question(s)")
+        kept = _steady(cfg, peft_model, tokenizer, log)
+        if kept is not None:
+            data_info["anchor"] = kept.summary()
         mix = examples * plan.new_repeats + replayed
         fp = _run_fingerprint(cfg, fingerprint(mix), refs)
         # The work directory is rank 0's: the others keep nothing (rank 0 hands them the resume state).
@@ -321,7 +345,7 @@ def _run_training(cfg: TrainConfig, log: Log, d: dist.Dist) -> dict[str, Any]:
             log(f"fsdp: {held['units']} units sharded over {d.world} processes; this one holds "
                 f"{held['heldElements']} of {held['elements']} parameter elements")
         run = train_loop(cfg, peft_model, mix, examples[: cfg.eval_records], pad, work, fp, log, protect, saved,
-                          forget, d, sync, ewc)  # fmt: skip
+                          forget, d, sync, ewc, kept)  # fmt: skip
         if isinstance(sync, FullySharded):
             trained = gather(target_parameters(peft_model))  # every rank: a collective
             # The sharded stack goes before the whole one is built: both at once would double the host memory.

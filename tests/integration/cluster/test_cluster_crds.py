@@ -283,6 +283,30 @@ CEL_CASES: list[tuple[str, str, dict[str, Any], Mutation, bool, str]] = [
         False,
         "spec.qualityGate.regressionSet must be relative to the storage root or in the storage's own bucket",
     ),
+    (
+        "swarm-anchor-set-foreign-bucket",
+        "Swarm",
+        SWARM,
+        setter("spec.agents.0.anchorSet", "s3://someone-elses-bucket/anchors/alice.jsonl"),
+        False,
+        "spec.agents[].anchorSet must be relative to the storage root or in the storage's own bucket",
+    ),
+    (
+        "tier-anchor-set-foreign-bucket",
+        "LoRATier",
+        DOMAIN_TIER,
+        setter("spec.training.anchorSet", "s3://someone-elses-bucket/anchors.jsonl"),
+        False,
+        "spec.training.anchorSet must be relative to the storage root or in the storage's own bucket",
+    ),
+    *[
+        (f"{kind.lower()}-anchor-set-needs-ddp", kind, base,
+         lambda d, p=prefix: setter(f"{p}.anchorSet", "anchors/a.jsonl")(setter(f"{p}.strategy", "FSDP")(
+             setter(f"{p}.nodes", 2)(d))),
+         False, "training.anchorSet adds its gradient to whole parameters: it needs training.strategy DDP")
+        for kind, base, prefix in (("LoRATier", SWARM_TIER, "spec.training"),
+                                   ("Swarm", SWARM, "spec.contextTier.training"))
+    ],
 ]
 
 SCHEMA_CASES: list[tuple[str, dict[str, Any], Mutation, list[str]]] = [

@@ -92,3 +92,15 @@ def test_the_agent_tier_learns_what_recurred_and_nothing_taught_once(tmp_path: P
     assert (third["report"]["rewritten"], third["report"]["migrated"]) == (1, 0)
     held = json.loads(store.read_file("ns", "agent", 2, DISTILLED_FILE))
     assert held[digest(f"alice\0the color of {RECURRING[0][0]}")] == digest(WORDS[300])
+
+
+def test_the_consolidation_gate_judges_an_old_regression_set_apart(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Among 64 newer questions the regression set's older ones would not be judged; apart, all are."""
+    records, regression = tmp_path / "records.jsonl", tmp_path / "regression.jsonl"
+    records.write_text("".join(json.dumps(_doc(WORDS[i], WORDS[300], 30 + i // 60, i % 60)) + "\n" for i in range(64)))
+    regression.write_text("".join(json.dumps(_doc(WORDS[100 + i], WORDS[301], 0, i)) + "\n" for i in range(5)))
+    mixed = StackEvaluator(str(tiny_model_dir), [str(records), str(regression)], 64)
+    assert len(mixed.sets["records"]) == 64 and not mixed.sets["regression"]  # the old questions left out
+    apart = StackEvaluator(str(tiny_model_dir), [str(records)], 64, [str(regression)])
+    assert (len(apart.sets["records"]), len(apart.sets["regression"])) == (64, 5)
+    assert len(apart.scores([], "regression")) == 5

@@ -103,6 +103,14 @@ def test_fsdp_for_one_process_is_refused(swarm_body: dict[str, Any]) -> None:
         LoRATierSpec.model_validate(raw)
 
 
+def test_fsdp_with_an_anchor_set_is_refused(swarm_body: dict[str, Any]) -> None:
+    sw = Swarm.model_validate(swarm_body)
+    raw = build_agent_tiers(_owned(swarm_body), sw)[0]["spec"]
+    raw["training"] = {**raw.get("training", {}), "strategy": "FSDP", "nodes": 2, "anchorSet": "anchors/a.jsonl"}
+    with pytest.raises(ValueError, match=r"training.anchorSet adds its gradient to whole parameters"):
+        LoRATierSpec.model_validate(raw)
+
+
 @pytest.mark.parametrize(("training", "queue"), [({"nodes": 2, "procsPerNode": 2}, None),
                                                  ({"nodes": 3, "queue": "team-a"}, "team-a")])
 def test_a_train_job_runs_exactly_what_the_job_runs(swarm_body: dict[str, Any], settings: OperatorSettings,

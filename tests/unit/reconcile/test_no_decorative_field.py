@@ -230,6 +230,24 @@ def _two_nodes(kind_prefix: str) -> Setup:
     return setup
 
 
+def _anchored(kind_prefix: str) -> Setup:
+    """The tier keeps the answers of an anchor set steady (the file exists): how much is a choice."""
+
+    def setup(w: World, ctx: Ctx) -> None:
+        anchors = ctx.root / "pvc" / "ckpt" / "dl" / "anchors"
+        anchors.mkdir(parents=True, exist_ok=True)
+        (anchors / "set.jsonl").write_text(json.dumps({"agent": "alice", "timestamp": "2026-11-22T00:00:00Z",
+                                                       "prompt": "q", "response": "a"}) + "\n")
+        training = w.swarm["spec"]["contextTier"].setdefault("training", {})
+        if kind_prefix == "spec":  # the tier's spec replaces the Swarm template's training block
+            w.tier_spec["training"] = {**training, "anchorSet": "anchors/set.jsonl"}
+        else:
+            training["anchorSet"] = "anchors/set.jsonl"
+
+    setup.__name__ = f"anchored_{kind_prefix.replace('.', '_')}"
+    return setup
+
+
 def _kubeflow_trainer(kind_prefix: str) -> Setup:
     """Kubeflow Trainer installed and the tier trains on 2 nodes: a runtime decides what runs it."""
     two_nodes = _two_nodes(kind_prefix)
@@ -262,6 +280,8 @@ def _template_cases(kind_prefix: str, tier: str, keep: int, trains: bool = True)
         f"{kind_prefix}.training.minSamples": Case(value=31),  # more than the 30 records there are
         f"{kind_prefix}.training.schedule": Case(_recently_trained(tier), "1h"),
         f"{kind_prefix}.qualityGate.regressionSet": Case(value="regression/set.jsonl"),
+        f"{kind_prefix}.training.anchorSet": Case(value="anchors/set.jsonl"),  # missing: training waits for it
+        f"{kind_prefix}.training.anchorWeight": Case(_anchored(kind_prefix), 2.0),
     }
 
 
@@ -289,6 +309,7 @@ CASES: dict[tuple[str, str], Case] = {
         "spec.agents[].domain": Case(value="support"),
         "spec.agents[].description": Case(value="Other text."),
         "spec.agents[].regressionSet": Case(value="regression/alice.jsonl"),
+        "spec.agents[].anchorSet": Case(value="anchors/alice.jsonl"),
         "spec.agents[].pinnedVersions.context": Case(value=1),  # a rollback: alice's context tier has v2
         "spec.agents[].pinnedVersions.agent": Case(value=1),
         "spec.sharedTiers.swarm": Case(value="other-swarm"),

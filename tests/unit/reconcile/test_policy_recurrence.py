@@ -32,7 +32,8 @@ def test_a_recurrence_migration_gets_the_source_agents_records_and_training_sett
     ctx = swarm_body["spec"].setdefault("contextTier", {})
     ctx.update(rank=8, alpha=24.0)
     ctx.setdefault("plasticity", {})["learningRate"] = 0.002
-    ctx.setdefault("training", {}).update(maxSteps=123, batchSize=6)
+    ctx.setdefault("training", {}).update(maxSteps=123, batchSize=6, anchorWeight=5.0)
+    swarm_body["spec"]["agents"][0]["anchorSet"] = "anchors/alice.jsonl"
     _swarm(kube, settings, swarm_body)
     source = kube.objects[("LoRATier", NS, SOURCE)]
     source["status"] = {"quarantine": [{"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T01:00:00Z"}]}
@@ -48,6 +49,9 @@ def test_a_recurrence_migration_gets_the_source_agents_records_and_training_sett
     # The destination is stored at LoRA scaling 1: the source's rate times its alpha / rank.
     assert float(_values(args, "--distill-lr")[0]) == pytest.approx(0.002 * 24 / 8)
     assert _values(args, "--model-dir")
+    # The answers alice's training keeps steady, the migration's destination and refit keep too.
+    assert [a.rsplit("/", 2)[-2:] for a in _values(args, "--anchor-data")] == [["anchors", "alice.jsonl"]]
+    assert _values(args, "--anchor-weight") == ["5.0"]
     # What the Job parses back is the typed contract, valid as built.
     ns = build_parser().parse_args(args)
     assert ns.method == "recurrence" and ns.records == _values(args, "--records")

@@ -159,6 +159,7 @@ def test_consolidation_is_gated_and_its_rejection_audited(
 ) -> None:
     from .test_reconcile import _records
 
+    swarm_body["spec"]["agents"][0]["regressionSet"] = "regression/alice.jsonl"
     _swarm(kube, settings, swarm_body)
     kube.add({"apiVersion": "dynamiclora.io/v1alpha1", "kind": "LoRATier",
               "metadata": {"name": "support-swarm", "namespace": NS},
@@ -174,6 +175,9 @@ def test_consolidation_is_gated_and_its_rejection_audited(
     assert args[args.index("--gate-base-model") + 1]
     gate_data = [args[i + 1] for i, a in enumerate(args) if a == "--gate-data"]
     assert [d.rsplit("/", 1)[-1] for d in gate_data] == ["alice"]  # bob has no records to evaluate on
+    # The regression set is judged apart: among the records, the newest questions would crowd it out.
+    regression = [args[i + 1] for i, a in enumerate(args) if a == "--gate-regression"]
+    assert [d.rsplit("/", 2)[-2:] for d in regression] == [["regression", "alice.jsonl"]]
 
     # The Job's gate refused the consensus: nothing published, the decision and the audit say why.
     name = job["metadata"]["name"]

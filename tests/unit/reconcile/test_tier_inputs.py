@@ -103,12 +103,13 @@ def test_no_regression_set_does_not_block(
         ("s3://someone-elses-bucket/bob.jsonl", "the storage is a PVC"),  # this Swarm's storage is a PVC
     ],
 )
-def test_a_regression_set_outside_the_storage_is_an_invalid_spec(
-    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], location: str, why: str
+@pytest.mark.parametrize("field", ["regressionSet", "anchorSet"])
+def test_an_input_set_outside_the_storage_is_an_invalid_spec(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any], location: str, why: str, field: str
 ) -> None:
     from dynamiclora.controllers.swarm import reconcile_swarm
 
-    swarm_body["spec"]["agents"][1]["regressionSet"] = location
+    swarm_body["spec"]["agents"][1][field] = location
     with pytest.raises(InvalidSpec, match=why):
         reconcile_swarm(kube, settings, kube.add(swarm_body))
 
@@ -276,3 +277,22 @@ def test_two_swarms_on_one_storage_never_train_on_each_others_records(
     out = tier_pass(kube, settings, "other-bob-context", NS)
     assert not out.wire().get("recordsSeen") and not out.wire().get("activeJob")
     assert [j["metadata"]["name"] for j in kube.list("Job", NS)] == [JOB]
+
+
+def test_a_missing_anchor_set_waits_then_every_job_keeps_its_answers(
+    kube: FakeKube, settings: OperatorSettings, swarm_body: dict[str, Any]
+) -> None:
+    swarm_body["spec"]["agents"][1]["anchorSet"] = "anchors/bob.jsonl"
+    swarm_body["spec"]["contextTier"].setdefault("training", {})["anchorWeight"] = 3.0
+    _setup(kube, settings, swarm_body, None)
+    path = f"{settings.pvc_mount_root}/ckpt/dl/anchors/bob.jsonl"
+    out = _pass(kube, settings)
+    training = get_condition(out.wire(), "Training")
+    assert training is not None and training["reason"] == "InputMissing" and f"anchorSet {path}" in training["message"]
+    assert not kube.list("Job", NS)
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("{}\n")
+    assert _pass(kube, settings).wire()["activeJob"] == JOB
+    args = _args(kube)
+    assert args[args.index("--anchor-data") + 1] == path and args[args.index("--anchor-weight") + 1] == "3.0"
